@@ -1,0 +1,87 @@
+"""The ``edgeft`` click group. Commands live one per module and are imported only when invoked,
+so ``edgeft --help`` never imports torch, transformers or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+COMMANDS = {
+    "run": ("edgeft.cli.run", "run_cmd", "Run a recipe end to end (fine-tune ... package)."),
+    "finetune": ("edgeft.cli.stages", "finetune_cmd", "Run a recipe's data + finetune stages."),
+    "merge": ("edgeft.cli.merge", "merge_cmd", "Merge a PEFT adapter into its base (parity-checked)."),
+    "export": ("edgeft.cli.export", "export_cmd", "Export an HF model folder to ONNX with KV cache."),
+    "quantize": ("edgeft.cli.quantize", "quantize_cmd", "Quantize an ONNX artifact with a registered scheme."),
+    "validate": ("edgeft.cli.stages", "validate_cmd", "Validate a recipe's artifacts against device profiles."),
+    "package": ("edgeft.cli.stages", "package_cmd", "Package a recipe's validated artifacts as a release bundle."),
+    "verify": ("edgeft.cli.verify", "verify_cmd", "Re-hash a release bundle (folder or .tar.gz)."),
+    "generate": ("edgeft.cli.generate", "generate_cmd", "Chat with an artifact (ONNX or HF folder)."),
+    "devices": ("edgeft.cli.devices", "devices_grp", "List and show device profiles."),
+    "recipes": ("edgeft.cli.recipes", "recipes_grp", "List, show and validate recipes."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="edgeft", message="edgeft %(version)s")
+def cli(verbose: int, quiet: bool) -> None:
+    """edgeft: fine-tune, merge, export, quantize, validate and package models for edge devices."""
+    level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
+    if not quiet and verbose == 0:
+        level = logging.INFO
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+    logging.getLogger("edgeft").setLevel(level)
+    if verbose < 2:  # library chatter (progress bars per dataset map, deprecation notes) hides edgeft's own lines
+        import os
+
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def main() -> None:
+    from edgeft.errors import EdgeftError
+
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except EdgeftError as e:
+        click.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished stages are kept, rerun to resume", err=True)
+        sys.exit(130)

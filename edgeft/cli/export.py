@@ -1,0 +1,22 @@
+"""edgeft export MODEL --out DIR"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("export")
+@click.argument("model", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--preset", default="onnx-kv", show_default=True, help="Export preset (export/*.yaml).")
+@click.option("--tolerance", type=float, default=2e-3, show_default=True, help="Max |diff| per output.")
+def export_cmd(model, out, preset, tolerance):
+    """Export the HF causal-LM folder MODEL and check every output against PyTorch."""
+    from edgeft.exporters import export
+
+    rep = export(model, out, preset=preset, tolerance=tolerance)
+    for c in rep["parity"]:
+        if c["name"] == "logits":
+            click.echo(f"{c['step']:>7} logits: max |diff| {c['max_abs_diff']:.3g} (tolerance {c['tolerance']:g})")
+    click.echo(f"exported {out} ({rep['size_bytes'] / 2**20:.1f} MB), max |diff| {rep['max_abs_diff']:.3g} over "
+               f"{len(rep['parity'])} outputs")

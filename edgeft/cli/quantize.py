@@ -1,0 +1,48 @@
+"""edgeft quantize ONNX_DIR --out DIR --scheme NAME"""
+
+from __future__ import annotations
+
+import click
+
+
+def _parse_opts(opts):
+    import yaml
+
+    from edgeft.errors import ConfigError
+
+    out = {}
+    for o in opts:
+        if "=" not in o:
+            raise ConfigError(f"--opt {o!r}: expected KEY=VALUE, e.g. --opt block_size=32")
+        k, v = o.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+@click.command("quantize")
+@click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--scheme", required=True, help="int8-weight | int8-dynamic | int4-rtn | int4-hqq")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Scheme option (repeatable).")
+@click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for the quality check.")
+@click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
+def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens):
+    """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input."""
+    from edgeft.quantize import quantize
+
+    wins = None
+    if text:
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from edgeft.quantize.quality import windows
+
+        tok = AutoTokenizer.from_pretrained(onnx_dir)
+        wins = windows(tok(Path(text).read_text(), add_special_tokens=False).input_ids, 256, 256, max_tokens)
+    rep = quantize(onnx_dir, out, scheme, _parse_opts(opts), quality_ids=wins)
+    line = f"{scheme}: {rep['size_bytes'] / 2**20:.1f} MB ({rep['size_ratio']:.2f}x input)"
+    if "perplexity" in rep:
+        line += (f", perplexity {rep['perplexity_input']:.3f} -> {rep['perplexity']:.3f} "
+                 f"({rep['perplexity_increase_pct']:+.1f}%), top-1 agreement {rep['top1_agreement']:.3f}")
+    click.echo(line)

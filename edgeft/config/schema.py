@@ -1,0 +1,246 @@
+"""Pydantic v2 models for recipes, device profiles and export presets.
+
+Every model forbids unknown keys so a typo fails naming the key (see ``edgeft.config.loader``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+class GeneratedData(Strict):
+    generator: str = Field("intents", description="Registered task generator (see `edgeft.data.generators`).")
+    n_train: int = Field(320, ge=1, description="Number of generated training examples.")
+    n_eval: int = Field(48, ge=1, description="Number of generated evaluation examples (disjoint from train).")
+    seed: int = Field(0, description="Generator seed; the same seed gives the same split.")
+
+
+class FileData(Strict):
+    train: str = Field(description="Training file (.jsonl, .csv or .tsv), relative to the recipe file.")
+    eval: str = Field(description="Evaluation file (.jsonl, .csv or .tsv), relative to the recipe file.")
+    prompt_field: str = Field("prompt", description="Column/key holding the user prompt.")
+    response_field: str = Field("response", description="Column/key holding the expected answer.")
+
+
+class PerplexityConfig(Strict):
+    text: str = Field(
+        "eval-split",
+        description="Held-out text for perplexity: 'eval-split' (the rendered eval conversations) or a text file path.",
+    )
+    seq_len: int = Field(256, ge=8, description="Window length in tokens.")
+    stride: int = Field(256, ge=1, description="Window stride in tokens (stride == seq_len: disjoint windows).")
+    max_tokens: int = Field(4096, ge=16, description="Evaluate at most this many tokens of the text.")
+
+
+class DataConfig(Strict):
+    generated: Optional[GeneratedData] = Field(None, description="Use a generated task (deterministic split).")
+    files: Optional[FileData] = Field(None, description="Use your own train/eval files.")
+    system_prompt: str = Field(
+        "Parse the request into JSON.", description="System message put before every prompt by the chat template."
+    )
+    metric: Literal["exact_match"] = Field("exact_match", description="Task metric computed on the eval split.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.generated is not None and self.files is not None:
+            raise ValueError("give either data.generated or data.files, not both")
+        if self.generated is None and self.files is None:
+            self.generated = GeneratedData()
+        return self
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: Union[str, list[str]] = Field("all-linear", description="Modules to adapt ('all-linear' or names).")
+
+
+class EarlyStopping(Strict):
+    patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
+    threshold: float = Field(0.0, ge=0.0, description="Minimum improvement of eval_loss that counts.")
+
+
+class FinetuneConfig(Strict):
+    method: str = Field("lora", description="Registered fine-tuning method (edgeft.finetune.METHODS).")
+    objective: str = Field("sft", description="Registered objective (edgeft.finetune.OBJECTIVES).")
+    epochs: float = Field(2, gt=0, description="Number of training epochs.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate.")
+    lr_scheduler: str = Field("cosine", description="transformers scheduler name.")
+    warmup_ratio: float = Field(0.05, ge=0, le=1, description="Fraction of steps spent warming up.")
+    batch_size: int = Field(8, ge=1, description="Per-device train batch size.")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_seq_len: int = Field(256, ge=8, description="Truncate examples to this many tokens.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA/QLoRA adapter settings.")
+    early_stopping: Optional[EarlyStopping] = Field(
+        default_factory=EarlyStopping, description="Stop when eval_loss stops improving (null to disable)."
+    )
+    eval_examples: int = Field(16, ge=0, description="Eval examples scored by exact match after each epoch.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept for resume.")
+    seed: int = Field(0, description="Training seed.")
+    threads: Optional[int] = Field(None, ge=1, description="torch threads (default: all cores).")
+    report_to: list[str] = Field(default_factory=list, description="transformers report_to (tensorboard, mlflow).")
+
+
+class MergeConfig(Strict):
+    tolerance: float = Field(2e-3, gt=0, description="Max |logit diff| adapter model vs merged model.")
+
+
+class ExportConfig(Strict):
+    preset: str = Field("onnx-kv", description="Export preset name from export/*.yaml.")
+    tolerance: float = Field(2e-3, gt=0, description="Max |diff| ONNX vs PyTorch per output (logits, past KV).")
+
+
+class QuantizeSpec(Strict):
+    name: str = Field(description="Artifact name, e.g. 'int8' (also the folder name).")
+    scheme: str = Field(description="Registered scheme (edgeft.quantize.SCHEMES).")
+    options: dict = Field(default_factory=dict, description="Scheme options (see `edgeft quantize --help`).")
+    max_ppl_increase_pct: float = Field(
+        100.0, gt=0, description="Stage sanity bound: fail if perplexity rises more than this vs the input."
+    )
+    budgets: Optional["Budgets"] = Field(None, description="Accuracy gates for this artifact (default: validate.budgets).")
+
+
+class Goal(Strict):
+    """A metric goal, as in Olive's MetricGoal."""
+
+    threshold: Optional[float] = Field(None, description="Absolute bound (min for higher-is-better, max otherwise).")
+    max_degradation: Optional[float] = Field(None, ge=0, description="Max absolute worsening vs the merged model.")
+    percent_max_degradation: Optional[float] = Field(None, ge=0, description="Max worsening in percent vs merged.")
+
+
+class Budgets(Strict):
+    exact_match: Goal = Field(default_factory=lambda: Goal(max_degradation=0.05), description="Task metric goal.")
+    perplexity: Goal = Field(default_factory=lambda: Goal(percent_max_degradation=25.0), description="Perplexity goal.")
+    erased_margin: float = Field(
+        0.1, ge=0, description="Flag 'fine-tune erased' when an artifact's metric is within this of the base model's."
+    )
+
+
+QuantizeSpec.model_rebuild()
+
+
+class LatencyConfig(Strict):
+    prompt: str = Field("set a timer for 10 minutes", description="User prompt (chat-formatted) for latency runs.")
+    new_tokens: int = Field(32, ge=2, description="Tokens generated per latency run.")
+    warmup: int = Field(1, ge=0, description="Untimed warm-up runs.")
+    repeats: int = Field(5, ge=1, description="Timed runs; p50/p95 over them.")
+
+
+class ValidateConfig(Strict):
+    devices: list[str] = Field(default_factory=lambda: ["host"], description="Device profile names (devices/*.yaml).")
+    require: Optional[list[str]] = Field(
+        None, description="Devices that must have a compatible artifact passing every gate (default: all devices)."
+    )
+    eval_examples: int = Field(48, ge=1, description="Eval examples scored per artifact.")
+    max_new_tokens: int = Field(48, ge=1, description="Generation cap when scoring the task metric.")
+    perplexity: PerplexityConfig = Field(default_factory=PerplexityConfig, description="Perplexity protocol.")
+    latency: LatencyConfig = Field(default_factory=LatencyConfig, description="Latency protocol.")
+    budgets: Budgets = Field(default_factory=Budgets, description="Accuracy gates per artifact vs merged.")
+    context_len: int = Field(512, ge=16, description="Context length assumed for the peak-RAM estimate (KV cache).")
+    include_base: bool = Field(True, description="Also score the un-tuned base model (for the erased check).")
+
+
+class PackageConfig(Strict):
+    license: str = Field("apache-2.0", description="License of the released weights (inherits the base model's).")
+    intended_use: str = Field("", description="Model card: intended use.")
+    limitations: str = Field("", description="Model card: known limitations.")
+    tarball: bool = Field(True, description="Also write <bundle>.tar.gz.")
+    artifacts: Optional[list[str]] = Field(
+        None, description="Artifact names to ship (default: every artifact deployable on a required device)."
+    )
+
+
+class Recipe(Strict):
+    name: str = Field(description="Run name; outputs go to runs/<name>/.")
+    version: str = Field("0.1.0", description="Release version written into the bundle.")
+    description: str = Field("", description="What this recipe demonstrates.")
+    model: str = Field(description="Embedded model name, local HF folder, or .gguf file.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training/eval data.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning stage.")
+    merge: MergeConfig = Field(default_factory=MergeConfig, description="Merge stage.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Export stage.")
+    quantize: list[QuantizeSpec] = Field(default_factory=list, description="Quantized artifacts to build.")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate", description="Validation.")
+    package: PackageConfig = Field(default_factory=PackageConfig, description="Release bundle.")
+
+
+# --------------------------------------------------------------------------- device profile
+
+
+class CpuSpec(Strict):
+    arch: str = Field(description="ISA, e.g. arm64, x86_64.")
+    cores: int = Field(ge=1, description="Physical cores usable by the model.")
+    threads: int = Field(ge=1, description="Threads the runtime should use on this device.")
+
+
+class MemorySpec(Strict):
+    total_mb: int = Field(ge=1, description="Device RAM in MiB.")
+    model_budget_mb: int = Field(ge=1, description="RAM the model process may use, MiB.")
+    bandwidth_gbps: float = Field(gt=0, description="Sustained memory bandwidth, GB/s.")
+
+
+class ComputeSpec(Strict):
+    fp32_gflops: float = Field(gt=0, description="Sustained fp32 GFLOP/s (all threads).")
+    int8_gops: float = Field(gt=0, description="Sustained int8 GOP/s (all threads).")
+
+
+class DeviceBudgets(Strict):
+    ttft_ms: Optional[float] = Field(None, gt=0, description="Max time to first token, ms.")
+    decode_tok_s: Optional[float] = Field(None, gt=0, description="Min decode speed, tokens/s.")
+    per_inference_ms: Optional[float] = Field(None, gt=0, description="Max latency per inference (encoders), ms.")
+    ram_mb: Optional[float] = Field(None, gt=0, description="Max peak RAM of the model process, MiB.")
+    size_mb: Optional[float] = Field(None, gt=0, description="Max artifact size on storage, MiB.")
+
+
+class RemoteSpec(Strict):
+    ssh: str = Field(description="user@host of the device.")
+    python: str = Field("python3", description="Python on the device (with onnxruntime).")
+    port: int = Field(22, description="SSH port.")
+
+
+class DeviceProfile(Strict):
+    name: str = Field(description="Profile name (matches the file name).")
+    class_: Literal["mobile", "tpu", "edge", "host"] = Field(alias="class", description="Device class.")
+    description: str = Field(description="What device this stands for.")
+    source: str = Field(description="Where the numbers come from (datasheet or measurement).")
+    cpu: CpuSpec
+    memory: MemorySpec
+    compute: ComputeSpec
+    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch"]] = Field(description="Artifact formats it runs.")
+    precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(description="Weight precisions it runs.")
+    int8_modes: list[Literal["weight-only", "dynamic", "static", "full-integer"]] = Field(
+        default_factory=lambda: ["weight-only", "dynamic", "static", "full-integer"],
+        description="int8 quantization modes it executes (an NPU/TPU needs static or full-integer).",
+    )
+    op_allowlist: Optional[list[str]] = Field(None, description="ONNX op types it executes (null: any).")
+    static_shapes: bool = Field(False, description="Requires static input shapes.")
+    max_model_mb: Optional[float] = Field(None, gt=0, description="Largest artifact it can store and load, MiB.")
+    onchip_param_mb: Optional[float] = Field(
+        None, gt=0, description="On-chip parameter memory, MiB; larger models stream weights (slower, still run)."
+    )
+    budgets: DeviceBudgets = Field(default_factory=DeviceBudgets, description="Latency/size/RAM budgets.")
+    remote: Optional[RemoteSpec] = Field(None, description="Run benchmarks on the real device over SSH.")
+
+
+# --------------------------------------------------------------------------- export preset
+
+
+class ExportPreset(Strict):
+    name: str = Field(description="Preset name (matches the file name).")
+    description: str = Field("", description="What this preset produces.")
+    format: Literal["onnx"] = Field(description="Artifact format.")
+    runtime: Literal["onnxruntime"] = Field(description="Runtime that executes the artifact.")
+    opset: int = Field(18, ge=11, description="ONNX opset.")
+    with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")

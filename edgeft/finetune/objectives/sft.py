@@ -1,0 +1,165 @@
+"""SFT: instruction tuning with the model's chat template, loss on the answer only (TRL SFTTrainer).
+
+Examples are given to TRL in its conversational prompt/completion form, so TRL applies the chat
+template and masks the prompt tokens (``completion_only_loss``): only the assistant answer is
+learned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from edgeft.data.templates import messages, prompt_ids, score, stop_ids
+from edgeft.finetune.registry import OBJECTIVES, Objective
+
+log = logging.getLogger(__name__)
+
+
+def _conversational(records: list[dict], system_prompt: str) -> list[dict]:
+    return [{"prompt": messages(system_prompt, r["prompt"]),
+             "completion": [{"role": "assistant", "content": r["response"]}]} for r in records]
+
+
+def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, batch_size=16) -> dict:
+    """Greedy-decode each eval prompt and score it against the reference answer."""
+    from edgeft.runtime.lm import TorchLM
+
+    lm = TorchLM(model)
+    stops = stop_ids(tokenizer)
+    totals = {"exact_match": 0.0, "json_valid": 0.0}
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(records), batch_size):
+        batch = records[i:i + batch_size]
+        outs = lm.generate([prompt_ids(tokenizer, system_prompt, r["prompt"]) for r in batch], max_new_tokens, stops)
+        for r, o in zip(batch, outs):
+            s = score(tokenizer.decode(o, skip_special_tokens=True), r["response"])
+            for k in totals:
+                totals[k] += s[k]
+    if was_training:
+        model.train()
+    n = max(len(records), 1)
+    return {k: v / n for k, v in totals.items()}
+
+
+def train(model, tokenizer, peft_config, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
+          system_prompt: str) -> dict:
+    import resource
+    import time
+
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    ckpt_dir = work_dir / "checkpoints"
+    steps_per_epoch = math.ceil(len(train_records) / (cfg.batch_size * cfg.grad_accum))
+    eval_every = max(1, steps_per_epoch)
+    em_records = eval_records[: cfg.eval_examples]
+
+    class ExactMatchCallback(TrainerCallback):
+        """Adds eval_exact_match / eval_json_valid (greedy decoding on a slice of the eval split) to each eval."""
+
+        def on_evaluate(self, args, state, control, model=None, metrics=None, **kw):
+            if not em_records or model is None:
+                return
+            res = exact_match(model, tokenizer, em_records, system_prompt)
+            if metrics is not None:
+                metrics.update({f"eval_{k}": v for k, v in res.items()})
+            state.log_history[-1].update({f"eval_{k}": v for k, v in res.items()})
+            log.info("epoch %.2f: eval exact match %.3f", state.epoch or 0, res["exact_match"])
+
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_ratio=cfg.warmup_ratio,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
+        max_length=cfg.max_seq_len,
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=eval_every,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.early_stopping is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=max(1, min(10, steps_per_epoch // 4)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=cfg.report_to or [],
+        dataloader_num_workers=0,
+        completion_only_loss=True,
+        disable_tqdm=True,
+        use_cpu=not _cuda(),
+    )
+    class LogCallback(TrainerCallback):
+        """One readable log line per logging step instead of transformers' printed dicts."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
+                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
+            elif logs and "eval_loss" in logs:
+                log.info("eval  loss %.4f  token accuracy %.3f", logs["eval_loss"],
+                         logs.get("eval_mean_token_accuracy", float("nan")))
+
+    callbacks = [ExactMatchCallback(), LogCallback()]
+    if cfg.early_stopping is not None:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
+        eval_dataset=Dataset.from_list(_conversational(eval_records, system_prompt)),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    resume = any(ckpt_dir.glob("checkpoint-*"))
+    if resume:
+        log.info("resuming fine-tuning from the last checkpoint in %s", ckpt_dir)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - t0
+    trainer.model.save_pretrained(str(out_dir / "adapter"))
+    tokenizer.save_pretrained(str(out_dir / "adapter"))
+    history = trainer.state.log_history
+    evals = [h for h in history if "eval_loss" in h]
+    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    epochs_done = trainer.state.epoch or 0
+    trained_tokens = n_tokens * epochs_done
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "epochs": epochs_done,
+        "resumed": resume,
+        "train_seconds": seconds,
+        "tokens_per_second": trained_tokens / seconds if seconds > 0 and not resume else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "best_eval_loss": trainer.state.best_metric,
+        "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")} for h in evals],
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+OBJECTIVES.register("sft")(Objective("sft", "instruction tuning, chat template, loss on answers only", train))

@@ -1,0 +1,95 @@
+"""Assemble a release bundle from a finished run (artifacts, tokenizer, report, model card, manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "config.json", "generation_config.json")
+
+LICENSE_NOTICE = """This bundle contains weights fine-tuned from {base}.
+The weights inherit the base model's license ({license}); see the base model's license terms.
+edgeft itself is distributed under its own license; the bundle's code-free files (manifest,
+report, model card) are provided under the same terms as the weights.
+"""
+
+
+def package_run(pipeline, out_dir: Path):
+    from edgeft.release import package, render_model_card
+
+    recipe = pipeline.recipe
+    run = pipeline.run
+    report = json.loads((run.stage_dir("validate") / "report.json").read_text())
+    if recipe.package.artifacts is not None:
+        ship = list(recipe.package.artifacts)
+        unknown = [n for n in ship if n not in report["artifacts"] or report["artifacts"][n]["role"] != "artifact"]
+        if unknown:
+            from edgeft.errors import ConfigError
+
+            valid = [n for n, a in report["artifacts"].items() if a["role"] == "artifact"]
+            raise ConfigError(f"package.artifacts: unknown artifact(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    else:
+        required = [d for d in report["devices"].values() if d["required"]]
+        ship = [n for n, a in report["artifacts"].items()
+                if a["role"] == "artifact" and any(n in d["deployable"] for d in required)]
+    if not ship:
+        from edgeft.errors import StageError
+
+        raise StageError("package: no artifact passed validation on a required device; nothing to ship")
+    files: dict[str, Path] = {}
+    for name in ship:
+        src = Path(report["artifacts"][name]["path"])
+        for f in sorted(src.iterdir()):
+            if f.is_file() and (f.suffix == ".onnx" or "onnx_data" in f.name or f.name.endswith("report.json")):
+                files[f"artifacts/{name}/{f.name}"] = f
+    merged = run.stage_dir("merge")
+    for f in TOKENIZER_FILES:
+        if (merged / f).is_file():
+            files[f"tokenizer/{f}"] = merged / f
+    files["report.json"] = run.stage_dir("validate") / "report.json"
+    if pipeline.recipe_path:
+        files["recipe.yaml"] = run.root / "recipe.yaml"
+    ft = run.record("finetune") or {}
+    fm = ft.get("metrics", {})
+    rows = []
+    for name, a in report["artifacts"].items():
+        acc = a.get("accuracy") or {}
+        row = {"artifact": name, "exact_match": acc.get("exact_match"), "perplexity": acc.get("perplexity"),
+               "size_mb": round(a["size_bytes"] / 2**20, 1)}
+        for dev, d in report["devices"].items():
+            r = d["results"].get(name)
+            row[dev] = "n/a" if r is None else ("PASS" if r["passed"] else
+                                                ("incompatible" if not r["compatible"] else "FAIL"))
+        rows.append(row)
+    recipe_text = (run.root / "recipe.yaml").read_text()
+    card = render_model_card({
+        "name": recipe.name, "version": recipe.version, "base_model": fm.get("base_model_source", recipe.model),
+        "method": f"{fm.get('method', recipe.finetune.method)} / {fm.get('objective', recipe.finetune.objective)}, "
+                  f"{fm.get('steps', '?')} steps, {fm.get('trainable_params', '?')} trainable parameters",
+        "data": _data_description(recipe, fm),
+        "intended_use": recipe.package.intended_use or recipe.description,
+        "limitations": recipe.package.limitations,
+        "license": recipe.package.license, "metrics_table": rows, "devices": list(report["devices"]),
+        "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
+        "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
+    })
+    metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in ("exact_match", "json_valid", "perplexity")}
+               for n, a in report["artifacts"].items()}
+    extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
+             "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
+             "validation_passed": report["passed"], "flags": report["flags"],
+             "target_devices": {d: v["deployable"] for d, v in report["devices"].items()}}
+    return package(recipe.name, recipe.version, out_dir, files, extra, card,
+                   LICENSE_NOTICE.format(base=extra["base_model"], license=recipe.package.license),
+                   tarball=recipe.package.tarball)
+
+
+def _data_description(recipe, fm) -> str:
+    d = recipe.data
+    if d.generated is not None:
+        g = d.generated
+        return (f"generated task '{g.generator}' (seed {g.seed}): {g.n_train} train / {g.n_eval} eval examples, "
+                f"disjoint prompts")
+    return f"files: train={d.files.train}, eval={d.files.eval}"

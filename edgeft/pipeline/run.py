@@ -1,0 +1,285 @@
+"""Run a recipe end to end: data -> finetune -> merge -> export -> quantize -> validate -> package.
+
+Each stage is keyed by a hash of its parameters and its upstream keys; an up-to-date stage is
+skipped, so a rerun after an interruption resumes at the first unfinished stage (fine-tuning
+resumes from its last checkpoint in ``runs/<name>/.work/finetune``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgeft.config.schema import Recipe
+from edgeft.errors import BudgetError, ConfigError, StageError
+from edgeft.pipeline.rundir import STAGES, RunDir, stable_hash
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("edgeft")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "0+unknown"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    recipe: Recipe
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    report: dict | None = None
+    bundle: Path | None = None
+    tarball: Path | None = None
+
+
+class Pipeline:
+    def __init__(self, recipe: Recipe, recipe_path: Path | None, runs_root: Path, console=None) -> None:
+        self.recipe = recipe
+        self.recipe_path = Path(recipe_path) if recipe_path else None
+        self.base_dir = self.recipe_path.parent if self.recipe_path else Path.cwd()
+        self.run = RunDir(Path(runs_root) / recipe.name)
+        self.console = console
+        self.keys: dict[str, str] = {}
+        self._model = None
+
+    # ---------------------------------------------------------------- helpers
+    def model(self):
+        if self._model is None:
+            from edgeft.models import resolve_model
+
+            self._model = resolve_model(self.recipe.model, self.base_dir)
+        return self._model
+
+    def _key(self, stage: str, params: dict) -> str:
+        upstream = {s: self.keys.get(s) for s in STAGES[: STAGES.index(stage)]}
+        return stable_hash({"stage": stage, "params": params, "upstream": upstream, "edgeft": _version()})
+
+    def params(self, stage: str) -> dict:
+        r = self.recipe
+        v = r.validate_
+        return {
+            "data": {"model": r.model, "data": r.data.model_dump()},
+            "finetune": r.finetune.model_dump(exclude={"report_to", "threads"}),
+            "merge": r.merge.model_dump(),
+            "export": r.export.model_dump(),
+            "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump()],
+            "validate": v.model_dump(),
+            "package": {**r.package.model_dump(), "name": r.name, "version": r.version},
+        }[stage]
+
+    def records(self, split: str) -> list[dict]:
+        from edgeft.data.readers import read_records
+
+        return read_records(self.run.stage_dir("data") / f"{split}.jsonl", ["prompt", "response"])
+
+    def heldout_text(self) -> str | None:
+        spec = self.recipe.validate_.perplexity.text
+        if spec == "eval-split":
+            return None  # validate renders the eval conversations
+        from edgeft.data.readers import read_text
+
+        p = Path(spec)
+        return read_text(p if p.is_absolute() else self.base_dir / p)
+
+    def heldout_windows(self, tokenizer_dir: Path):
+        from transformers import AutoTokenizer
+
+        from edgeft.data.templates import conversation_text
+        from edgeft.quantize.quality import windows
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        text = self.heldout_text()
+        if text is None:
+            sp = self.recipe.data.system_prompt
+            text = "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval"))
+        p = self.recipe.validate_.perplexity
+        return windows(tok(text, add_special_tokens=False).input_ids, p.seq_len, p.stride, p.max_tokens)
+
+    # ---------------------------------------------------------------- stages
+    def stage_data(self, tmp: Path) -> dict:
+        from edgeft.data.generators import GENERATORS
+        from edgeft.data.readers import read_records, write_jsonl
+
+        d = self.recipe.data
+        if d.files is not None:
+            f = d.files
+
+            def load(rel: str) -> list[dict]:
+                p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
+                rows = read_records(p, [f.prompt_field, f.response_field])
+                return [{"prompt": str(r[f.prompt_field]), "response": str(r[f.response_field])} for r in rows]
+
+            train, ev = load(f.train), load(f.eval)
+            source = {"train": f.train, "eval": f.eval}
+        else:
+            g = d.generated
+            train, ev = GENERATORS.get(g.generator, "data.generated.generator")(g.n_train, g.n_eval, g.seed)
+            source = {"generator": g.generator, "seed": g.seed}
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "eval.jsonl", ev)
+        return {"n_train": len(train), "n_eval": len(ev), "source": source}
+
+    def stage_finetune(self, tmp: Path) -> dict:
+        from edgeft.finetune import finetune
+
+        work = self.run.work_dir("finetune")
+        marker = work / "key"
+        key = self.keys["finetune"]
+        if work.exists() and (not marker.is_file() or marker.read_text() != key):
+            shutil.rmtree(work)  # checkpoints from different parameters: start over
+        work.mkdir(parents=True, exist_ok=True)
+        marker.write_text(key)
+        m = self.model()
+        metrics = finetune(m.path, self.records("train"), self.records("eval"), tmp, self.recipe.finetune,
+                           self.recipe.data.system_prompt, work_dir=work)
+        metrics["base_model_source"] = m.source
+        return metrics
+
+    def stage_merge(self, tmp: Path) -> dict:
+        from edgeft.data.templates import conversation_text
+        from edgeft.merge import merge
+        from transformers import AutoTokenizer
+
+        adapter = self.run.stage_dir("finetune") / "adapter"
+        tok = AutoTokenizer.from_pretrained(str(adapter))
+        sp = self.recipe.data.system_prompt
+        samples = [conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval")[:4]]
+        return merge(adapter, tmp, base_model=self.model().path, tolerance=self.recipe.merge.tolerance,
+                     sample_texts=samples)
+
+    def stage_export(self, tmp: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        from edgeft.data.templates import prompt_ids
+        from edgeft.exporters import export
+
+        merged = self.run.stage_dir("merge")
+        tok = AutoTokenizer.from_pretrained(str(merged))
+        r0 = self.records("eval")[0]
+        ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
+        return export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
+                      sample_ids=ids)
+
+    def stage_quantize(self, tmp: Path) -> dict:
+        from edgeft.quantize import quantize
+
+        src = self.run.stage_dir("export")
+        wins = self.heldout_windows(src)
+        out = {}
+        for q in self.recipe.quantize:
+            out[q.name] = quantize(src, tmp / q.name, q.scheme, q.options, quality_ids=wins,
+                                   max_ppl_increase_pct=q.max_ppl_increase_pct)
+        return out
+
+    def artifacts(self):
+        from edgeft.quantize import SCHEMES
+        from edgeft.validate import Artifact
+
+        arts = []
+        v = self.recipe.validate_
+        if v.include_base:
+            arts.append(Artifact("base", self.model().path, "pytorch", role="base"))
+        arts.append(Artifact("merged", self.run.stage_dir("merge"), "pytorch", role="reference"))
+        arts.append(Artifact("onnx-fp32", self.run.stage_dir("export"), "onnx"))
+        for q in self.recipe.quantize:
+            s = SCHEMES.get(q.scheme)
+            arts.append(Artifact(q.name, self.run.stage_dir("quantize") / q.name, "onnx", precision=s.precision,
+                                 int8_mode=s.int8_mode, scheme=q.scheme, budgets=q.budgets))
+        return arts
+
+    def stage_validate(self, tmp: Path) -> dict:
+        from edgeft.validate import validate
+
+        report = validate(self.artifacts(), self.run.stage_dir("merge"), self.records("eval"), tmp,
+                          self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
+                          recipe_name=self.recipe.name)
+        return {"passed": report["passed"], "flags": report["flags"]}
+
+    def stage_package(self, tmp: Path) -> dict:
+        from edgeft.pipeline.bundle import package_run
+
+        res = package_run(self, tmp)
+        return {"bundle": str(res.bundle_dir.name), "tarball": res.tarball.name if res.tarball else None,
+                "files": len(res.manifest["files"])}
+
+    # ---------------------------------------------------------------- driver
+    def execute(self, from_stage: str | None = None, dry_run: bool = False, only: Sequence[str] | None = None,
+                on_stage: Callable[[str, str], None] | None = None) -> RunResult:
+        if from_stage is not None and from_stage not in STAGES:
+            raise ConfigError(f"--from {from_stage!r}: unknown stage; valid stages: {', '.join(STAGES)}")
+        res = RunResult(self.run.root, self.recipe)
+        if not dry_run:
+            self.run.root.mkdir(parents=True, exist_ok=True)
+            import yaml
+
+            (self.run.root / "recipe.yaml").write_text(
+                yaml.safe_dump(self.recipe.model_dump(by_alias=True), sort_keys=False))
+            if from_stage:
+                self.run.invalidate_from(from_stage)
+        for stage in STAGES:
+            key = self._key(stage, self.params(stage))
+            self.keys[stage] = key
+            if only is not None and stage not in only:
+                if not dry_run and not self.run.is_current(stage, key):
+                    raise StageError(f"stage {stage!r} has no up-to-date output in {self.run.root}; run "
+                                     f"`edgeft run {self.recipe_path or 'RECIPE'}` (or the {stage} command) first")
+                continue
+            current = self.run.is_current(stage, key)
+            if dry_run:
+                if on_stage:
+                    on_stage(stage, "up to date (skip)" if current else "would run")
+                continue
+            if current:
+                res.skipped.append(stage)
+                if on_stage:
+                    on_stage(stage, "up to date, skipped")
+                continue
+            if on_stage:
+                on_stage(stage, "running")
+            tmp = self.run.begin(stage)
+            t0 = time.perf_counter()
+            try:
+                metrics = getattr(self, f"stage_{stage}")(tmp)
+            except BaseException:
+                self.run.abort(tmp)
+                raise
+            seconds = time.perf_counter() - t0
+            res.timings[stage] = seconds
+            self.run.commit(stage, tmp, {"stage": stage, "key": key, "params": self.params(stage),
+                                         "edgeft": _version(), "seconds": seconds, "metrics": metrics})
+            if on_stage:
+                on_stage(stage, f"done in {seconds:.1f}s")
+            if stage == "validate" and not metrics["passed"]:
+                raise BudgetError(f"validate: gates failed; see {self.run.stage_dir('validate') / 'report.json'}")
+        if not dry_run:
+            rep = self.run.stage_dir("validate") / "report.json"
+            res.report = json.loads(rep.read_text()) if rep.is_file() else None
+            pk = self.run.record("package")
+            if pk:
+                res.bundle = self.run.stage_dir("package") / pk["metrics"]["bundle"]
+                res.tarball = self.run.stage_dir("package") / pk["metrics"]["tarball"] if pk["metrics"]["tarball"] else None
+        return res
+
+
+def run(recipe_path: Path | str, overrides: Sequence[str] = (), from_stage: str | None = None, dry_run: bool = False,
+        runs_root: Path | str = "runs", console=None, on_stage=None) -> RunResult:
+    """Run a recipe file end to end (the ``edgeft run`` command)."""
+    from edgeft.config.loader import check_recipe_refs, load_recipe, resolve_recipe_path
+
+    recipe = load_recipe(recipe_path, list(overrides))
+    file = resolve_recipe_path(recipe_path)
+    problems = check_recipe_refs(recipe, str(recipe_path), file)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    p = Pipeline(recipe, file, Path(runs_root), console)
+    return p.execute(from_stage=from_stage, dry_run=dry_run, on_stage=on_stage)

@@ -1,0 +1,21 @@
+"""Scheme registry: name -> Scheme(apply, precision, int8_mode, description, options)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edgeft.registry import Registry
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    description: str
+    precision: str  # weight precision of the result: int8 | int4
+    int8_mode: str | None  # dynamic | static | full-integer | weight-only (None for int4)
+    apply: Callable[..., dict]  # (in_onnx: Path, out_onnx: Path, **options) -> dict of what was done
+    options: dict = field(default_factory=dict)  # option -> (default, description)
+
+
+SCHEMES: Registry[Scheme] = Registry("quantization scheme")

@@ -1,0 +1,89 @@
+"""Latency of one artifact, measured in a fresh process so peak RSS belongs to that artifact alone.
+
+``measure(...)`` spawns ``python -m edgeft.runtime.bench`` and returns its JSON; the child loads
+the artifact with the requested thread count, runs warm-up generations, then timed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import EdgeftError
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs, np.float64), q))
+
+
+def summarize(ttfts: list[float], steps: list[list[float]]) -> dict:
+    """p50/p95 of TTFT over runs; decode tok/s from the median per-token time over all decode steps."""
+    flat = [s for run in steps for s in run]
+    return {"ttft_ms_p50": 1e3 * _pct(ttfts, 50), "ttft_ms_p95": 1e3 * _pct(ttfts, 95),
+            "per_token_ms_p50": 1e3 * _pct(flat, 50), "per_token_ms_p95": 1e3 * _pct(flat, 95),
+            "decode_tok_s": 1.0 / _pct(flat, 50), "runs": len(ttfts), "decode_steps": len(flat)}
+
+
+def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens: int, warmup: int,
+               repeats: int) -> dict:
+    import resource
+    import time
+
+    from edgeft.runtime.lm import load_lm
+
+    t0 = time.perf_counter()
+    lm = load_lm(Path(path), fmt, threads)
+    load_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        lm.timed_generate(prompt, new_tokens)
+    ttfts, steps = [], []
+    for _ in range(repeats):
+        ttft, st = lm.timed_generate(prompt, new_tokens)
+        ttfts.append(ttft)
+        steps.append(st)
+    out = summarize(ttfts, steps)
+    out.update({"threads": threads, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "warmup": warmup,
+                "load_seconds": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    return out
+
+
+def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_tokens: int, warmup: int = 1,
+            repeats: int = 5, timeout: float = 900) -> dict:
+    args = [sys.executable, "-m", "edgeft.runtime.bench", "--path", str(path), "--format", fmt, "--threads",
+            str(threads), "--prompt", json.dumps(list(map(int, prompt))), "--new-tokens", str(new_tokens),
+            "--warmup", str(warmup), "--repeats", str(repeats)]
+    env = None
+    if fmt == "pytorch":
+        import os
+
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise EdgeftError(f"latency run of {path} failed: {' | '.join(tail)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Measure decode latency of one artifact (internal helper).")
+    p.add_argument("--path", required=True)
+    p.add_argument("--format", required=True)
+    p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--prompt", required=True, help="JSON list of token ids")
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args(argv)
+    res = run_inline(a.path, a.format, a.threads, json.loads(a.prompt), a.new_tokens, a.warmup, a.repeats)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

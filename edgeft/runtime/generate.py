@@ -1,0 +1,24 @@
+"""Chat generation with any artifact (the ``edgeft generate`` command and Python API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def generate(artifact: Path | str, prompt: str, system_prompt: str = "", max_new_tokens: int = 64,
+             threads: int = 2, tokenizer: Path | str | None = None) -> str:
+    """Greedy chat completion of ``prompt`` with an ONNX folder or an HF (PyTorch) folder."""
+    from transformers import AutoTokenizer
+
+    from edgeft.data.templates import prompt_ids, stop_ids
+    from edgeft.runtime.lm import load_lm
+
+    path = Path(artifact)
+    fmt = "onnx" if (path.suffix == ".onnx" or any(path.glob("*.onnx"))) else "pytorch"
+    tok_dir = Path(tokenizer) if tokenizer else (path if path.is_dir() else path.parent)
+    if not (tok_dir / "tokenizer.json").is_file() and (tok_dir.parent.parent / "tokenizer").is_dir():
+        tok_dir = tok_dir.parent.parent / "tokenizer"  # inside a release bundle: artifacts/<name>/
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    lm = load_lm(path, fmt, threads)
+    out = lm.generate([prompt_ids(tok, system_prompt, prompt)], max_new_tokens, stop_ids(tok))[0]
+    return tok.decode(out, skip_special_tokens=True).strip()

@@ -1,0 +1,205 @@
+"""Validate stage: every artifact (and the merged reference) x every device profile.
+
+Per artifact: task metric (exact match, JSON validity) on the eval split, perplexity on held-out
+text with a fixed protocol, top-1 agreement and KL vs the merged model. Per distinct thread
+count: latency measured on this machine (``measured-host``) in a fresh process with peak RSS.
+Per device: compatibility (format, precision, int8 mode, ops, shapes, size, RAM) and budgets.
+Writes ``report.json`` and prints a summary table; ``report["passed"]`` is False when any gate fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Artifact", "validate"]
+
+
+@dataclass
+class Artifact:
+    name: str
+    path: Path
+    format: str  # onnx | pytorch
+    role: str = "artifact"  # base | reference | artifact
+    precision: str = "fp32"
+    int8_mode: str | None = None
+    scheme: str | None = None
+    budgets: object | None = None  # edgeft.config.Budgets overriding the recipe's
+    extra: dict = field(default_factory=dict)
+
+
+def _size_bytes(a: Artifact) -> int:
+    p = Path(a.path)
+    if p.is_file():
+        return p.stat().st_size
+    pats = ("*.onnx", "*.onnx_data", "*.onnx.data") if a.format == "onnx" else ("*.safetensors", "*.bin")
+    return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
+
+
+def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=16) -> dict:
+    from edgeft.data.templates import prompt_ids, score, stop_ids
+
+    stops = stop_ids(tokenizer)
+    tot = {"exact_match": 0.0, "json_valid": 0.0}
+    samples = []
+    for i in range(0, len(records), batch_size):
+        batch = records[i:i + batch_size]
+        outs = lm.generate([prompt_ids(tokenizer, system_prompt, r["prompt"]) for r in batch], max_new_tokens, stops)
+        for r, o in zip(batch, outs):
+            text = tokenizer.decode(o, skip_special_tokens=True)
+            s = score(text, r["response"])
+            for k in tot:
+                tot[k] += s[k]
+            if len(samples) < 5 and not s["exact_match"]:
+                samples.append({"prompt": r["prompt"], "expected": r["response"], "got": text.strip()})
+    n = max(len(records), 1)
+    return {**{k: v / n for k, v in tot.items()}, "n_examples": len(records), "misses_sample": samples}
+
+
+def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: list[dict], out_dir: Path, cfg=None,
+             system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None) -> dict:
+    """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json."""
+    from transformers import AutoTokenizer
+
+    from edgeft.config.loader import load_device
+    from edgeft.config.schema import ValidateConfig
+    from edgeft.data.templates import conversation_text, prompt_ids
+    from edgeft.quantize import quality
+    from edgeft.runtime.bench import measure
+    from edgeft.runtime.lm import load_lm
+    from edgeft.validate import compat, gates, report as rpt
+
+    cfg = cfg or ValidateConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    devices = {name: load_device(name) for name in cfg.devices}
+    required = set(cfg.require if cfg.require is not None else cfg.devices)
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    records = eval_records[: cfg.eval_examples]
+    if heldout_text is None:
+        heldout_text = "".join(conversation_text(tok, system_prompt, r["prompt"], r["response"]) for r in eval_records)
+    ppl_cfg = cfg.perplexity
+    wins = quality.windows(tok(heldout_text, add_special_tokens=False).input_ids, ppl_cfg.seq_len, ppl_cfg.stride,
+                           ppl_cfg.max_tokens)
+    ref = [a for a in artifacts if a.role == "reference"]
+    if len(ref) != 1:
+        raise ValueError("validate needs exactly one artifact with role 'reference' (the merged model)")
+    reference = ref[0]
+    host_threads = os.cpu_count() or 1
+    latency_prompt = prompt_ids(tok, system_prompt, cfg.latency.prompt)
+    config_json = {}
+    cfg_file = Path(reference.path) / "config.json"
+    if cfg_file.is_file():
+        config_json = json.loads(cfg_file.read_text())
+
+    # ---- accuracy, once per artifact (the reference first: others are compared to its logits)
+    rep_artifacts: dict[str, dict] = {}
+    ref_logits = None
+    agree_wins = wins[:2]
+    for a in sorted(artifacts, key=lambda a: a.role != "reference"):
+        log.info("validate: scoring %s (%s %s)", a.name, a.format, a.precision)
+        lm = load_lm(a.path, a.format, host_threads)
+        acc = _task_metrics(lm, tok, records, system_prompt, cfg.max_new_tokens)
+        acc["perplexity"] = quality.perplexity(lm, wins)
+        if a.role == "reference":
+            ref_logits = [lm.logits(w) for w in agree_wins]
+            acc.update({"top1_agreement": 1.0, "kl": 0.0})
+        else:
+            acc.update(quality.compare(ref_logits, lm, agree_wins))
+        del lm
+        info = {"role": a.role, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
+                "scheme": a.scheme, "size_bytes": _size_bytes(a), "path": str(a.path), "accuracy": acc,
+                "latency": None, **a.extra}
+        if a.format == "onnx":
+            from edgeft.runtime.lm import find_onnx
+
+            info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+        rep_artifacts[a.name] = info
+    order = [a.name for a in sorted(artifacts, key=lambda a: {"base": 0, "reference": 1}.get(a.role, 2))]
+    rep_artifacts = {n: rep_artifacts[n] for n in order}
+
+    # ---- latency on this machine, once per distinct effective thread count
+    thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()})
+    latency: dict[tuple[str, int], dict] = {}
+    for a in artifacts:
+        if a.role == "base":
+            continue  # same architecture and size as the merged model
+        for t in thread_counts:
+            log.info("validate: latency of %s with %d threads", a.name, t)
+            m = measure(a.path, a.format, t, latency_prompt, cfg.latency.new_tokens, cfg.latency.warmup,
+                        cfg.latency.repeats)
+            m["label"] = "measured-host"
+            latency[(a.name, t)] = m
+        rep_artifacts[a.name]["latency"] = latency[(a.name, max(thread_counts))]
+
+    # ---- accuracy gates (per artifact vs the merged reference) and the fine-tune-erased flag
+    ref_acc = rep_artifacts[reference.name]["accuracy"]
+    base = next((a for a in artifacts if a.role == "base"), None)
+    base_em = rep_artifacts[base.name]["accuracy"]["exact_match"] if base else None
+    acc_gates: list[dict] = []
+    flags: list[str] = []
+    for a in artifacts:
+        if a.role != "artifact":
+            continue
+        budgets = a.budgets or cfg.budgets
+        acc = rep_artifacts[a.name]["accuracy"]
+        res = gates.evaluate_goal("exact_match", a.name, acc["exact_match"], ref_acc["exact_match"],
+                                  budgets.exact_match, higher_is_better=True)
+        res += gates.evaluate_goal("perplexity", a.name, acc["perplexity"], ref_acc["perplexity"],
+                                   budgets.perplexity, higher_is_better=False)
+        acc_gates += [g.to_dict() for g in res]
+        if base_em is not None:
+            msg = gates.erased_flag(a.name, acc["exact_match"], base_em, ref_acc["exact_match"], budgets.erased_margin)
+            if msg:
+                flags.append(msg)
+                acc_gates.append(gates.GateResult("fine-tune-erased", a.name, acc["exact_match"], base_em, False,
+                                                  msg).to_dict())
+    failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
+
+    # ---- devices: compatibility + budgets
+    rep_devices: dict[str, dict] = {}
+    for dname, dev in devices.items():
+        t = min(dev.cpu.threads, host_threads)
+        results = {}
+        for a in artifacts:
+            if a.role == "base":
+                continue
+            info = rep_artifacts[a.name]
+            art = {"name": a.name, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
+                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"),
+                   "est_ram_mb": compat.estimate_ram_mb(info["size_bytes"], config_json, cfg.context_len)}
+            c = compat.check(art, dev)
+            lat = dict(latency[(a.name, t)])
+            lat["size_mb"] = info["size_bytes"] / 2**20
+            lat["label"] = f"measured-host ({t} threads; profile asks {dev.cpu.threads})"
+            g = [x.to_dict() for x in gates.latency_gates(dev, a.name, lat)] if c["compatible"] else []
+            passed = c["compatible"] and all(x["passed"] for x in g) and a.name not in failed_acc
+            results[a.name] = {**c, "est_ram_mb": art["est_ram_mb"], "gates": g, "passed": passed,
+                               "latency": {k: lat.get(k) for k in ("label", "ttft_ms_p50", "ttft_ms_p95",
+                                                                   "decode_tok_s", "peak_rss_mb")}}
+        deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
+        rep_devices[dname] = {"class": dev.class_, "threads": t, "threads_profile": dev.cpu.threads,
+                              "required": dname in required, "passed": bool(deployable), "deployable": deployable,
+                              "results": results}
+    passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
+    report = {"schema_version": 1, "recipe": recipe_name, "reference": reference.name, "passed": passed,
+              "protocol": {"eval_examples": len(records), "max_new_tokens": cfg.max_new_tokens,
+                           "perplexity": {**ppl_cfg.model_dump(), "windows": len(wins),
+                                          "tokens": int(sum(len(w) for w in wins)),
+                                          "text": ppl_cfg.text, "tokenizer": str(tokenizer_dir)},
+                           "agreement_windows": len(agree_wins),
+                           "latency": {**cfg.latency.model_dump(), "prompt_tokens": len(latency_prompt),
+                                       "host_cpus": host_threads}},
+              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags}
+    rpt.write_json(out_dir / "report.json", report)
+    if console is not None:
+        rpt.print_summary(report, console)
+    return report

