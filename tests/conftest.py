@@ -7,15 +7,24 @@ enough that only broken plumbing (a crash, a parity failure, a missing file) fai
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# Spinning OpenMP workers make torch pathologically slow when the 2 cores are shared with another
+# job: with a second pipeline running on this machine, six forward+backward passes of the tiny model
+# took 8 s with spinning threads and 0.08 s with passive waiting, and the model-stage test files went
+# from 151 s to 37 s. Set before torch is first imported; the processes the tests start (CLI,
+# latency runs) inherit it. An explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SYSTEM_PROMPT = "Parse the request into JSON."
@@ -136,8 +145,12 @@ def write_recipe(path: Path, data: dict) -> Path:
 
 
 @pytest.fixture
-def tiny_recipe(tiny_lm_dir, tmp_path) -> Path:
-    """``tmp_path/tiny.yaml``: the tiny model through data .. package with generous budgets."""
+def tiny_recipe(tiny_lm_dir, tmp_path, monkeypatch) -> Path:
+    """``tmp_path/tiny.yaml``: the tiny model through data .. package with generous budgets.
+
+    ``EDGEFT_CACHE`` points at ``tmp_path/cache`` for the test (and the processes it starts).
+    """
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
     return write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict(tiny_lm_dir))
 
 

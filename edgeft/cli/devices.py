@@ -20,10 +20,10 @@ def list_cmd():
 
     t = Table()
     for c in ("name", "class", "threads", "model RAM MiB", "GB/s", "precisions", "formats"):
-        t.add_column(c, no_wrap=True)
+        t.add_column(c, no_wrap=c in ("name", "class"))  # never truncate the name; long lists wrap
     for d in list_devices():
         t.add_row(d.name, d.class_, str(d.cpu.threads), str(d.memory.model_budget_mb), f"{d.memory.bandwidth_gbps:g}",
-                  ",".join(d.precisions), ",".join(d.formats))
+                  ", ".join(d.precisions), ", ".join(d.formats))
     Console(width=max(100, Console().width)).print(t)
 
 

@@ -50,7 +50,10 @@ def check_outputs(stage: str, reference: dict[str, np.ndarray], candidate: dict[
         diff = float(np.max(np.abs(ref.astype(np.float64) - got.astype(np.float64)))) if ref.size else 0.0
         checks.append(OutputCheck(name, diff, tolerance, tuple(ref.shape)))
     for c in checks:
-        log.info("%s parity: %s", stage, c.line())
+        log.debug("%s parity: %s", stage, c.line())
+    if checks:
+        worst = max(checks, key=lambda c: c.max_abs_diff / c.tolerance)
+        log.info("%s parity: %d outputs, worst %s", stage, len(checks), worst.line()[5:])
     failed = [c for c in checks if not c.passed]
     if failed:
         raise ParityError(f"{stage}: {len(failed)} of {len(checks)} outputs exceed the tolerance: "

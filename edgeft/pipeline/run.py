@@ -243,6 +243,9 @@ class Pipeline:
                 res.skipped.append(stage)
                 if on_stage:
                     on_stage(stage, "up to date, skipped")
+                if stage == "validate" and not self.run.record(stage)["metrics"]["passed"]:
+                    raise BudgetError(f"validate: gates failed (unchanged since the last run); see "
+                                      f"{self.run.stage_dir('validate') / 'report.json'}")
                 continue
             if on_stage:
                 on_stage(stage, "running")

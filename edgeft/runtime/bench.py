@@ -29,9 +29,26 @@ def summarize(ttfts: list[float], steps: list[list[float]]) -> dict:
             "decode_tok_s": 1.0 / _pct(flat, 50), "runs": len(ttfts), "decode_steps": len(flat)}
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process, MiB.
+
+    Linux keeps ru_maxrss across fork+exec, so a child started by a big parent would report the
+    parent's peak; VmHWM in /proc/self/status belongs to the new address space only.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens: int, warmup: int,
                repeats: int) -> dict:
-    import resource
     import time
 
     from edgeft.runtime.lm import load_lm
@@ -48,7 +65,7 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
         steps.append(st)
     out = summarize(ttfts, steps)
     out.update({"threads": threads, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "warmup": warmup,
-                "load_seconds": load_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()})
     return out
 
 

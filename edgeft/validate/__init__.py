@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 __all__ = ["Artifact", "validate"]
@@ -179,7 +177,8 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
             c = compat.check(art, dev)
             lat = dict(latency[(a.name, t)])
             lat["size_mb"] = info["size_bytes"] / 2**20
-            lat["label"] = f"measured-host ({t} threads; profile asks {dev.cpu.threads})"
+            lat["label"] = "measured-host"
+            lat["threads"] = t
             g = [x.to_dict() for x in gates.latency_gates(dev, a.name, lat)] if c["compatible"] else []
             passed = c["compatible"] and all(x["passed"] for x in g) and a.name not in failed_acc
             results[a.name] = {**c, "est_ram_mb": art["est_ram_mb"], "gates": g, "passed": passed,

@@ -332,27 +332,43 @@ def _ops_outside(info: dict, allow: Iterable[str]) -> list[tuple[str, int, list[
     return sorted(outside, key=lambda t: (-t[1], t[0]))
 
 
+_OP_TYPES_SHOWN = 6
+
+
 def _describe_ops(outside: list[tuple[str, int, list[str]]]) -> str:
+    """The most frequent op types with counts and a few node names; the rest by type name only."""
     parts = []
-    for op, n, nodes in outside:
+    for op, n, nodes in outside[:_OP_TYPES_SHOWN]:
         shown = nodes[:_NODES_SHOWN]
         more = n - len(shown)
         names = _join(shown) + (f", +{more} more" if more > 0 else "")
         parts.append(f"{op} x{n} ({names})" if names else f"{op} x{n}")
+    rest = outside[_OP_TYPES_SHOWN:]
+    if rest:
+        parts.append(f"+{len(rest)} more op types: " + ", ".join(f"{op} x{n}" for op, n, _ in rest))
     return "; ".join(parts)
 
 
 def _describe_dynamic(info: dict) -> tuple[str, list[str]]:
+    """Dynamic inputs grouped by name pattern (past_key_values.N.key ...) with their symbolic dims."""
+    import re
+
     shapes = {i["name"]: i["shape"] for i in info.get("inputs", [])}
-    parts, params = [], []
+    groups: dict[tuple[str, str], list[str]] = {}
+    params: list[str] = []
     for name in info.get("dynamic_inputs", []):
         shape = shapes.get(name)
         if shape is None:
-            parts.append(f"{name} [unknown rank]")
-            continue
-        symbolic = [str(d) for d in shape if not isinstance(d, int)]
-        params += [d for d in symbolic if d != "?" and d not in params]
-        parts.append(f"{name} [{_join(symbolic)}]")
+            dims = "unknown rank"
+        else:
+            symbolic = [str(d) for d in shape if not isinstance(d, int)]
+            params += [d for d in symbolic if d != "?" and d not in params]
+            dims = _join(symbolic)
+        groups.setdefault((re.sub(r"\.\d+\.", ".N.", name), dims), []).append(name)
+    parts = []
+    for (pattern, dims), names in groups.items():
+        label = names[0] if len(names) == 1 else f"{pattern} ({len(names)} inputs)"
+        parts.append(f"{label} [{dims}]")
     return "; ".join(parts), params
 
 

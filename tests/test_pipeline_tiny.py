@@ -1,0 +1,178 @@
+"""``edgeft.run`` end to end on the tiny recipe: stage records, report, bundle, skipping and reruns.
+
+One full run is shared by the module. Tests that rerun stages work on a copy of its run folder,
+so they do not depend on the order they run in.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import edgeft
+from conftest import read_json
+from edgeft.errors import VerifyError
+from edgeft.pipeline.rundir import STAGES
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
+    "ignore:The given NumPy array is not writable", "ignore:mtime may not be reliable",
+    "ignore::DeprecationWarning", "ignore::FutureWarning",
+)
+
+ARTIFACTS = ["base", "merged", "onnx-fp32", "int8", "int4"]
+DEVICES = ["host", "phone-cpu", "edge-tpu"]
+UPSTREAM = ["data", "finetune", "merge", "export"]
+DOWNSTREAM = ["quantize", "validate", "package"]
+
+
+@pytest.fixture(scope="module")
+def first(tiny_recipe_module, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    res = edgeft.run(tiny_recipe_module, runs_root=runs)
+    return res
+
+
+@pytest.fixture
+def clone(first, tmp_path) -> Path:
+    """A private copy of the shared run's ``runs/`` folder (same recipe, same stage keys)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(first.run_dir.parent, runs, symlinks=True)
+    return runs
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in run_dir.iterdir() if p.name.startswith((".tmp-", ".old-")))
+
+
+def test_every_stage_recorded_ok(first):
+    assert first.skipped == []
+    assert list(first.timings) == STAGES
+    for stage in STAGES:
+        rec = read_json(first.run_dir / stage / "stage.json")
+        assert rec["status"] == "ok" and rec["stage"] == stage, rec
+        assert re.fullmatch(r"[0-9a-f]{64}", rec["key"])
+        assert rec["seconds"] >= 0 and "metrics" in rec and "edgeft" in rec
+    assert _leftovers(first.run_dir) == []
+    ft = read_json(first.run_dir / "finetune" / "stage.json")["metrics"]
+    assert ft["steps"] == 3 and ft["eval_history"] and ft["base_model_source"].startswith("local folder")
+    assert (first.run_dir / "recipe.yaml").is_file()
+
+
+def test_report_lists_artifacts_and_devices(first):
+    rep = first.report
+    assert rep is not None
+    assert rep == read_json(first.run_dir / "validate" / "report.json")
+    assert list(rep["artifacts"]) == ARTIFACTS
+    assert list(rep["devices"]) == DEVICES
+    assert rep["passed"] is True, rep["gates"]
+    assert rep["artifacts"]["merged"]["role"] == "reference" and rep["artifacts"]["base"]["role"] == "base"
+    for name in ARTIFACTS:
+        acc = rep["artifacts"][name]["accuracy"]
+        assert 0.0 <= acc["exact_match"] <= 1.0 and acc["perplexity"] > 1.0
+    for name in ("int8", "int4"):
+        a = rep["artifacts"][name]
+        assert a["size_bytes"] < rep["artifacts"]["onnx-fp32"]["size_bytes"]
+        assert a["latency"]["decode_tok_s"] > 0
+    assert rep["devices"]["host"]["required"] and rep["devices"]["host"]["passed"]
+    assert set(rep["devices"]["host"]["deployable"]) == {"onnx-fp32", "int8", "int4"}
+    tpu = rep["devices"]["edge-tpu"]
+    assert tpu["required"] is False
+    assert not tpu["results"]["int4"]["compatible"]
+    assert any("int4" in r for r in tpu["results"]["int4"]["reasons"])
+
+
+def test_bundle_verifies(first):
+    from edgeft.release import verify
+
+    assert first.bundle is not None and first.bundle.is_dir()
+    assert first.tarball is not None and first.tarball.name == "tiny-0.0.1.tar.gz"
+    res = verify(first.bundle)
+    paths = {e["path"] for e in res.manifest["files"]}
+    for name in ("onnx-fp32", "int8", "int4"):
+        assert f"artifacts/{name}/model.onnx" in paths
+    assert {"report.json", "recipe.yaml", "README.md", "tokenizer/tokenizer.json"} <= paths
+    assert res.n_files == len(paths)
+    assert verify(first.tarball).n_files == res.n_files
+
+
+def test_tampered_bundle_names_the_file(first, tmp_path):
+    from edgeft.release import verify
+
+    bundle = tmp_path / first.bundle.name
+    shutil.copytree(first.bundle, bundle)
+    target = bundle / "artifacts" / "int4" / "model.onnx"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(VerifyError) as ei:
+        verify(bundle)
+    msg = str(ei.value)
+    assert "artifacts/int4/model.onnx: sha256 mismatch" in msg
+    assert "1 problem" in msg, msg
+
+
+def test_second_run_skips_every_stage(first, clone, tiny_recipe_module):
+    res = edgeft.run(tiny_recipe_module, runs_root=clone)
+    assert res.skipped == STAGES
+    assert res.timings == {}
+    assert res.report is not None and list(res.report["artifacts"]) == ARTIFACTS
+    assert res.bundle == clone / "tiny" / "package" / first.bundle.name
+
+
+def _keys(run_dir: Path) -> dict[str, str]:
+    return {s: read_json(run_dir / s / "stage.json")["key"] for s in STAGES}
+
+
+def test_from_quantize_reruns_quantize_to_package_only(first, clone, tiny_recipe_module):
+    before = _keys(clone / "tiny")
+    res = edgeft.run(tiny_recipe_module, runs_root=clone, from_stage="quantize")
+    assert res.skipped == UPSTREAM
+    assert list(res.timings) == DOWNSTREAM
+    assert _keys(clone / "tiny") == before  # same parameters: same keys, only recomputed
+    for s in STAGES:
+        assert read_json(clone / "tiny" / s / "stage.json")["status"] == "ok"
+    assert _leftovers(clone / "tiny") == []
+    edgeft.verify(res.bundle)
+
+
+def test_changed_quantize_option_reruns_quantize_and_later(first, clone, tiny_recipe_module):
+    before = _keys(clone / "tiny")
+    res = edgeft.run(tiny_recipe_module, ["quantize.1.options.block_size=16"], runs_root=clone)
+    assert res.skipped == UPSTREAM
+    assert list(res.timings) == DOWNSTREAM
+    after = _keys(clone / "tiny")
+    assert all(after[s] == before[s] for s in UPSTREAM)
+    assert all(after[s] != before[s] for s in DOWNSTREAM)
+    q = read_json(clone / "tiny" / "quantize" / "int4" / "quantize_report.json")
+    assert q["options"]["block_size"] == 16
+    assert read_json(clone / "tiny" / "quantize" / "int8" / "quantize_report.json")["options"]["block_size"] == 32
+    edgeft.verify(res.bundle)
+
+
+def test_failing_stage_leaves_no_temp_folder_and_keeps_old_output(first, clone, tiny_recipe_module, monkeypatch):
+    from edgeft.pipeline.run import Pipeline
+
+    run_dir = clone / "tiny"
+    old_record = read_json(run_dir / "package" / "stage.json")
+    bundle = run_dir / "package" / first.bundle.name
+
+    def broken(self, tmp: Path) -> dict:
+        (tmp / "half-written.bin").write_bytes(b"\0" * 1024)
+        raise RuntimeError("disk full (simulated)")
+
+    monkeypatch.setattr(Pipeline, "stage_package", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        edgeft.run(tiny_recipe_module, ["package.intended_use=changed"], runs_root=clone)
+    assert _leftovers(run_dir) == []
+    assert not list(run_dir.rglob("half-written.bin"))
+    assert read_json(run_dir / "package" / "stage.json") == old_record
+    edgeft.verify(bundle)
+    statuses = {}
+    edgeft.run(tiny_recipe_module, ["package.intended_use=changed"], runs_root=clone, dry_run=True,
+               on_stage=lambda s, st: statuses.__setitem__(s, st))
+    assert statuses == {**{s: "up to date (skip)" for s in STAGES[:-1]}, "package": "would run"}
+
