@@ -173,9 +173,10 @@ def test_missing_model_exit_4(recipe_data, tmp_path):
     assert "/nonexistent/folder" in res.stderr
     _no_traceback(res)
     run_dir = tmp_path / "runs" / recipe_data["name"]
-    assert (run_dir / "data" / "stage.json").is_file(), "the data stage before the failure is kept"
-    assert not (run_dir / "finetune").exists()
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert not run_dir.exists(), "a missing model fails before any stage writes anything"
+    # --dry-run checks the model too
+    res = edgeft_cli("run", recipe, "--dry-run", "--runs", tmp_path / "runs")
+    assert res.returncode == 4 and "/nonexistent/folder" in res.stderr
 
 
 def test_malformed_jsonl_row_exit_3(recipe_data, tmp_path):

@@ -176,3 +176,42 @@ def test_failing_stage_leaves_no_temp_folder_and_keeps_old_output(first, clone, 
                on_stage=lambda s, st: statuses.__setitem__(s, st))
     assert statuses == {**{s: "up to date (skip)" for s in STAGES[:-1]}, "package": "would run"}
 
+
+
+def test_killed_run_resumes_fine_tuning_from_its_checkpoint(tiny_lm_dir, tmp_path, monkeypatch):
+    """SIGKILL `edgeft run` once a fine-tuning checkpoint exists; the rerun keeps the data stage and
+    resumes training from the checkpoint instead of starting over."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import tiny_recipe_dict, write_recipe
+
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
+    data = tiny_recipe_dict(tiny_lm_dir, name="killme")
+    data["data"]["generated"].update(n_train=64)
+    data["finetune"].update(epochs=12, eval_examples=0, early_stopping=None)  # long enough to be killed
+    recipe = write_recipe(tmp_path / "killme.yaml", data)
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-c", "from edgeft.cli import main; main()", "-q", "run", str(recipe), "--runs", str(runs)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    ckpts = runs / "killme" / ".work" / "finetune" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any(ckpts.glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    time.sleep(0.5)  # let the checkpoint finish writing; a half-written one must be skipped by the trainer anyway
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (runs / "killme" / "finetune" / "stage.json").exists()  # the stage never committed
+    assert (runs / "killme" / "data" / "stage.json").exists()
+
+    # Rerun with fewer epochs would change the key (and start over); the same recipe must resume.
+    res = edgeft.run(recipe, runs_root=runs)
+    assert "data" in res.skipped
+    metrics = json.loads((runs / "killme" / "finetune" / "stage.json").read_text())["metrics"]
+    assert metrics["resumed"] is True
+    assert (res.bundle / "manifest.json").is_file()

@@ -63,9 +63,13 @@ def cli(verbose: int, quiet: bool) -> None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         import warnings
 
+        # bitsandbytes warns at import that an optional GPU-kernel package is missing; QLoRA works without it.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")  # torch.onnx tracer
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ threads_opt = click.option("--threads", type=int, default=2, show_default=True, 
 
 
 def console():
+    """Terminal console; when output is a pipe or a CI log, use 120 columns instead of rich's 80."""
     from rich.console import Console
 
-    return Console()
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=120)
+    return con

@@ -153,6 +153,23 @@ def _read_config(path: Path) -> dict:
         raise ModelSourceError(f"{path / 'config.json'}: unreadable model config ({e})") from e
 
 
+def check_spec(spec: str, base_dir: Path | None = None) -> None:
+    """Fail fast (before any stage runs) when ``spec`` cannot name a model; converts nothing."""
+    if spec in EMBEDDED:
+        return
+    p = Path(spec).expanduser()
+    if not p.is_absolute() and base_dir is not None and (base_dir / p).exists():
+        p = base_dir / p
+    if p.suffix == ".gguf" and p.is_file():
+        return
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelSourceError(f"{p}: not an HF model folder (no config.json); pass a folder saved with "
+                                   "save_pretrained, a .gguf file, or one of: " + ", ".join(EMBEDDED.names()))
+        return
+    resolve_model(spec, base_dir)  # raises the specific error (hub id, missing file, unknown name)
+
+
 def resolve_model(spec: str, base_dir: Path | None = None) -> ResolvedModel:
     """Resolve a recipe's ``model:`` value: embedded name, local HF folder or .gguf file."""
     if spec in EMBEDDED:

@@ -218,6 +218,9 @@ class Pipeline:
         if from_stage is not None and from_stage not in STAGES:
             raise ConfigError(f"--from {from_stage!r}: unknown stage; valid stages: {', '.join(STAGES)}")
         res = RunResult(self.run.root, self.recipe)
+        from edgeft.models import check_spec
+
+        check_spec(self.recipe.model, self.base_dir)  # a missing model fails before anything is written
         if not dry_run:
             self.run.root.mkdir(parents=True, exist_ok=True)
             import yaml

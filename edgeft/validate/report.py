@@ -334,10 +334,14 @@ def _sections(report: dict) -> list:
         for art, r in ((d or {}).get("results") or {}).items():
             r = r or {}
             if r.get("compatible") is False:
+                # The terminal gets the first reason and fix, shortened; report.json keeps every detail.
+                reasons = r.get("reasons") or ["incompatible"]
                 text = Text(f"  {dev} x {art}: ")
-                text.append("; ".join(r.get("reasons") or ["incompatible"]))
+                text.append(_shorten(reasons[0]))
+                if len(reasons) > 1:
+                    text.append(f" (+{len(reasons) - 1} more reasons in report.json)", style="dim")
                 if r.get("suggestions"):
-                    text.append(" -> fix: " + "; ".join(r["suggestions"]), style="dim")
+                    text.append(" -> fix: " + _shorten(r["suggestions"][0]), style="dim")
                 incompatible.append(text)
             if r.get("warnings"):
                 warned.append(Text(f"  {dev} x {art}: " + "; ".join(r["warnings"]), style="yellow"))
@@ -386,6 +390,11 @@ def print_summary(report: dict, console=None) -> None:
         console.print(table)
     for item in _sections(report):
         console.print(item)
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def summary_text(report: dict, width: int = 160) -> str:

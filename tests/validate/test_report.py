@@ -100,7 +100,7 @@ def test_summary_contains_rows_verdicts_and_sections(report):
     assert "FAIL [phone-cpu] int4 ttft_ms (measured-host): ttft_ms_p50 2100 ms > max 1500 ms" in text
     assert "FINE-TUNE ERASED: int8 exact_match 0.06" in text
     # one line per artifact x device, square brackets shown literally (no markup)
-    assert "edge-tpu x int8: int8 dynamic quantization" in text and "input_ids [batch, sequence]" in text
+    assert "edge-tpu x int8: int8 dynamic quantization" in text and "(+1 more" in " ".join(text.split())
     assert "edge-tpu x int4: int4 MatMulNBits is not supported on edge-tpu (precisions: int8)" in text
     assert "overall: FAIL (required devices without a passing artifact: phone-cpu; accuracy gates failed)" in text
 
