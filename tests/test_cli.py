@@ -179,7 +179,8 @@ def test_missing_model_exit_4(recipe_data, tmp_path):
     assert res.returncode == 4 and "/nonexistent/folder" in res.stderr
 
 
-def test_malformed_jsonl_row_exit_3(recipe_data, tmp_path):
+def test_malformed_jsonl_row_exit_3(recipe_data, tmp_path, tiny_lm_dir):
+    recipe_data["model"] = str(tiny_lm_dir)  # a real model folder: the data error must be what stops the run
     good = '{"prompt": "set a timer for 5 minutes", "response": "{\\"intent\\":\\"set_timer\\"}"}'
     (tmp_path / "train.jsonl").write_text(f"{good}\n{good}\n{{\"prompt\": \"oops\", \"response\": \n{good}\n")
     (tmp_path / "eval.jsonl").write_text(f"{good}\n")

@@ -215,3 +215,30 @@ def test_killed_run_resumes_fine_tuning_from_its_checkpoint(tiny_lm_dir, tmp_pat
     metrics = json.loads((runs / "killme" / "finetune" / "stage.json").read_text())["metrics"]
     assert metrics["resumed"] is True
     assert (res.bundle / "manifest.json").is_file()
+
+
+def test_stage_commands_on_a_finished_run(first, clone, tiny_recipe_module, tmp_path):
+    """The per-stage commands are thin wrappers: each runs on the outputs of the shared run."""
+    import subprocess
+    import sys
+
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-c", "from edgeft.cli import main; main()", "-q", *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    run_dir = clone / first.run_dir.name
+    out = cli("merge", run_dir / "finetune" / "adapter", "--out", tmp_path / "merged",
+              "--base", first.recipe.model)
+    assert "max |logit diff|" in out and (tmp_path / "merged" / "model.safetensors").is_file()
+    out = cli("export", tmp_path / "merged", "--out", tmp_path / "onnx")
+    assert "prefill logits" in out and (tmp_path / "onnx" / "model.onnx").is_file()
+    out = cli("quantize", tmp_path / "onnx", "--out", tmp_path / "int4", "--scheme", "int4-rtn", "--opt",
+              "block_size=32")
+    assert "int4-rtn:" in out and (tmp_path / "int4" / "model.onnx").is_file()
+    cli("generate", tmp_path / "int4", "set a timer for 5 minutes", "--max-new-tokens", "4")  # exit 0 asserted
+    out = cli("validate", tiny_recipe_module, "--runs", clone)
+    assert "overall:" in out
+    out = cli("package", tiny_recipe_module, "--runs", clone)
+    assert "bundle:" in out

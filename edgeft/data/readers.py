@@ -17,11 +17,11 @@ import difflib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from edgeft.errors import DataError
+from edgeft.fileio import atomic_write
 
 __all__ = ["SUPPORTED_SUFFIXES", "read_records", "read_text", "write_jsonl"]
 
@@ -181,21 +181,12 @@ def write_jsonl(path: PathLike, records: Iterable[dict]) -> Path:
     A reader never sees a half-written file, and an interrupted write leaves the old file intact.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for i, record in enumerate(records):
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}: record {i} is {_type_name(record)}, expected a dict")
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    def write(f) -> None:
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise DataError(f"{path}: record {i} is {_type_name(record)}, expected a dict")
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    atomic_write(target, write)
     return target

@@ -54,10 +54,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path, PurePath
 from typing import Any, Optional, Union
 
+from edgeft.fileio import atomic_write_text
 from edgeft.validate.gates import fmt_num
 
 __all__ = ["device_table", "print_summary", "summary_table", "summary_text", "to_jsonable", "write_json"]
@@ -102,19 +102,7 @@ def write_json(path: Union[str, os.PathLike], report: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(report), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, text)
     return path
 
 
