@@ -66,7 +66,7 @@ def test_help(path):
 
 def test_groups_have_subcommands():
     paths = _command_paths()
-    assert ("devices", "list") in paths and ("devices", "show") in paths
+    assert ("devices", "list") in paths and ("devices", "show") in paths and ("devices", "add") in paths
     assert ("recipes", "validate") in paths
     assert len(paths) > len(COMMANDS) + 1
 
@@ -224,6 +224,25 @@ def test_devices_show_unknown_exit_2():
     res = edgeft_cli("devices", "show", "pi6")
     assert res.returncode == 2 and "pi5" in res.stderr
     _no_traceback(res)
+
+
+def test_devices_add_then_clash_and_invalid_name_exit_2(tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(REPO / "devices", tmp_path / "devices")
+    monkeypatch.setenv("EDGEFT_HOME", str(tmp_path))  # edgeft_cli passes the environment on
+    ok = edgeft_cli("devices", "add", "my-board", "--from", "phone-npu")
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "devices" / "my-board.yaml").is_file() and "next steps:" in ok.stdout
+    shown = edgeft_cli("devices", "show", "my-board")
+    assert shown.returncode == 0 and "source: 'edit me:" in shown.stdout
+    clash = edgeft_cli("devices", "add", "my-board")
+    assert clash.returncode == 2 and "a device profile named 'my-board' already exists" in clash.stderr
+    bad = edgeft_cli("devices", "add", "My_Board")
+    assert bad.returncode == 2 and "lowercase letters, digits and single dashes" in bad.stderr
+    assert not (tmp_path / "devices" / "My_Board.yaml").exists()
+    for res in (clash, bad):
+        _no_traceback(res)
 
 
 def test_recipes_validate_folder():

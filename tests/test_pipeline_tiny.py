@@ -242,3 +242,24 @@ def test_stage_commands_on_a_finished_run(first, clone, tiny_recipe_module, tmp_
     assert "overall:" in out
     out = cli("package", tiny_recipe_module, "--runs", clone)
     assert "bundle:" in out
+
+
+def test_failed_gate_exits_7_and_ships_nothing(first, clone, tiny_recipe_module):
+    """A budget the artifacts cannot meet: report.json is written, the run exits 7, no new bundle."""
+    import json
+    import subprocess
+    import sys
+
+    run_dir = clone / first.run_dir.name
+    proc = subprocess.run(
+        [sys.executable, "-c", "from edgeft.cli import main; main()", "-q", "run", str(tiny_recipe_module), "--runs",
+         str(clone), "--set", "validate.budgets.perplexity.percent_max_degradation=0", "--set",
+         "validate.budgets.exact_match.threshold=1.01"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 7, proc.stderr[-2000:]
+    assert "gates failed" in proc.stderr and "report.json" in proc.stderr
+    report = json.loads((run_dir / "validate" / "report.json").read_text())
+    assert report["passed"] is False
+    assert any(not g["passed"] and g["name"] == "exact_match" for g in report["gates"])
+    # the package stage did not run for the failing validation: its record is still the old run's
+    assert json.loads((run_dir / "package" / "stage.json").read_text())["finished_utc"] == json.loads(
+        (first.run_dir / "package" / "stage.json").read_text())["finished_utc"]

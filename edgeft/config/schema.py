@@ -218,7 +218,9 @@ class DeviceProfile(Strict):
     cpu: CpuSpec
     memory: MemorySpec
     compute: ComputeSpec
-    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch"]] = Field(description="Artifact formats it runs.")
+    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch", "tflite-micro"]] = Field(
+        description="Artifact formats it runs."
+    )
     precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(description="Weight precisions it runs.")
     int8_modes: list[Literal["weight-only", "dynamic", "static", "full-integer"]] = Field(
         default_factory=lambda: ["weight-only", "dynamic", "static", "full-integer"],

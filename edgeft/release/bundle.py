@@ -338,11 +338,20 @@ def package(
         graveyard = staging / "old"
         graveyard.mkdir()
         _swap_into_place(bundle, final_dir, graveyard)
+        sidecar = final_tar.with_name(final_tar.name + ".sha256")
         if tarball:
+            # The tarball's own checksum: deflate has redundant bits (e.g. code lengths of unused
+            # symbols) that can change without changing any file, so only a hash of the whole
+            # archive catches every changed byte of it.
+            staged_sum = staging / sidecar.name
+            staged_sum.write_text(f"{sha256_file(staged_tar)}  {final_tar.name}\n")
             os.replace(staged_tar, final_tar)
-        elif final_tar.exists():
-            log.info("removing stale %s (tarball=False)", final_tar)
-            final_tar.unlink()
+            os.replace(staged_sum, sidecar)
+        else:
+            for stale in (final_tar, sidecar):
+                if stale.exists():
+                    log.info("removing stale %s (tarball=False)", stale)
+                    stale.unlink()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

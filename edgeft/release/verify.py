@@ -177,9 +177,24 @@ def _check_gzip_stream(tar_path: Path, label: Path) -> None:
         raise VerifyError(f"{label}: corrupt gzip data ({e})") from e
 
 
+def _check_sidecar(tar_path: Path, label: Path) -> None:
+    """Compare the archive with ``<name>.tar.gz.sha256`` written by ``package``, when it is there."""
+    sidecar = tar_path.with_name(tar_path.name + ".sha256")
+    if not sidecar.is_file():
+        log.info("%s: no %s next to it; checking the files inside only", label, sidecar.name)
+        return
+    from edgeft.release.bundle import sha256_file
+
+    expected = sidecar.read_text(encoding="utf-8", errors="replace").split()
+    actual = sha256_file(tar_path)
+    if not expected or expected[0].lower() != actual:
+        raise VerifyError(f"{label}: archive bytes changed (sha256 {actual[:12]}… does not match {sidecar.name})")
+
+
 def safe_extract(tar_path: Path, dest: Path) -> Path:
     """Extract a bundle tarball into ``dest`` after checking every member; return the top folder."""
     label = Path(tar_path)
+    _check_sidecar(Path(tar_path), label)
     _check_gzip_stream(tar_path, label)
     try:
         tf = tarfile.open(tar_path, mode="r:*")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from edgeft.config import (
     DeviceProfile,
@@ -17,6 +21,8 @@ from edgeft.config import (
     load_preset,
     preset_names,
 )
+from edgeft.cli import cli
+from edgeft.cli.devices import EDIT_ME, profile_template
 from edgeft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +47,23 @@ def home(tmp_path, monkeypatch):
 
 def test_required_profiles_are_shipped():
     names = {f.stem for f in DEVICE_FILES}
-    assert {"phone-cpu", "edge-tpu", "pi5", "host"} <= names
+    assert {"phone-cpu", "phone-npu", "edge-tpu", "pi5", "jetson-orin-nano", "mcu", "host"} <= names
     assert "onnx-kv" in {f.stem for f in PRESET_FILES}
+
+
+def test_every_file_in_devices_folder_is_a_loadable_profile(repo_cwd):
+    """Nothing in devices/ is silently skipped: *.yaml files are profiles, the template is not one."""
+    for path in sorted((REPO / "devices").iterdir()):
+        if path.name == "TEMPLATE.yaml.example":
+            continue
+        assert path.suffix == ".yaml", f"{path.name}: not a profile (profiles are devices/<name>.yaml)"
+        assert load_device(path.stem).name == path.stem
+    assert "TEMPLATE" not in device_names()
+
+
+def test_one_profile_per_device_class(repo_cwd):
+    classes = {d.class_ for d in list_devices()}
+    assert {"mobile", "tpu", "edge", "host"} <= classes
 
 
 @pytest.mark.parametrize("path", DEVICE_FILES, ids=lambda p: p.stem)
@@ -57,6 +78,8 @@ def test_device_file_loads(path, repo_cwd):
     assert by_name.memory.model_budget_mb <= by_name.memory.total_mb
     # numbers not measured must say how they were estimated
     assert "estimate" in by_name.source or "measurement" in by_name.source
+    # a profile started with `edgeft devices add` is not shipped before its placeholders are replaced
+    assert EDIT_ME not in by_name.source and EDIT_ME not in by_name.description
 
 
 @pytest.mark.parametrize("path", PRESET_FILES, ids=lambda p: p.stem)
@@ -92,7 +115,7 @@ def test_host_profile_has_no_budgets(repo_cwd):
         "ram_mb": None,
         "size_mb": None,
     }
-    assert host.compute.fp32_gflops == 69
+    assert host.source.startswith("measurement")  # host numbers are measured, not datasheet estimates
 
 
 def test_typo_in_copied_profile_names_file_and_key(home):
@@ -124,7 +147,7 @@ def test_literal_error_lists_choices(home):
     msg = str(e.value)
     assert "class: 'edgee' is not a valid choice (did you mean 'edge'?); valid choices: mobile, tpu, edge, host" in msg
     assert "formats.1: 'tflite' is not a valid choice" in msg
-    assert "valid choices: onnx, torchscript, gguf, pytorch" in msg
+    assert "valid choices: onnx, torchscript, gguf, pytorch, tflite-micro" in msg
 
 
 def test_unknown_device_lists_choices(repo_cwd):
@@ -132,7 +155,7 @@ def test_unknown_device_lists_choices(repo_cwd):
         load_device("pi6")
     msg = str(e.value)
     assert msg.startswith("unknown device 'pi6' (did you mean 'pi5'?); valid choices: ")
-    assert "edge-tpu, host, phone-cpu, pi5" in msg
+    assert msg.endswith(", ".join(sorted(f.stem for f in DEVICE_FILES)))
 
 
 def test_unknown_preset_lists_choices(repo_cwd):
@@ -152,3 +175,205 @@ def test_edgeft_home_takes_precedence(home, tmp_path, monkeypatch):
     assert "host" not in device_names()
     with pytest.raises(ConfigError, match="unknown device 'host'"):
         load_device("host")
+
+
+# --------------------------------------------------------------------------- new profiles
+
+
+def test_phone_npu_is_int8_qdq_static(repo_cwd):
+    npu = load_device("phone-npu")
+    assert npu.class_ == "mobile" and npu.formats == ["onnx"]
+    assert npu.precisions == ["int8"] and npu.int8_modes == ["static", "full-integer"]
+    assert npu.static_shapes and npu.cpu.threads == 1
+    ops = set(npu.op_allowlist)
+    assert len(ops) == len(npu.op_allowlist), "duplicate op in the allow-list"
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul", "Gemm", "Softmax", "LayerNormalization", "Gather",
+            "Reshape", "Transpose"} <= ops
+    assert not ops & {"MatMulNBits", "DynamicQuantizeLinear", "Loop", "If"}  # not run by the QNN HTP backend
+    assert "QNN" in npu.source and "x0.25" in npu.source
+
+
+def test_jetson_profile(repo_cwd):
+    jetson = load_device("jetson-orin-nano")
+    assert jetson.class_ == "edge" and jetson.cpu.threads == jetson.cpu.cores == 6
+    assert jetson.formats == ["onnx", "torchscript", "pytorch"]
+    assert jetson.precisions == ["fp32", "fp16", "int8", "int4"]
+    assert "68 GB/s" in jetson.source and "40 TOPS" in jetson.source
+
+
+def _onnx_artifact(**kw) -> dict:
+    art = {"name": "int8", "format": "onnx", "precision": "int8", "int8_mode": "full-integer",
+           "size_bytes": 30 * 1024 * 1024, "est_ram_mb": 90.0, "onnx": None}
+    art.update(kw)
+    return art
+
+
+def test_mcu_rejects_every_edgeft_artifact_naming_the_format(repo_cwd):
+    from edgeft.validate.compat import check
+
+    mcu = load_device("mcu")
+    assert mcu.formats == ["tflite-micro"] and mcu.precisions == ["int8"] and mcu.int8_modes == ["full-integer"]
+    assert mcu.max_model_mb == 2 and mcu.memory.total_mb == 1
+    assert "no edgeft artifact runs here today" in mcu.description.lower()
+    for fmt in ("onnx", "torchscript", "pytorch"):
+        res = check(_onnx_artifact(format=fmt), mcu)
+        assert not res["compatible"]
+        assert f"format {fmt} is not supported on mcu (formats: tflite-micro)" in res["reasons"]
+    # even a (hypothetical) tiny full-integer artifact in a format edgeft builds is rejected for the format only
+    tiny = check(_onnx_artifact(size_bytes=512 * 1024, est_ram_mb=0.5), mcu)
+    assert tiny["reasons"] == ["format onnx is not supported on mcu (formats: tflite-micro)"]
+    big = check(_onnx_artifact(), mcu)
+    assert any("mcu loads at most 2 MB (max_model_mb)" in r for r in big["reasons"])
+    assert any("exceeds mcu's model budget of 1 MB" in r for r in big["reasons"])
+
+
+def test_phone_npu_rejects_weight_only_int8(repo_cwd):
+    from edgeft.validate.compat import check
+
+    res = check(_onnx_artifact(int8_mode="weight-only"), load_device("phone-npu"))
+    assert not res["compatible"]
+    assert any("int8 weight-only quantization" in r and "phone-npu" in r for r in res["reasons"])
+    assert check(_onnx_artifact(int8_mode="static"), load_device("phone-npu"))["compatible"]
+
+
+def test_docs_have_a_section_per_profile():
+    text = (REPO / "docs" / "devices.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    for path in DEVICE_FILES:
+        assert any(f"`{path.stem}`" in h for h in headings), f"docs/devices.md has no section for {path.stem}"
+    assert "## Projection vs measurement on host" in headings
+    assert "edgeft devices add" in text
+
+
+# --------------------------------------------------------------------------- template
+
+
+def test_template_is_generated_from_the_schema():
+    shipped = (REPO / "devices" / "TEMPLATE.yaml.example").read_text()
+    assert shipped == profile_template(), (
+        "devices/TEMPLATE.yaml.example is out of date: edgeft devices template > devices/TEMPLATE.yaml.example"
+    )
+
+
+def _model_in(annotation):
+    """The pydantic model class of a field annotation (``X`` or ``Optional[X]``), else None."""
+    from pydantic import BaseModel
+
+    return next((a for a in (annotation, *typing.get_args(annotation))
+                 if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def test_template_documents_every_field_and_loads(tmp_path):
+    text = profile_template()
+    lines = text.splitlines()
+
+    def check_documented(model_cls, indent=""):
+        for attr, field in model_cls.model_fields.items():
+            key = field.alias or attr
+            # a set field, an unset optional field, or a field inside an unset optional section
+            forms = (f"{indent}{key}:", f"{indent}# {key}:", f"# {indent}{key}:")
+            at = next((i for i, line in enumerate(lines) if line.startswith(forms)), None)
+            assert at is not None, f"{key}: not in the template"
+            assert lines[at - 1].lstrip("# ").strip() and lines[at - 1].lstrip().startswith("#"), \
+                f"{key}: no comment above it"
+            inner = _model_in(field.annotation)
+            if inner is not None:
+                check_documented(inner, indent + "  ")
+
+    check_documented(DeviceProfile)
+    assert "tflite-micro" in text and "Required." in text and "Optional; default: null." in text
+    # the template is a valid profile named my-board ...
+    (tmp_path / "my-board.yaml").write_text(text)
+    assert load_device(tmp_path / "my-board.yaml").name == "my-board"
+    # ... and stays one with its commented-out optional fields enabled
+    optional = "op_allowlist|max_model_mb|onchip_param_mb|per_inference_ms|remote|ssh|python|port"
+    enabled = [re.sub(rf"^(\s*)# (\s*(?:{optional}):)", r"\1\2", line) for line in lines]
+    (tmp_path / "my-board.yaml").write_text("\n".join(enabled) + "\n")
+    full = load_device(tmp_path / "my-board.yaml")
+    assert full.remote is not None and full.op_allowlist and full.budgets.per_inference_ms == 50
+    assert full.max_model_mb and full.onchip_param_mb
+
+
+# --------------------------------------------------------------------------- devices add
+
+
+def _add(*args: str):
+    return CliRunner().invoke(cli, ["devices", "add", *args])
+
+
+def test_devices_add_copies_pi5_into_the_read_folder(home, monkeypatch):
+    monkeypatch.chdir(home)
+    res = _add("my-board")
+    assert res.exit_code == 0, res.output
+    path = home / "devices" / "my-board.yaml"
+    new, pi5 = load_device("my-board"), load_device("pi5")
+    assert new.name == "my-board" and new.source.startswith(EDIT_ME) and new.description.startswith(EDIT_ME)
+    same = {"name", "description", "source"}
+    assert new.model_dump(exclude=same) == pi5.model_dump(exclude=same)
+    text = path.read_text()
+    assert "# estimate: 8 GB minus OS" in text  # the numbers' comments are kept
+    assert "Raspberry Pi 5" not in text  # the copied device's header, description and source are not
+    assert "wrote devices/my-board.yaml (a copy of pi5" in res.output
+    assert "next steps:" in res.output and "edgeft devices show my-board" in res.output
+    assert "my-board" in device_names()
+
+
+def test_devices_add_from_and_out(home, tmp_path):
+    out = tmp_path / "elsewhere"
+    res = _add("my-tpu", "--from", "edge-tpu", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    new = load_device(out / "my-tpu.yaml")
+    tpu = load_device("edge-tpu")
+    assert new.op_allowlist == tpu.op_allowlist and new.int8_modes == ["full-integer"]
+    assert "my-tpu" not in device_names()  # not the folder edgeft reads: the output says how to use it
+    assert "move my-tpu.yaml there" in res.output
+
+
+@pytest.mark.parametrize("name", ["My-Board", "my_board", "-board", "board-", "a--b", "pi 5", "", "../pi6"])
+def test_devices_add_rejects_invalid_names(home, name):
+    before = sorted(p.name for p in (home / "devices").iterdir())
+    res = _add("--", name)
+    assert isinstance(res.exception, ConfigError), res.output
+    assert "invalid device name; use lowercase letters, digits and single dashes" in str(res.exception)
+    assert sorted(p.name for p in (home / "devices").iterdir()) == before
+
+
+def test_devices_add_rejects_a_taken_name(home, tmp_path):
+    pi5 = (home / "devices" / "pi5.yaml").read_text()
+    res = _add("pi5", "--from", "edge-tpu")
+    assert isinstance(res.exception, ConfigError)
+    assert "a device profile named 'pi5' already exists" in str(res.exception)
+    assert (home / "devices" / "pi5.yaml").read_text() == pi5
+    # a name edgeft already reads is taken even when writing to another folder
+    res = _add("host", "--out", str(tmp_path / "elsewhere"))
+    assert isinstance(res.exception, ConfigError) and "'host' already exists" in str(res.exception)
+    assert not (tmp_path / "elsewhere" / "host.yaml").exists()
+
+
+def test_devices_add_unknown_source_lists_choices(home):
+    res = _add("my-board", "--from", "pi6")
+    assert isinstance(res.exception, ConfigError)
+    assert "unknown device 'pi6' (did you mean 'pi5'?)" in str(res.exception)
+    assert not (home / "devices" / "my-board.yaml").exists()
+
+
+def test_devices_add_removes_a_file_that_does_not_load(home, monkeypatch):
+    import edgeft.cli.devices as devices_cli
+
+    monkeypatch.setattr(devices_cli, "new_profile_text", lambda text, name, src: text.replace("threads: 4", "threads: 0"))
+    res = _add("my-board")
+    assert isinstance(res.exception, ConfigError)
+    msg = str(res.exception)
+    assert "the new profile does not load, so it was removed" in msg and "cpu.threads" in msg
+    assert not (home / "devices" / "my-board.yaml").exists()
+
+
+def test_devices_add_falls_back_to_a_dump_for_flow_style_yaml(home, tmp_path):
+    src = tmp_path / "flow.yaml"
+    data = load_device("pi5").model_dump(by_alias=True, exclude_none=True)
+    data["name"] = "flow"
+    src.write_text(yaml.safe_dump(data, default_flow_style=True))
+    res = _add("my-flow", "--from", str(src))
+    assert res.exit_code == 0, res.output
+    new = load_device("my-flow")
+    assert new.source.startswith(EDIT_ME) and new.memory == load_device("pi5").memory

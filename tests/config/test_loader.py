@@ -259,7 +259,7 @@ def test_validate_recipes_reports_per_file(in_tmp):
     assert results[folder / "good.yaml"] is None
     assert "finetune.epochz: unknown key; did you mean 'epochs'?" in results[folder / "typo.yaml"]
     refs = results[folder / "refs.yaml"]
-    assert "validate.devices.1: unknown device 'pi6' (did you mean 'pi5'?); valid choices: edge-tpu, host, phone-cpu, pi5" in refs
+    assert "validate.devices.1: unknown device 'pi6' (did you mean 'pi5'?); valid choices: edge-tpu, host, jetson-orin-nano, mcu, phone-cpu, phone-npu, pi5" in refs
     assert "validate.require.0: 'edge-tpu' is not in validate.devices" in refs
     assert "export.preset: unknown export preset 'onnx' (did you mean 'onnx-kv'?)" in refs
     assert all(line.startswith(str(folder / "refs.yaml")) for line in refs.splitlines())

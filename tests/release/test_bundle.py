@@ -382,14 +382,36 @@ def test_corrupted_tarball_names_tarball(packaged: PackageResult, tmp_path: Path
     assert needle in _corrupted_tarball_error(bad)
 
 
-def test_tarball_byte_flips_all_caught(packaged: PackageResult, tmp_path: Path) -> None:
-    """A flipped byte anywhere past the gzip header's mtime/XFL/OS fields (bytes 4-9, which no
-    checksum covers) is a VerifyError naming the tarball, never another exception."""
+def test_tarball_byte_flips_without_checksum_never_pass_changed_content(packaged: PackageResult,
+                                                                        tmp_path: Path) -> None:
+    """Without the ``.sha256`` beside it, a flipped byte is a VerifyError naming the tarball, or
+    (deflate has redundant bits) the archive still holds exactly the packaged bytes."""
+    import gzip
+
     data = packaged.tarball.read_bytes()
+    original = gzip.decompress(data)
     bad = tmp_path / "corrupt.tar.gz"
     for i in [0, 1, 2, 3, *range(10, len(data), 7), len(data) - 1]:
+        flipped = _flipped_at(data, i)
+        bad.write_bytes(flipped)
+        try:
+            verify(bad)
+        except VerifyError as e:
+            assert str(e).startswith(f"{bad}:"), e
+            continue
+        assert gzip.decompress(flipped) == original, f"byte {i}: changed content passed verification"
+
+
+def test_every_tarball_byte_flip_caught_with_its_checksum(packaged: PackageResult, tmp_path: Path) -> None:
+    """With the ``.sha256`` written next to the archive, every single changed byte is caught, also
+    the ones deflate can absorb without changing any file (gzip header fields, unused code lengths)."""
+    data = packaged.tarball.read_bytes()
+    bad = tmp_path / "corrupt.tar.gz"
+    sidecar = packaged.tarball.with_name(packaged.tarball.name + ".sha256").read_text()
+    (tmp_path / "corrupt.tar.gz.sha256").write_text(sidecar.replace(packaged.tarball.name, bad.name))
+    for i in range(len(data)):
         bad.write_bytes(_flipped_at(data, i))
-        _corrupted_tarball_error(bad)
+        assert "archive bytes changed" in verify_error(bad)
 
 
 def test_size_change_reported(packaged: PackageResult) -> None:
