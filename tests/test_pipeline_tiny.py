@@ -259,7 +259,7 @@ def test_failed_gate_exits_7_and_ships_nothing(first, clone, tiny_recipe_module)
     assert "gates failed" in proc.stderr and "report.json" in proc.stderr
     report = json.loads((run_dir / "validate" / "report.json").read_text())
     assert report["passed"] is False
-    assert any(not g["passed"] and g["name"] == "exact_match" for g in report["gates"])
+    assert any(not g["passed"] and g["name"] == "exact_match threshold" for g in report["gates"])
     # the package stage did not run for the failing validation: its record is still the old run's
     assert json.loads((run_dir / "package" / "stage.json").read_text())["finished_utc"] == json.loads(
         (first.run_dir / "package" / "stage.json").read_text())["finished_utc"]

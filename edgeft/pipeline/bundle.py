@@ -49,6 +49,8 @@ def package_run(pipeline, out_dir: Path):
         if (merged / f).is_file():
             files[f"tokenizer/{f}"] = merged / f
     files["report.json"] = run.stage_dir("validate") / "report.json"
+    if (run.stage_dir("validate") / "report.html").is_file():
+        files["report.html"] = run.stage_dir("validate") / "report.html"
     if pipeline.recipe_path:
         files["recipe.yaml"] = run.root / "recipe.yaml"
     ft = run.record("finetune") or {}

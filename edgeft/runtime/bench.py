@@ -27,7 +27,7 @@ def summarize(ttfts: list[float], steps: list[list[float]]) -> dict:
     return {"ttft_ms_p50": 1e3 * _pct(ttfts, 50), "ttft_ms_p95": 1e3 * _pct(ttfts, 95),
             "per_token_ms_p50": 1e3 * _pct(flat, 50), "per_token_ms_p95": 1e3 * _pct(flat, 95),
             "decode_tok_s": 1.0 / _pct(flat, 50), "runs": len(ttfts), "decode_steps": len(flat),
-            "samples_ms": {"ttft": [round(1e3 * t, 3) for t in ttfts], "per_token": [round(1e3 * s, 3) for s in flat]}}
+            "samples_ms": [round(1e3 * s, 3) for s in flat], "ttft_samples_ms": [round(1e3 * t, 3) for t in ttfts]}
 
 
 def peak_rss_mb() -> float:

@@ -125,7 +125,9 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     rep_artifacts = {n: rep_artifacts[n] for n in order}
 
     # ---- latency on this machine, once per distinct effective thread count
-    thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()})
+    host_dev = load_device("host")
+    host_t = min(host_dev.cpu.threads, host_threads)
+    thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()} | {host_t})
     latency: dict[tuple[str, int], dict] = {}
     for a in artifacts:
         if a.role == "base":
@@ -136,7 +138,38 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                         cfg.latency.repeats)
             m["label"] = "measured-host"
             latency[(a.name, t)] = m
-        rep_artifacts[a.name]["latency"] = latency[(a.name, max(thread_counts))]
+        rep_artifacts[a.name]["latency"] = latency[(a.name, host_t)]
+
+    # ---- projections: a roofline per artifact x device, with a per-token overhead calibrated on host
+    from edgeft.validate import projection as proj
+
+    ctx = proj.mean_decode_context(len(latency_prompt), cfg.latency.new_tokens)
+    costs = {a.name: proj.model_costs(rep_artifacts[a.name].get("onnx"), config_json, rep_artifacts[a.name]["size_bytes"],
+                                      a.precision) for a in artifacts if a.role != "base"}
+    onnx_arts = [a for a in artifacts if a.role == "artifact" and a.format == "onnx"]
+    calib = next((a for a in onnx_arts if a.precision == "fp32"), onnx_arts[0] if onnx_arts else reference)
+    overhead = proj.calibrate_overhead(costs[calib.name], host_dev, latency[(calib.name, host_t)]["per_token_ms_p50"], ctx)
+
+    def projected(name: str, dev) -> dict:
+        d = proj.project_decode(costs[name], dev, ctx, overhead)
+        pf = proj.project_prefill(costs[name], dev, len(latency_prompt), overhead)
+        return {"label": "projected", "per_token_ms_p50": d["per_token_ms"], "decode_tok_s": d["decode_tok_s"],
+                "ttft_ms_p50": pf["ttft_ms"], "bound": d["bound"], "bytes_per_token": d["bytes_per_token"],
+                "flops_per_token": d["flops_per_token"], "assumptions": d["assumptions"]}
+
+    host_projection = {}
+    for a in artifacts:
+        if a.role == "base" or a.format != "onnx":
+            continue  # the overhead is calibrated on ONNX Runtime; eager PyTorch has its own (larger) one
+        p = projected(a.name, host_dev)
+        m = latency[(a.name, host_t)]
+        host_projection[a.name] = {"projected": {k: p[k] for k in ("per_token_ms_p50", "decode_tok_s", "ttft_ms_p50",
+                                                                    "bound")},
+                                   "measured": {k: m[k] for k in ("per_token_ms_p50", "decode_tok_s", "ttft_ms_p50")},
+                                   "error": proj.projection_error(
+                                       {"per_token_ms": p["per_token_ms_p50"], "ttft_ms": p["ttft_ms_p50"]}, m)}
+    projection_info = {"calibrated_on": calib.name, "overhead_ms": overhead, "context_len": ctx,
+                       "host_threads": host_t, "host": host_projection}
 
     # ---- accuracy gates (per artifact vs the merged reference) and the fine-tune-erased flag
     ref_acc = rep_artifacts[reference.name]["accuracy"]
@@ -175,15 +208,35 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                    "size_bytes": info["size_bytes"], "onnx": info.get("onnx"),
                    "est_ram_mb": compat.estimate_ram_mb(info["size_bytes"], config_json, cfg.context_len)}
             c = compat.check(art, dev)
-            lat = dict(latency[(a.name, t)])
-            lat["size_mb"] = info["size_bytes"] / 2**20
-            lat["label"] = "measured-host"
-            lat["threads"] = t
-            g = [x.to_dict() for x in gates.latency_gates(dev, a.name, lat)] if c["compatible"] else []
+            host_lat = latency[(a.name, t)]
+            proj_lat = projected(a.name, dev)
+            device_lat = None
+            if dev.remote is not None and c["compatible"] and a.format == "onnx":
+                from edgeft.validate.remote import measure_remote
+
+                log.info("validate: latency of %s on %s over SSH", a.name, dev.remote.ssh)
+                device_lat = measure_remote(dev.remote, a.path, latency_prompt, cfg.latency.new_tokens,
+                                            dev.cpu.threads, cfg.latency.warmup, cfg.latency.repeats)
+            # Speed is gated on the most faithful figure there is: the device itself, else (for a
+            # profile that is not this machine) the projection, else this machine's measurement.
+            speed = device_lat or (proj_lat if dev.class_ != "host" else dict(host_lat, label="measured-host"))
+            g = []
+            if c["compatible"]:
+                g += [x.to_dict() for x in gates.latency_gates(
+                    dev, a.name, {"label": speed["label"], "ttft_ms_p50": speed["ttft_ms_p50"],
+                                  "decode_tok_s": speed["decode_tok_s"]})]
+                g += [x.to_dict() for x in gates.latency_gates(
+                    dev, a.name, {"label": "measured-host", "peak_rss_mb": host_lat["peak_rss_mb"],
+                                  "size_mb": info["size_bytes"] / 2**20})]
             passed = c["compatible"] and all(x["passed"] for x in g) and a.name not in failed_acc
+            keep = ("label", "ttft_ms_p50", "ttft_ms_p95", "per_token_ms_p50", "decode_tok_s", "peak_rss_mb", "threads",
+                    "bound", "device_host")
             results[a.name] = {**c, "est_ram_mb": art["est_ram_mb"], "gates": g, "passed": passed,
-                               "latency": {k: lat.get(k) for k in ("label", "ttft_ms_p50", "ttft_ms_p95",
-                                                                   "decode_tok_s", "peak_rss_mb")}}
+                               "gated_on": speed["label"],
+                               "latency": {"measured-host": {k: host_lat.get(k) for k in keep if k in host_lat},
+                                           "projected": {k: proj_lat.get(k) for k in keep if k in proj_lat},
+                                           "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
+                                                               if device_lat else None)}}
         deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
         rep_devices[dname] = {"class": dev.class_, "threads": t, "threads_profile": dev.cpu.threads,
                               "required": dname in required, "passed": bool(deployable), "deployable": deployable,
@@ -197,8 +250,12 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                            "agreement_windows": len(agree_wins),
                            "latency": {**cfg.latency.model_dump(), "prompt_tokens": len(latency_prompt),
                                        "host_cpus": host_threads}},
-              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags}
+              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
+              "projection": projection_info}
     rpt.write_json(out_dir / "report.json", report)
+    from edgeft.validate.html import write_html
+
+    write_html(out_dir / "report.html", report)
     if console is not None:
         rpt.print_summary(report, console)
     return report

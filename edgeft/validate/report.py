@@ -13,6 +13,13 @@ Top level:
 - ``devices`` (object): device profile name -> device entry.
 - ``gates`` (list): accuracy gates (GateResult objects, below), every artifact vs the reference.
 - ``flags`` (list of str): loud findings, e.g. ``FINE-TUNE ERASED: ...``.
+- ``protocol`` (object): how the figures were obtained: eval examples, perplexity protocol
+  (text, seq_len, stride, windows, tokens, tokenizer), latency protocol (prompt, new tokens,
+  warm-up, repeats, host cpus).
+- ``projection`` (object): ``calibrated_on`` (artifact whose host measurement fixed the
+  per-token overhead), ``overhead_ms``, ``context_len``, ``host_threads``, and ``host``:
+  artifact -> ``projected``, ``measured`` (per_token_ms_p50, decode_tok_s, ttft_ms_p50) and
+  ``error`` (see :func:`edgeft.validate.projection.projection_error`).
 
 Artifact entry:
 
@@ -27,7 +34,9 @@ Artifact entry:
   ``kl`` (float or null each; agreement and KL are vs the reference's logits).
 - ``latency`` (object or null): ``label`` (``measured-host`` | ``projected`` |
   ``measured-device``), ``threads`` (int), ``ttft_ms_p50``, ``ttft_ms_p95``, ``decode_tok_s``,
-  ``per_token_ms_p50``, ``per_token_ms_p95``, ``peak_rss_mb`` (float or null each).
+  ``per_token_ms_p50``, ``per_token_ms_p95``, ``peak_rss_mb`` (float or null each),
+  ``samples_ms`` / ``ttft_samples_ms`` (raw per-token and TTFT timings, ms).
+- ``onnx`` (object, ONNX artifacts): see :func:`edgeft.validate.compat.inspect_onnx`.
 
 Device entry:
 
@@ -37,7 +46,10 @@ Device entry:
 - ``passed`` (bool): some compatible artifact passes every gate on it.
 - ``results`` (object): artifact name -> ``compatible`` (bool), ``reasons``, ``suggestions``,
   ``warnings`` (lists of str, see :func:`edgeft.validate.compat.check`), ``gates`` (list of
-  GateResult objects: the device budgets), ``passed`` (bool).
+  GateResult objects: the device budgets), ``passed`` (bool), ``est_ram_mb`` (float),
+  ``gated_on`` (the latency label the speed budgets were checked against: ``measured-device``
+  when the profile has ``remote:``, else ``projected``, or ``measured-host`` for ``host``), and
+  ``latency``: ``measured-host`` / ``projected`` / ``measured-device`` (object or null each).
 
 GateResult object (:class:`edgeft.validate.gates.GateResult`): ``name`` (str, e.g.
 ``"exact_match max_degradation"``, ``"ttft_ms (measured-host)"``), ``artifact`` (str),
@@ -316,6 +328,16 @@ def _sections(report: dict) -> list:
         for flag in flags:
             style = "bold red" if "ERASED" in str(flag).upper() else "yellow"
             out.append(Text(f"  {flag}", style=style))
+
+    proj = report.get("projection") or {}
+    if proj.get("host"):
+        out.append(Text(f"projection vs measurement on host (roofline + {fmt_num(proj.get('overhead_ms'))} ms/token "
+                        f"overhead calibrated on {proj.get('calibrated_on')}):", style="bold"))
+        for art, p in proj["host"].items():
+            err = ((p.get("error") or {}).get("per_token_ms") or {}).get("pct_error")
+            out.append(Text(f"  {art}: projected {fmt_num((p.get('projected') or {}).get('per_token_ms_p50'))} ms/token, "
+                            f"measured {fmt_num((p.get('measured') or {}).get('per_token_ms_p50'))} ms/token "
+                            f"(error {fmt_num(err)}%)"))
 
     incompatible, warned = [], []
     for dev, d in (report.get("devices") or {}).items():
