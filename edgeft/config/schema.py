@@ -228,6 +228,9 @@ class DeviceProfile(Strict):
     )
     op_allowlist: Optional[list[str]] = Field(None, description="ONNX op types it executes (null: any).")
     static_shapes: bool = Field(False, description="Requires static input shapes.")
+    max_opset: Optional[int] = Field(
+        None, ge=1, description="Newest ONNX opset (default domain) the device's runtime executes (null: any)."
+    )
     max_model_mb: Optional[float] = Field(None, gt=0, description="Largest artifact it can store and load, MiB.")
     onchip_param_mb: Optional[float] = Field(
         None, gt=0, description="On-chip parameter memory, MiB; larger models stream weights (slower, still run)."

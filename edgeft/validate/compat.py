@@ -452,6 +452,10 @@ def check(artifact: dict, device: DeviceProfile) -> dict:
                     f"on the real {dev} these ops fall back to the host CPU and split the graph; remove or "
                     f"replace them in the export (op allow-list: devices/{dev}.yaml)"
                 )
+        opset = info.get("opset")
+        if device.max_opset is not None and isinstance(opset, int) and opset > device.max_opset:
+            reasons.append(f"ONNX opset {opset} is newer than {dev} runs (max_opset {device.max_opset})")
+            suggestions.append(f"export with an opset <= {device.max_opset} for {dev} (export preset `opset:`)")
         if device.static_shapes and info.get("dynamic_inputs"):
             described, params = _describe_dynamic(info)
             reasons.append(f"{dev} requires static input shapes; dynamic inputs: {described}")

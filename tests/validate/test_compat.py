@@ -369,3 +369,28 @@ def test_estimate_ram_formula():
 
 def test_estimate_ram_without_config():
     assert estimate_ram_mb(50 * MB, None, 512) == pytest.approx(50 + RUNTIME_OVERHEAD_MB)
+
+
+def test_opset_newer_than_the_device_runs_is_refused():
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeft.validate.compat import check, inspect_onnx
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="relu")], "g", [x], [y])
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    for opset, ok in ((20, True), (21, False)):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        onnx.save(model, d / f"m{opset}.onnx")
+        info = inspect_onnx(d / f"m{opset}.onnx")
+        res = check({"name": "a", "format": "onnx", "precision": "fp32", "int8_mode": None, "size_bytes": 100,
+                     "est_ram_mb": 1.0, "onnx": info}, load_device("phone-cpu"))
+        assert res["compatible"] is ok, res
+        if not ok:
+            assert "opset 21" in res["reasons"][0] and "phone-cpu" in res["reasons"][0]
+            assert any("opset <= 20" in s for s in res["suggestions"])
