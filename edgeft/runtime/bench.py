@@ -2,6 +2,8 @@
 
 ``measure(...)`` spawns ``python -m edgeft.runtime.bench`` and returns its JSON; the child loads
 the artifact with the requested thread count, runs warm-up generations, then timed ones.
+``measure_encoder(...)`` does the same for an ONNX encoder (``--kind encoder``): per-inference
+latency of one forward pass at a stated batch size and sequence length.
 """
 
 from __future__ import annotations
@@ -70,9 +72,36 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
     return out
 
 
+def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
+    """Per-inference latency of an ONNX encoder: ``warmup`` untimed passes, then ``repeats`` timed ones."""
+    import time
+
+    from edgeft.runtime.encoder import OrtEncoder
+
+    t0 = time.perf_counter()
+    enc = OrtEncoder(Path(path), threads)
+    load_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        enc.timed_inference(batch, seq)
+    samples = [enc.timed_inference(batch, seq) for _ in range(repeats)]
+    return {"kind": "encoder", "per_inference_ms_p50": 1e3 * _pct(samples, 50),
+            "per_inference_ms_p95": 1e3 * _pct(samples, 95), "samples_ms": [round(1e3 * s, 3) for s in samples],
+            "batch": batch, "seq_len": seq, "threads": threads, "warmup": warmup, "runs": len(samples),
+            "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()}
+
+
+def _run_child(path: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "edgeft.runtime.bench", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise EdgeftError(f"latency run of {path} failed: {' | '.join(tail)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_tokens: int, warmup: int = 1,
             repeats: int = 5, timeout: float = 900) -> dict:
-    args = [sys.executable, "-m", "edgeft.runtime.bench", "--path", str(path), "--format", fmt, "--threads",
+    args = ["--path", str(path), "--format", fmt, "--threads",
             str(threads), "--prompt", json.dumps(list(map(int, prompt))), "--new-tokens", str(new_tokens),
             "--warmup", str(warmup), "--repeats", str(repeats)]
     env = None
@@ -80,26 +109,44 @@ def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_token
         import os
 
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise EdgeftError(f"latency run of {path} failed: {' | '.join(tail)}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_child(path, args, timeout, env)
+
+
+def measure_encoder(path: Path, threads: int, batch: int, seq: int, warmup: int = 1, repeats: int = 10,
+                    timeout: float = 900) -> dict:
+    """``run_encoder_inline`` in a fresh process, so ``peak_rss_mb`` belongs to this encoder alone."""
+    if batch < 1 or seq < 1 or threads < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need batch, seq, threads, repeats >= 1 and warmup >= 0 "
+                         f"(got {batch}, {seq}, {threads}, {repeats}, {warmup})")
+    args = ["--kind", "encoder", "--path", str(path), "--threads", str(threads), "--batch", str(batch),
+            "--seq", str(seq), "--warmup", str(warmup), "--repeats", str(repeats)]
+    return _run_child(path, args, timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(description="Measure decode latency of one artifact (internal helper).")
+    p = argparse.ArgumentParser(description="Measure decode latency of one artifact, or per-inference "
+                                            "latency of an ONNX encoder (internal helper).")
+    p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
     p.add_argument("--path", required=True)
-    p.add_argument("--format", required=True)
+    p.add_argument("--format", help="lm only: pytorch or onnx")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--prompt", required=True, help="JSON list of token ids")
+    p.add_argument("--prompt", help="lm only: JSON list of token ids")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--batch", type=int, default=1, help="encoder only")
+    p.add_argument("--seq", type=int, default=128, help="encoder only: sequence length")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
-    res = run_inline(a.path, a.format, a.threads, json.loads(a.prompt), a.new_tokens, a.warmup, a.repeats)
+    if a.kind == "encoder":
+        if a.batch < 1 or a.seq < 1 or a.repeats < 1:
+            p.error("--kind encoder needs --batch, --seq and --repeats >= 1")
+        res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats)
+    else:
+        if a.format is None or a.prompt is None:
+            p.error("--kind lm needs --format and --prompt")
+        res = run_inline(a.path, a.format, a.threads, json.loads(a.prompt), a.new_tokens, a.warmup, a.repeats)
     print(json.dumps(res))
 
 

@@ -153,3 +153,38 @@ def test_failing_runner_names_run_and_cleans_up(sshd_server, tiny_onnx_dir, tmp_
     args = (tmp_path / "args").read_text().split()
     remote_dir = Path(args[args.index("--dir") + 1])
     assert not remote_dir.exists(), "the remote temp dir must be removed after a failed run"
+
+
+def test_validate_gates_a_remote_profile_on_the_device_measurement(sshd_server, tiny_onnx_dir, tiny_lm_dir, tmp_path,
+                                                                   monkeypatch):
+    """A profile with `remote:` makes validate run the artifact over SSH and gate speed on that."""
+    import shutil
+
+    import yaml
+
+    from edgeft.config.schema import Goal, ValidateConfig
+    from edgeft.data.intents import generate
+    from edgeft.validate import Artifact, validate
+
+    user, port, key = sshd_server
+    monkeypatch.setenv(IDENTITY_ENV, str(key))
+    home = tmp_path / "home"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "devices", home / "devices")
+    profile = yaml.safe_load((home / "devices" / "pi5.yaml").read_text())
+    profile.update(name="loopback", remote={"ssh": f"{user}@127.0.0.1", "port": port, "python": sys.executable},
+                   budgets={"decode_tok_s": 1.0})
+    (home / "devices" / "loopback.yaml").write_text(yaml.safe_dump(profile))
+    monkeypatch.setenv("EDGEFT_HOME", str(home))
+    _, ev = generate(4, 2, seed=0)
+    cfg = ValidateConfig.model_validate({
+        "devices": ["loopback"], "eval_examples": 2, "max_new_tokens": 4, "include_base": False,
+        "perplexity": {"seq_len": 32, "stride": 32, "max_tokens": 64},
+        "latency": {"new_tokens": 4, "warmup": 0, "repeats": 1},
+        "budgets": {"exact_match": Goal(threshold=0.0).model_dump(), "perplexity": {"percent_max_degradation": 1000}}})
+    arts = [Artifact("merged", tiny_lm_dir, "pytorch", role="reference"), Artifact("onnx", tiny_onnx_dir, "onnx")]
+    report = validate(arts, tiny_lm_dir, ev, tmp_path / "out", cfg, "Parse the request into JSON.")
+    res = report["devices"]["loopback"]["results"]["onnx"]
+    assert res["gated_on"] == "measured-device"
+    assert res["latency"]["measured-device"]["device_host"] == f"{user}@127.0.0.1"
+    assert any(g["name"].startswith("decode_tok_s (measured-device)") for g in res["gates"]), res["gates"]
+    assert (tmp_path / "out" / "report.html").is_file()
