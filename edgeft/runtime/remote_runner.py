@@ -1,15 +1,19 @@
-"""Standalone latency runner for an ONNX decoder with KV cache, copied to a device and run there.
+"""Standalone latency runner for an ONNX decoder with KV cache or an ONNX encoder, copied to a device and run there.
 
 Usage (on the device)::
 
     python3 remote_runner.py --dir ARTIFACT_DIR --prompt '[1, 2, 3]' --new-tokens 32 \
         --threads 4 --warmup 1 --repeats 5
+    python3 remote_runner.py --kind encoder --dir ARTIFACT_DIR --batch 1 --seq 128 \
+        --threads 4 --warmup 1 --repeats 10
 
-Prints one JSON line shaped like ``edgeft.runtime.bench.run_inline``'s result, plus ``python``,
-``onnxruntime``, ``machine`` and ``hostname``.
+Prints one JSON line shaped like ``edgeft.runtime.bench.run_inline``'s result (or, with
+``--kind encoder``, ``run_encoder_inline``'s), plus ``python``, ``onnxruntime``, ``machine`` and
+``hostname``.
 
-This file repeats the greedy KV-cache loop of ``edgeft.runtime.lm.OrtLM.timed_generate`` and
-the statistics of ``edgeft.runtime.bench.summarize`` on purpose: it runs on the device, where
+This file repeats the greedy KV-cache loop of ``edgeft.runtime.lm.OrtLM.timed_generate``, the
+encoder feeds of ``edgeft.runtime.encoder.encoder_feeds`` and the statistics of
+``edgeft.runtime.bench.summarize`` / ``run_encoder_inline`` on purpose: it runs on the device, where
 edgeft (and torch, transformers, pydantic) is not installed, so it may import only the standard
 library, numpy and onnxruntime. Keep the two in step when either changes.
 """
@@ -31,7 +35,7 @@ _KV_DTYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
 
 
 def find_onnx(path: Path) -> Path:
-    """The decoder graph: ``path`` itself, a well-known name in the folder, or its first *.onnx."""
+    """The graph to run: ``path`` itself, a well-known name in the folder, or its first *.onnx."""
     if path.is_file():
         return path
     for name in ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx"):
@@ -90,6 +94,50 @@ class Decoder:
         return ttft, steps
 
 
+class Encoder:
+    """input_ids, attention_mask, [token_type_ids] -> anything; one forward pass per inference."""
+
+    INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+    INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+    def __init__(self, path: Path, threads: int) -> None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        self.path = path
+        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: i.type for i in self.sess.get_inputs()}
+        if "input_ids" not in self.inputs:
+            raise SystemExit(f"{path}: not an encoder graph (no input_ids input)")
+        for name, typ in self.inputs.items():
+            if name not in self.INPUTS:
+                raise SystemExit(f"{path}: input {name!r} is not an encoder input "
+                                 f"(expected only {', '.join(self.INPUTS)}); is this an encoder graph?")
+            if typ not in self.INT_TYPES:
+                raise SystemExit(f"{path}: input {name!r} has type {typ}; expected tensor(int64) or tensor(int32)")
+
+    def feeds(self, batch: int, seq: int) -> dict:
+        """Token ids 100..199 repeating, attention mask ones, token types zeros (as in edgeft.runtime.encoder)."""
+        out = {}
+        for name, typ in self.inputs.items():
+            if name == "input_ids":
+                arr = 100 + np.arange(batch * seq, dtype=np.int64).reshape(batch, seq) % 100
+            elif name == "attention_mask":
+                arr = np.ones((batch, seq), np.int64)
+            else:
+                arr = np.zeros((batch, seq), np.int64)
+            out[name] = arr.astype(self.INT_TYPES[typ])
+        return out
+
+    def timed_inference(self, feeds: dict) -> float:
+        t0 = time.perf_counter()
+        self.sess.run(None, feeds)
+        return time.perf_counter() - t0
+
+
 def peak_rss_mb() -> float:
     """VmHWM of this process in MiB (0.0 where /proc is missing)."""
     try:
@@ -134,15 +182,49 @@ def run(path: Path, threads: int, prompt: list[int], new_tokens: int, warmup: in
     return out
 
 
+def _host_info() -> dict:
+    return {"python": platform.python_version(), "onnxruntime": ort.__version__,
+            "machine": platform.machine(), "hostname": socket.gethostname()}
+
+
+def run_encoder(path: Path, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
+    """Same keys and statistics as ``edgeft.runtime.bench.run_encoder_inline``, plus host info."""
+    t0 = time.perf_counter()
+    enc = Encoder(find_onnx(path), threads)
+    load_s = time.perf_counter() - t0
+    feeds = enc.feeds(batch, seq)
+    for _ in range(warmup):
+        enc.timed_inference(feeds)
+    samples = [enc.timed_inference(feeds) for _ in range(repeats)]
+    out = {"kind": "encoder", "per_inference_ms_p50": 1e3 * _pct(samples, 50),
+           "per_inference_ms_p95": 1e3 * _pct(samples, 95), "samples_ms": [round(1e3 * s, 3) for s in samples],
+           "batch": batch, "seq_len": seq, "threads": threads, "warmup": warmup, "runs": len(samples),
+           "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()}
+    out.update(_host_info())
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Measure greedy decode latency of an ONNX decoder with KV cache.")
+    p = argparse.ArgumentParser(description="Measure greedy decode latency of an ONNX decoder with KV cache, "
+                                            "or per-inference latency of an ONNX encoder (--kind encoder).")
+    p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
     p.add_argument("--dir", required=True, type=Path, help="folder holding the .onnx file (or the file itself)")
-    p.add_argument("--prompt", required=True, help="JSON list of prompt token ids")
+    p.add_argument("--prompt", help="lm: JSON list of prompt token ids (required)")
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--batch", type=int, default=1, help="encoder: batch size")
+    p.add_argument("--seq", type=int, default=128, help="encoder: sequence length")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra_op_num_threads")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
+    if a.kind == "encoder":
+        if a.batch < 1 or a.seq < 1 or a.repeats < 1 or a.threads < 1 or a.warmup < 0:
+            p.error("need --batch >= 1, --seq >= 1, --repeats >= 1, --threads >= 1, --warmup >= 0")
+        print(json.dumps(run_encoder(a.dir, a.threads, a.batch, a.seq, a.warmup, a.repeats)))
+        sys.stdout.flush()
+        return
+    if a.prompt is None:
+        p.error("--prompt is required (unless --kind encoder)")
     prompt = [int(t) for t in json.loads(a.prompt)]
     if not prompt or a.new_tokens < 2 or a.repeats < 1 or a.threads < 1 or a.warmup < 0:
         p.error("need a non-empty prompt, --new-tokens >= 2, --repeats >= 1, --threads >= 1, --warmup >= 0")

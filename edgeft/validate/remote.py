@@ -4,6 +4,8 @@ Uses the system ``ssh`` and ``scp`` binaries, so the user's ssh config (ProxyJum
 applies. One measurement: make a temp dir on the device (``mktemp -d``), copy the artifact's
 ONNX graph (and its external-data files) plus the standalone ``edgeft/runtime/remote_runner.py``,
 run it with the device's Python, parse its JSON line, and remove the temp dir again.
+``measure_remote`` times greedy decoding of a causal LM; ``measure_remote_encoder`` times one
+forward pass of an encoder at a stated batch size and sequence length.
 
 Host keys are accepted on first use into a known_hosts file in a local temp dir that is deleted
 afterwards; the user's own ``~/.ssh/known_hosts`` is neither read for new hosts nor written.
@@ -35,7 +37,7 @@ class RemoteError(EdgeftError):
 
 
 def artifact_files(artifact_dir: Path) -> list[Path]:
-    """The decoder graph the runner will load and the external-data files it references."""
+    """The graph the runner will load (decoder or encoder) and the external-data files it references."""
     import onnx
 
     from edgeft.runtime.lm import find_onnx
@@ -110,6 +112,28 @@ def measure_remote(remote, artifact_dir: Path, prompt_ids: Sequence[int], new_to
     JSON (the keys of ``edgeft.runtime.bench.run_inline`` plus python, onnxruntime, machine,
     hostname) with ``label: measured-device`` and ``device_host``. Raises ``RemoteError``.
     """
+    args = ["--prompt", json.dumps([int(t) for t in prompt_ids]), "--new-tokens", str(new_tokens),
+            "--threads", str(threads), "--warmup", str(warmup), "--repeats", str(repeats)]
+    return _run_remote(remote, artifact_dir, args, identity_file, timeout)
+
+
+def measure_remote_encoder(remote, artifact_dir: Path, threads: int, batch: int, seq: int, warmup: int,
+                           repeats: int, identity_file: str | Path | None = None, timeout: float = 600) -> dict:
+    """Per-inference latency of the ONNX encoder in ``artifact_dir`` on ``remote`` at [batch, seq].
+
+    Same transport, key selection, timeout and errors as ``measure_remote``. Returns the keys of
+    ``edgeft.runtime.bench.run_encoder_inline`` plus python, onnxruntime, machine, hostname,
+    ``label: measured-device`` and ``device_host``.
+    """
+    args = ["--kind", "encoder", "--batch", str(batch), "--seq", str(seq), "--threads", str(threads),
+            "--warmup", str(warmup), "--repeats", str(repeats)]
+    return _run_remote(remote, artifact_dir, args, identity_file, timeout)
+
+
+def _run_remote(remote, artifact_dir: Path, runner_args: Sequence[str], identity_file: str | Path | None,
+                timeout: float) -> dict:
+    """Copy the artifact's graph and the runner to a temp dir on ``remote``, run it with ``runner_args``
+    (``--dir`` is added), remove the temp dir, and return the runner's JSON line with the label added."""
     identity = identity_file or os.environ.get(IDENTITY_ENV) or None
     files = artifact_files(Path(artifact_dir)) + [RUNNER]
     missing = [str(f) for f in files if not f.is_file()]
@@ -124,9 +148,7 @@ def measure_remote(remote, artifact_dir: Path, prompt_ids: Sequence[int], new_to
         q = shlex.quote(rdir)
         try:
             s.scp("copy", files, rdir)
-            args = [remote.python, f"{rdir}/{RUNNER.name}", "--dir", rdir,
-                    "--prompt", json.dumps([int(t) for t in prompt_ids]), "--new-tokens", str(new_tokens),
-                    "--threads", str(threads), "--warmup", str(warmup), "--repeats", str(repeats)]
+            args = [remote.python, f"{rdir}/{RUNNER.name}", "--dir", rdir, *runner_args]
             cmd = " ".join(shlex.quote(a) for a in args)
             out = s.ssh("run", f"cd {q} && {cmd}")
         finally:
