@@ -277,3 +277,18 @@ def test_verify_ok_and_tampered_exit_8(tmp_path):
     assert bad.returncode == VerifyError.exit_code == 8, bad.stderr
     assert "artifacts/int4/model.onnx" in bad.stderr and "sha256 mismatch" in bad.stderr
     _no_traceback(bad)
+
+
+def test_public_api_functions_are_callable_after_their_subpackages_import():
+    """`edgeft.quantize` is both the stage function and the sub-package holding the schemes."""
+    import edgeft
+    import edgeft.finetune
+    import edgeft.merge
+    import edgeft.quantize
+    import edgeft.validate
+
+    for name in edgeft.__all__:
+        assert callable(getattr(edgeft, name)), name
+    assert "int4-rtn" in edgeft.quantize.SCHEMES.names()
+    with pytest.raises(edgeft.errors.ConfigError, match="unknown quantization scheme"):
+        edgeft.quantize("/nonexistent", "/nonexistent-out", "int3-magic")

@@ -123,6 +123,10 @@ class Goal(Strict):
 class Budgets(Strict):
     exact_match: Goal = Field(default_factory=lambda: Goal(max_degradation=0.05), description="Task metric goal.")
     perplexity: Goal = Field(default_factory=lambda: Goal(percent_max_degradation=25.0), description="Perplexity goal.")
+    embedding_cosine: Goal = Field(
+        default_factory=lambda: Goal(threshold=0.99),
+        description="Encoders: mean cosine similarity of pooled embeddings to the reference's.",
+    )
     erased_margin: float = Field(
         0.1, ge=0, description="Flag 'fine-tune erased' when an artifact's metric is within this of the base model's."
     )
@@ -136,6 +140,8 @@ class LatencyConfig(Strict):
     new_tokens: int = Field(32, ge=2, description="Tokens generated per latency run.")
     warmup: int = Field(1, ge=0, description="Untimed warm-up runs.")
     repeats: int = Field(5, ge=1, description="Timed runs; p50/p95 over them.")
+    batch: int = Field(1, ge=1, description="Encoders: batch size of a timed inference.")
+    seq_len: int = Field(128, ge=1, description="Encoders: sequence length of a timed inference.")
 
 
 class ValidateConfig(Strict):

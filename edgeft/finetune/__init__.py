@@ -51,3 +51,8 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
                     "n_train": len(train), "n_eval": len(eval)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+from edgeft._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "finetune")

@@ -56,3 +56,8 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
     tok.save_pretrained(str(out_dir))
     (out_dir / "merge_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+from edgeft._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "merge")

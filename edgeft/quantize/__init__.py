@@ -79,3 +79,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
                               f"+{max_ppl_increase_pct:g}%; try another scheme or options")
     (out_dir / "quantize_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+from edgeft._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "quantize")

@@ -62,6 +62,35 @@ def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_s
     return {**{k: v / n for k, v in tot.items()}, "n_examples": len(records), "misses_sample": samples}
 
 
+def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
+    """Mean-pooled last hidden state per text (an encoder artifact, PyTorch or ONNX)."""
+    import numpy as np
+
+    enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
+    mask = enc["attention_mask"].astype(np.float32)
+    if a.format == "onnx":
+        import onnxruntime as ort
+
+        from edgeft.runtime.lm import find_onnx, session_options
+
+        sess = ort.InferenceSession(str(find_onnx(Path(a.path))), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+        if "token_type_ids" in names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        hidden = sess.run(None, feeds)[0]
+    else:
+        import torch
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(a.path)).eval()
+        with torch.inference_mode():
+            hidden = model(**{k: torch.as_tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
+    pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+    return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+
 def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: list[dict], out_dir: Path, cfg=None,
              system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None) -> dict:
     """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json."""
@@ -73,6 +102,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     from edgeft.quantize import quality
     from edgeft.runtime.bench import measure
     from edgeft.runtime.lm import load_lm
+    from edgeft.models.sources import _kind_of
     from edgeft.validate import compat, gates, report as rpt
 
     cfg = cfg or ValidateConfig()
@@ -82,6 +112,11 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     required = set(cfg.require if cfg.require is not None else cfg.devices)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     records = eval_records[: cfg.eval_examples]
+    ref_cfg = Path([a for a in artifacts if a.role == "reference"][0].path) / "config.json" if any(
+        a.role == "reference" for a in artifacts) else None
+    kind = _kind_of(json.loads(ref_cfg.read_text())) if ref_cfg is not None and ref_cfg.is_file() else "causal-lm"
+    if kind == "encoder":
+        return _validate_encoders(artifacts, tok, records, out_dir, cfg, devices, required, recipe_name, console)
     if heldout_text is None:
         heldout_text = "".join(conversation_text(tok, system_prompt, r["prompt"], r["response"]) for r in eval_records)
     ppl_cfg = cfg.perplexity
@@ -259,3 +294,114 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     if console is not None:
         rpt.print_summary(report, console)
     return report
+
+
+def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console) -> dict:
+    """Encoders (no generation, no perplexity): embedding agreement with the reference, per-inference
+    latency at ``latency.batch`` x ``latency.seq_len``, compatibility and budgets per device."""
+    import numpy as np
+
+    from edgeft.runtime.bench import measure_encoder
+    from edgeft.validate import compat, gates, report as rpt
+
+    host_threads = os.cpu_count() or 1
+    texts = [r["prompt"] for r in records]
+    reference = next(a for a in artifacts if a.role == "reference")
+    ref_emb = _embeddings(reference, tok, texts, host_threads)
+    rep_artifacts: dict[str, dict] = {}
+    for a in sorted(artifacts, key=lambda a: {"base": 0, "reference": 1}.get(a.role, 2)):
+        emb = ref_emb if a is reference else _embeddings(a, tok, texts, host_threads)
+        cos = (emb * ref_emb).sum(1)
+        info = {"role": a.role, "kind": "encoder", "format": a.format, "precision": a.precision,
+                "int8_mode": a.int8_mode, "scheme": a.scheme, "size_bytes": _size_bytes(a), "path": str(a.path),
+                "accuracy": {"exact_match": None, "json_valid": None, "perplexity": None, "top1_agreement": None,
+                             "kl": None, "embedding_cosine": float(cos.mean()),
+                             "embedding_cosine_min": float(cos.min()), "n_examples": len(texts)},
+                "latency": None, **a.extra}
+        if a.format == "onnx":
+            from edgeft.runtime.lm import find_onnx
+
+            info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+        rep_artifacts[a.name] = info
+    lat_cfg = cfg.latency
+    latency: dict[tuple[str, int], dict] = {}
+    thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()} | {min(2, host_threads)})
+    for a in artifacts:
+        if a.format != "onnx" or a.role == "base":
+            continue  # per-inference latency is measured on ONNX Runtime artifacts
+        for t in thread_counts:
+            m = measure_encoder(a.path, t, lat_cfg.batch, lat_cfg.seq_len, lat_cfg.warmup, max(lat_cfg.repeats, 5))
+            m["label"] = "measured-host"
+            latency[(a.name, t)] = m
+        rep_artifacts[a.name]["latency"] = latency[(a.name, max(thread_counts))]
+    acc_gates = []
+    for a in artifacts:
+        if a.role != "artifact":
+            continue
+        budgets = a.budgets or cfg.budgets
+        acc_gates += [g.to_dict() for g in gates.evaluate_goal(
+            "embedding_cosine", a.name, rep_artifacts[a.name]["accuracy"]["embedding_cosine"], 1.0,
+            budgets.embedding_cosine, higher_is_better=True)]
+    failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
+    rep_devices: dict[str, dict] = {}
+    for dname, dev in devices.items():
+        t = min(dev.cpu.threads, host_threads)
+        results = {}
+        for a in artifacts:
+            if a.role == "base":
+                continue
+            info = rep_artifacts[a.name]
+            art = {"name": a.name, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
+                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"), "est_ram_mb": None}
+            c = compat.check(art, dev)
+            host_lat = latency.get((a.name, t))
+            device_lat = None
+            if dev.remote is not None and c["compatible"] and a.format == "onnx":
+                from edgeft.validate.remote import measure_remote_encoder
+
+                device_lat = measure_remote_encoder(dev.remote, a.path, dev.cpu.threads, lat_cfg.batch,
+                                                    lat_cfg.seq_len, lat_cfg.warmup, max(lat_cfg.repeats, 5))
+            speed = device_lat or (dict(host_lat, label="measured-host") if host_lat else None)
+            g = []
+            if c["compatible"]:
+                if speed:
+                    g += [x.to_dict() for x in gates.latency_gates(
+                        dev, a.name, {"label": speed["label"], "per_inference_ms_p50": speed["per_inference_ms_p50"]})]
+                if host_lat:
+                    g += [x.to_dict() for x in gates.latency_gates(
+                        dev, a.name, {"label": "measured-host", "peak_rss_mb": host_lat["peak_rss_mb"]})]
+                g += [x.to_dict() for x in gates.latency_gates(
+                    dev, a.name, {"label": "measured-host", "size_mb": info["size_bytes"] / 2**20})]
+            passed = c["compatible"] and all(x["passed"] for x in g) and a.name not in failed_acc
+            keep = ("label", "per_inference_ms_p50", "per_inference_ms_p95", "peak_rss_mb", "threads", "batch",
+                    "seq_len", "device_host")
+            results[a.name] = {**c, "est_ram_mb": None, "gates": g, "passed": passed,
+                               "gated_on": speed["label"] if speed else None,
+                               "latency": {"measured-host": {k: host_lat.get(k) for k in keep if k in host_lat}
+                                           if host_lat else None,
+                                           "projected": None,
+                                           "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
+                                                               if device_lat else None)}}
+        deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
+        rep_devices[dname] = {"class": dev.class_, "threads": t, "threads_profile": dev.cpu.threads,
+                              "required": dname in required, "passed": bool(deployable), "deployable": deployable,
+                              "results": results}
+    passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
+    report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
+              "passed": passed,
+              "protocol": {"eval_examples": len(texts), "embedding": "mean-pooled last hidden state, L2-normalized",
+                           "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
+              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": [],
+              "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
+    rpt.write_json(out_dir / "report.json", report)
+    from edgeft.validate.html import write_html
+
+    write_html(out_dir / "report.html", report)
+    if console is not None:
+        rpt.print_summary(report, console)
+    return report
+
+
+from edgeft._callable import make_callable  # noqa: E402
+
+make_callable(__name__, "validate")

@@ -329,6 +329,16 @@ def _sections(report: dict) -> list:
             style = "bold red" if "ERASED" in str(flag).upper() else "yellow"
             out.append(Text(f"  {flag}", style=style))
 
+    if report.get("kind") == "encoder":
+        out.append(Text("encoder metrics (embedding cosine vs the reference; per-inference latency, measured-host):",
+                        style="bold"))
+        for art, a in (report.get("artifacts") or {}).items():
+            acc, lat = (a or {}).get("accuracy") or {}, (a or {}).get("latency") or {}
+            out.append(Text(f"  {art}: cosine {fmt_num(acc.get('embedding_cosine'))} (min "
+                            f"{fmt_num(acc.get('embedding_cosine_min'))}), per inference p50 "
+                            f"{fmt_num(lat.get('per_inference_ms_p50'))} ms / p95 {fmt_num(lat.get('per_inference_ms_p95'))} ms"
+                            + (f" at batch {lat.get('batch')} x seq {lat.get('seq_len')}" if lat else "")))
+
     proj = report.get("projection") or {}
     if proj.get("host"):
         out.append(Text(f"projection vs measurement on host (roofline + {fmt_num(proj.get('overhead_ms'))} ms/token "
