@@ -250,9 +250,14 @@ def _label_counts(report: dict) -> dict[str, int]:
             counts[str(lab)] = counts.get(str(lab), 0) + 1
     for d in _d(report.get("devices")).values():
         for r in _d(_d(d).get("results")).values():
-            lab = _d(_d(r).get("latency")).get("label")
-            if lab:
-                counts[str(lab)] = counts.get(str(lab), 0) + 1
+            lat = _d(_d(r).get("latency"))
+            if "label" in lat:  # one latency figure per device result
+                labs = [lat.get("label")]
+            else:  # measured-host / projected / measured-device side by side
+                labs = [k for k, v in lat.items() if isinstance(v, dict) and v]
+            for lab in labs:
+                if lab:
+                    counts[str(lab)] = counts.get(str(lab), 0) + 1
     return counts
 
 
