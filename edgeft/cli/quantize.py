@@ -22,11 +22,13 @@ def _parse_opts(opts):
 @click.command("quantize")
 @click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--scheme", required=True, help="int8-weight | int8-dynamic | int4-rtn | int4-hqq")
+@click.option("--scheme", required=True, help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Scheme option (repeatable).")
 @click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for the quality check.")
 @click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
-def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens):
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help="Calibration text for static/GPTQ schemes (keep it disjoint from --text).")
+def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
     """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input."""
     from edgeft.quantize import quantize
 
@@ -40,7 +42,17 @@ def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens):
 
         tok = AutoTokenizer.from_pretrained(onnx_dir)
         wins = windows(tok(Path(text).read_text(), add_special_tokens=False).input_ids, 256, 256, max_tokens)
-    rep = quantize(onnx_dir, out, scheme, _parse_opts(opts), quality_ids=wins)
+    calib = None
+    if calibration:
+        from pathlib import Path
+
+        from transformers import AutoTokenizer
+
+        from edgeft.quantize.quality import windows
+
+        tok = AutoTokenizer.from_pretrained(onnx_dir)
+        calib = windows(tok(Path(calibration).read_text(), add_special_tokens=False).input_ids, 128, 128, 2048)
+    rep = quantize(onnx_dir, out, scheme, _parse_opts(opts), quality_ids=wins, calibration_ids=calib)
     line = f"{scheme}: {rep['size_bytes'] / 2**20:.1f} MB ({rep['size_ratio']:.2f}x input)"
     if "perplexity" in rep:
         line += (f", perplexity {rep['perplexity_input']:.3f} -> {rep['perplexity']:.3f} "

@@ -173,13 +173,30 @@ class Pipeline:
     def stage_quantize(self, tmp: Path) -> dict:
         from edgeft.quantize import quantize
 
+        from edgeft.quantize import SCHEMES
+
         src = self.run.stage_dir("export")
         wins = self.heldout_windows(src)
+        calib = None
+        if any(SCHEMES.get(q.scheme, "quantize.scheme").needs_calibration for q in self.recipe.quantize):
+            calib = self.calibration_windows(src)
         out = {}
         for q in self.recipe.quantize:
             out[q.name] = quantize(src, tmp / q.name, q.scheme, q.options, quality_ids=wins,
-                                   max_ppl_increase_pct=q.max_ppl_increase_pct)
+                                   max_ppl_increase_pct=q.max_ppl_increase_pct, calibration_ids=calib)
         return out
+
+    def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
+        """Calibration text: the rendered *training* conversations, disjoint from the eval text."""
+        from transformers import AutoTokenizer
+
+        from edgeft.data.templates import conversation_text
+        from edgeft.quantize.quality import windows
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        sp = self.recipe.data.system_prompt
+        text = "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("train"))
+        return windows(tok(text, add_special_tokens=False).input_ids, seq_len, seq_len, n_windows * seq_len)
 
     def artifacts(self):
         from edgeft.quantize import SCHEMES

@@ -26,7 +26,7 @@ def _onnx_size(d: Path) -> int:
 
 def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = None,
              quality_ids: Sequence[Sequence[int]] | None = None, max_ppl_increase_pct: float = 100.0,
-             threads: int = 2) -> dict:
+             threads: int = 2, calibration_ids: Sequence[Sequence[int]] | None = None) -> dict:
     """Quantize the ONNX model in ``in_dir`` into ``out_dir`` and report size and quality vs the input.
 
     Quality: perplexity of input and output on ``quality_ids`` (token windows of held-out text),
@@ -39,6 +39,9 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
 
     sch = SCHEMES.get(scheme, "quantize.scheme")
     options = dict(options or {})
+    if sch.needs_calibration and not calibration_ids:
+        raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
+                          "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
     unknown = sorted(set(options) - set(sch.options))
     if unknown:
         raise ConfigError(f"quantize scheme {scheme}: unknown option(s) {', '.join(unknown)}; valid options: "
@@ -50,7 +53,11 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
         if f.is_file() and f.suffix not in (".onnx",) and "onnx_data" not in f.name and not f.name.endswith("report.json"):
             shutil.copy2(f, out_dir / f.name)
     t0 = time.perf_counter()
-    done = sch.apply(src, out_dir / "model.onnx", **options)
+    if sch.needs_calibration:
+        done = sch.apply(src, out_dir / "model.onnx", calibration=[list(map(int, w)) for w in calibration_ids],
+                         **options)
+    else:
+        done = sch.apply(src, out_dir / "model.onnx", **options)
     seconds = time.perf_counter() - t0
     report = {"scheme": scheme, "precision": sch.precision, "int8_mode": sch.int8_mode, "options": done,
               "quantize_seconds": seconds, "input_size_bytes": _onnx_size(in_dir),

@@ -16,6 +16,7 @@ class Scheme:
     int8_mode: str | None  # dynamic | static | full-integer | weight-only (None for int4)
     apply: Callable[..., dict]  # (in_onnx: Path, out_onnx: Path, **options) -> dict of what was done
     options: dict = field(default_factory=dict)  # option -> (default, description)
+    needs_calibration: bool = False  # apply() then also gets calibration=[token-id windows]
 
 
 SCHEMES: Registry[Scheme] = Registry("quantization scheme")
