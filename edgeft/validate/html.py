@@ -8,6 +8,11 @@ device x artifact matrix, artifact table, plots (exact match vs size with the Pa
 per-token and first-token latency, decode tok/s), then every gate and every incompatibility in
 full. Any value may be missing or null; it shows as a dash.
 
+Encoder reports (``report["kind"] == "encoder"``) get their own artifact columns (embedding cosine
+vs the reference, per-inference latency at batch x sequence length), an embedding-cosine-vs-size
+plot and a per-inference latency plot instead of the generation ones, and protocol cards that say
+what the cosine measures; ``projection.note``, when present, is shown as a card.
+
 The plots are hand-written SVG rather than matplotlib: they are a few rectangles, lines and
 labels, matplotlib would be a new heavy dependency (and seconds of import and font-cache time
 on a 2-core CI box) for that, and SVG keeps the text crisp, selectable and searchable in the page.
@@ -116,6 +121,32 @@ def _gate_short(name: Any) -> str:
     return str(name or "?").split(" (")[0]
 
 
+def _is_encoder(report: dict) -> bool:
+    return report.get("kind") == "encoder"
+
+
+def _title(report: dict) -> str:
+    recipe = report.get("recipe")
+    return f"edgeft validate: {recipe}" if recipe else "edgeft validate"
+
+
+def _batch_seq(report: dict) -> tuple[Any, Any]:
+    """(batch, seq_len) of the encoder latency protocol, else of the first artifact that recorded them."""
+    lat = _d(_d(report.get("protocol")).get("latency"))
+    batch, seq = lat.get("batch"), lat.get("seq_len")
+    for a in _d(report.get("artifacts")).values():
+        al = _d(_d(a).get("latency"))
+        batch = batch if batch is not None else al.get("batch")
+        seq = seq if seq is not None else al.get("seq_len")
+    return batch, seq
+
+
+def _shape_text(batch: Any, seq: Any) -> str:
+    """``batch 1 × seq 128`` (parts that are missing left out)."""
+    parts = ([f"batch {batch}"] if batch is not None else []) + ([f"seq {seq}"] if seq is not None else [])
+    return " × ".join(parts)
+
+
 # --------------------------------------------------------------------------- CSS
 
 _CSS = """
@@ -205,7 +236,6 @@ def _overall_reasons(report: dict) -> list[str]:
 
 
 def _header(report: dict) -> str:
-    recipe = report.get("recipe") or "?"
     word, cls = _verdict(report.get("passed"))
     if cls == "unknown":
         word = "UNKNOWN"
@@ -219,11 +249,13 @@ def _header(report: dict) -> str:
         why = "; ".join(_overall_reasons(report)) or "see the gates below"
     else:
         why = "report.json has no overall verdict"
-    out = [f"<h1>edgeft validate: {_esc(recipe)}</h1>",
+    out = [f"<h1>{_esc(_title(report))}</h1>",
            f'<div class="banner {cls}"><span class="word">{word}</span><span class="why">{_esc(why)}</span></div>']
     meta = [f"reference: <b>{_esc(report.get('reference') or 'merged')}</b>",
             f"{len(_d(report.get('artifacts')))} artifacts",
             f"{len(devs)} device profiles"]
+    if _is_encoder(report):
+        meta.append("encoder")
     if report.get("schema_version") is not None:
         meta.append(f"schema {_esc(report.get('schema_version'))}")
     out.append(f'<p class="muted">{" · ".join(meta)}</p>')
@@ -271,7 +303,7 @@ def _protocol(report: dict) -> str:
                  and not isinstance(v, (dict, list))]
     if not p:
         acc_rows = []
-    cards = [
+    cards = _encoder_protocol_cards(p) if _is_encoder(report) else [
         '<div class="card"><h3>Accuracy</h3>'
         '<p class="small muted">Exact match and JSON validity: greedy generation on the eval split. '
         "Top-1 agreement and KL: next-token distributions vs the reference on the agreement windows.</p>"
@@ -284,6 +316,10 @@ def _protocol(report: dict) -> str:
         "fresh process per artifact, after warm-up runs.</p>"
         + _kv((k, v) for k, v in lat.items() if not isinstance(v, (dict, list))) + "</div>",
     ]
+    note = _d(report.get("projection")).get("note")
+    if note:
+        cards.append('<div class="card"><h3>Projection</h3>'
+                     f'<p>{_esc(note)}</p></div>')
     counts = _label_counts(report)
     rows = []
     for lab, text in LABELS.items():
@@ -298,6 +334,34 @@ def _protocol(report: dict) -> str:
                  "they do not depend on the device. Latency and RAM figures carry one of these labels:</p>"
                  + "".join(rows) + "</div>")
     return "<h2>Protocol</h2>\n" + '<div class="cards">' + "\n".join(cards) + "</div>"
+
+
+_LM_ONLY_LATENCY_KEYS = ("prompt", "new_tokens")
+
+
+def _encoder_protocol_cards(p: dict) -> list[str]:
+    """Accuracy, perplexity (not applicable) and latency cards of an encoder report's protocol."""
+    lat = _d(p.get("latency"))
+    acc_rows = [("eval examples", p.get("eval_examples"))] if p else []
+    acc_rows += [(k, v) for k, v in p.items()
+                 if k not in ("eval_examples", "perplexity", "latency") and not isinstance(v, (dict, list))]
+    return [
+        '<div class="card"><h3>Accuracy</h3>'
+        '<p class="small muted">Embedding cosine: each eval text is embedded by the artifact and by the '
+        "reference (mean-pooled last hidden state, L2-normalized); the cosine of the two embeddings is "
+        "averaged over the examples (mean) and its worst example is reported (min). 1.0 means the artifact "
+        "reproduces the reference's embeddings.</p>"
+        + _kv(acc_rows) + "</div>",
+        '<div class="card"><h3>Perplexity</h3>'
+        '<p class="small muted">Does not apply to encoders: they predict no next token. Exact match, JSON '
+        "validity, top-1 agreement and KL do not apply either.</p></div>",
+        '<div class="card"><h3>Latency</h3>'
+        '<p class="small muted">Per-inference time: one forward pass over a batch of fixed-length inputs '
+        "(batch × seq_len tokens), fresh process per artifact, after warm-up runs; p50/p95 over the timed "
+        "repeats, and peak RSS.</p>"
+        + _kv((k, v) for k, v in lat.items()
+              if k not in _LM_ONLY_LATENCY_KEYS and not isinstance(v, (dict, list))) + "</div>",
+    ]
 
 
 # --------------------------------------------------------------------------- matrix
@@ -395,7 +459,71 @@ def _delta(value: Any, ref: Any, *, percent: bool, higher_is_better: bool) -> st
     return f' <span class="small {cls}">({_esc(text)})</span>'
 
 
+def _failed_acc(report: dict) -> dict[str, list[str]]:
+    """Artifact -> short names of its failed accuracy gates."""
+    out: dict[str, list[str]] = {}
+    for g in _l(report.get("gates")):
+        g = _d(g)
+        if not g.get("passed"):
+            out.setdefault(str(g.get("artifact")), []).append(_gate_short(g.get("name")))
+    return out
+
+
+def _name_cell(n: str, a: dict, is_ref: bool, bad: Optional[list[str]]) -> str:
+    role = a.get("role")
+    cell = f"<b>{_esc(n)}</b>" if is_ref else _esc(n)
+    if role and role != "artifact":
+        cell += f' <span class="tag">{_esc(role)}</span>'
+    if bad:
+        cell += f'<div class="small worse">failed: {_esc(", ".join(bad))}</div>'
+    return cell
+
+
+def _encoder_artifact_table(report: dict) -> str:
+    arts = _d(report.get("artifacts"))
+    ref_name = report.get("reference") or "?"
+    failed_acc = _failed_acc(report)
+    batch, seq = _batch_seq(report)
+    shape = _shape_text(batch, seq)
+    head = ("artifact", "format / precision", "size MB", "embedding cosine (mean)", "embedding cosine (min)",
+            "per-inference p50 / p95 ms" + (f" ({shape})" if shape else ""), "peak RAM MB", "latency label")
+    rows = []
+    for n in _ordered_artifacts(report) if arts else []:
+        a = _d(arts.get(n))
+        acc, lat = _d(a.get("accuracy")), _d(a.get("latency"))
+        fmt = f"{a.get('format') or '?'} / {a.get('precision') or '?'}"
+        extra = " ".join(str(x) for x in (a.get("int8_mode"), a.get("scheme")) if x)
+        bad = failed_acc.get(n)
+        cos_cls = " worse" if bad and any("cosine" in b for b in bad) else ""
+        per_inf = (f"{_fmt(lat.get('per_inference_ms_p50'), 1)} / {_fmt(lat.get('per_inference_ms_p95'), 1)}"
+                   if lat else _DASH)
+        own = _shape_text(lat.get("batch"), lat.get("seq_len"))
+        if lat and own and own != shape:  # this artifact was timed at another shape
+            per_inf += f'<div class="small">{_esc(own)}</div>'
+        cells = [
+            f'<td title="{_esc(a.get("path") or "")}">{_name_cell(n, a, n == ref_name, bad)}</td>',
+            f'<td>{_esc(fmt)}{"<div class=small>" + _esc(extra) + "</div>" if extra else ""}</td>',
+            f'<td class="num">{_fmt(_mb(a.get("size_bytes")), 1)}</td>',
+            f'<td class="num{cos_cls}">{_fmt(acc.get("embedding_cosine"), 4)}</td>',
+            f'<td class="num">{_fmt(acc.get("embedding_cosine_min"), 4)}</td>',
+            f'<td class="num">{per_inf}</td>',
+            f'<td class="num">{_fmt(lat.get("peak_rss_mb"), 0)}</td>',
+            f'<td class="nowrap">{_esc(lat.get("label") or _DASH)}</td>',
+        ]
+        rows.append(f'<tr{" class=bad" if bad else ""}>' + "".join(cells) + "</tr>")
+    if not rows:
+        return '<h2>Artifacts</h2><p class="muted">No artifacts in this report.</p>'
+    return ("<h2>Artifacts</h2>"
+            f'<p class="small muted">Embedding cosine vs the reference <b>{_esc(ref_name)}</b> over the eval '
+            "texts: the mean, and the worst single example (min); 1.0 is identical. Latency on the artifact's "
+            "own row is at the host's thread count; per-device figures are in the device gates.</p>"
+            '<table class="full"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
 def _artifact_table(report: dict) -> str:
+    if _is_encoder(report):
+        return _encoder_artifact_table(report)
     arts = _d(report.get("artifacts"))
     ref_name = report.get("reference") or "merged"
     ref_acc = _d(_d(arts.get(ref_name)).get("accuracy"))
@@ -541,24 +669,34 @@ def _pareto_frontier(points: Sequence[tuple[str, float, float]]) -> list[tuple[s
     return front
 
 
-def _pareto_plot(report: dict) -> str:
+def _pareto_plot(report: dict, *, metric: str = "exact_match", title: str = "Exact match vs size",
+                 y_label: str = "exact match", zoom: bool = False) -> str:
+    """Metric (higher is better) vs size on storage, with the Pareto frontier.
+
+    ``zoom``: the y axis runs from just under the lowest value to 1.0 instead of from 0, so that
+    values that all sit near 1 (embedding cosines such as 0.992 vs 1.0) are told apart.
+    """
     arts = _d(report.get("artifacts"))
-    title = "Exact match vs size"
     pts, missing = [], []
     for n in _ordered_artifacts(report) if arts else []:
         a = _d(arts.get(n))
-        size, em = _mb(a.get("size_bytes")), _num(_d(a.get("accuracy")).get("exact_match"))
+        size, em = _mb(a.get("size_bytes")), _num(_d(a.get("accuracy")).get(metric))
         if size is None or em is None:
             missing.append(n)
         else:
             pts.append((n, size, em))
     if not pts:
-        return _figure(_empty_plot(title, "no artifact has both a size and an exact match"), "")
+        return _figure(_empty_plot(title, f"no artifact has both a size and an {y_label}"), "")
     W, H, ml, mr, mt, mb = 620, 400, 62, 22, 44, 70
     pw, ph = W - ml - mr, H - mt - mb
     xt = _nice_ticks(0.0, max(p[1] for p in pts) * 1.08)
-    y_lo = min(0.0, min(p[2] for p in pts))
-    y_hi = max(1.0, max(p[2] for p in pts))
+    if zoom:
+        y_lo = min(p[2] for p in pts) - 0.01
+        top = max(p[2] for p in pts)
+        y_hi = 1.0 if top <= 1.0 + 1e-6 else top
+    else:
+        y_lo = min(0.0, min(p[2] for p in pts))
+        y_hi = max(1.0, max(p[2] for p in pts))
     yt = _nice_ticks(y_lo, y_hi)
     x0, x1, y0, y1 = xt[0], xt[-1], yt[0], yt[-1]
 
@@ -579,7 +717,7 @@ def _pareto_plot(report: dict) -> str:
     s.line(ml, mt + ph, ml + pw, mt + ph, stroke="#57606a")
     s.line(ml, mt, ml, mt + ph, stroke="#57606a")
     s.text(ml + pw / 2, mt + ph + 34, "size on storage (MB)", size=12, anchor="middle")
-    s.text(16, mt + ph / 2, "exact match", size=12, anchor="middle", rotate=-90)
+    s.text(16, mt + ph / 2, y_label, size=12, anchor="middle", rotate=-90)
 
     front = _pareto_frontier(pts)
     obstacles: list[tuple[float, float, float, float]] = []
@@ -614,7 +752,8 @@ def _pareto_plot(report: dict) -> str:
             r = (6 if on_front else 5) + 3.5 * k
             fill = color if on_front and k == 0 else ("none" if k else "#ffffff")
             s.circle(X(size), Y(em), r, fill=fill, stroke=color, width=2,
-                     tip=f"{n}: {size:.1f} MB, exact match {em:.3f}{' (Pareto frontier)' if on_front else ''}")
+                     tip=f"{n}: {size:.1f} MB, {y_label} {em:.{4 if zoom else 3}f}"
+                         f"{' (Pareto frontier)' if on_front else ''}")
             obstacles.append((X(size) - r, Y(em) - r, X(size) + r, Y(em) + r))
 
     size_px = 12
@@ -660,9 +799,11 @@ def _pareto_plot(report: dict) -> str:
         s.text(lx + 12, ly, r, size=11, fill="#57606a")
         lx += 26 + _text_w(r, 11)
     cap = ("One point per artifact; higher and further left is better. The frontier joins the artifacts no other "
-           "artifact beats on both size and exact match.")
+           f"artifact beats on both size and {y_label}.")
+    if zoom:
+        cap += f" The y axis starts at {_tick_text(y0, yt[1] - yt[0])}, not 0, so that small differences show."
     if missing:
-        cap += f" Not plotted (size or exact match missing): {_esc(', '.join(missing))}."
+        cap += f" Not plotted (size or {y_label} missing): {_esc(', '.join(missing))}."
     return _figure(s.done(), cap)
 
 
@@ -814,7 +955,38 @@ def _lat_rows(report: dict, p50: str, p95: str, samples_key: str) -> list[dict]:
     return rows
 
 
+def _encoder_plots(report: dict) -> str:
+    per_inf = _lat_rows(report, "per_inference_ms_p50", "per_inference_ms_p95", "samples_ms")
+    batch, seq = _batch_seq(report)
+    shape = _shape_text(batch, seq)
+    proto = _d(_d(report.get("protocol")).get("latency"))
+    runs = sorted({int(v) for v in (_d(_d(a).get("latency")).get("runs") for a in _d(report.get("artifacts")).values())
+                   if _num(v) is not None})
+    repeats = ", ".join(map(str, runs)) if runs else proto.get("repeats")
+    warmup = proto.get("warmup")
+    cap = "Time of one forward pass" + (f" at {shape} tokens" if shape else "")
+    if repeats is not None:
+        cap += f", {repeats} timed repeats" + (f" after {warmup} warm-up runs" if warmup is not None else "")
+    cap += ". "
+    with_samples = sum(1 for r in per_inf if r.get("samples"))
+    if with_samples:
+        cap += ("Rows with recorded samples (latency.samples_ms): box = quartiles, line = median, "
+                "whiskers = min-max, dots = samples. ")
+    if with_samples < len(per_inf):
+        cap += ("Other rows: bar" if with_samples else "Bar") + " = median (p50), whisker = p95. "
+    cap += "Dashed red lines: the devices' maximum per-inference budgets. Lower is better."
+    figs = [
+        _pareto_plot(report, metric="embedding_cosine", title="Embedding cosine vs size",
+                     y_label="embedding cosine", zoom=True),
+        _figure(_hplot("Per-inference latency", "ms per inference", per_inf,
+                       _device_limits(report, "per_inference_ms"), bound="max"), _esc(cap)),
+    ]
+    return "<h2>Plots</h2><div class='plots'>" + "\n".join(figs) + "</div>"
+
+
 def _plots(report: dict) -> str:
+    if _is_encoder(report):
+        return _encoder_plots(report)
     tok_rows = []
     arts = _d(report.get("artifacts"))
     for n in _ordered_artifacts(report) if arts else []:
@@ -856,8 +1028,9 @@ def _gate_rows(gates: Iterable[Any], *, with_artifact: bool = True) -> str:
         g = _d(g)
         word, cls = _verdict(g.get("passed"))
         cells = [f"<td>{_esc(g.get('artifact') or _DASH)}</td>"] if with_artifact else []
-        cells += [f"<td>{_esc(g.get('name') or '?')}</td>", f'<td class="num">{_fmt(g.get("value"))}</td>',
-                  f'<td class="num">{_fmt(g.get("limit"))}</td>', f'<td class="res {cls}">{word}</td>',
+        digits = 4 if "cosine" in str(g.get("name") or "") else None  # 0.9996 must not read as 1
+        cells += [f"<td>{_esc(g.get('name') or '?')}</td>", f'<td class="num">{_fmt(g.get("value"), digits)}</td>',
+                  f'<td class="num">{_fmt(g.get("limit"), digits)}</td>', f'<td class="res {cls}">{word}</td>',
                   f'<td class="wrap">{_esc(g.get("detail") or "")}</td>']
         rows.append(f"<tr{' class=bad' if cls == 'fail' else ''}>" + "".join(cells) + "</tr>")
     return "".join(rows)
@@ -962,7 +1135,7 @@ def _artifact_details(report: dict) -> str:
 def render_html(report: dict) -> str:
     """The report page as one self-contained HTML string."""
     report = report if isinstance(report, dict) else {}
-    title = f"edgeft validate: {report.get('recipe') or '?'}"
+    title = _title(report)
     body = [
         _header(report),
         _matrix(report),

@@ -109,6 +109,59 @@ def make_report() -> dict:
     }
 
 
+def _enc_lat(p50, samples):
+    return {"kind": "encoder", "per_inference_ms_p50": p50, "per_inference_ms_p95": p50 * 1.15,
+            "samples_ms": samples, "batch": 1, "seq_len": 128, "threads": 2, "warmup": 2, "runs": len(samples),
+            "peak_rss_mb": 170.0, "label": "measured-host"}
+
+
+def _enc_art(role, prec, size_mb, cos, cos_min, lat, mode=None):
+    return {"role": role, "kind": "encoder", "format": "onnx" if lat else "pytorch", "precision": prec,
+            "int8_mode": mode, "scheme": None if mode is None else f"int8-{mode}", "size_bytes": int(size_mb * MB),
+            "path": f"runs/enc/{role}",
+            "accuracy": {"exact_match": None, "json_valid": None, "perplexity": None, "top1_agreement": None,
+                         "kl": None, "embedding_cosine": cos, "embedding_cosine_min": cos_min, "n_examples": 32},
+            "latency": lat}
+
+
+def make_encoder_report() -> dict:
+    """A MiniLM-shaped encoder report (``_validate_encoders``): cosine accuracy, per-inference latency."""
+    def dev_res(name, p50):
+        host = {"label": "measured-host", "per_inference_ms_p50": p50, "per_inference_ms_p95": p50 * 1.15,
+                "peak_rss_mb": 170.0, "threads": 2, "batch": 1, "seq_len": 128}
+        gate = _gate("per_inference_ms (measured-host)", name, p50, 20.0, p50 <= 20.0,
+                     f"per_inference_ms_p50 {p50} ms <= max 20 ms on phone-cpu (measured-host)", "phone-cpu")
+        return {"compatible": True, "reasons": [], "suggestions": [], "warnings": [], "est_ram_mb": None,
+                "gates": [gate], "passed": p50 <= 20.0, "gated_on": "measured-host",
+                "latency": {"measured-host": host, "projected": None, "measured-device": None}}
+
+    return {
+        "schema_version": 1, "recipe": "", "kind": "encoder", "reference": "fp32-torch", "passed": True,
+        "protocol": {"eval_examples": 32, "embedding": "mean-pooled last hidden state, L2-normalized",
+                     "latency": {"prompt": "set a timer", "new_tokens": 32, "warmup": 2, "repeats": 20, "batch": 1,
+                                 "seq_len": 128, "host_cpus": 2}},
+        "artifacts": {
+            "fp32-torch": _enc_art("reference", "fp32", 86.7, 1.0, 0.9999999, None),
+            "onnx-fp32": _enc_art("artifact", "fp32", 86.2, 1.0, 0.9999999,
+                                  _enc_lat(25.9, [29.5, 29.3, 26.4, 26.0, 25.3, 40.1, 27.0, 24.8])),
+            "int8-weight": _enc_art("artifact", "int8", 57.1, 0.99963, 0.99928,
+                                    _enc_lat(17.6, [17.6, 17.7, 18.0, 17.5, 15.4, 17.5, 18.2, 17.8]),
+                                    mode="weight"),
+            "int8-dynamic": _enc_art("artifact", "int8", 56.0, 0.99231, 0.98104,
+                                     _enc_lat(8.0, [9.1, 9.0, 8.6, 7.8, 7.7, 8.0, 8.0, 7.9]), mode="dynamic"),
+        },
+        "devices": {"phone-cpu": {"class": "mobile", "threads": 2, "threads_profile": 4, "required": True,
+                                  "passed": True, "deployable": ["int8-weight", "int8-dynamic"], "results": {
+                                      "onnx-fp32": dev_res("onnx-fp32", 25.9),
+                                      "int8-weight": dev_res("int8-weight", 17.6),
+                                      "int8-dynamic": dev_res("int8-dynamic", 8.0)}}},
+        "gates": [_gate("embedding_cosine threshold", n, c, 0.99, True, f"embedding_cosine {c:.3g} >= min 0.99")
+                  for n, c in (("onnx-fp32", 1.0), ("int8-weight", 0.99963), ("int8-dynamic", 0.99231))],
+        "flags": [],
+        "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"},
+    }
+
+
 class _Checker(HTMLParser):
     """Tag balance and every resource reference of an HTML page."""
 
@@ -224,6 +277,61 @@ def test_html_handles_missing_and_null_values():
     _check_self_contained(page)
     for name in ARTIFACTS:
         assert name in page
+
+
+def test_html_encoder_report():
+    report = make_encoder_report()
+    page = render_html(report)
+    checker = _check_self_contained(page)
+    text = " ".join(checker.text)
+
+    # title: no "?" for an empty recipe
+    assert "<title>edgeft validate</title>" in page and "<h1>edgeft validate</h1>" in page
+    assert "edgeft validate: ?" not in page
+    # encoder columns, not LM ones
+    for col in ("embedding cosine (mean)", "embedding cosine (min)", "per-inference p50 / p95 ms (batch 1 × seq 128)",
+                "peak RAM MB", "latency label"):
+        assert col in text, col
+    for col in ("exact match (Δ)", "perplexity (Δ%)", "top-1 agr.", "decode tok/s", "TTFT p50 / p95 ms"):
+        assert col not in text, col
+    assert "0.9996" in text and "0.9923" in text and "0.9810" in text  # cosines keep their 4 decimals
+    assert "25.9 / 29.8" in text
+    # plots: cosine-vs-size Pareto on a zoomed y axis and the per-inference distribution, no LM plots
+    assert len(re.findall(r"<svg\b", page)) == 2
+    assert "Embedding cosine vs size" in text and "Per-inference latency" in text
+    for title in ("Decode throughput", "Per-token decode latency", "Time to first token", "Exact match vs size"):
+        assert title not in text, title
+    assert "0.980" in text and "not 0" in text  # y axis from min(cosine) - 0.01, said so in the caption
+    assert "batch 1 × seq 128" in text and "8 timed repeats after 2 warm-up runs" in text
+    assert "max 20 ms: phone-cpu" in text  # the per-inference budget drawn on the latency plot
+    # protocol: what the cosine is, perplexity not applicable, LM-only latency settings left out
+    assert "mean-pooled last hidden state, L2-normalized" in text and "Embedding cosine: each eval text" in text
+    assert "Does not apply to encoders" in text
+    assert "new_tokens" not in text and "set a timer" not in text
+    # the projection note
+    assert "roofline projection covers decoder LMs only; encoders are measured" in text
+    # gates keep enough decimals to tell 0.9996 from 1, and the device budget gates are listed in full
+    assert '<td class="num">0.9996</td><td class="num">0.9900</td>' in page
+    assert "per_inference_ms_p50 17.6 ms <= max 20 ms on phone-cpu (measured-host)" in text
+
+    # missing latency and accuracy values still render
+    for a in report["artifacts"].values():
+        a["latency"] = None
+        a["accuracy"] = {k: None for k in a["accuracy"]}
+    report["protocol"] = None
+    report["projection"] = None
+    page = render_html(report)
+    _check_self_contained(page)
+    assert "Embedding cosine vs size" in page and "Per-inference latency" in page
+
+
+def test_lm_page_title_and_no_projection_card():
+    report = make_report()
+    page = render_html(report)
+    assert "<title>edgeft validate: synthetic</title>" in page
+    assert "<h3>Projection</h3>" not in page and "Embedding cosine" not in page
+    report["recipe"] = None
+    assert "<title>edgeft validate</title>" in render_html(report)
 
 
 def test_pareto_frontier():
