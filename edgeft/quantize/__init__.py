@@ -13,6 +13,7 @@ from edgeft.errors import ConfigError, ParityError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import dynamic_int8 as _dyn  # noqa: F401  (registers)
 from edgeft.quantize.schemes import matmulnbits as _nbits  # noqa: F401  (registers)
+from edgeft.quantize.schemes import static_int8 as _static  # noqa: F401  (registers)
 
 log = logging.getLogger(__name__)
 
