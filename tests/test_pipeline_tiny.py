@@ -263,3 +263,15 @@ def test_failed_gate_exits_7_and_ships_nothing(first, clone, tiny_recipe_module)
     # the package stage did not run for the failing validation: its record is still the old run's
     assert json.loads((run_dir / "package" / "stage.json").read_text())["finished_utc"] == json.loads(
         (first.run_dir / "package" / "stage.json").read_text())["finished_utc"]
+
+
+def test_calibrated_scheme_draws_calibration_from_the_training_split(first, clone, tiny_recipe_module):
+    import json
+
+    res = edgeft.run(tiny_recipe_module, ["quantize.0.scheme=int8-static", "quantize.0.options={}"], runs_root=clone)
+    assert {"data", "finetune", "merge", "export"} <= set(res.skipped)
+    q = json.loads((res.run_dir / "quantize" / "stage.json").read_text())["metrics"]["int8"]
+    assert q["scheme"] == "int8-static" and q["int8_mode"] == "static"
+    assert q["options"]["calibration_windows"] > 0
+    report = json.loads((res.run_dir / "validate" / "report.json").read_text())
+    assert report["artifacts"]["int8"]["onnx"]["int8_mode"] == "static"

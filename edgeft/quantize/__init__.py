@@ -40,13 +40,13 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
 
     sch = SCHEMES.get(scheme, "quantize.scheme")
     options = dict(options or {})
-    if sch.needs_calibration and not calibration_ids:
-        raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
-                          "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
     unknown = sorted(set(options) - set(sch.options))
     if unknown:
         raise ConfigError(f"quantize scheme {scheme}: unknown option(s) {', '.join(unknown)}; valid options: "
                           + ", ".join(f"{k} (default {v[0]!r}: {v[1]})" for k, v in sch.options.items()))
+    if sch.needs_calibration and not calibration_ids:
+        raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
+                          "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     src = find_onnx(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
