@@ -47,17 +47,22 @@ def find_onnx(path: Path) -> Path:
     return found[0]
 
 
+def _session(path: Path, threads: int):
+    """A CPU session with the same options as edgeft.runtime.lm.session_options."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 class Decoder:
     """input_ids, attention_mask, [position_ids], past_key_values.N.key/value -> logits, present.N.*."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.sess = _session(path, threads)
         inputs = {i.name: i for i in self.sess.get_inputs()}
         self.output_names = [o.name for o in self.sess.get_outputs()]
         self.past = {n: i for n, i in inputs.items() if n.startswith("past_key_values")}
@@ -101,14 +106,8 @@ class Encoder:
     INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
     def __init__(self, path: Path, threads: int) -> None:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         self.path = path
-        self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.sess = _session(path, threads)
         self.inputs = {i.name: i.type for i in self.sess.get_inputs()}
         if "input_ids" not in self.inputs:
             raise SystemExit(f"{path}: not an encoder graph (no input_ids input)")

@@ -62,6 +62,32 @@ def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_s
     return {**{k: v / n for k, v in tot.items()}, "n_examples": len(records), "misses_sample": samples}
 
 
+def _add_onnx_info(info: dict, a: Artifact) -> None:
+    """Record what a device cares about in an ONNX graph (ops, opset, shapes, int8 mode)."""
+    if a.format == "onnx":
+        from edgeft.runtime.lm import find_onnx
+        from edgeft.validate import compat
+
+        info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+
+
+def _device_entry(dev, threads: int, required: bool, results: dict, rep_artifacts: dict) -> dict:
+    """A device's report entry: it passes when some shippable artifact passes every gate on it."""
+    deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
+    return {"class": dev.class_, "threads": threads, "threads_profile": dev.cpu.threads, "required": required,
+            "passed": bool(deployable), "deployable": deployable, "results": results}
+
+
+def _write_reports(report: dict, out_dir: Path, console) -> None:
+    from edgeft.validate import report as rpt
+    from edgeft.validate.html import write_html
+
+    rpt.write_json(out_dir / "report.json", report)
+    write_html(out_dir / "report.html", report)
+    if console is not None:
+        rpt.print_summary(report, console)
+
+
 def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
     """Mean-pooled last hidden state per text (an encoder artifact, PyTorch or ONNX)."""
     import numpy as np
@@ -101,9 +127,9 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.quantize import quality
     from edgeft.runtime.bench import measure
-    from edgeft.runtime.lm import load_lm
     from edgeft.models.sources import _kind_of
-    from edgeft.validate import compat, gates, report as rpt
+    from edgeft.runtime.lm import load_lm
+    from edgeft.validate import compat, gates
 
     cfg = cfg or ValidateConfig()
     out_dir = Path(out_dir)
@@ -151,10 +177,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
         info = {"role": a.role, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
                 "scheme": a.scheme, "size_bytes": _size_bytes(a), "path": str(a.path), "accuracy": acc,
                 "latency": None, **a.extra}
-        if a.format == "onnx":
-            from edgeft.runtime.lm import find_onnx
-
-            info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+        _add_onnx_info(info, a)
         rep_artifacts[a.name] = info
     order = [a.name for a in sorted(artifacts, key=lambda a: {"base": 0, "reference": 1}.get(a.role, 2))]
     rep_artifacts = {n: rep_artifacts[n] for n in order}
@@ -272,10 +295,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                                            "projected": {k: proj_lat.get(k) for k in keep if k in proj_lat},
                                            "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
                                                                if device_lat else None)}}
-        deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
-        rep_devices[dname] = {"class": dev.class_, "threads": t, "threads_profile": dev.cpu.threads,
-                              "required": dname in required, "passed": bool(deployable), "deployable": deployable,
-                              "results": results}
+        rep_devices[dname] = _device_entry(dev, t, dname in required, results, rep_artifacts)
     passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
     report = {"schema_version": 1, "recipe": recipe_name, "reference": reference.name, "passed": passed,
               "protocol": {"eval_examples": len(records), "max_new_tokens": cfg.max_new_tokens,
@@ -287,22 +307,15 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                                        "host_cpus": host_threads}},
               "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
               "projection": projection_info}
-    rpt.write_json(out_dir / "report.json", report)
-    from edgeft.validate.html import write_html
-
-    write_html(out_dir / "report.html", report)
-    if console is not None:
-        rpt.print_summary(report, console)
+    _write_reports(report, out_dir, console)
     return report
 
 
 def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console) -> dict:
     """Encoders (no generation, no perplexity): embedding agreement with the reference, per-inference
     latency at ``latency.batch`` x ``latency.seq_len``, compatibility and budgets per device."""
-    import numpy as np
-
     from edgeft.runtime.bench import measure_encoder
-    from edgeft.validate import compat, gates, report as rpt
+    from edgeft.validate import compat, gates
 
     host_threads = os.cpu_count() or 1
     texts = [r["prompt"] for r in records]
@@ -318,10 +331,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                              "kl": None, "embedding_cosine": float(cos.mean()),
                              "embedding_cosine_min": float(cos.min()), "n_examples": len(texts)},
                 "latency": None, **a.extra}
-        if a.format == "onnx":
-            from edgeft.runtime.lm import find_onnx
-
-            info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+        _add_onnx_info(info, a)
         rep_artifacts[a.name] = info
     lat_cfg = cfg.latency
     latency: dict[tuple[str, int], dict] = {}
@@ -382,10 +392,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                                            "projected": None,
                                            "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
                                                                if device_lat else None)}}
-        deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
-        rep_devices[dname] = {"class": dev.class_, "threads": t, "threads_profile": dev.cpu.threads,
-                              "required": dname in required, "passed": bool(deployable), "deployable": deployable,
-                              "results": results}
+        rep_devices[dname] = _device_entry(dev, t, dname in required, results, rep_artifacts)
     passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
     report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
               "passed": passed,
@@ -393,12 +400,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                            "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
               "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": [],
               "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
-    rpt.write_json(out_dir / "report.json", report)
-    from edgeft.validate.html import write_html
-
-    write_html(out_dir / "report.html", report)
-    if console is not None:
-        rpt.print_summary(report, console)
+    _write_reports(report, out_dir, console)
     return report
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from edgeft.fileio import atomic_write_text
-from edgeft.validate.report import _ordered_artifacts
+from edgeft.validate.report import _num, _ordered_artifacts
 
 __all__ = ["render_html", "write_html"]
 
@@ -52,16 +52,6 @@ _PASS, _FAIL, _NA, _WARN = "#1a7f37", "#cf222e", "#6e7781", "#9a6700"
 def _esc(value: Any) -> str:
     """HTML/XML-escaped text; ``://`` becomes ``&#58;//`` so no URL-looking string is ever in the file."""
     return html.escape(str(value), quote=True).replace("://", "&#58;//")
-
-
-def _num(v: Any) -> Optional[float]:
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _d(v: Any) -> dict:
@@ -479,6 +469,20 @@ def _name_cell(n: str, a: dict, is_ref: bool, bad: Optional[list[str]]) -> str:
     return cell
 
 
+_ROW_LATENCY_NOTE = ("Latency on the artifact's own row is at the host's thread count; per-device figures are in "
+                     "the device gates.")
+
+
+def _artifact_section(caption_html: str, head: list, rows: list[str]) -> str:
+    """The "Artifacts" heading, a caption (already escaped HTML) and the table; shared by LM and encoder pages."""
+    if not rows:
+        return '<h2>Artifacts</h2><p class="muted">No artifacts in this report.</p>'
+    return ("<h2>Artifacts</h2>"
+            f'<p class="small muted">{caption_html}</p>'
+            '<table class="full"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
+            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+
+
 def _encoder_artifact_table(report: dict) -> str:
     arts = _d(report.get("artifacts"))
     ref_name = report.get("reference") or "?"
@@ -511,14 +515,9 @@ def _encoder_artifact_table(report: dict) -> str:
             f'<td class="nowrap">{_esc(lat.get("label") or _DASH)}</td>',
         ]
         rows.append(f'<tr{" class=bad" if bad else ""}>' + "".join(cells) + "</tr>")
-    if not rows:
-        return '<h2>Artifacts</h2><p class="muted">No artifacts in this report.</p>'
-    return ("<h2>Artifacts</h2>"
-            f'<p class="small muted">Embedding cosine vs the reference <b>{_esc(ref_name)}</b> over the eval '
-            "texts: the mean, and the worst single example (min); 1.0 is identical. Latency on the artifact's "
-            "own row is at the host's thread count; per-device figures are in the device gates.</p>"
-            '<table class="full"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    return _artifact_section(
+        f'Embedding cosine vs the reference <b>{_esc(ref_name)}</b> over the eval '
+        "texts: the mean, and the worst single example (min); 1.0 is identical. " + _ROW_LATENCY_NOTE, head, rows)
 
 
 def _artifact_table(report: dict) -> str:
@@ -572,14 +571,9 @@ def _artifact_table(report: dict) -> str:
             f'<td class="nowrap">{_esc(lat.get("label") or _DASH)}</td>',
         ]
         rows.append(f'<tr{" class=bad" if bad else ""}>' + "".join(cells) + "</tr>")
-    if not rows:
-        return '<h2>Artifacts</h2><p class="muted">No artifacts in this report.</p>'
-    return ("<h2>Artifacts</h2>"
-            f'<p class="small muted">Deltas vs the reference <b>{_esc(ref_name)}</b> (green better, red worse). '
-            "Top-1 agreement and KL vs the reference's logits. Latency on the artifact's own row is at the "
-            "host's thread count; per-device figures are in the device gates.</p>"
-            '<table class="full"><thead><tr>' + "".join(f"<th>{_esc(h)}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+    return _artifact_section(
+        f'Deltas vs the reference <b>{_esc(ref_name)}</b> (green better, red worse). '
+        "Top-1 agreement and KL vs the reference's logits. " + _ROW_LATENCY_NOTE, head, rows)
 
 
 # --------------------------------------------------------------------------- SVG plots
