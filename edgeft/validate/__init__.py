@@ -138,9 +138,15 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     required = set(cfg.require if cfg.require is not None else cfg.devices)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     records = eval_records[: cfg.eval_examples]
-    ref_cfg = Path([a for a in artifacts if a.role == "reference"][0].path) / "config.json" if any(
-        a.role == "reference" for a in artifacts) else None
-    kind = _kind_of(json.loads(ref_cfg.read_text())) if ref_cfg is not None and ref_cfg.is_file() else "causal-lm"
+    ref = [a for a in artifacts if a.role == "reference"]
+    if len(ref) != 1:
+        from edgeft.errors import StageError
+
+        raise StageError(f"validate: {len(ref)} artifacts have role 'reference' ({', '.join(a.name for a in ref)}); "
+                         "pass exactly one, the merged model the others are compared with")
+    reference = ref[0]
+    ref_cfg = Path(reference.path) / "config.json"
+    kind = _kind_of(json.loads(ref_cfg.read_text())) if ref_cfg.is_file() else "causal-lm"
     if kind == "encoder":
         return _validate_encoders(artifacts, tok, records, out_dir, cfg, devices, required, recipe_name, console)
     if heldout_text is None:
@@ -148,10 +154,6 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     ppl_cfg = cfg.perplexity
     wins = quality.windows(tok(heldout_text, add_special_tokens=False).input_ids, ppl_cfg.seq_len, ppl_cfg.stride,
                            ppl_cfg.max_tokens)
-    ref = [a for a in artifacts if a.role == "reference"]
-    if len(ref) != 1:
-        raise ValueError("validate needs exactly one artifact with role 'reference' (the merged model)")
-    reference = ref[0]
     host_threads = os.cpu_count() or 1
     latency_prompt = prompt_ids(tok, system_prompt, cfg.latency.prompt)
     config_json = {}
