@@ -123,15 +123,13 @@ def test_finetune_loss_decreases_and_writes_adapter(finetuned):
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_only_lora_params_are_trainable(method, tiny_lm_dir, finetuned):
-    from peft import get_peft_model
-
     from edgeft.finetune import METHODS
 
     if method == "qlora":
         _require_bnb_cpu(tiny_lm_dir)
     cfg = ft_config(method=method)
     m = METHODS.get(method)
-    model = get_peft_model(m.load_model(tiny_lm_dir, cfg), m.peft_config(cfg))
+    model = m.prepare(m.load_model(tiny_lm_dir, cfg, "causal-lm"), cfg)
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "no trainable parameters"
     assert all("lora_" in n for n in trainable), sorted(n for n in trainable if "lora_" not in n)
@@ -305,7 +303,7 @@ def _require_bnb_cpu(model_dir: Path):
 
             from edgeft.finetune import METHODS
 
-            model = METHODS.get("qlora").load_model(model_dir, ft_config(method="qlora"))
+            model = METHODS.get("qlora").load_model(model_dir, ft_config(method="qlora"), "causal-lm")
             with torch.no_grad():
                 model(input_ids=torch.tensor([[5, 6, 7]]))
             _BNB["why"] = None

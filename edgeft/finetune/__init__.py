@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from edgeft.finetune.registry import METHODS, OBJECTIVES, Method, Objective
+from edgeft.finetune.registry import METHODS, OBJECTIVES, TASKS, Method, Objective, save_trained
 
 # Importing the modules registers them (one module per method/objective).
 from edgeft.finetune.methods import lora as _lora  # noqa: F401,E402
@@ -15,7 +15,7 @@ from edgeft.finetune.objectives import sft as _sft  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "OBJECTIVES", "Method", "Objective", "finetune"]
+__all__ = ["METHODS", "OBJECTIVES", "TASKS", "Method", "Objective", "finetune", "save_trained"]
 
 
 def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Path, cfg=None,
@@ -43,10 +43,9 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = method.load_model(model_path, cfg)
+    model = method.prepare(method.load_model(model_path, cfg, objective.task), cfg)
     log.info("fine-tuning %s with %s/%s on %d examples", model_path, method.name, objective.name, len(train))
-    metrics = objective.train(model, tokenizer, method.peft_config(cfg), train, eval, cfg, out_dir, work_dir,
-                              system_prompt)
+    metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
     metrics.update({"method": method.name, "objective": objective.name, "base_model": str(model_path),
                     "n_train": len(train), "n_eval": len(eval)})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

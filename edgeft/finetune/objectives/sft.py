@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from edgeft.data.templates import messages, prompt_ids, score, stop_ids
-from edgeft.finetune.registry import OBJECTIVES, Objective
+from edgeft.finetune.registry import OBJECTIVES, Objective, save_trained
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, bat
     return {k: v / n for k, v in totals.items()}
 
 
-def train(model, tokenizer, peft_config, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
+def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
           system_prompt: str) -> dict:
     import resource
     import time
@@ -110,7 +110,7 @@ def train(model, tokenizer, peft_config, train_records, eval_records, cfg, out_d
                 log.info("eval  loss %.4f  token accuracy %.3f", logs["eval_loss"],
                          logs.get("eval_mean_token_accuracy", float("nan")))
 
-    callbacks = [ExactMatchCallback(), LogCallback()]
+    callbacks = [ExactMatchCallback(), LogCallback(), *method.callbacks(model, cfg)]
     if cfg.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     trainer = SFTTrainer(
@@ -119,7 +119,6 @@ def train(model, tokenizer, peft_config, train_records, eval_records, cfg, out_d
         train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
         eval_dataset=Dataset.from_list(_conversational(eval_records, system_prompt)),
         processing_class=tokenizer,
-        peft_config=peft_config,
         callbacks=callbacks,
     )
     from transformers.trainer_callback import PrinterCallback
@@ -131,8 +130,7 @@ def train(model, tokenizer, peft_config, train_records, eval_records, cfg, out_d
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(str(out_dir / "adapter"))
-    tokenizer.save_pretrained(str(out_dir / "adapter"))
+    save_trained(trainer.model, tokenizer, method, out_dir)
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
     n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
@@ -162,4 +160,5 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-OBJECTIVES.register("sft")(Objective("sft", "instruction tuning, chat template, loss on answers only", train))
+OBJECTIVES.register("sft")(Objective("sft", "instruction tuning, chat template, loss on answers only", "causal-lm",
+                                      ("prompt", "response"), train))
