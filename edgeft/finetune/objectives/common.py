@@ -1,0 +1,154 @@
+"""Pieces every Trainer-based objective shares: training arguments from a FinetuneConfig, one log line
+per step, checkpoint resume, saving on the main process only, and the metrics dict the stage records
+(the same keys as ``sft``: train_loss, steps, tokens_per_second, trainable_params, eval_history, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from pathlib import Path
+
+from edgeft.finetune.registry import save_trained
+
+log = logging.getLogger(__name__)
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def steps_per_epoch(n_examples: int, cfg) -> int:
+    return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * cfg.processes)))
+
+
+def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", greater_is_better: bool = False) -> dict:
+    """``TrainingArguments`` keyword arguments shared by the objectives (eval + checkpoint once per epoch)."""
+    every = steps_per_epoch(n_train, cfg)
+    if cfg.max_steps > 0:
+        every = min(every, max(1, cfg.max_steps // 2))
+    return dict(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_ratio=cfg.warmup_ratio,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.early_stopping is not None,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better,
+        logging_steps=max(1, min(10, every // 4)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to=cfg.report_to or [],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        # TRL's configs default to bf16 autocast and gradient checkpointing; the methods load fp32 weights, and
+        # on CPU bf16 is emulated and checkpointing costs a second forward per step
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not cuda(),
+        ddp_backend=None if cuda() else ("gloo" if cfg.processes > 1 else None),
+    )
+
+
+def log_callback():
+    from transformers import TrainerCallback
+
+    class LogCallback(TrainerCallback):
+        """One readable log line per logging step instead of transformers' printed dicts."""
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
+                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
+            elif logs and "eval_loss" in logs:
+                extra = "  ".join(f"{k[5:]} {v:.4g}" for k, v in logs.items()
+                                  if k.startswith("eval_") and k != "eval_loss" and isinstance(v, (int, float))
+                                  and not k.endswith(("runtime", "per_second", "preparation_time")))
+                log.info("eval  loss %.4f  %s", logs["eval_loss"], extra)
+
+    return LogCallback()
+
+
+def callbacks(method, model, cfg, *extra) -> list:
+    from transformers import EarlyStoppingCallback
+
+    out = [*extra, log_callback(), *method.callbacks(model, cfg)]
+    if cfg.early_stopping is not None:
+        out.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
+    return out
+
+
+def quiet(trainer):
+    """Drop transformers' printed log dicts (``log_callback`` writes one line per step instead)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def fit(trainer, ckpt_dir: Path) -> tuple[object, float, bool]:
+    """Train (resuming from the last checkpoint in ``ckpt_dir`` if any); return (result, seconds, resumed)."""
+    quiet(trainer)
+    resume = any(Path(ckpt_dir).glob("checkpoint-*"))
+    if resume:
+        log.info("resuming fine-tuning from the last checkpoint in %s", ckpt_dir)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    return result, time.perf_counter() - t0, resume
+
+
+def is_main_process(trainer) -> bool:
+    return trainer.accelerator.is_main_process
+
+
+def save(trainer, model, tokenizer, method, out_dir: Path) -> None:
+    """Write the trained result once (the main process when several train together)."""
+    trainer.accelerator.wait_for_everyone()
+    if is_main_process(trainer):
+        target = save_trained(trainer.accelerator.unwrap_model(model), tokenizer, method, out_dir)
+        log.info("process %d of %d wrote %s", trainer.accelerator.process_index, trainer.accelerator.num_processes,
+                 target)
+    trainer.accelerator.wait_for_everyone()
+
+
+def summary(trainer, result, seconds: float, resume: bool, n_tokens: int | None) -> dict:
+    """The metrics keys ``sft`` returns, for the parts that apply to every objective."""
+    history = trainer.state.log_history
+    evals = list({h.get("step"): h for h in history if "eval_loss" in h}.values())  # a final evaluate() repeats the last step
+    epochs_done = trainer.state.epoch or 0
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    world = trainer.accelerator.num_processes
+    tps = None
+    if n_tokens is not None and seconds > 0 and not resume:
+        tps = n_tokens * epochs_done / seconds
+    return {
+        "train_loss": result.training_loss,
+        "steps": trainer.state.global_step,
+        "epochs": epochs_done,
+        "resumed": resume,
+        "train_seconds": seconds,
+        "tokens_per_second": tps,
+        "processes": world,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "best_eval_loss": trainer.state.best_metric,
+        "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")}
+                         for h in evals],
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
