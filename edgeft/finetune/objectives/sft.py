@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 from edgeft.data.templates import messages, prompt_ids, score, stop_ids
+from edgeft.finetune import speed
 from edgeft.finetune.registry import OBJECTIVES, Objective, save_trained
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,6 @@ def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, bat
 def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
           system_prompt: str) -> dict:
     import resource
-    import time
 
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, TrainerCallback
@@ -61,10 +62,14 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     class ExactMatchCallback(TrainerCallback):
         """Adds eval_exact_match / eval_json_valid (greedy decoding on a slice of the eval split) to each eval."""
 
+        seconds = 0.0
+
         def on_evaluate(self, args, state, control, model=None, metrics=None, **kw):
             if not em_records or model is None:
                 return
+            t = time.perf_counter()
             res = exact_match(model, tokenizer, em_records, system_prompt)
+            ExactMatchCallback.seconds += time.perf_counter() - t
             if metrics is not None:
                 metrics.update({f"eval_{k}": v for k, v in res.items()})
             state.log_history[-1].update({f"eval_{k}": v for k, v in res.items()})
@@ -98,6 +103,13 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         completion_only_loss=True,
         disable_tqdm=True,
         use_cpu=not _cuda(),
+        # TRL turns gradient checkpointing on by default; on CPU it costs a second forward per step.
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        group_by_length=cfg.group_by_length,
+        optim=cfg.optim,
+        torch_compile=cfg.torch_compile,
+        # bf16 autocast (TRL's default is bf16=True everywhere, slow where bf16 is emulated); weights stay fp32
+        bf16=speed.use_bf16(cfg.precision),
     )
     class LogCallback(TrainerCallback):
         """One readable log line per logging step instead of transformers' printed dicts."""
@@ -110,7 +122,8 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
                 log.info("eval  loss %.4f  token accuracy %.3f", logs["eval_loss"],
                          logs.get("eval_mean_token_accuracy", float("nan")))
 
-    callbacks = [ExactMatchCallback(), LogCallback(), *method.callbacks(model, cfg)]
+    timer = speed.step_timer()
+    callbacks = [ExactMatchCallback(), LogCallback(), timer, *method.callbacks(model, cfg)]
     if cfg.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     trainer = SFTTrainer(
@@ -124,18 +137,26 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    if cfg.padding_free:
+        # Built padded, so TRL tokenizes and truncates to max_length as usual (it refuses padding_free=True
+        # with max_length set, as it cannot truncate inside its padding-free collator), then batches are
+        # collated padding-free; the check below proves examples stay apart with this attention.
+        trainer.data_collator = speed.padding_free_collator(tokenizer)
+        speed.check_packed_attention(trainer.model, trainer.train_dataset[:3]["input_ids"])
     resume = any(ckpt_dir.glob("checkpoint-*"))
     if resume:
         log.info("resuming fine-tuning from the last checkpoint in %s", ckpt_dir)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    with speed.answer_only_lm_head(cfg.answer_only_lm_head):
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - t0
     save_trained(trainer.model, tokenizer, method, out_dir)
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
-    n_tokens = sum(len(x) for x in trainer.train_dataset["input_ids"])
+    n_tokens = speed.real_tokens(trainer.train_dataset)
     epochs_done = trainer.state.epoch or 0
     trained_tokens = n_tokens * epochs_done
+    step_seconds = timer.seconds
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     return {
@@ -144,7 +165,11 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         "epochs": epochs_done,
         "resumed": resume,
         "train_seconds": seconds,
-        "tokens_per_second": trained_tokens / seconds if seconds > 0 and not resume else None,
+        # real (non-pad) tokens per second of optimizer-step time (edgeft.finetune.speed)
+        "tokens_per_second": trained_tokens / step_seconds if step_seconds > 0 and not resume else None,
+        "step_seconds": step_seconds,
+        "exact_match_seconds": ExactMatchCallback.seconds,
+        "trained_tokens": trained_tokens,
         "trainable_params": trainable,
         "total_params": total,
         "best_eval_loss": trainer.state.best_metric,

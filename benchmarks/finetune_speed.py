@@ -1,0 +1,208 @@
+"""LoRA SFT throughput: edgeft's fine-tune stage vs a plain transformers ``Trainer`` + PEFT script.
+
+    flock /tmp/edgeft-heavy.lock env OMP_NUM_THREADS=2 python benchmarks/finetune_speed.py
+
+Both contenders train SmolLM2-135M-Instruct (fp32) with LoRA r=16 / alpha=32 / all-linear on the
+same chat-templated quickstart examples (``edgeft.data.intents``, loss on the answer tokens only),
+batch 8, the same learning-rate schedule, seed and 2 torch threads, each in a fresh subprocess;
+the order alternates between repeats and medians are printed.
+
+* ``baseline`` is what a practitioner writes: ``AutoModelForCausalLM`` + ``get_peft_model`` +
+  ``Trainer`` with ``DataCollatorForSeq2Seq(padding="longest")`` (dynamic padding to the longest
+  example of each batch, labels padded with -100; ``DataCollatorForLanguageModeling`` would
+  overwrite the prompt mask), default ``TrainingArguments`` otherwise.
+* ``edgeft`` is ``edgeft.finetune.finetune`` with the ``recipes/quickstart.yaml`` finetune
+  settings; ``--contender NAME:key=value,...`` adds an edgeft run with FinetuneConfig overrides
+  (how each speed setting is measured on its own).
+
+tokens/s = real (non-pad) tokens trained / wall time of the optimizer steps (``on_step_begin`` to
+``on_step_end``; ``edgeft.finetune.speed``), the same for every contender. Evaluation (eval loss on
+the eval split, greedy exact match on it) runs after the steps and is timed apart. Peak RAM is the
+child process's VmHWM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quickstart_finetune(overrides: dict, examples: int):
+    import yaml
+
+    from edgeft.config.schema import FinetuneConfig
+
+    recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
+    ft = dict(recipe["finetune"])
+    system_prompt = recipe["data"]["system_prompt"]
+    ft.update(threads=2, eval_examples=examples, **overrides)
+    return FinetuneConfig(**ft), system_prompt
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _data(n_train: int, n_eval: int):
+    from edgeft.data.intents import generate
+
+    return generate(n_train, n_eval, seed=0)
+
+
+def run_edgeft(args, overrides: dict) -> dict:
+    from edgeft.finetune import finetune
+    from edgeft.models import resolve_model
+
+    cfg, system_prompt = _quickstart_finetune(overrides, args.eval_examples)
+    train, ev = _data(args.examples, args.eval_examples)
+    cfg = cfg.model_copy(update={"epochs": args.epochs})
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        m = finetune(resolve_model("smollm2-135m").path, train, ev, Path(tmp) / "out", cfg, system_prompt,
+                     work_dir=Path(tmp) / "work")
+        wall = time.perf_counter() - t0
+    last = m["eval_history"][-1]
+    return {"tokens_per_second": m["tokens_per_second"], "step_seconds": m["step_seconds"],
+            "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"],
+            "eval_loss": last["eval_loss"], "exact_match": last.get("eval_exact_match"),
+            "eval_seconds": m["train_seconds"] - m["step_seconds"], "wall_seconds": wall,
+            "peak_rss_mb": _peak_rss_mb(), "settings": {k: getattr(cfg, k) for k in
+                                                        ("precision", "answer_only_lm_head", "padding_free",
+                                                         "gradient_checkpointing", "group_by_length", "optim",
+                                                         "torch_compile")}}
+
+
+def run_baseline(args) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainingArguments, set_seed)
+
+    from edgeft.data.templates import conversation_text, prompt_ids
+    from edgeft.finetune import speed
+    from edgeft.finetune.objectives.sft import exact_match
+    from edgeft.models import resolve_model
+
+    cfg, system_prompt = _quickstart_finetune({}, args.eval_examples)
+    torch.set_num_threads(2)
+    set_seed(cfg.seed)
+    path = str(resolve_model("smollm2-135m").path)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                             target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    train, ev = _data(args.examples, args.eval_examples)
+
+    def encode(r):  # chat template, loss on the answer only (labels -100 on the prompt)
+        ids = tok(conversation_text(tok, system_prompt, r["prompt"], r["response"]),
+                  add_special_tokens=False).input_ids[: cfg.max_seq_len]
+        n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
+        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * n_prompt + ids[n_prompt:]}
+
+    train_ds, eval_ds = [encode(r) for r in train], [encode(r) for r in ev]
+    timer = speed.step_timer()
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(output_dir=tmp, num_train_epochs=args.epochs, learning_rate=cfg.learning_rate,
+                                  lr_scheduler_type=cfg.lr_scheduler, warmup_ratio=cfg.warmup_ratio,
+                                  per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
+                                  max_grad_norm=cfg.max_grad_norm, logging_steps=5, save_strategy="no",
+                                  eval_strategy="no", seed=cfg.seed, data_seed=cfg.seed, report_to=[],
+                                  disable_tqdm=True, use_cpu=True)
+        trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
+                          data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100),
+                          callbacks=[timer])
+        t0 = time.perf_counter()
+        result = trainer.train()
+        t1 = time.perf_counter()
+        eval_loss = trainer.evaluate()["eval_loss"]
+        em = exact_match(model, tok, ev, system_prompt)["exact_match"]
+        t2 = time.perf_counter()
+    trained = sum(len(x["input_ids"]) for x in train_ds) * args.epochs
+    return {"tokens_per_second": trained / timer.seconds, "step_seconds": timer.seconds, "trained_tokens": trained,
+            "steps": trainer.state.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss,
+            "exact_match": em, "eval_seconds": (t1 - t0 - timer.seconds) + (t2 - t1), "wall_seconds": t2 - t0,
+            "peak_rss_mb": _peak_rss_mb(), "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
+
+
+def _parse_contender(spec: str) -> tuple[str, dict]:
+    name, _, rest = spec.partition(":")
+    overrides = {}
+    for kv in filter(None, rest.split(",")):
+        k, _, v = kv.partition("=")
+        overrides[k] = json.loads(v) if v.lower() in ("true", "false") or v.replace(".", "").isdigit() else v
+    return name, overrides
+
+
+def _child(args) -> None:
+    name, overrides = _parse_contender(args.child)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    res = run_baseline(args) if name == "baseline" else run_edgeft(args, overrides)
+    print("RESULT " + json.dumps({"name": name, **res}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--examples", type=int, default=200, help="training examples (quickstart generator, seed 0)")
+    ap.add_argument("--eval-examples", type=int, default=48, help="eval split size (eval loss and exact match)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--repeats", type=int, default=2, help="runs per contender, order alternating")
+    ap.add_argument("--contender", action="append", help="baseline, edgeft, or NAME:key=value,... (edgeft overrides)")
+    ap.add_argument("--json", type=Path, help="also write all runs here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return _child(args)
+    contenders = args.contender or ["baseline", "edgeft"]
+    # Passive OpenMP waits for both contenders: spinning workers crawl when another job shares the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+    runs: dict[str, list[dict]] = {c.partition(":")[0]: [] for c in contenders}
+    for rep in range(args.repeats):
+        order = contenders if rep % 2 == 0 else contenders[::-1]
+        for spec in order:
+            cmd = [sys.executable, __file__, "--child", spec, "--examples", str(args.examples),
+                   "--eval-examples", str(args.eval_examples), "--epochs", str(args.epochs)]
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode != 0 or not line:
+                sys.exit(f"{spec} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+            res = json.loads(line[-1][7:])
+            runs[res["name"]].append(res)
+            print(f"[{rep + 1}/{args.repeats}] {res['name']:<14} {res['tokens_per_second']:7.1f} tok/s  "
+                  f"eval loss {res['eval_loss']:.4f}  exact match {res['exact_match']:.3f}  "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB  steps {res['step_seconds']:.1f} s  "
+                  f"eval {res['eval_seconds']:.1f} s", flush=True)
+    ref = statistics.median(r["tokens_per_second"] for r in runs[contenders[0].partition(":")[0]])
+    print(f"\n{args.examples} examples x {args.epochs:g} epoch, batch 8, 2 threads; medians of {args.repeats} runs\n")
+    print("| contender | tokens/s | ratio | step s | eval s | train loss | eval loss | exact match | peak RAM MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rs in runs.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in
+               ("tokens_per_second", "step_seconds", "eval_seconds", "train_loss", "eval_loss", "exact_match",
+                "peak_rss_mb")}
+        print(f"| {name} | {med['tokens_per_second']:.1f} | {med['tokens_per_second'] / ref:.2f}x | "
+              f"{med['step_seconds']:.1f} | {med['eval_seconds']:.1f} | {med['train_loss']:.4f} | "
+              f"{med['eval_loss']:.4f} | {med['exact_match']:.3f} | {med['peak_rss_mb']:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()

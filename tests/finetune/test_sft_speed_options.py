@@ -1,0 +1,182 @@
+"""SFT speed settings keep the loss: padding-free batches, answer-only LM head, length grouping (tiny LLaMA)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from conftest import SYSTEM_PROMPT
+
+torch = pytest.importorskip("torch")
+
+
+def _examples(tok, n=6):
+    """Chat-templated prompt/answer token ids with labels -100 on the prompt, as TRL prepares them."""
+    from edgeft.data.intents import generate
+    from edgeft.data.templates import conversation_text, prompt_ids
+
+    out = []
+    for r in generate(n, 1, seed=3)[0]:
+        ids = tok(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]), add_special_tokens=False).input_ids
+        n_prompt = len(prompt_ids(tok, SYSTEM_PROMPT, r["prompt"]))
+        out.append({"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]})
+    assert len({len(e["input_ids"]) for e in out}) > 1, "examples must differ in length for padding to matter"
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    return tok, _examples(tok)
+
+
+def _model(tiny_lm_dir, attn="sdpa"):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), attn_implementation=attn,
+                                                torch_dtype=torch.float32).eval()
+
+
+def _batches(tok, examples):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from edgeft.finetune import speed
+
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(examples)
+    packed = speed.padding_free_collator(tok)(examples)
+    return padded, packed
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_padding_free_loss_and_grads_equal_padded(tiny_lm_dir, tiny, attn):
+    tok, examples = tiny
+    padded, packed = _batches(tok, examples)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
+    assert packed["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples)  # no pad token
+    assert (padded["attention_mask"] == 0).any()  # the padded batch does carry padding
+    model = _model(tiny_lm_dir, attn)
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad()
+        # use_cache=False as TRL's compute_loss passes it: with a cache, transformers skips the packed mask
+        out = model(**batch, use_cache=False)
+        out.loss.backward()
+        mask = batch["labels"][:, 1:] != -100
+        results.append((out.loss.item(), out.logits[:, :-1][mask], model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    (loss_pad, z_pad, g_pad), (loss_packed, z_packed, g_packed) = results
+    assert abs(loss_pad - loss_packed) < 1e-4, (loss_pad, loss_packed)
+    assert (z_pad - z_packed).abs().max().item() < 1e-4  # per answer token, not only on average
+    assert (g_pad - g_packed).abs().max().item() < 1e-4
+    # the loss is not trivially equal: unpacked, each example alone gives a different mean
+    alone = [model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]), use_cache=False).loss.item()
+             for e in examples]
+    assert max(abs(a - loss_pad) for a in alone) > 1e-3
+
+
+def test_answer_only_lm_head_gives_the_same_loss(tiny_lm_dir, tiny):
+    """TRL's fused LM head on CPU: all positions (its default) vs loss positions only (our setting)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    from edgeft.finetune import speed
+
+    tok, examples = tiny
+    padded, packed = _batches(tok, examples)
+    model = _model(tiny_lm_dir)
+    reference = model(**padded, use_cache=False).loss.item()
+    add_fused_lm_head(model)
+    for batch in (padded, packed):
+        full = model(**batch, fused_lm_head=True).loss.item()
+        with speed.answer_only_lm_head():
+            compact = model(**batch, fused_lm_head=True).loss.item()
+        assert abs(full - reference) < 1e-4 and abs(compact - reference) < 1e-4, (reference, full, compact)
+    from trl.trainer import utils as trl_utils
+
+    assert not trl_utils._use_triton(torch.device("cpu")), "the patch must be undone on exit"
+
+
+def test_packed_attention_check_catches_a_leak(tiny_lm_dir, tiny, monkeypatch):
+    from transformers import masking_utils
+
+    from edgeft.errors import UnsupportedError
+    from edgeft.finetune import speed
+
+    _, examples = tiny
+    seqs = [e["input_ids"] for e in examples]
+    model = _model(tiny_lm_dir)
+    assert speed.check_packed_attention(model, seqs) < 1e-4
+    # Simulate an attention that ignores the packed-sequence boundaries: one causal mask over the whole row.
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda pos: torch.zeros_like(pos))
+    with pytest.raises(UnsupportedError, match="padding_free: false"):
+        speed.check_packed_attention(model, seqs)
+
+
+def _train(tiny_lm_dir, tmp_path, records, probe=None, **kw):
+    from transformers import AutoTokenizer
+
+    from edgeft.config.schema import FinetuneConfig
+    from edgeft.finetune import METHODS, OBJECTIVES
+
+    base = dict(method="lora", epochs=1, batch_size=4, max_seq_len=64, learning_rate=2e-2, warmup_ratio=0.0,
+                eval_examples=0, early_stopping=None, lora={"r": 8, "alpha": 16}, precision="fp32")
+    cfg = FinetuneConfig(**{**base, **kw})
+    method = METHODS.get("lora")
+    if probe is not None:
+        method = dataclasses.replace(method, callbacks=lambda model, c: [probe])
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    torch.manual_seed(0)
+    model = method.prepare(method.load_model(tiny_lm_dir, cfg, "causal-lm"), cfg)
+    train, ev = records
+    return OBJECTIVES.get("sft").train(model, tok, method, train, ev, cfg, tmp_path / "out", tmp_path / "work",
+                                       SYSTEM_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def records():
+    from edgeft.data.intents import generate
+
+    return generate(16, 4, seed=1)
+
+
+def test_training_padding_free_matches_padded(tiny_lm_dir, tmp_path, records):
+    runs = {pf: _train(tiny_lm_dir, tmp_path / str(pf), records, padding_free=pf,
+                       answer_only_lm_head=pf) for pf in (False, True)}
+    first = [runs[pf]["loss_history"][0]["loss"] for pf in (False, True)]
+    assert abs(first[0] - first[1]) <= 1.5e-4, first  # logged losses are rounded to 4 decimals
+    ev = [runs[pf]["eval_history"][-1]["eval_loss"] for pf in (False, True)]
+    assert abs(ev[0] - ev[1]) < 1e-3 * abs(ev[0]), ev
+    assert runs[True]["trained_tokens"] == runs[False]["trained_tokens"] > 0
+    assert runs[True]["tokens_per_second"] > 0 and runs[True]["step_seconds"] > 0
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_group_by_length_keeps_all_examples(tiny_lm_dir, tmp_path, records, padding_free):
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        """Reads one pass of the training dataloader: every example, as token ids, and the batches' lengths."""
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
+            self.seqs, self.spreads = [], []
+            for batch in train_dataloader:
+                ids = batch["input_ids"]
+                if "position_ids" in batch:  # padding-free: one row, examples start where position_ids is 0
+                    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+                    rows = [ids[0, a:b].tolist() for a, b in zip(starts, starts[1:])]
+                else:
+                    rows = [r[m.bool()].tolist() for r, m in zip(ids, batch["attention_mask"])]
+                self.seqs += rows
+                self.spreads.append(max(map(len, rows)) - min(map(len, rows)))
+
+    seen = {}
+    for grouped in (False, True):
+        probe = Probe()
+        _train(tiny_lm_dir, tmp_path / str(grouped), records, probe=probe, max_steps=1, padding_free=padding_free,
+               group_by_length=grouped)
+        seen[grouped] = probe
+    train, _ = records
+    assert len(seen[True].seqs) == len(seen[False].seqs) == len(train)
+    assert sorted(seen[True].seqs) == sorted(seen[False].seqs)  # the same examples, each exactly once
+    assert sum(seen[True].spreads) < sum(seen[False].spreads)  # and grouped by length
