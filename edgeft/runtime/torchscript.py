@@ -1,0 +1,140 @@
+"""Run TorchScript artifacts written by :mod:`edgeft.exporters.torchscript` (decoder LM or encoder).
+
+The decoder's ``model.pt`` owns a static KV cache of ``max_cache_len`` slots (batch 1) and has
+two methods: ``prefill(input_ids [1, n], cache_position [n])`` and ``forward`` (one token);
+both return ``(logits, key_0, value_0, ...)``. Positions are absolute, so a new sequence simply
+starts again at position 0.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import ModelSourceError
+from edgeft.runtime.lm import CausalLM
+
+MODEL_FILE = "model.pt"
+META_FILE = "torchscript.json"
+
+
+def _paths(path: Path) -> tuple[Path, dict]:
+    path = Path(path)
+    model = path if path.is_file() else path / MODEL_FILE
+    if not model.is_file():
+        raise ModelSourceError(f"{path}: no {MODEL_FILE}; export with a torchscript preset "
+                               "(`edgeft export MODEL --out DIR --preset torchscript`)")
+    meta_file = model.parent / META_FILE
+    if not meta_file.is_file():
+        raise ModelSourceError(f"{model.parent}: no {META_FILE} next to {model.name}; keep the files the export wrote")
+    return model, json.loads(meta_file.read_text())
+
+
+class TorchScriptLM(CausalLM):
+    """A traced decoder with a static KV cache (``edgeft.exporters.torchscript``), greedy decoding."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        self.path, self.meta = _paths(path)
+        if self.meta.get("kind") != "causal-lm":
+            raise ModelSourceError(f"{self.path}: a TorchScript {self.meta.get('kind')} model, not a causal LM")
+        self.name = str(path)
+        self.max_len = int(self.meta["max_cache_len"])
+        self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """TorchScript's profiling executor records the first two calls of each method and optimizes the
+        graph on the third; run them here so the first real prefill/decode is not a profiling run."""
+        import torch
+
+        with torch.inference_mode():
+            for _ in range(2):
+                self._prefill([0, 1, 2, 3])
+                self._step(0, 4)
+
+    def _check_len(self, n: int) -> None:
+        if n > self.max_len:
+            raise ModelSourceError(f"{self.path}: {n} tokens do not fit the exported KV cache of {self.max_len}; "
+                                   "re-export with a larger max_cache_len (option of the torchscript export preset and of "
+                                   "the torch-dynamic-int8 scheme)")
+
+    def _prefill(self, ids: Sequence[int]):
+        import torch
+
+        t = torch.as_tensor(np.asarray(ids, np.int64))[None, :]
+        self._check_len(t.shape[1])
+        return self.module.prefill(t, torch.arange(t.shape[1]))[0]
+
+    def _step(self, token: int, pos: int):
+        import torch
+
+        return self.module(torch.tensor([[token]], dtype=torch.long), torch.tensor([pos], dtype=torch.long))[0]
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        import torch
+
+        self._check_len(len(prompt) + new_tokens)
+        out: list[int] = []
+        steps: list[float] = []
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            nxt = int(self._prefill(prompt)[0, -1].argmax())
+            ttft = time.perf_counter() - t0
+            pos = len(prompt)
+            while True:
+                if eos is not None and nxt in eos:
+                    break
+                out.append(nxt)
+                if len(out) >= new_tokens:
+                    break
+                t = time.perf_counter()
+                nxt = int(self._step(nxt, pos)[0, -1].argmax())
+                steps.append(time.perf_counter() - t)
+                pos += 1
+        return out, ttft, steps
+
+    def logits(self, input_ids):
+        import torch
+
+        with torch.inference_mode():
+            return self._prefill(input_ids)[0].float().numpy().copy()
+
+    def generate(self, prompts, max_new_tokens, eos_ids):
+        """Greedy continuation, one prompt at a time (the cache holds one sequence)."""
+        eos = set(int(e) for e in eos_ids)
+        return [self._decode(list(p), max_new_tokens, eos)[0] for p in prompts]
+
+    def timed_generate(self, prompt, new_tokens):
+        _, ttft, steps = self._decode(list(prompt), new_tokens, None)
+        return ttft, steps
+
+
+class TorchScriptEncoder:
+    """A traced encoder or classifier: ``(input_ids, attention_mask)`` -> last_hidden_state or logits."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.path, self.meta = _paths(path)
+        if self.meta.get("kind") not in ("encoder", "classifier"):
+            raise ModelSourceError(f"{self.path}: a TorchScript {self.meta.get('kind')} model, not an encoder")
+        self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(torch.as_tensor(np.asarray(input_ids, np.int64)),
+                              torch.as_tensor(np.asarray(attention_mask, np.int64)))
+        return out[0].float().numpy()
