@@ -10,9 +10,17 @@ same call :class:`~edgeft.runtime.lm.OrtLM` makes to score a window, so the reco
 those of prompt processing. Decode steps see the same weights and activations of the same
 layers, one token at a time.
 
-Graph inputs and outputs stay float (``int8_mode`` "static"). ``full_integer`` is not supported
-for decoder graphs and raises :class:`~edgeft.errors.UnsupportedError`: their float inputs and
-outputs are the KV cache and the logits (see :func:`apply`).
+Graph inputs and outputs stay float (``int8_mode`` "static"). Full-integer mode (option
+``full_integer``, or the ``int8-full-integer`` scheme, for targets whose profiles list
+``int8_modes: full-integer`` such as Edge-TPU-style accelerators) also gives integer graph I/O:
+an encoder/classifier (BERT, MiniLM) already takes int64 token ids and masks, and each float
+output (logits) gets a QuantizeLinear with a scale calibrated on the same windows, recorded in
+the model metadata (``edgeft.output_quantization``) for whoever needs float scores; the argmax
+label needs none. Static shapes come from the export (``export.static_shapes``); a graph with a
+fixed sequence length is calibrated on windows padded to it. Decoder graphs raise
+:class:`~edgeft.errors.UnsupportedError`: their float inputs are the KV cache fed back every step,
+which would need int8 KV with fixed calibrated scales that neither ORT's quantizer nor edgeft's
+runtime supports.
 
 Measured on the quickstart SmolLM2-135M export (16 calibration windows of 128 tokens; perplexity
 on 9 held-out windows of 256): lossy, from the activation outliers of the MLP down projections.
@@ -56,7 +64,9 @@ OPTIONS = {
                                   "quantizes attention QK^T and scores x V"),
     "nodes_to_exclude": ([], "node names left in fp32"),
     "preprocess": (True, "run ORT's quant_pre_process (shape inference + constant folding) first"),
-    "full_integer": (False, "also make graph inputs/outputs int8: not supported for decoder graphs (raises)"),
+    "full_integer": (False, "integer graph I/O (int8_mode full-integer): float outputs get a calibrated "
+                            "QuantizeLinear (scale in the model metadata); decoders with a float KV cache raise"),
+    "output_margin": (0.1, "full_integer: widen each output's calibrated range by this fraction on each side"),
 }
 
 
@@ -82,8 +92,11 @@ class WindowReader:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
             self.inputs[v.name] = (helper.tensor_dtype_to_np_dtype(tt.elem_type), dims)
         if "input_ids" not in self.inputs:
-            raise ConfigError(f"{onnx_path}: int8-static calibrates causal-LM graphs (input_ids -> logits); "
-                              f"this graph's inputs are {', '.join(self.inputs)}")
+            raise ConfigError(f"{onnx_path}: int8-static calibrates token-id graphs (causal LMs and encoders with "
+                              f"input_ids); this graph's inputs are {', '.join(self.inputs)}")
+        # A graph with a fixed sequence length (static shapes) gets windows padded/cut to it, mask 0 on padding.
+        ids_dims = self.inputs["input_ids"][1]
+        self.fixed_len = ids_dims[1] if len(ids_dims) == 2 and ids_dims[1] else None
         for name, (_, dims) in self.inputs.items():
             if name.startswith("past_key_values") and (len(dims) != 4 or dims[1] is None or dims[3] is None):
                 raise ConfigError(f"{onnx_path}: KV input {name} has shape {dims}; expected "
@@ -93,19 +106,26 @@ class WindowReader:
 
     def feeds(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         n = len(ids)
+        mask = np.ones(n, np.int64)
+        if self.fixed_len is not None:
+            ids = np.concatenate([ids[:self.fixed_len], np.zeros(max(self.fixed_len - n, 0), np.int64)])
+            mask = (np.arange(self.fixed_len) < n).astype(np.int64)
+            n = self.fixed_len
         out = {}
         for name, (dtype, dims) in self.inputs.items():
             if name == "input_ids":
                 out[name] = ids[None, :].astype(dtype)
             elif name == "attention_mask":
-                out[name] = np.ones((1, n), dtype)
+                out[name] = mask[None, :].astype(dtype)
+            elif name == "token_type_ids":
+                out[name] = np.zeros((1, n), dtype)
             elif name == "position_ids":
                 out[name] = np.arange(n, dtype=dtype)[None, :]
             elif name.startswith("past_key_values"):
                 out[name] = np.zeros((1, dims[1], 0, dims[3]), dtype)
             else:
                 raise ConfigError(f"int8-static calibration: no feed for graph input {name!r} (known: input_ids, "
-                                  "attention_mask, position_ids, past_key_values.N.key/value)")
+                                  "attention_mask, token_type_ids, position_ids, past_key_values.N.key/value)")
         return out
 
     def get_next(self):
@@ -118,16 +138,73 @@ class WindowReader:
         self._next = 0
 
 
-def _full_integer_blockers(onnx_path: Path) -> list[str]:
-    """Float graph inputs/outputs that a full-integer graph would have to carry as int8."""
-    import onnx
-    from onnx import TensorProto
+FLOAT_TYPES = (1, 10, 16, 11)  # TensorProto FLOAT, FLOAT16, BFLOAT16, DOUBLE
 
-    g = onnx.load(str(onnx_path), load_external_data=False).graph
+
+def _full_integer_blockers(onnx_path: Path) -> list[str]:
+    """Float graph *inputs* (a decoder's past KV cache): a full-integer graph cannot take them.
+
+    Float outputs are not blockers: full-integer mode appends a calibrated QuantizeLinear to each.
+    """
+    g = _load_graph(onnx_path)
     inits = {i.name for i in g.initializer}
-    floats = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE)
-    return [v.name for v in list(g.input) + list(g.output)
-            if v.name not in inits and v.type.tensor_type.elem_type in floats]
+    return [v.name for v in g.input if v.name not in inits and v.type.tensor_type.elem_type in FLOAT_TYPES]
+
+
+def _quantize_outputs(path: Path, reader: "WindowReader", margin: float = 0.1) -> dict:
+    """Make every float graph output int8: QuantizeLinear with a scale/zero point from calibration.
+
+    The ranges are those of the QDQ graph's own outputs on the calibration windows (min/max, the
+    range widened to include 0, then by ``margin`` of its width on each side: inputs unlike the
+    calibration text would otherwise clip at the range's ends, where a classifier's top logit is). The scale and zero point of each output are written to the
+    model's metadata (``edgeft.output_quantization``, JSON) so a consumer can dequantize:
+    ``float = (int8 - zero_point) * scale``; argmax (a classifier's label) needs no dequantization.
+    """
+    import json
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    floats = [o for o in g.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+    if not floats:
+        return {}
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in floats]
+    lo = {n: 0.0 for n in names}
+    hi = {n: 0.0 for n in names}
+    reader.rewind()
+    while (feeds := reader.get_next()) is not None:
+        for n, v in zip(names, sess.run(names, feeds)):
+            lo[n], hi[n] = min(lo[n], float(v.min())), max(hi[n], float(v.max()))
+    del sess
+    info = {}
+    for o in floats:
+        n = o.name
+        width = hi[n] - lo[n]
+        lo[n], hi[n] = lo[n] - margin * width, hi[n] + margin * width
+        scale = max((hi[n] - lo[n]) / 255.0, 1e-8)
+        zp = int(np.clip(round(-128 - lo[n] / scale), -128, 127))
+        inner = n + "_float"
+        for node in g.node:
+            node.output[:] = [inner if x == n else x for x in node.output]
+            node.input[:] = [inner if x == n else x for x in node.input]
+        g.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), n + "_out_scale"),
+                              numpy_helper.from_array(np.array(zp, np.int8), n + "_out_zero_point")])
+        g.node.append(helper.make_node("QuantizeLinear", [inner, n + "_out_scale", n + "_out_zero_point"], [n],
+                                       name=n + "_QuantizeLinear_output"))
+        o.type.tensor_type.elem_type = TensorProto.INT8
+        info[n] = {"scale": scale, "zero_point": zp, "dtype": "int8", "calibrated_range": [lo[n], hi[n]]}
+    meta = {p.key: p for p in model.metadata_props}
+    entry = meta.get("edgeft.output_quantization") or model.metadata_props.add()
+    entry.key = "edgeft.output_quantization"
+    entry.value = json.dumps({k: {"scale": v["scale"], "zero_point": v["zero_point"]} for k, v in info.items()})
+    onnx.save(model, str(path))
+    return info
 
 
 def _load_graph(path: Path):
@@ -186,7 +263,7 @@ def _auto_exclusions(path: Path, op_types: Sequence[str], weight_matmuls_only: b
 def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], per_channel=True,
           activation_type="qint8", activation_symmetric=False, calibrate_method="minmax", percentile=99.999,
           op_types_to_quantize=("MatMul",), weight_matmuls_only=True, nodes_to_exclude=(), preprocess=True,
-          full_integer=False) -> dict:
+          full_integer=False, output_margin=0.1) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = str(calibrate_method).lower()
@@ -207,8 +284,9 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
         if blockers:
             shown = ", ".join(blockers[:4]) + (f", +{len(blockers) - 4} more" if len(blockers) > 4 else "")
             raise UnsupportedError(
-                "int8-static full_integer is not supported for decoder graphs: graph inputs/outputs "
-                f"{shown} are float. Making them int8 would mean int8 logits and an int8 KV cache fed back "
+                "int8-static full_integer is not supported for decoder graphs with a float KV cache: graph inputs "
+                f"{shown} are float (the logits output alone could get a QuantizeLinear, as for encoders). Making "
+                "the inputs int8 would mean an int8 KV cache fed back "
                 "from step to step with fixed calibrated scales, which neither ONNX Runtime's quantize_static "
                 "(it keeps float graph I/O) nor edgeft's runtime (OrtLM feeds and reads float KV) supports. "
                 "Use full_integer: false (QDQ with float I/O, int8_mode static)")
@@ -275,6 +353,13 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
             log.debug("onnxruntime calibration: %s", printed.getvalue().strip())
         timings["calibrate_quantize_seconds"] = time.perf_counter() - t
 
+    outputs_q = {}
+    if full_integer:
+        if large:
+            raise UnsupportedError("int8-static full_integer: graphs over 1.8 GB (external data) are not supported; "
+                                   "use full_integer: false")
+        outputs_q = _quantize_outputs(out_onnx, reader, float(output_margin))
+        timings["quantize_outputs"] = bool(outputs_q)
     nodes = _load_graph(out_onnx).node
     ops = Counter(n.op_type for n in nodes)
     dq_out = {o for n in nodes if n.op_type == "DequantizeLinear" for o in n.output}
@@ -288,6 +373,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
             "op_types_to_quantize": list(op_types_to_quantize), "weight_matmuls_only": bool(weight_matmuls_only),
             "nodes_to_exclude": list(nodes_to_exclude), "auto_excluded": auto_excluded,
             "preprocess": bool(preprocess), "full_integer": bool(full_integer),
+            **({"quantized_outputs": outputs_q, "output_margin": float(output_margin)} if full_integer else {}),
             "calibration_windows": len(reader.windows), "calibration_tokens": int(sum(len(w) for w in reader.windows)),
             "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
             "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
@@ -296,3 +382,14 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
 
 SCHEMES.register("int8-static")(Scheme("int8-static", "ORT static int8 QDQ, activation ranges calibrated on text",
                                        "int8", "static", apply, OPTIONS, needs_calibration=True))
+
+
+def apply_full_integer(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], **options) -> dict:
+    options.pop("full_integer", None)
+    return apply(in_onnx, out_onnx, calibration, full_integer=True, **options)
+
+
+SCHEMES.register("int8-full-integer")(Scheme(
+    "int8-full-integer", "ORT static int8 QDQ with integer graph I/O (encoders/classifiers; int8 outputs)", "int8",
+    "full-integer", apply_full_integer, {k: v for k, v in OPTIONS.items() if k != "full_integer"},
+    needs_calibration=True))

@@ -1,0 +1,359 @@
+"""``auto``: accuracy-aware mixed precision for MatMul weights, under a perplexity (and task) budget.
+
+1. Candidates: a precision ladder per MatMul, most aggressive first (default int4/b32 →
+   int4/b16 → int8/b32 → fp32). int4 rungs use GPTQ (``algo: gptq``) or RTN.
+2. Sensitivity: on ``sensitivity_windows`` calibration windows, quantize one group of MatMuls at a
+   time (a decoder layer's attention or MLP with ``granularity: block``, or each MatMul) to the
+   first rung and measure KL and perplexity change vs fp32. One ONNX Runtime session serves every
+   measurement: the weights are overridable initializers and each trial feeds the dequantized
+   weights of its group (what MatMulNBits multiplies by), so no model is rebuilt per trial.
+3. Search: start with every group on the first rung; while the budget fails on the
+   ``check_windows`` (further calibration windows, disjoint from the sensitivity ones), move the
+   most sensitive groups up one rung — a binary search for the fewest groups per rung.
+4. Build the real MatMulNBits artifact from the plan and re-check the budget on it (MatMulNBits
+   with ``accuracy_level`` 4 also rounds activations); promote further if it fails.
+
+Budgets: ``max_ppl_increase_pct`` (on the check windows, vs the fp32 input), optional ``max_kl``
+(mean KL per token vs the input's logits), ``max_size_mb`` (the artifact; checked on the real
+file, and since every fallback grows it, exceeding it ends the search) and ``max_task_drop`` with a ``task_metric`` callable
+(Python API: ``task_metric(lm) -> float``, higher is better, ``lm`` an
+:class:`~edgeft.runtime.lm.CausalLM`). No plan within the budget raises
+:class:`~edgeft.errors.BudgetError` with the best reached. The plan (layer → precision,
+sensitivities, budget, what was reached) is written to ``quant_plan.json`` next to the model and
+returned into ``quantize_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgeft.errors import BudgetError, ConfigError
+from edgeft.quantize.registry import SCHEMES, Scheme
+from edgeft.quantize.schemes import gptq as gq
+from edgeft.quantize.schemes import matmulnbits as mnb
+
+log = logging.getLogger(__name__)
+
+OPTIONS = {
+    "max_ppl_increase_pct": (5.0, "budget: perplexity increase vs the fp32 input on the check windows, percent"),
+    "max_kl": (None, "budget (optional): mean KL per token vs the fp32 input's logits on the check windows"),
+    "max_task_drop": (None, "budget (optional): largest drop of task_metric vs the fp32 input"),
+    "max_size_mb": (None, "budget (optional): artifact size in MB (10^6 bytes); falling back only grows it"),
+    "task_metric": (None, "callable(lm) -> float, higher is better (Python API); needed by max_task_drop"),
+    "candidates": (["int4/b32", "int4/b16", "int8/b32", "fp32"],
+                   "precision ladder per MatMul, most aggressive first: intN/bB[/asym] or fp32"),
+    "algo": ("gptq", "int4 rungs: gptq (calibrated) or rtn"),
+    "granularity": ("block", "fall back per block (a layer's attention or MLP MatMuls) or per matmul"),
+    "sensitivity_windows": (4, "calibration windows for the per-group sensitivity"),
+    "check_windows": (4, "further calibration windows on which the budget is checked"),
+    "symmetric": (True, "symmetric blocks (no zero point) unless a candidate says /asym"),
+    "damp": (0.01, "GPTQ dampening (fraction of the mean Hessian diagonal)"),
+    "act_order": (False, "GPTQ visits columns by decreasing Hessian diagonal (static group scales)"),
+    "accuracy_level": (4, "MatMulNBits compute precision for activations: 0 default, 1 fp32, 4 int8"),
+    "nodes_to_exclude": ([], "MatMul node names kept in fp32"),
+    "lm_head": ("keep", "LM head: keep, int8 or int4 (RTN, block of the first candidate; not searched)"),
+    "embeddings": ("keep", "token embedding: keep, int8 or int4 (RTN; shared with a tied head of the same bits)"),
+}
+
+
+def parse_candidate(text: str, symmetric: bool) -> mnb.WeightQuant | None:
+    """``int4/b32`` → WeightQuant(4, 32, symmetric); ``/asym`` or ``/sym`` override; ``fp32`` → None."""
+    parts = str(text).lower().split("/")
+    if parts == ["fp32"]:
+        return None
+    bad = ConfigError(f"auto: candidate {text!r}: expected intN/bB[/asym|/sym] with N in (4, 8), e.g. int4/b32, "
+                      "or fp32")
+    if parts[0] not in ("int4", "int8") or len(parts) < 2 or not parts[1].startswith("b"):
+        raise bad
+    try:
+        block = int(parts[1][1:])
+    except ValueError:
+        raise bad from None
+    sym = symmetric
+    for p in parts[2:]:
+        if p not in ("asym", "sym"):
+            raise bad
+        sym = p == "sym"
+    mnb.check_block_size(block)
+    return mnb.WeightQuant(int(parts[0][3:]), block, sym)
+
+
+def group_of(node_name: str, granularity: str) -> str:
+    if granularity == "matmul":
+        return node_name
+    parts = node_name.rstrip("/").split("/")
+    return "/".join(parts[:-2]) if len(parts) > 3 else node_name
+
+
+class _Overriding:
+    """An InferenceSession proxy that adds weight feeds (overridable initializers) to every run."""
+
+    def __init__(self, sess) -> None:
+        self.sess = sess
+        self.weights: dict[str, np.ndarray] = {}
+
+    def run(self, names, feeds):
+        return self.sess.run(names, {**feeds, **self.weights})
+
+    def __getattr__(self, name):
+        return getattr(self.sess, name)
+
+
+def _score(lm, ref_logits: list[np.ndarray], wins: list[np.ndarray], ppl_ref: float,
+           task_metric: Callable | None, task_ref: float | None) -> dict:
+    from edgeft.quantize import quality
+
+    ppl = quality.perplexity(lm, wins)
+    out = {"perplexity": ppl, "perplexity_increase_pct": 100.0 * (ppl - ppl_ref) / ppl_ref,
+           **quality.compare(ref_logits, lm, wins)}
+    if task_metric is not None:
+        out["task"] = float(task_metric(lm))
+        out["task_drop"] = float(task_ref - out["task"])
+    return out
+
+
+def _meets(m: dict, max_ppl: float, max_kl: float | None, max_task_drop: float | None) -> bool:
+    return (m["perplexity_increase_pct"] <= max_ppl and (max_kl is None or m["kl"] <= max_kl)
+            and (max_task_drop is None or m.get("task_drop", 0.0) <= max_task_drop))
+
+
+def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], max_ppl_increase_pct=5.0,
+          max_kl=None, max_task_drop=None, max_size_mb=None, task_metric=None, candidates=("int4/b32", "int4/b16", "int8/b32", "fp32"),
+          algo="gptq", granularity="block", sensitivity_windows=4, check_windows=4, symmetric=True, damp=0.01,
+          act_order=False,
+          accuracy_level=4, nodes_to_exclude=(), lm_head="keep", embeddings="keep") -> dict:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from edgeft.runtime.lm import OrtLM
+
+    t_start = time.perf_counter()
+    ladder = [parse_candidate(c, bool(symmetric)) for c in candidates]
+    if not ladder:
+        raise ConfigError("auto: candidates is empty; give a ladder such as [int4/b32, int8/b32, fp32]")
+    if algo not in ("gptq", "rtn"):
+        raise ConfigError(f"auto: algo={algo!r}: must be gptq or rtn")
+    if granularity not in ("block", "matmul"):
+        raise ConfigError(f"auto: granularity={granularity!r}: must be block or matmul")
+    if max_task_drop is not None and not callable(task_metric):
+        raise ConfigError("auto: max_task_drop needs task_metric, a callable(lm) -> float (Python API)")
+    mnb.check_head_choice("lm_head", lm_head)
+    mnb.check_head_choice("embeddings", embeddings)
+    wins_all = [np.asarray(w, np.int64) for w in calibration if len(w) >= 2]
+    ns, nc = int(sensitivity_windows), int(check_windows)
+    if ns < 1 or nc < 1 or len(wins_all) < ns + nc:
+        raise ConfigError(f"auto: needs sensitivity_windows + check_windows = {ns} + {nc} calibration windows "
+                          f"(at least 1 each); got {len(wins_all)}")
+    sens_wins, check_wins = wins_all[:ns], wins_all[ns:ns + nc]
+    max_ppl = float(max_ppl_increase_pct)
+
+    model = onnx.load(str(in_onnx))
+    head = mnb.find_head_embed(model.graph).head
+    mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
+            if name not in set(nodes_to_exclude) and (head is None or name != head.name)}
+    weights = {name: numpy_helper.to_array(init).astype(np.float32) for name, (_, init) in mats.items()}
+    init_of = {name: init.name for name, (_, init) in mats.items()}
+    groups: dict[str, list[str]] = {}
+    for name in mats:
+        groups.setdefault(group_of(name, granularity), []).append(name)
+
+    # Codes per (node, rung), computed once (GPTQ uses all calibration windows' activations).
+    stats = {}
+    if algo == "gptq" and any(wq and wq.bits == 4 for wq in ladder):
+        stats = gq.capture_hessians(model, [mats[n][0].input[0] for n in mats], wins_all)
+    codes: dict[tuple[str, int], tuple] = {}
+
+    def code(name: str, lvl: int):
+        if (name, lvl) not in codes:
+            wq, b = ladder[lvl], weights[name]
+            if algo == "gptq" and wq.bits == 4:
+                xtx, ntok = stats[mats[name][0].input[0]]
+                codes[(name, lvl)] = gq.gptq(b, xtx.copy(), ntok, wq, float(damp), bool(act_order))
+            else:
+                codes[(name, lvl)] = mnb.rtn_codes(b, wq)
+        return codes[(name, lvl)]
+
+    def deq(name: str, lvl: int) -> np.ndarray:
+        return mnb.dequantize(*code(name, lvl), weights[name].shape[0], ladder[lvl].block_size)
+
+    with tempfile.TemporaryDirectory(prefix="edgeft-auto-") as tmp:
+        # The simulation model: the fp32 graph with the head/embedding options applied and the
+        # target weights made overridable (listed as graph inputs).
+        sim = onnx.ModelProto()
+        sim.CopyFrom(model)
+        head_first = next((wq for wq in ladder if wq is not None), mnb.WeightQuant(8, 32, True))
+        mnb.quantize_head_embed(sim, lm_head, embeddings, head_first.block_size, head_first.symmetric,
+                                accuracy_level)
+        for name in mats:
+            w = weights[name]
+            sim.graph.input.append(helper.make_tensor_value_info(init_of[name], onnx.TensorProto.FLOAT, list(w.shape)))
+        sim_path = Path(tmp) / "sim.onnx"
+        mnb.save_model(sim, sim_path)
+        del sim
+        ref = OrtLM(in_onnx, 2)
+        ref_sens = [ref.logits(w) for w in sens_wins]
+        ref_check = [ref.logits(w) for w in check_wins]
+        from edgeft.quantize import quality
+
+        ppl_ref_sens = quality.perplexity(ref, sens_wins)
+        ppl_ref_check = quality.perplexity(ref, check_wins)
+        task_ref = float(task_metric(ref)) if task_metric is not None else None
+        del ref
+        lm = OrtLM(sim_path, 2)
+        proxy = _Overriding(lm.sess)
+        lm.sess = proxy
+
+        def feed(plan: dict[str, int]) -> None:
+            proxy.weights = {init_of[n]: deq(n, lvl) for g, lvl in plan.items() for n in groups[g]
+                             if ladder[lvl] is not None}
+
+        # 2. sensitivity of each group on the first rung, the rest fp32 (plus head/embedding options)
+        t0 = time.perf_counter()
+        feed({})
+        base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+        sensitivity = {}
+        for g in groups:
+            feed({g: 0})
+            m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+            sensitivity[g] = {"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
+                              - base["perplexity_increase_pct"]}
+        t_sens = time.perf_counter() - t0
+        order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
+
+        # 3. search on the simulation: stage s moves the k most sensitive groups from rung s-1 to s
+        def plan_for(stage: int, k: int) -> dict[str, int]:
+            floor = max(stage - 1, 0)
+            return {g: (stage if i < k else floor) for i, g in enumerate(order)}
+
+        search = []
+
+        def check(stage: int, k: int) -> tuple[bool, dict]:
+            plan = plan_for(stage, k)
+            feed(plan)
+            m = _score(lm, ref_check, check_wins, ppl_ref_check, task_metric, task_ref)
+            ok = _meets(m, max_ppl, max_kl, max_task_drop)
+            search.append({"stage": stage, "fallback_groups": k, "simulated": True, "meets_budget": ok,
+                           **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
+                              if key in m}})
+            return ok, m
+
+        t0 = time.perf_counter()
+        stage, k, found = 0, 0, False
+        ok, _ = check(0, 0)
+        if ok:
+            found = True
+        else:
+            for stage in range(1, len(ladder)):
+                ok, _ = check(stage, len(order))
+                if not ok:
+                    continue
+                lo, hi = 0, len(order)  # plan(stage, lo) fails, plan(stage, hi) passes
+                while hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    if check(stage, mid)[0]:
+                        hi = mid
+                    else:
+                        lo = mid
+                k, found = hi, True
+                break
+            else:
+                stage, k = len(ladder) - 1, len(order)
+        t_search = time.perf_counter() - t0
+        del lm, proxy
+
+        # 4. the real artifact, re-checked; promote further while it misses the budget
+        best = None
+        step = max(1, len(order) // 16)
+        while True:
+            plan = plan_for(stage, k)
+            real = onnx.ModelProto()
+            real.CopyFrom(model)
+            node_plan = {n: ladder[lvl] for g, lvl in plan.items() for n in groups[g] if ladder[lvl] is not None}
+            mnb.replace_matmuls(real, node_plan, accuracy_level, {n: code(n, plan[group_of(n, granularity)])
+                                                                   for n in node_plan})
+            he = mnb.quantize_head_embed(real, lm_head, embeddings, head_first.block_size, head_first.symmetric,
+                                         accuracy_level)
+            counts = mnb.node_counts(real.graph)
+            mnb.save_model(real, out_onnx)
+            del real
+            cand = OrtLM(out_onnx, 2)
+            m = _score(cand, ref_check, check_wins, ppl_ref_check, task_metric, task_ref)
+            del cand
+            m["size_mb"] = Path(out_onnx).stat().st_size / 1e6
+            ok = _meets(m, max_ppl, max_kl, max_task_drop)
+            over_size = max_size_mb is not None and m["size_mb"] > float(max_size_mb)
+            search.append({"stage": stage, "fallback_groups": k, "simulated": False, "meets_budget": ok,
+                           "size_mb": m["size_mb"],
+                           **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
+                              if key in m}})
+            if not over_size and (best is None or m["perplexity_increase_pct"] < best[1]["perplexity_increase_pct"]):
+                best = (dict(plan), m)
+            if over_size:  # every further fallback is larger still
+                ok = False
+                if best is None:
+                    best = (dict(plan), m)
+                break
+            if ok:
+                break
+            if stage == len(ladder) - 1 and k >= len(order):
+                break
+            if stage == 0:
+                stage, k = 1, 0
+            k += step
+            if k > len(order):
+                if stage == len(ladder) - 1:
+                    k = len(order)
+                else:
+                    stage, k = stage + 1, step
+    budget = {"max_ppl_increase_pct": max_ppl, "max_kl": max_kl, "max_task_drop": max_task_drop,
+              "max_size_mb": max_size_mb,
+              "checked_on": f"{len(check_wins)} calibration windows ({int(sum(len(w) for w in check_wins))} tokens) "
+                            "after the sensitivity ones"}
+    labels = [("fp32" if wq is None else wq.label()) for wq in ladder]
+    reached = {k2: m[k2] for k2 in ("perplexity", "perplexity_increase_pct", "kl", "top1_agreement", "task",
+                                    "task_drop", "size_mb") if k2 in m}
+    reached["reference_perplexity"] = ppl_ref_check
+    if task_ref is not None:
+        reached["reference_task"] = task_ref
+    if not ok:
+        bp, bm = best
+        summary = ", ".join(f"{labels[lvl]} x{list(bp.values()).count(lvl)}" for lvl in sorted(set(bp.values())))
+        raise BudgetError(
+            f"auto: no plan meets the budget (max_ppl_increase_pct {max_ppl:g}"
+            + (f", max_kl {max_kl:g}" if max_kl is not None else "")
+            + (f", max_task_drop {max_task_drop:g}" if max_task_drop is not None else "")
+            + (f", max_size_mb {float(max_size_mb):g}" if max_size_mb is not None else "")
+            + f"); best reached {bm['perplexity_increase_pct']:+.2f}% perplexity, KL {bm['kl']:.4g}"
+            + (f", task drop {bm['task_drop']:.3f}" if "task_drop" in bm else "")
+            + f" at {bm['size_mb']:.1f} MB with {summary} ({len(order)} groups); loosen the budget, add a higher rung to candidates "
+              "(e.g. fp32) or keep lm_head/embeddings")
+    layer_plan = {n: labels[plan[group_of(n, granularity)]] for n in mats}
+    result = {
+        "budget": budget, "candidates": labels, "algo": algo, "granularity": granularity,
+        "reached": reached, "found_in_simulation": found,
+        "precision_counts": {lbl: list(layer_plan.values()).count(lbl) for lbl in labels},
+        "groups": {g: {"precision": labels[plan[g]], "sensitivity_rank": order.index(g) + 1, **sensitivity[g],
+                       "matmuls": groups[g]} for g in order},
+        "layers": layer_plan, "search": search, **he, **counts,
+        "sensitivity_windows": len(sens_wins), "check_windows": len(check_wins),
+        "seconds": {"sensitivity": t_sens, "search": t_search, "total": time.perf_counter() - t_start},
+    }
+    from edgeft.fileio import atomic_write_text
+
+    atomic_write_text(Path(out_onnx).parent / "quant_plan.json", json.dumps(result, indent=2))
+    log.info("auto: %s; check windows %+.2f%% perplexity (budget %+g%%)",
+             ", ".join(f"{k2} x{v}" for k2, v in result["precision_counts"].items() if v),
+             reached["perplexity_increase_pct"], max_ppl)
+    return {"symmetric": bool(symmetric), "accuracy_level": accuracy_level, "nodes_to_exclude": list(nodes_to_exclude),
+            "plan": result}
+
+
+SCHEMES.register("auto")(Scheme("auto", "mixed int4/int8/fp32 MatMulNBits chosen per layer under a perplexity budget",
+                                "int4", None, apply, OPTIONS, needs_calibration=True))

@@ -1,0 +1,126 @@
+"""``auto`` mixed precision on the tiny LLaMA: loose, tight and impossible budgets.
+
+Budgets here are KL budgets (``max_kl``, mean KL per token vs fp32 on the check windows): the
+random tiny model's perplexity moves by hundredths of a percent either way under int4, so a
+perplexity budget cannot be made tight on it. Measured: all-int4 (GPTQ b32) KL 2.6e-5 on the check
+windows; the tight budget (0.4x that) needs several groups moved up the ladder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SYSTEM_PROMPT
+from edgeft.errors import BudgetError, ConfigError
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
+    "ignore:The given NumPy array is not writable", "ignore::DeprecationWarning", "ignore::FutureWarning",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_lm_dir, tmp_path_factory) -> Path:
+    from edgeft.exporters.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("auto-onnx") / "onnx"
+    export_onnx(tiny_lm_dir, out, opset=18)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_lm_dir):
+    from transformers import AutoTokenizer
+
+    from edgeft.data.intents import generate
+    from edgeft.data.templates import conversation_text
+    from edgeft.quantize.quality import windows
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    text = "".join(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]) for r in generate(60, 4, seed=1)[0])
+    wins = windows(tok(text, add_special_tokens=False).input_ids, 64, 64, 8 * 64)
+    assert len(wins) == 8
+    return [w.tolist() for w in wins]
+
+
+def _run(tiny_onnx, calibration, out: Path, **opts):
+    from edgeft.quantize import quantize
+
+    return quantize(tiny_onnx, out, "auto", opts, calibration_ids=calibration,
+                    quality_ids=[np.asarray(calibration[-1], np.int64)])
+
+
+def test_loose_budget_all_int4(tiny_onnx, calibration, tmp_path):
+    rep = _run(tiny_onnx, calibration, tmp_path / "loose", max_ppl_increase_pct=50.0)
+    plan = rep["options"]["plan"]
+    assert set(plan["layers"].values()) == {"int4/b32"} and len(plan["layers"]) == 14
+    assert plan["reached"]["perplexity_increase_pct"] <= 50.0
+    assert rep["size_ratio"] < 0.6
+    on_disk = json.loads((tmp_path / "loose" / "quant_plan.json").read_text())
+    assert on_disk["layers"] == plan["layers"] and on_disk["budget"]["max_ppl_increase_pct"] == 50.0
+    assert json.loads((tmp_path / "loose" / "quantize_report.json").read_text())["options"]["plan"]["layers"]
+    ranks = sorted(g["sensitivity_rank"] for g in plan["groups"].values())
+    assert ranks == list(range(1, len(plan["groups"]) + 1))
+
+
+def test_tight_budget_falls_back_and_holds(tiny_onnx, calibration, tmp_path):
+    loose = _run(tiny_onnx, calibration, tmp_path / "ref", max_ppl_increase_pct=50.0,
+                 granularity="matmul")["options"]["plan"]
+    all_int4_kl = loose["reached"]["kl"]
+    budget = 0.4 * all_int4_kl
+    rep = _run(tiny_onnx, calibration, tmp_path / "tight", max_ppl_increase_pct=50.0, max_kl=budget,
+               granularity="matmul")
+    plan = rep["options"]["plan"]
+    counts = plan["precision_counts"]
+    assert counts["int4/b32"] < 14  # some MatMuls fell back
+    assert plan["reached"]["kl"] <= budget  # measured on the real artifact
+    last = plan["search"][-1]
+    assert last["simulated"] is False and last["meets_budget"] is True
+    # the most sensitive MatMul is among those moved up
+    top = min(plan["groups"].items(), key=lambda kv: kv[1]["sensitivity_rank"])
+    assert top[1]["precision"] != "int4/b32"
+    assert rep["size_bytes"] > loose_size(tmp_path / "ref")
+
+
+def loose_size(d: Path) -> int:
+    return (d / "model.onnx").stat().st_size
+
+
+def test_impossible_budget_fails_with_best(tiny_onnx, calibration, tmp_path):
+    with pytest.raises(BudgetError, match=r"best reached [+-]\d"):
+        _run(tiny_onnx, calibration, tmp_path / "no", max_kl=1e-9, candidates=["int4/b32", "int4/b16"])
+
+
+def test_bad_options(tiny_onnx, calibration, tmp_path):
+    with pytest.raises(ConfigError, match="candidate"):
+        _run(tiny_onnx, calibration, tmp_path / "x", candidates=["int3/b32"])
+    with pytest.raises(ConfigError, match="task_metric"):
+        _run(tiny_onnx, calibration, tmp_path / "x", max_task_drop=0.01)
+    with pytest.raises(ConfigError, match="calibration windows"):
+        _run(tiny_onnx, calibration[:3], tmp_path / "x")
+
+
+def test_task_metric_budget(tiny_onnx, calibration, tmp_path):
+    """A task callback is evaluated on the fp32 input and on each candidate plan; its drop is bounded."""
+    probe = np.asarray(calibration[0][:16], np.int64)
+
+    def top1_on_probe(lm) -> float:  # share of positions whose argmax matches the token that follows
+        return float((lm.logits(probe)[:-1].argmax(-1) == probe[1:]).mean())
+
+    rep = _run(tiny_onnx, calibration, tmp_path / "task", max_ppl_increase_pct=50.0, task_metric=top1_on_probe,
+               max_task_drop=0.0)
+    reached = rep["options"]["plan"]["reached"]
+    assert reached["task_drop"] <= 0.0 and "reference_task" in reached
+
+
+def test_size_budget(tiny_onnx, calibration, tmp_path):
+    """A size budget below the all-int4 artifact cannot be met: fallbacks only grow it."""
+    loose = _run(tiny_onnx, calibration, tmp_path / "l", max_ppl_increase_pct=50.0)
+    size_mb = loose["options"]["plan"]["reached"]["size_mb"]
+    assert abs(size_mb - (tmp_path / "l" / "model.onnx").stat().st_size / 1e6) < 1e-9
+    with pytest.raises(BudgetError, match="max_size_mb"):
+        _run(tiny_onnx, calibration, tmp_path / "s", max_ppl_increase_pct=50.0, max_size_mb=0.5 * size_mb)
