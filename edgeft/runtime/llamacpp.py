@@ -1,0 +1,96 @@
+"""GGUF artifacts run by llama.cpp (llama-cpp-python), behind :class:`edgeft.runtime.lm.CausalLM`.
+
+The loop is the same as :class:`~edgeft.runtime.lm.OrtLM`'s: evaluate the prompt, argmax the last
+logits row in numpy, feed the token back. ``logits_all=True`` (needed by :meth:`LlamaCppLM.logits`
+for perplexity) makes llama.cpp compute and copy a logits row for every prompt token, so
+generation uses a context opened without it and ``logits`` opens a second one on first use (the
+weights are memory-mapped once and shared).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import UnsupportedError
+from edgeft.runtime.lm import CausalLM
+
+
+def _llama_cls():
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        raise UnsupportedError(f"running a GGUF artifact needs llama-cpp-python: pip install 'edgeft[bench]' "
+                               f"(or pip install llama-cpp-python) ({e})") from e
+    return Llama
+
+
+class LlamaCppLM(CausalLM):
+    """A .gguf file (or a folder with one) run by llama.cpp on the CPU."""
+
+    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 2048, logits_all: bool = True) -> None:
+        from edgeft.exporters.gguf import gguf_file
+
+        self.path = gguf_file(Path(path))
+        self.name = str(path)
+        self.threads = threads
+        self.logits_all = logits_all
+        self.n_ctx = n_ctx
+        self.llm = self._open(False)
+        self._scorer = None
+
+    def _open(self, logits_all: bool):
+        Llama = _llama_cls()
+        return Llama(model_path=str(self.path), n_ctx=self.n_ctx, n_batch=min(self.n_ctx, 512),
+                     n_threads=self.threads, n_threads_batch=self.threads, logits_all=logits_all, verbose=False)
+
+    def _last_row(self) -> np.ndarray:
+        # Without logits_all, llama-cpp-python (0.3) leaves its `scores` copy empty and keeps the one
+        # output row in the context: read it there, zero-copy (the C API's llama_get_logits).
+        import llama_cpp
+
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(self.llm.n_vocab(),))
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        if not self.logits_all:
+            raise UnsupportedError(f"{self.path}: opened with logits_all=False (latency only); per-position "
+                                   "logits need LlamaCppLM(..., logits_all=True)")
+        ids = [int(t) for t in np.asarray(input_ids).tolist()]
+        if len(ids) > self.n_ctx:
+            raise UnsupportedError(f"{self.path}: {len(ids)} tokens exceed n_ctx={self.n_ctx}; open with a larger n_ctx")
+        if self._scorer is None:
+            self._scorer = self._open(True)
+        self._scorer.reset()
+        self._scorer.eval(ids)
+        return np.array(self._scorer.scores[:len(ids)], dtype=np.float32)
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        out: list[int] = []
+        steps: list[float] = []
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval([int(t) for t in prompt])
+        nxt = int(self._last_row().argmax())
+        ttft = time.perf_counter() - t0
+        while True:
+            if eos is not None and nxt in eos:
+                break
+            out.append(nxt)
+            if len(out) >= new_tokens:
+                break
+            t = time.perf_counter()
+            self.llm.eval([nxt])
+            nxt = int(self._last_row().argmax())
+            steps.append(time.perf_counter() - t)
+        return out, ttft, steps
+
+    def generate(self, prompts, max_new_tokens, eos_ids):
+        eos = set(int(e) for e in eos_ids)
+        return [self._decode(p, max_new_tokens, eos)[0] for p in prompts]
+
+    def timed_generate(self, prompt, new_tokens):
+        _, ttft, steps = self._decode(prompt, new_tokens, None)
+        return ttft, steps

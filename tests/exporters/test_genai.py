@@ -1,0 +1,105 @@
+"""onnxruntime-genai export of a tiny LLaMA: files, quality report and gates, GenaiLM vs OrtLM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+WINDOWS = [list(range(3, 67)), list(range(100, 164))]
+
+
+@pytest.fixture(scope="module")
+def genai_fp32(tiny_lm_dir, tmp_path_factory) -> tuple[Path, dict]:
+    from edgeft.exporters.genai import export_genai
+
+    out = tmp_path_factory.mktemp("genai") / "fp32"
+    return out, export_genai(tiny_lm_dir, out, precision="fp32", quality_ids=WINDOWS)
+
+
+@pytest.fixture(scope="module")
+def genai_int4(tiny_lm_dir, tmp_path_factory) -> tuple[Path, dict]:
+    from edgeft.exporters.genai import export_genai
+
+    out = tmp_path_factory.mktemp("genai") / "int4"
+    # a random tiny model has near-uniform logits, so int4 flips many argmaxes: gates set wide here
+    return out, export_genai(tiny_lm_dir, out, precision="int4", lm_head="int8", accuracy_level=4,
+                             quality_ids=WINDOWS, min_top1_agreement=0.3, max_ppl_increase_pct=50)
+
+
+def test_fp32_export_matches_pytorch(genai_fp32):
+    out, rep = genai_fp32
+    for name in ("model.onnx", "genai_config.json", "tokenizer.json", "export_report.json"):
+        assert (out / name).is_file(), name
+    q = rep["quality"]
+    assert q["passed"] and q["max_abs_logit_diff"] < 2e-3
+    assert q["top1_agreement"] > 0.99 and abs(q["ppl_increase_pct"]) < 0.1
+    assert rep["ops"].get("GroupQueryAttention") == 2 and "MatMulNBits" not in rep["ops"]
+    assert json.loads((out / "export_report.json").read_text())["format"] == "genai"
+
+
+def test_int4_export_quantizes_body_and_int8_head(genai_int4):
+    import onnx
+
+    out, rep = genai_int4
+    g = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in g.node if n.op_type == "MatMulNBits"}
+    head = [b for name, b in bits.items() if "lm_head" in name]
+    body = [b for name, b in bits.items() if "lm_head" not in name]
+    assert head == [8] and body and set(body) == {4}
+    acc = {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in g.node if n.op_type == "MatMulNBits"}
+    assert acc == {4}
+    q = rep["quality"]
+    assert 0 < q["ppl_increase_pct"] < 50 or q["ppl_increase_pct"] <= 0
+    assert 0.3 <= q["top1_agreement"] <= 1 and q["max_abs_logit_diff"] > 0
+    assert rep["size_bytes"] > 0
+
+
+def test_quality_gate_fails_loudly(tiny_lm_dir, tmp_path):
+    from edgeft.errors import ParityError
+    from edgeft.exporters.genai import export_genai
+
+    with pytest.raises(ParityError, match="top-1 agreement"):
+        export_genai(tiny_lm_dir, tmp_path / "x", precision="int4",
+                     quality_ids=WINDOWS, min_top1_agreement=1.01)
+
+
+def test_bad_options_are_config_errors(tiny_lm_dir, tmp_path):
+    from edgeft.errors import ConfigError
+    from edgeft.exporters.genai import export_genai
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        export_genai(tiny_lm_dir, tmp_path / "x", precison="int4")
+    with pytest.raises(ConfigError, match="lm_head"):
+        export_genai(tiny_lm_dir, tmp_path / "x", lm_head="int2")
+
+
+def test_genai_runtime_matches_ort_runtime(genai_fp32):
+    from edgeft.runtime.genai import GenaiLM
+    from edgeft.runtime.lm import OrtLM, load_lm
+
+    out, _ = genai_fp32
+    og_lm, ort_lm = load_lm(out, "genai", 1), OrtLM(out, threads=1)
+    assert isinstance(og_lm, GenaiLM)
+    w = np.asarray(WINDOWS[0])
+    np.testing.assert_allclose(og_lm.logits(w), ort_lm.logits(w), atol=1e-4, rtol=0)
+    prompt = WINDOWS[1][:9]
+    ref = ort_lm.generate([prompt], 12, [])[0]
+    got = og_lm.generate([prompt], 12, [])[0]  # og stops early only at the model's own EOS
+    assert len(got) >= 1 and got == ref[:len(got)]
+    ttft, steps = og_lm.timed_generate(prompt, 12)
+    assert ttft > 0 and len(steps) == 11
+
+
+def test_preset_and_pipeline_artifact(tmp_path):
+    from edgeft.config.loader import load_preset
+    from edgeft.pipeline.run import _extra_artifact
+
+    p = load_preset("genai-int4")
+    assert p.format == "genai" and p.options["precision"] == "int4"
+    art = _extra_artifact("genai-int4", p, tmp_path)
+    assert art.format == "onnx" and art.precision == "int4"

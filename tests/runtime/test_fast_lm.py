@@ -1,0 +1,122 @@
+"""OrtLM's IO-bound decode loop vs the plain session.run loop, on tiny exported graphs.
+
+Both graph families: optimum's export (the present KV is a new tensor each step, chained through
+OrtValues) and onnxruntime-genai's model builder (GroupQueryAttention with one shared KV buffer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore:Converting a tensor to a Python boolean")
+
+
+@pytest.fixture(scope="module")
+def optimum_dir(tiny_lm_dir, tmp_path_factory) -> Path:
+    from edgeft.exporters.onnx import export_onnx
+
+    out = tmp_path_factory.mktemp("fast-lm") / "onnx"
+    export_onnx(tiny_lm_dir, out, opset=18)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gqa_dir(tiny_lm_dir, tmp_path_factory) -> Path:
+    from edgeft.exporters.genai import _build, builder_options
+
+    out = tmp_path_factory.mktemp("fast-lm") / "genai-fp32"
+    _build(tiny_lm_dir, out, "fp32", builder_options("fp32"))
+    return out
+
+
+PROMPTS = [[5, 17, 42, 99, 3, 250, 7], [11, 12], list(range(30, 60))]
+
+
+def _reference_greedy(model_dir: Path, prompt: list[int], n: int) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    ids = torch.as_tensor([prompt])
+    out = []
+    with torch.inference_mode():
+        for _ in range(n):
+            nxt = int(m(input_ids=ids).logits[0, -1].argmax())
+            out.append(nxt)
+            ids = torch.cat([ids, torch.as_tensor([[nxt]])], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("graph", ["optimum", "gqa"])
+def test_bound_loop_matches_plain_loop(graph, optimum_dir, gqa_dir):
+    from edgeft.runtime.lm import OrtLM
+
+    path = optimum_dir if graph == "optimum" else gqa_dir
+    plain, fast = OrtLM(path, threads=1, io_binding=False), OrtLM(path, threads=1, io_binding=True)
+    assert fast.shared_kv is (graph == "gqa")
+    for p in PROMPTS:
+        # same logits over a whole window
+        a, b = plain.logits(np.asarray(p)), fast.logits(np.asarray(p))
+        assert a.shape == b.shape == (len(p), fast.vocab)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        # same greedy tokens, token for token (no EOS stop)
+        ta = plain.generate([p], 24, [])[0]
+        tb = fast.generate([p], 24, [])[0]
+        assert ta == tb and len(tb) == 24
+
+
+@pytest.mark.parametrize("graph", ["optimum", "gqa"])
+def test_bound_decode_logits_equal_plain_step_logits(graph, optimum_dir, gqa_dir):
+    """Per decode step, the bound loop's logits row equals a plain step's on the same cache."""
+    from edgeft.runtime.lm import OrtLM
+
+    path = optimum_dir if graph == "optimum" else gqa_dir
+    plain, fast = OrtLM(path, threads=1, io_binding=False), OrtLM(path, threads=1)
+    prompt = np.asarray([PROMPTS[0]], np.int64)
+    dec = fast._bound(prompt, prompt.shape[1] + 8)
+    mask = np.ones_like(prompt)
+    logits, past = plain.step(prompt, mask, plain._empty_past(1))
+    np.testing.assert_allclose(dec.prefill(), logits[0, -1], atol=1e-5, rtol=0)
+    nxt = int(logits[0, -1].argmax())
+    for _ in range(8):
+        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+        logits, past = plain.step(np.asarray([[nxt]]), mask, past)
+        row = dec.next(nxt).copy()
+        np.testing.assert_allclose(row, logits[0, -1], atol=1e-5, rtol=0)
+        nxt = int(row.argmax())
+
+
+def test_fast_loop_matches_pytorch_greedy(tiny_lm_dir, optimum_dir, gqa_dir):
+    from edgeft.runtime.lm import OrtLM
+
+    ref = _reference_greedy(tiny_lm_dir, PROMPTS[0], 12)
+    assert OrtLM(optimum_dir).generate([PROMPTS[0]], 12, [])[0] == ref
+    assert OrtLM(gqa_dir).generate([PROMPTS[0]], 12, [])[0] == ref
+
+
+def test_timed_generate_counts_and_eos(optimum_dir, gqa_dir):
+    from edgeft.runtime.lm import OrtLM
+
+    for path in (optimum_dir, gqa_dir):
+        lm = OrtLM(path, threads=2, spinning=False)
+        ttft, steps = lm.timed_generate(PROMPTS[1], 10)
+        assert ttft > 0 and len(steps) == 9 and all(s > 0 for s in steps)
+        full = lm.generate([PROMPTS[1]], 10, [])[0]
+        stop = full[3]
+        cut = lm.generate([PROMPTS[1]], 10, [stop])[0]
+        assert cut == full[:full.index(stop)]
+
+
+def test_shared_kv_buffer_full_is_an_error(gqa_dir):
+    from edgeft.errors import ModelSourceError
+    from edgeft.runtime.lm import OrtLM
+
+    dec = OrtLM(gqa_dir)._bound(np.asarray([[1, 2, 3]], np.int64), 4)
+    dec.prefill()
+    dec.next(5)
+    with pytest.raises(ModelSourceError, match="KV buffer of 4 tokens is full"):
+        dec.next(6)
