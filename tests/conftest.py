@@ -162,3 +162,53 @@ def tiny_recipe_module(tiny_lm_dir, tmp_path_factory) -> Path:
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- tiny sequence classifier
+
+POSITIVE_WORDS = ["good", "great", "fun", "lovely", "superb", "charming", "brilliant", "moving"]
+NEGATIVE_WORDS = ["bad", "awful", "dull", "boring", "clumsy", "tedious", "bland", "weak"]
+FILLER_WORDS = ["the", "film", "movie", "was", "is", "a", "very", "and", "plot", "cast", "story", "quite"]
+
+
+def sentiment_records(n: int, seed: int = 0) -> list[dict]:
+    """A separable toy sentiment task: each text has three words of its class among filler words."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        pos = i % 2 == 0
+        words = rng.sample(POSITIVE_WORDS if pos else NEGATIVE_WORDS, 3) + rng.sample(FILLER_WORDS, 1)
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": "pos" if pos else "neg"})
+    return out
+
+
+def build_bert_tokenizer(out: Path):
+    """A WordPiece BERT tokenizer ([CLS] text [SEP], [PAD] = 0) over the toy task's words."""
+    from transformers import BertTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    words = [*POSITIVE_WORDS, *NEGATIVE_WORDS, *FILLER_WORDS]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words,
+             *(c for c in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-" if c not in words)]
+    vocab += [f"[unused{i}]" for i in range(256 - len(vocab))]  # synthetic latency inputs use ids 100..199
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(out)
+    return tok
+
+
+def build_tiny_bert(out: Path) -> Path:
+    """A saved tiny random BERT encoder (hidden 32, 2 layers; architectures BertModel like MiniLM) + tokenizer."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tok = build_bert_tokenizer(out)
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=len(tok), max_position_embeddings=64, pad_token_id=0,
+                                 initializer_range=0.2))
+    model.save_pretrained(out, safe_serialization=True)
+    return out

@@ -245,7 +245,17 @@ def _scheme_names():
     return SCHEMES.names()
 
 
-@pytest.mark.parametrize("scheme", _scheme_names())
+def _onnx_lm_scheme_names():
+    """Schemes that take this ONNX decoder as is. Covered by their own tests instead: PyTorch-input schemes
+    (tests/quantize/test_torch_schemes.py), ``auto`` (tests/quantize/test_auto.py) and full-integer int8, which
+    refuses a decoder with a float KV cache (tests/quantize/test_full_integer.py)."""
+    from edgeft.quantize import SCHEMES
+
+    return [n for n in SCHEMES.names()
+            if SCHEMES.get(n).input_format == "onnx" and n not in ("auto", "int8-full-integer")]
+
+
+@pytest.mark.parametrize("scheme", _onnx_lm_scheme_names())
 def test_quantize_scheme(scheme, exported, quality_windows, tmp_path):
     from edgeft.quantize import SCHEMES, quantize
     from edgeft.runtime.lm import OrtLM

@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": ("edgeft.cli.generate", "generate_cmd", "Chat with an artifact (ONNX or HF folder)."),
     "devices": ("edgeft.cli.devices", "devices_grp", "List and show device profiles."),
     "recipes": ("edgeft.cli.recipes", "recipes_grp", "List, show and validate recipes."),
+    "data": ("edgeft.cli.data", "data_grp", "Data helpers: teacher-labelled examples (augment), active learning (select)."),
 }
 
 

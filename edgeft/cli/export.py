@@ -8,13 +8,22 @@ import click
 @click.command("export")
 @click.argument("model", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--preset", default="onnx-kv", show_default=True, help="Export preset (export/*.yaml).")
+@click.option("--preset", default="onnx-kv", show_default=True, help="Export preset (export/*.yaml), e.g. onnx-kv, onnx-cls, torchscript, torchscript-mobile.")
 @click.option("--tolerance", type=float, default=2e-3, show_default=True, help="Max |diff| per output.")
 def export_cmd(model, out, preset, tolerance):
     """Export the HF causal-LM folder MODEL and check every output against PyTorch."""
     from edgeft.exporters import export
 
     rep = export(model, out, preset=preset, tolerance=tolerance)
+    if "quality" in rep:  # genai / gguf: quantized while exporting, scored against the fp32 model
+        q = rep["quality"]
+        if "skipped" in q:
+            click.echo(f"quality check skipped: {q['skipped']}")
+        else:
+            click.echo(f"perplexity {q['perplexity']:.3f} vs fp32 {q['perplexity_reference']:.3f} "
+                       f"({q['ppl_increase_pct']:+.1f}%), top-1 agreement {q['top1_agreement']:.3f}, KL {q['kl']:.4f}")
+        click.echo(f"exported {out} ({rep['size_bytes'] / 2**20:.1f} MB, {rep['format']})")
+        return
     for c in rep["parity"]:
         if c["name"] == "logits":
             click.echo(f"{c['step']:>7} logits: max |diff| {c['max_abs_diff']:.3g} (tolerance {c['tolerance']:g})")

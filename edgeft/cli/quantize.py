@@ -22,14 +22,19 @@ def _parse_opts(opts):
 @click.command("quantize")
 @click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--scheme", required=True, help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq")
+@click.option("--scheme", required=True,
+              help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq (ONNX input); bnb-nf4, "
+                   "bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Scheme option (repeatable).")
 @click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for the quality check.")
 @click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="Calibration text for static/GPTQ schemes (keep it disjoint from --text).")
 def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
-    """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input."""
+    """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input.
+
+    PyTorch-input schemes (bnb-*, torch-dynamic-int8, gptqmodel) take the merged HF model folder
+    instead of an ONNX export."""
     from edgeft.quantize import quantize
 
     wins = None

@@ -18,20 +18,44 @@ def _stage(recipe, overrides, runs_root, stages):
     return p, res, con
 
 
+class _MethodOption(click.Option):
+    """``--method``: the help lists the registered methods, read when help is shown (not at import)."""
+
+    def get_help_record(self, ctx):
+        from edgeft.finetune import METHODS
+
+        self.help = ("Fine-tuning method; sets finetune.method. One of: " + ", ".join(METHODS.names()) +
+                     " (see docs/methods.md).")
+        return super().get_help_record(ctx)
+
+
 @click.command("finetune")
 @recipe_arg
 @set_opt
 @runs_opt
-def finetune_cmd(recipe, overrides, runs_root):
-    """Fine-tune as RECIPE says (data + finetune stages); the adapter lands in runs/<name>/finetune/."""
+@click.option("--processes", type=int, default=None, metavar="N",
+              help="Train in N processes with accelerate launch (DDP; gloo on CPU); sets finetune.processes.")
+@click.option("--method", cls=_MethodOption, default=None, metavar="NAME", help="Fine-tuning method.")
+def finetune_cmd(recipe, overrides, runs_root, processes, method):
+    """Fine-tune as RECIPE says (data + finetune stages); the result lands in runs/<name>/finetune/."""
     import json
 
+    if processes is not None:
+        overrides = (*overrides, f"finetune.processes={processes}")
+    if method is not None:
+        from edgeft.finetune import METHODS
+
+        METHODS.get(method, "--method")  # unknown: ConfigError with did-you-mean and the valid names
+        overrides = (*overrides, f"finetune.method={method}")
     p, res, con = _stage(recipe, overrides, runs_root, ["data", "finetune"])
     rec = p.run.record("finetune")
     m = rec["metrics"]
     con.print(json.dumps({k: m.get(k) for k in ("train_loss", "steps", "epochs", "tokens_per_second",
                                                "trainable_params", "best_eval_loss")}, indent=2))
-    con.print(f"adapter: {p.run.stage_dir('finetune') / 'adapter'}")
+    from edgeft.finetune import METHODS
+
+    produces = METHODS.get(p.recipe.finetune.method).produces
+    con.print(f"{produces}: {p.run.stage_dir('finetune') / produces}")
 
 
 @click.command("validate")

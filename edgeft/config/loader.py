@@ -562,7 +562,7 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
         base = recipe_path.resolve().parent
         for field in ("train", "eval"):
             rel = getattr(recipe.data.files, field)
-            if not (base / rel).is_file():
+            if rel is not None and not (base / rel).is_file():
                 problems.append(
                     f"{source}: data.files.{field}: file not found: {_display(base / rel)} "
                     f"(paths are relative to the recipe file)"

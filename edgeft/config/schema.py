@@ -26,9 +26,33 @@ class GeneratedData(Strict):
 
 class FileData(Strict):
     train: str = Field(description="Training file (.jsonl, .csv or .tsv), relative to the recipe file.")
-    eval: str = Field(description="Evaluation file (.jsonl, .csv or .tsv), relative to the recipe file.")
+    eval: Optional[str] = Field(
+        None, description="Evaluation file (.jsonl, .csv or .tsv), relative to the recipe file; omit it to hold "
+                          "out n_eval (or eval_fraction) rows of the training file instead.")
     prompt_field: str = Field("prompt", description="Column/key holding the user prompt.")
     response_field: str = Field("response", description="Column/key holding the expected answer.")
+    # Classification files (objective classify): one text column and one label column.
+    text_field: Optional[str] = Field(None, description="Classification: column/key holding the text.")
+    label_field: Optional[str] = Field(None, description="Classification: column/key holding the label.")
+    label_names: dict[str, str] = Field(
+        default_factory=dict, description="Classification: rename raw labels, e.g. {'0': negative, '1': positive}.")
+    n_eval: Optional[int] = Field(None, ge=1, description="Without `eval`: rows held out of the train file for eval.")
+    eval_fraction: Optional[float] = Field(
+        None, gt=0, lt=1, description="Without `eval`: fraction of the train file held out (instead of n_eval).")
+    n_train: Optional[int] = Field(None, ge=1, description="Use at most this many training rows (after the split).")
+    seed: int = Field(0, description="Shuffle seed of the train/eval split (the same seed gives the same split).")
+
+    @model_validator(mode="after")
+    def _eval_source(self):
+        split = [k for k in ("n_eval", "eval_fraction") if getattr(self, k) is not None]
+        if self.eval is None and len(split) != 1:
+            raise ValueError("data.files: give `eval` (a file) or exactly one of n_eval / eval_fraction "
+                             "(rows held out of the train file)")
+        if self.eval is not None and split:
+            raise ValueError(f"data.files: `eval` is a file; {split[0]} only applies without it")
+        if (self.text_field is None) != (self.label_field is None):
+            raise ValueError("data.files: give both text_field and label_field (classification) or neither")
+        return self
 
 
 class PerplexityConfig(Strict):
@@ -41,9 +65,19 @@ class PerplexityConfig(Strict):
     max_tokens: int = Field(4096, ge=16, description="Evaluate at most this many tokens of the text.")
 
 
+class TextData(Strict):
+    path: str = Field(description="Plain-text file (UTF-8), relative to the recipe file (objective clm).")
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="The last fraction of the text (cut at a line break) is held out for eval."
+    )
+    max_chars: Optional[int] = Field(None, ge=100, description="Use only the first N characters (short runs).")
+    chunk_chars: int = Field(2000, ge=50, description="Records hold about this many characters, cut at line breaks.")
+
+
 class DataConfig(Strict):
     generated: Optional[GeneratedData] = Field(None, description="Use a generated task (deterministic split).")
     files: Optional[FileData] = Field(None, description="Use your own train/eval files.")
+    text: Optional[TextData] = Field(None, description="Raw text for continued pre-training (objective clm).")
     system_prompt: str = Field(
         "Parse the request into JSON.", description="System message put before every prompt by the chat template."
     )
@@ -51,9 +85,10 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.generated is not None and self.files is not None:
-            raise ValueError("give either data.generated or data.files, not both")
-        if self.generated is None and self.files is None:
+        given = [k for k in ("generated", "files", "text") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of data.generated, data.files or data.text, not {' and '.join(given)}")
+        if not given:
             self.generated = GeneratedData()
         return self
 
@@ -65,9 +100,115 @@ class LoraConfig(Strict):
     target_modules: Union[str, list[str]] = Field("all-linear", description="Modules to adapt ('all-linear' or names).")
 
 
+class QloraConfig(Strict):
+    bits: Literal[4, 8] = Field(4, description="Base precision: 4 (NF4, double-quantized) or 8 (LLM.int8) bitsandbytes.")
+
+
+class FreezeConfig(Strict):
+    top_blocks: int = Field(2, ge=0, description="Method freeze: train the top N transformer blocks, the rest frozen.")
+    train_head: bool = Field(
+        True, description="Also train what follows the last block (final norm, LM/classifier head; a tied LM head "
+                          "is the input embedding matrix, so that trains too)."
+    )
+
+
+class UnfreezeConfig(Strict):
+    start: int = Field(1, ge=1, description="Method gradual-unfreeze: top blocks trainable at the first step.")
+    every_steps: Optional[int] = Field(
+        None, ge=1, description="Unfreeze one more block every K optimizer steps (default: one per epoch)."
+    )
+    floor: int = Field(0, ge=0, description="Lowest block index ever unfrozen (blocks below it stay frozen).")
+    train_head: bool = Field(True, description="Train what follows the last block from the start (see freeze).")
+
+
+class PromptConfig(Strict):
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="Methods prompt-tuning/prefix-tuning/p-tuning: virtual tokens prepended to every input."
+    )
+    init_text: Optional[str] = Field(
+        None, description="prompt-tuning: initialise the virtual tokens from this text's embeddings (default: random)."
+    )
+    encoder_hidden_size: int = Field(128, ge=1, description="p-tuning: hidden size of the prompt encoder MLP.")
+    prefix_projection: bool = Field(False, description="prefix-tuning: reparameterise the prefix through an MLP.")
+
+
+class BottleneckConfig(Strict):
+    reduction_factor: int = Field(
+        16, ge=1, description="Method adapter: bottleneck size = hidden size / reduction_factor."
+    )
+    non_linearity: str = Field("relu", description="Method adapter: activation inside the bottleneck.")
+
+
 class EarlyStopping(Strict):
     patience: int = Field(2, ge=1, description="Evaluations without improvement before stopping.")
     threshold: float = Field(0.0, ge=0.0, description="Minimum improvement of eval_loss that counts.")
+
+
+class DpoConfig(Strict):
+    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference.")
+    loss_type: Union[str, list[str]] = Field(
+        "sigmoid", description="TRL DPO loss type(s): sigmoid, ipo, hinge, ...; a list combines them (e.g. [sigmoid, sft])."
+    )
+    loss_weights: Optional[list[float]] = Field(None, description="Weights of the combined loss types (default: 1 each).")
+
+
+class StudentConfig(Strict):
+    keep_every: Optional[int] = Field(
+        None, ge=1, description="Keep every k-th decoder block of the teacher (blocks 0, k, 2k, ...)."
+    )
+    keep_layers: Optional[list[int]] = Field(None, description="Explicit teacher block indices to keep.")
+
+    @model_validator(mode="after")
+    def _one_rule(self):
+        if (self.keep_every is None) == (self.keep_layers is None):
+            raise ValueError("give exactly one of student.keep_every or student.keep_layers")
+        return self
+
+
+class DistillConfig(Strict):
+    teacher: Optional[str] = Field(
+        None, description="Teacher: embedded model name, HF folder or a run's merge folder (default: the recipe model)."
+    )
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T; the KL term is scaled by T^2.")
+    alpha: float = Field(0.0, ge=0, description="Weight of the hard-label cross-entropy added to the KL term.")
+    student: StudentConfig = Field(
+        default_factory=lambda: StudentConfig(keep_every=2),
+        description="How the student is cut from the teacher (dropped decoder blocks, weights copied).",
+    )
+
+
+class TaskFile(Strict):
+    path: str = Field(description="One .jsonl/.csv/.tsv file, relative to the recipe; eval is its last n_eval rows.")
+    prompt_field: str = Field("prompt", description="Column/key holding the prompt.")
+    response_field: str = Field("response", description="Column/key holding the answer.")
+    n_train: Optional[int] = Field(None, ge=1, description="Use at most this many training rows (from the start).")
+    n_eval: int = Field(48, ge=1, description="Held-out rows: the last n_eval rows of the file.")
+    label_names: dict[str, str] = Field(
+        default_factory=dict, description="Map raw answers to words, e.g. {'0': negative, '1': positive}."
+    )
+
+
+class TaskSpec(Strict):
+    name: str = Field(description="Task name; metrics are reported per task under it.")
+    generated: Optional[GeneratedData] = Field(None, description="A generated task (deterministic split).")
+    files: Optional[FileData] = Field(None, description="Separate train/eval files.")
+    file: Optional[TaskFile] = Field(None, description="One file split into train and a held-out tail.")
+    weight: float = Field(1.0, gt=0, description="Sampling weight of this task in the training mixture.")
+    system_prompt: str = Field("", description="System message for this task's prompts.")
+    metric: Literal["exact_match", "accuracy"] = Field(
+        "exact_match", description="exact_match: whole answer; accuracy: first word of the answer (label tasks)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("generated", "files", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"task {self.name!r}: give exactly one of generated, files or file")
+        return self
+
+
+class MultitaskConfig(Strict):
+    tasks: list[TaskSpec] = Field(min_length=1, description="Tasks mixed into one training set by weight.")
 
 
 class FinetuneConfig(Strict):
@@ -82,7 +223,17 @@ class FinetuneConfig(Strict):
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     max_seq_len: int = Field(256, ge=8, description="Truncate examples to this many tokens.")
+    num_labels: Optional[int] = Field(
+        None, ge=2, description="Classifiers: number of classes (default: the labels found in the training data).")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA/QLoRA adapter settings.")
+    qlora: QloraConfig = Field(default_factory=QloraConfig, description="Method qlora: base precision (4 or 8 bits).")
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig, description="Method freeze: which blocks train.")
+    unfreeze: UnfreezeConfig = Field(
+        default_factory=UnfreezeConfig, description="Method gradual-unfreeze: the unfreezing schedule.")
+    prompt: PromptConfig = Field(
+        default_factory=PromptConfig, description="Methods prompt-tuning, prefix-tuning, p-tuning: virtual tokens.")
+    adapter: BottleneckConfig = Field(
+        default_factory=BottleneckConfig, description="Method adapter: bottleneck adapter size (AdapterHub).")
     early_stopping: Optional[EarlyStopping] = Field(
         default_factory=EarlyStopping, description="Stop when eval_loss stops improving (null to disable)."
     )
@@ -91,15 +242,44 @@ class FinetuneConfig(Strict):
     seed: int = Field(0, description="Training seed.")
     threads: Optional[int] = Field(None, ge=1, description="torch threads (default: all cores).")
     report_to: list[str] = Field(default_factory=list, description="transformers report_to (tensorboard, mlflow).")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="Objective dpo: preference-optimization settings.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Objective distill: teacher and student.")
+    multitask: Optional[MultitaskConfig] = Field(None, description="Objective multitask: the tasks and their weights.")
+    processes: int = Field(1, ge=1, description="Training processes (accelerate launch; DDP, gloo on CPU).")
+    accelerate_config: Optional[str] = Field(
+        None, description="accelerate config file (DeepSpeed/FSDP/multi-node), passed through to `accelerate launch`."
+    )
+    # Speed settings (measured in docs/benchmarks.md, "Fine-tuning throughput"); only precision changes numerics.
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="bf16 autocast (weights and optimizer stay fp32) or fp32; auto: bf16 where it is native.")
+    answer_only_lm_head: bool = Field(
+        True, description="Run the LM head only on positions with a loss (the answer), not on prompt tokens.")
+    padding_free: bool = Field(
+        True, description="Concatenate a batch's examples into one row, no pad tokens (position_ids keep them apart).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding when padded).")
+    optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch_fused.")
+    torch_compile: bool = Field(False, description="torch.compile the model before training.")
 
 
 class MergeConfig(Strict):
     tolerance: float = Field(2e-3, gt=0, description="Max |logit diff| adapter model vs merged model.")
 
 
+class StaticShapes(Strict):
+    batch: int = Field(1, ge=1, description="Fixed batch size of every graph input.")
+    seq: int = Field(128, ge=1, description="Fixed sequence length of every graph input (longer texts are cut).")
+
+
 class ExportConfig(Strict):
     preset: str = Field("onnx-kv", description="Export preset name from export/*.yaml.")
     tolerance: float = Field(2e-3, gt=0, description="Max |diff| ONNX vs PyTorch per output (logits, past KV).")
+    extra: list[str] = Field(
+        default_factory=list,
+        description="More export presets built from the merged model next to the main one (e.g. genai-int4, "
+                    "gguf-q4_0); each lands in export/<preset>/ and is validated as its own artifact.")
+    static_shapes: Optional[StaticShapes] = Field(
+        None, description="Encoders/classifiers: fix the input shapes of every ONNX artifact (NPUs, TPUs).")
 
 
 class QuantizeSpec(Strict):
@@ -108,6 +288,9 @@ class QuantizeSpec(Strict):
     options: dict = Field(default_factory=dict, description="Scheme options (see `edgeft quantize --help`).")
     max_ppl_increase_pct: float = Field(
         100.0, gt=0, description="Stage sanity bound: fail if perplexity rises more than this vs the input."
+    )
+    max_accuracy_drop: float = Field(
+        0.05, ge=0, description="Classifiers: stage sanity bound on the eval accuracy drop vs the input (fraction)."
     )
     budgets: Optional["Budgets"] = Field(None, description="Accuracy gates for this artifact (default: validate.budgets).")
 
@@ -123,6 +306,10 @@ class Goal(Strict):
 class Budgets(Strict):
     exact_match: Goal = Field(default_factory=lambda: Goal(max_degradation=0.05), description="Task metric goal.")
     perplexity: Goal = Field(default_factory=lambda: Goal(percent_max_degradation=25.0), description="Perplexity goal.")
+    accuracy: Goal = Field(
+        default_factory=lambda: Goal(max_degradation=0.01),
+        description="Classifiers: accuracy on the eval split (fraction correct) vs the merged model.",
+    )
     embedding_cosine: Goal = Field(
         default_factory=lambda: Goal(threshold=0.99),
         description="Encoders: mean cosine similarity of pooled embeddings to the reference's.",
@@ -251,7 +438,12 @@ class DeviceProfile(Strict):
 class ExportPreset(Strict):
     name: str = Field(description="Preset name (matches the file name).")
     description: str = Field("", description="What this preset produces.")
-    format: Literal["onnx"] = Field(description="Artifact format.")
-    runtime: Literal["onnxruntime"] = Field(description="Runtime that executes the artifact.")
+    format: Literal["onnx", "genai", "gguf", "torchscript"] = Field(
+        description="Artifact format: onnx (optimum graph), genai (onnxruntime-genai model builder), gguf (llama.cpp), "
+                    "torchscript (traced PyTorch, model.pt).")
+    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch"] = Field(
+        description="Runtime that executes the artifact.")
     opset: int = Field(18, ge=11, description="ONNX opset.")
     with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")
+    options: dict = Field(default_factory=dict,
+                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype).")

@@ -97,10 +97,23 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
 
 
 def export(model_dir: Path, out_dir: Path, preset: str = "onnx-kv", tolerance: float = 2e-3,
-           sample_ids: Sequence[int] | None = None) -> dict:
-    """Export with a named preset from ``export/`` (see ``edgeft export --help``)."""
+           sample_ids: Sequence[int] | None = None, sample_texts: Sequence[str] | None = None,
+           static_shapes=None) -> dict:
+    """Export with a named preset from ``export/`` (see ``edgeft export --help``).
+
+    A sequence classifier (``*ForSequenceClassification``) goes through
+    :func:`edgeft.exporters.onnx_encoder.export_classifier` (parity on ``sample_texts``; optional
+    ``static_shapes`` with ``batch`` and ``seq``).
+    """
     from edgeft.config.loader import load_preset
+    from edgeft.exporters import onnx_encoder
 
     p = load_preset(preset)
+    if onnx_encoder.is_classifier(model_dir):
+        return onnx_encoder.export_classifier(model_dir, out_dir, opset=p.opset, tolerance=tolerance,
+                                              sample_texts=sample_texts, static_shapes=static_shapes)
+    if static_shapes is not None:
+        raise UnsupportedError("export.static_shapes applies to encoder/classifier exports; a decoder with a KV "
+                               "cache grows its inputs every step (remove export.static_shapes)")
     fn = EXPORTERS.get(p.format, f"export preset {preset}: format")
     return fn(model_dir, out_dir, opset=p.opset, with_past=p.with_past, tolerance=tolerance, sample_ids=sample_ids)

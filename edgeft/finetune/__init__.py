@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
-from edgeft.finetune.registry import METHODS, OBJECTIVES, TASKS, Method, Objective, save_trained
+from edgeft.finetune.registry import (METHODS, OBJECTIVES, TASKS, Method, Objective, load_trained,
+                                      save_trained)
 
 # Importing the modules registers them (one module per method/objective).
 from edgeft.finetune.methods import lora as _lora  # noqa: F401,E402
 from edgeft.finetune.methods import qlora as _qlora  # noqa: F401,E402
+from edgeft.finetune.methods import dora as _dora  # noqa: F401,E402
+from edgeft.finetune.methods import ia3 as _ia3  # noqa: F401,E402
+from edgeft.finetune.methods import full as _full  # noqa: F401,E402
+from edgeft.finetune.methods import freeze as _freeze  # noqa: F401,E402
+from edgeft.finetune.methods import gradual_unfreeze as _gradual_unfreeze  # noqa: F401,E402
+from edgeft.finetune.methods import bitfit as _bitfit  # noqa: F401,E402
+from edgeft.finetune.methods import adapter as _adapter  # noqa: F401,E402
+from edgeft.finetune.methods import prompt_tuning as _prompt_tuning  # noqa: F401,E402
+from edgeft.finetune.methods import prefix_tuning as _prefix_tuning  # noqa: F401,E402
+from edgeft.finetune.methods import p_tuning as _p_tuning  # noqa: F401,E402
 from edgeft.finetune.objectives import sft as _sft  # noqa: F401,E402
+from edgeft.finetune.objectives import classify as _classify  # noqa: F401,E402
+from edgeft.finetune.objectives import clm as _clm  # noqa: F401,E402
+from edgeft.finetune.objectives import dpo as _dpo  # noqa: F401,E402
+from edgeft.finetune.objectives import distill as _distill  # noqa: F401,E402
+from edgeft.finetune.objectives import multitask as _multitask  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "OBJECTIVES", "TASKS", "Method", "Objective", "finetune", "save_trained"]
+__all__ = ["METHODS", "OBJECTIVES", "TASKS", "Method", "Objective", "finetune", "load_trained", "save_trained"]
 
 
 def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Path, cfg=None,
@@ -33,10 +50,18 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     cfg = cfg or FinetuneConfig()
     method = METHODS.get(cfg.method, "finetune.method")
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
+    if cfg.padding_free and not method.padding_free:
+        # virtual tokens are prepended per row: packed examples would share them and attend to each other
+        log.info("method %s: batching with padding (finetune.padding_free ignored)", method.name)
+        cfg = cfg.model_copy(update={"padding_free": False})
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / (out_dir.name + ".work")
     out_dir.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
+    from edgeft.finetune.launch import in_launched_process, launch
+
+    if cfg.processes > 1 and not in_launched_process():  # accelerate launch: N processes, DDP
+        return launch(model_path, train, eval, out_dir, cfg, system_prompt, work_dir)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -48,7 +73,10 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
     metrics.update({"method": method.name, "objective": objective.name, "base_model": str(model_path),
                     "n_train": len(train), "n_eval": len(eval)})
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:  # several processes: the main one writes
+        from edgeft.fileio import atomic_write_text
+
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 

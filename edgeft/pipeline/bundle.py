@@ -60,6 +60,9 @@ def package_run(pipeline, out_dir: Path):
         acc = a.get("accuracy") or {}
         row = {"artifact": name, "exact_match": acc.get("exact_match"), "perplexity": acc.get("perplexity"),
                "size_mb": round(a["size_bytes"] / 2**20, 1)}
+        if "accuracy" in acc:  # classifiers
+            row = {"artifact": name, "accuracy": acc["accuracy"], "macro_f1": acc.get("macro_f1"),
+                   "size_mb": row["size_mb"]}
         for dev, d in report["devices"].items():
             r = d["results"].get(name)
             row[dev] = "n/a" if r is None else ("PASS" if r["passed"] else
@@ -77,8 +80,9 @@ def package_run(pipeline, out_dir: Path):
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
-    metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in ("exact_match", "json_valid", "perplexity")}
-               for n, a in report["artifacts"].items()}
+    keys = ("accuracy", "macro_f1") if report.get("task") == "classification" else ("exact_match", "json_valid",
+                                                                                    "perplexity")
+    metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in keys} for n, a in report["artifacts"].items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
              "validation_passed": report["passed"], "flags": report["flags"],
@@ -94,4 +98,7 @@ def _data_description(recipe, fm) -> str:
         g = d.generated
         return (f"generated task '{g.generator}' (seed {g.seed}): {g.n_train} train / {g.n_eval} eval examples, "
                 f"disjoint prompts")
+    if d.files is not None and d.files.eval is None:
+        return (f"file {d.files.train}: {fm.get('n_train', '?')} train / {fm.get('n_eval', '?')} eval rows, eval held "
+                f"out by a seeded shuffle (seed {d.files.seed})")
     return f"files: train={d.files.train}, eval={d.files.eval}"

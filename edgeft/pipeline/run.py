@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from edgeft.config.schema import Recipe
 from edgeft.errors import BudgetError, ConfigError, StageError
+from edgeft.pipeline import classify
 from edgeft.pipeline.rundir import STAGES, RunDir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,24 @@ class RunResult:
     report: dict | None = None
     bundle: Path | None = None
     tarball: Path | None = None
+
+
+def _extra_artifact(name: str, preset, folder: Path):
+    """The validate entry for an ``export.extra`` preset. A genai folder is an ONNX graph (GroupQueryAttention,
+    MatMulNBits) that edgeft's OrtLM runs directly, so it is validated, inspected and projected as onnx."""
+    from edgeft.validate import Artifact
+
+    opts = preset.options
+    if preset.format == "gguf":
+        qtype = str(opts.get("qtype", "Q8_0")).upper()
+        precision = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}.get(qtype, "int4")
+        return Artifact(name, folder / f"model-{qtype.lower()}.gguf", "gguf", precision=precision,
+                        int8_mode="weight-only" if precision == "int8" else None)
+    if preset.format == "genai":
+        precision = opts.get("precision", "int4")
+        return Artifact(name, folder, "onnx", precision=precision,
+                        int8_mode="weight-only" if precision == "int8" else None)
+    return Artifact(name, folder, preset.format)
 
 
 class Pipeline:
@@ -68,8 +87,10 @@ class Pipeline:
         r = self.recipe
         v = r.validate_
         return {
-            "data": {"model": r.model, "data": r.data.model_dump()},
-            "finetune": r.finetune.model_dump(exclude={"report_to", "threads"}),
+            "data": {"model": r.model, "data": r.data.model_dump(),
+                     **({"objective": r.finetune.objective} if r.finetune.objective != "sft" else {}),
+                     **({"multitask": r.finetune.multitask.model_dump()} if r.finetune.multitask else {})},
+            "finetune": r.finetune.model_dump(exclude=self._unused_finetune_keys()),
             "merge": r.merge.model_dump(),
             "export": r.export.model_dump(),
             "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump()],
@@ -77,10 +98,22 @@ class Pipeline:
             "package": {**r.package.model_dump(), "name": r.name, "version": r.version},
         }[stage]
 
-    def records(self, split: str) -> list[dict]:
+    def _unused_finetune_keys(self) -> set[str]:
+        """Settings that cannot change this run's result (other objectives' sections, single-process defaults)."""
+        ft = self.recipe.finetune
+        out = {"report_to", "threads"} | ({"dpo", "distill", "multitask"} - {ft.objective})
+        return out | ({"processes"} if ft.processes == 1 else set()) | ({"accelerate_config"} if not ft.accelerate_config else set())
+
+    def objective_fields(self) -> tuple[str, ...]:
+        from edgeft.finetune.registry import OBJECTIVES
+        import edgeft.finetune  # noqa: F401 - registers the objectives
+
+        return OBJECTIVES.get(self.recipe.finetune.objective, "finetune.objective").fields
+
+    def records(self, split: str, fields=("prompt", "response")) -> list[dict]:
         from edgeft.data.readers import read_records
 
-        return read_records(self.run.stage_dir("data") / f"{split}.jsonl", ["prompt", "response"])
+        return read_records(self.run.stage_dir("data") / f"{split}.jsonl", list(fields))
 
     def heldout_text(self) -> str | None:
         spec = self.recipe.validate_.perplexity.text
@@ -110,21 +143,40 @@ class Pipeline:
         from edgeft.data.generators import GENERATORS
         from edgeft.data.readers import read_records, write_jsonl
 
+        from edgeft.data import splits
+
         d = self.recipe.data
-        if d.files is not None:
+        fields, objective = self.objective_fields(), self.recipe.finetune.objective
+        if objective == "multitask" and self.recipe.finetune.multitask is not None:
+            train, ev = splits.multitask_records(self.recipe.finetune.multitask.tasks, self.base_dir)
+            source = {"multitask": [t.name for t in self.recipe.finetune.multitask.tasks]}
+        elif d.text is not None:
+            t = d.text
+            train, ev = splits.text_records(Path(t.path) if Path(t.path).is_absolute() else self.base_dir / t.path,
+                                            t.eval_fraction, t.chunk_chars, t.max_chars)
+            source = {"text": t.path, "eval_fraction": t.eval_fraction}
+        elif classify.handles(d.files):  # text/label columns, or one file split into train/eval
+            train, ev, source = classify.file_records(d.files, self.base_dir)
+        elif d.files is not None:
             f = d.files
+            # record field -> file column: prompt/response as configured, any other field the objective needs as is
+            cols = {k: {"prompt": f.prompt_field, "response": f.response_field}.get(k, k) for k in fields}
 
             def load(rel: str) -> list[dict]:
                 p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
-                rows = read_records(p, [f.prompt_field, f.response_field])
-                return [{"prompt": str(r[f.prompt_field]), "response": str(r[f.response_field])} for r in rows]
+                rows = read_records(p, [cols[k] for k in fields])
+                return [{k: str(r[c]) for k, c in cols.items()} for r in rows]
 
             train, ev = load(f.train), load(f.eval)
+            if "chosen" in fields:  # downstream stages score the preferred answer
+                train, ev = ([{"response": r["chosen"], **r} for r in rs] for rs in (train, ev))
             source = {"train": f.train, "eval": f.eval}
         else:
             g = d.generated
             train, ev = GENERATORS.get(g.generator, "data.generated.generator")(g.n_train, g.n_eval, g.seed)
             source = {"generator": g.generator, "seed": g.seed}
+        for split, recs in (("train", train), ("eval", ev)):
+            splits.check_fields(recs, fields, f"data ({split} split, {source})", objective)
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", ev)
         return {"n_train": len(train), "n_eval": len(ev), "source": source}
@@ -140,24 +192,43 @@ class Pipeline:
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(key)
         m = self.model()
-        metrics = finetune(m.path, self.records("train"), self.records("eval"), tmp, self.recipe.finetune,
-                           self.recipe.data.system_prompt, work_dir=work)
+        fields = self.objective_fields()
+        train = self.records("train", fields)
+        cfg = classify.finetune_cfg(self.recipe.finetune, train) if classify.is_classifier(self) else self.recipe.finetune
+        metrics = finetune(m.path, train, self.records("eval", fields), tmp,
+                           cfg, self.recipe.data.system_prompt, work_dir=work)
         metrics["base_model_source"] = m.source
         return metrics
 
     def stage_merge(self, tmp: Path) -> dict:
-        from edgeft.data.templates import conversation_text
+        from edgeft.finetune import METHODS
         from edgeft.merge import merge
+
+        method = METHODS.get(self.recipe.finetune.method, "finetune.method")
+        trained = self.run.stage_dir("finetune") / method.produces  # adapter (merge) or whole model (copy)
+        if classify.is_classifier(self):
+            if method.produces == "adapter":
+                return classify.merge(self, tmp)
+            texts = [str(r["text"]) for r in self.records("eval", classify.FIELDS)[:classify.SAMPLE_TEXTS]]
+            return merge(trained, tmp, tolerance=self.recipe.merge.tolerance, sample_texts=texts)
+        from edgeft.data.templates import conversation_text
         from transformers import AutoTokenizer
 
-        adapter = self.run.stage_dir("finetune") / "adapter"
+        adapter = trained
         tok = AutoTokenizer.from_pretrained(str(adapter))
         sp = self.recipe.data.system_prompt
-        samples = [conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval")[:4]]
-        return merge(adapter, tmp, base_model=self.model().path, tolerance=self.recipe.merge.tolerance,
+        if self.recipe.finetune.objective == "clm":  # raw-text records
+            samples = [r["text"][:2000] for r in self.records("eval", ("text",))[:4]]
+        else:
+            samples = [conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval")[:4]]
+        student = self.run.stage_dir("finetune") / "student"  # distill: the adapter's base is the cut-down student
+        return merge(adapter, tmp, base_model=student if student.is_dir() else self.model().path,
+                     tolerance=self.recipe.merge.tolerance,
                      sample_texts=samples)
 
     def stage_export(self, tmp: Path) -> dict:
+        if classify.is_classifier(self):
+            return classify.export(self, tmp)
         from transformers import AutoTokenizer
 
         from edgeft.data.templates import prompt_ids
@@ -167,10 +238,17 @@ class Pipeline:
         tok = AutoTokenizer.from_pretrained(str(merged))
         r0 = self.records("eval")[0]
         ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
-        return export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
-                      sample_ids=ids)
+        rep = export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
+                     sample_ids=ids)
+        if self.recipe.export.extra:  # more artifacts from the merged model, each in export/<preset>/
+            wins = self.heldout_windows(merged)
+            rep["extra"] = {name: export(merged, tmp / name, preset=name, tolerance=self.recipe.export.tolerance,
+                                         sample_ids=ids, quality_ids=wins) for name in self.recipe.export.extra}
+        return rep
 
     def stage_quantize(self, tmp: Path) -> dict:
+        if classify.is_classifier(self):
+            return classify.quantize(self, tmp)
         from edgeft.quantize import quantize
 
         from edgeft.quantize import SCHEMES
@@ -182,8 +260,11 @@ class Pipeline:
             calib = self.calibration_windows(src)
         out = {}
         for q in self.recipe.quantize:
-            out[q.name] = quantize(src, tmp / q.name, q.scheme, q.options, quality_ids=wins,
-                                   max_ppl_increase_pct=q.max_ppl_increase_pct, calibration_ids=calib)
+            # PyTorch-side schemes (bnb, torch.ao, GPTQModel) read the merged model, ONNX ones the export
+            pytorch_input = SCHEMES.get(q.scheme, "quantize.scheme").input_format == "pytorch"
+            out[q.name] = quantize(self.run.stage_dir("merge") if pytorch_input else src, tmp / q.name, q.scheme,
+                                   q.options, quality_ids=wins, max_ppl_increase_pct=q.max_ppl_increase_pct,
+                                   calibration_ids=calib)
         return out
 
     def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
@@ -207,17 +288,26 @@ class Pipeline:
         if v.include_base:
             arts.append(Artifact("base", self.model().path, "pytorch", role="base"))
         arts.append(Artifact("merged", self.run.stage_dir("merge"), "pytorch", role="reference"))
-        arts.append(Artifact("onnx-fp32", self.run.stage_dir("export"), "onnx"))
+        from edgeft.config.loader import load_preset
+
+        if load_preset(self.recipe.export.preset).format == "torchscript":
+            arts.append(Artifact("torchscript-fp32", self.run.stage_dir("export"), "torchscript"))
+        else:
+            arts.append(Artifact("onnx-fp32", self.run.stage_dir("export"), "onnx"))
+        for name in self.recipe.export.extra:
+            arts.append(_extra_artifact(name, load_preset(name), self.run.stage_dir("export") / name))
         for q in self.recipe.quantize:
             s = SCHEMES.get(q.scheme)
-            arts.append(Artifact(q.name, self.run.stage_dir("quantize") / q.name, "onnx", precision=s.precision,
+            arts.append(Artifact(q.name, self.run.stage_dir("quantize") / q.name, s.output_format,
+                                 precision=s.precision,
                                  int8_mode=s.int8_mode, scheme=q.scheme, budgets=q.budgets))
         return arts
 
     def stage_validate(self, tmp: Path) -> dict:
         from edgeft.validate import validate
 
-        report = validate(self.artifacts(), self.run.stage_dir("merge"), self.records("eval"), tmp,
+        ev = self.records("eval", classify.FIELDS) if classify.is_classifier(self) else self.records("eval")
+        report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
                           recipe_name=self.recipe.name)
         return {"passed": report["passed"], "flags": report["flags"]}
@@ -229,6 +319,20 @@ class Pipeline:
         return {"bundle": str(res.bundle_dir.name), "tarball": res.tarball.name if res.tarball else None,
                 "files": len(res.manifest["files"])}
 
+    def check_method(self, only: Sequence[str] | None = None) -> None:
+        """Fail before any stage runs when the method/objective names are unknown, or the method's result
+        cannot be merged (``merge == "refuse"``) but a stage from merge on would run."""
+        from edgeft.errors import UnsupportedError
+        from edgeft.finetune import METHODS, OBJECTIVES
+
+        ft = self.recipe.finetune
+        method = METHODS.get(ft.method, "finetune.method")
+        OBJECTIVES.get(ft.objective, "finetune.objective")
+        later = [s for s in (only or STAGES) if STAGES.index(s) >= STAGES.index("merge")]
+        if method.merge == "refuse" and later:
+            raise UnsupportedError(f"finetune.method {ft.method!r} cannot reach the {later[0]} stage: "
+                                   f"{method.merge_note}; or run only `edgeft finetune RECIPE`")
+
     # ---------------------------------------------------------------- driver
     def execute(self, from_stage: str | None = None, dry_run: bool = False, only: Sequence[str] | None = None,
                 on_stage: Callable[[str, str], None] | None = None) -> RunResult:
@@ -238,6 +342,7 @@ class Pipeline:
         from edgeft.models import check_spec
 
         check_spec(self.recipe.model, self.base_dir)  # a missing model fails before anything is written
+        self.check_method(only)  # e.g. a method that cannot be merged, in a recipe that exports: fail before training
         if not dry_run:
             self.run.root.mkdir(parents=True, exist_ok=True)
             import yaml
@@ -249,6 +354,8 @@ class Pipeline:
         for stage in STAGES:
             key = self._key(stage, self.params(stage))
             self.keys[stage] = key
+            if only is not None and STAGES.index(stage) > max(STAGES.index(s) for s in only):
+                break  # later stages are not needed (e.g. `edgeft finetune` on a fresh run)
             if only is not None and stage not in only:
                 if not dry_run and not self.run.is_current(stage, key):
                     raise StageError(f"stage {stage!r} has no up-to-date output in {self.run.root}; run "

@@ -11,9 +11,14 @@ from typing import Sequence
 
 from edgeft.errors import ConfigError, ParityError
 from edgeft.quantize.registry import SCHEMES, Scheme
+from edgeft.quantize.schemes import auto as _auto  # noqa: F401  (registers)
+from edgeft.quantize.schemes import bnb as _bnb  # noqa: F401  (registers)
 from edgeft.quantize.schemes import dynamic_int8 as _dyn  # noqa: F401  (registers)
+from edgeft.quantize.schemes import gptq as _gptq  # noqa: F401  (registers)
+from edgeft.quantize.schemes import gptqmodel as _gptqmodel  # noqa: F401  (registers)
 from edgeft.quantize.schemes import matmulnbits as _nbits  # noqa: F401  (registers)
 from edgeft.quantize.schemes import static_int8 as _static  # noqa: F401  (registers)
+from edgeft.quantize.schemes import torch_dynamic as _torch_dynamic  # noqa: F401  (registers)
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +30,28 @@ def _onnx_size(d: Path) -> int:
                                                                         or f.name.endswith(".onnx.data")))
 
 
+def _artifact_size(d: Path, fmt: str) -> int:
+    """Bytes of the weights of an artifact folder in ``fmt`` (onnx | pytorch | torchscript)."""
+    if fmt == "onnx":
+        return _onnx_size(d)
+    suffixes = (".pt", ".ptl") if fmt == "torchscript" else (".safetensors", ".bin")
+    return sum(f.stat().st_size for f in Path(d).iterdir() if f.is_file() and f.suffix in suffixes)
+
+
 def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = None,
              quality_ids: Sequence[Sequence[int]] | None = None, max_ppl_increase_pct: float = 100.0,
-             threads: int = 2, calibration_ids: Sequence[Sequence[int]] | None = None) -> dict:
+             threads: int = 2, calibration_ids: Sequence[Sequence[int]] | None = None,
+             labeled: Sequence[dict] | None = None, max_accuracy_drop: float = 0.05) -> dict:
     """Quantize the ONNX model in ``in_dir`` into ``out_dir`` and report size and quality vs the input.
+
+    A scheme with ``input_format == "pytorch"`` reads an HF folder instead (the merged model) and
+    writes ``output_format`` (an HF folder, or TorchScript); quality is then measured with the
+    matching runtimes (``edgeft.runtime.lm.load_lm``: eager PyTorch for the input).
+
+    A classifier is checked on ``labeled`` (``{"text", "label"}`` held-out records) instead of
+    perplexity: accuracy of input and output, label agreement, logit differences
+    (:mod:`edgeft.quantize.classifier_quality`); accuracy falling more than ``max_accuracy_drop``
+    raises :class:`ParityError`.
 
     Quality: perplexity of input and output on ``quality_ids`` (token windows of held-out text),
     top-1 agreement and KL of the output's logits vs the input's. The stage fails
@@ -36,7 +59,7 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     sanity bound; release gates live in validate.
     """
     from edgeft.quantize import quality
-    from edgeft.runtime.lm import OrtLM, find_onnx
+    from edgeft.runtime.lm import find_onnx, load_lm
 
     sch = SCHEMES.get(scheme, "quantize.scheme")
     options = dict(options or {})
@@ -48,29 +71,44 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
         raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
                           "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    src = find_onnx(in_dir)
+    if labeled and sch.input_format != "onnx":
+        from edgeft.errors import UnsupportedError
+
+        raise UnsupportedError(f"quantize scheme {scheme} reads a PyTorch model and is checked by perplexity on causal "
+                               "LMs; for a classifier use an ONNX scheme (int8-dynamic, int8-static, int8-weight)")
+    if sch.input_format == "pytorch":
+        from edgeft.exporters.torchscript import copy_side_files
+
+        if not (in_dir / "config.json").is_file():
+            raise ConfigError(f"quantize scheme {scheme} reads an HF model folder (the merge stage's output) and "
+                              f"{in_dir} has no config.json")
+        src = in_dir
+        copy_side_files(in_dir, out_dir)  # tokenizer, config, chat template; not the weights
+    else:
+        src = find_onnx(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for f in in_dir.iterdir():  # tokenizer, config, chat template travel with the artifact
+    for f in in_dir.iterdir() if sch.input_format == "onnx" else ():  # tokenizer, config, chat template
         if f.is_file() and f.suffix not in (".onnx",) and "onnx_data" not in f.name and not f.name.endswith("report.json"):
             shutil.copy2(f, out_dir / f.name)
+    dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()
     if sch.needs_calibration:
-        done = sch.apply(src, out_dir / "model.onnx", calibration=[list(map(int, w)) for w in calibration_ids],
-                         **options)
+        done = sch.apply(src, dest, calibration=[list(map(int, w)) for w in calibration_ids], **options)
     else:
-        done = sch.apply(src, out_dir / "model.onnx", **options)
+        done = sch.apply(src, dest, **options)
     seconds = time.perf_counter() - t0
     report = {"scheme": scheme, "precision": sch.precision, "int8_mode": sch.int8_mode, "options": done,
-              "quantize_seconds": seconds, "input_size_bytes": _onnx_size(in_dir),
-              "size_bytes": _onnx_size(out_dir)}
+              "quantize_seconds": seconds, "input_size_bytes": _artifact_size(in_dir, sch.input_format),
+              "size_bytes": _artifact_size(out_dir, sch.output_format), "input_format": sch.input_format,
+              "output_format": sch.output_format}
     report["size_ratio"] = report["size_bytes"] / max(report["input_size_bytes"], 1)
     if quality_ids:
         wins = [list(w) for w in quality_ids]
         import numpy as np
 
         wins = [np.asarray(w, np.int64) for w in wins]
-        ref = OrtLM(in_dir, threads)
-        cand = OrtLM(out_dir, threads)
+        ref = load_lm(in_dir, sch.input_format, threads)
+        cand = load_lm(out_dir, sch.output_format, threads)
         ref_logits = [ref.logits(w) for w in wins]
         ppl_in = quality.perplexity(ref, wins)
         ppl_out = quality.perplexity(cand, wins)
@@ -85,6 +123,17 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
             raise ParityError(f"quantize {scheme}: perplexity {ppl_in:.3f} -> {ppl_out:.3f} "
                               f"(+{report['perplexity_increase_pct']:.1f}%) exceeds the stage tolerance of "
                               f"+{max_ppl_increase_pct:g}%; try another scheme or options")
+    if labeled:
+        from edgeft.quantize import classifier_quality
+
+        report.update(classifier_quality.compare(in_dir, out_dir, labeled, threads))
+        log.info("%s: size %.1f MB (%.2fx input), accuracy %.4f -> %.4f, label agreement %.4f", scheme,
+                 report["size_bytes"] / 2**20, report["size_ratio"], report["accuracy_input"], report["accuracy"],
+                 report["label_agreement"])
+        if report["accuracy_drop"] > max_accuracy_drop:
+            raise ParityError(f"quantize {scheme}: accuracy {report['accuracy_input']:.4f} -> {report['accuracy']:.4f} "
+                              f"(-{report['accuracy_drop']:.4f}) exceeds the stage tolerance of {max_accuracy_drop:g}; "
+                              "try another scheme or options")
     (out_dir / "quantize_report.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -397,18 +397,22 @@ def _metrics_table(rows: Any, devices: list[str]) -> str:
     rows = [r for r in rows if isinstance(r, Mapping)]
     if not rows:
         return _NA
+    # classifier rows carry accuracy / macro_f1 in place of exact_match / perplexity
+    cls = any("accuracy" in r for r in rows)
+    metric_keys, metric_names = ((("accuracy", ".4f"), ("macro_f1", ".4f")), ("Accuracy", "Macro-F1")) if cls else (
+        (("exact_match", ".3f"), ("perplexity", ".2f")), ("Exact match", "Perplexity"))
+    std = ("artifact", *(k for k, _ in metric_keys), "size_mb")
     device_cols = list(devices)
     for r in rows:  # devices present in rows but not listed still get a column
         for k in r:
-            if k not in _STD_COLUMNS and k not in device_cols:
+            if k not in std and k not in _STD_COLUMNS and k not in device_cols:
                 device_cols.append(k)
-    header = ["Artifact", "Exact match", "Perplexity", "Size (MB)", *device_cols]
+    header = ["Artifact", *metric_names, "Size (MB)", *device_cols]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 3 + [":---:"] * len(device_cols)) + "|"]
     for r in rows:
         cells = [
             _cell(r.get("artifact")),
-            _cell(r.get("exact_match"), ".3f"),
-            _cell(r.get("perplexity"), ".2f"),
+            *(_cell(r.get(k), fmt) for k, fmt in metric_keys),
             _cell(r.get("size_mb"), ".1f"),
             *(_cell(r.get(d)) for d in device_cols),
         ]

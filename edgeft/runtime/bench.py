@@ -105,7 +105,7 @@ def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_token
             str(threads), "--prompt", json.dumps(list(map(int, prompt))), "--new-tokens", str(new_tokens),
             "--warmup", str(warmup), "--repeats", str(repeats)]
     env = None
-    if fmt == "pytorch":
+    if fmt in ("pytorch", "torchscript"):
         import os
 
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                             "latency of an ONNX encoder (internal helper).")
     p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
     p.add_argument("--path", required=True)
-    p.add_argument("--format", help="lm only: pytorch or onnx")
+    p.add_argument("--format", help="lm only: pytorch, onnx or torchscript")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--prompt", help="lm only: JSON list of token ids")
     p.add_argument("--new-tokens", type=int, default=32)

@@ -15,6 +15,8 @@ def generate(artifact: Path | str, prompt: str, system_prompt: str = "", max_new
 
     path = Path(artifact)
     fmt = "onnx" if (path.suffix == ".onnx" or any(path.glob("*.onnx"))) else "pytorch"
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        fmt = "gguf"  # llama.cpp (edgeft[bench]); a genai folder is an ONNX graph that OrtLM runs
     tok_dir = Path(tokenizer) if tokenizer else (path if path.is_dir() else path.parent)
     if not (tok_dir / "tokenizer.json").is_file() and (tok_dir.parent.parent / "tokenizer").is_dir():
         tok_dir = tok_dir.parent.parent / "tokenizer"  # inside a release bundle: artifacts/<name>/

@@ -38,7 +38,8 @@ def _size_bytes(a: Artifact) -> int:
     p = Path(a.path)
     if p.is_file():
         return p.stat().st_size
-    pats = ("*.onnx", "*.onnx_data", "*.onnx.data") if a.format == "onnx" else ("*.safetensors", "*.bin")
+    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl")}.get(
+        a.format, ("*.safetensors", "*.bin"))
     return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
 
 
@@ -313,26 +314,89 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     return report
 
 
+def _is_classifier_dir(path: Path) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in json.loads(cfg.read_text()).get("architectures") or [])
+
+
+def _fixed_shape(a: Artifact) -> tuple[int, int] | None:
+    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, else None."""
+    if a.format != "onnx":
+        return None
+    from edgeft.exporters.onnx_encoder import fixed_shape
+
+    info = next((i for i in (_artifact_onnx(a) or {}).get("inputs") or [] if i["name"] == "input_ids"), None)
+    return fixed_shape(info["shape"]) if info else None
+
+
+def _artifact_onnx(a: Artifact) -> dict | None:
+    info: dict = {}
+    _add_onnx_info(info, a)
+    return info.get("onnx")
+
+
+def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], max_length: int, threads: int):
+    """Logits of a classifier artifact; the base model gets the reference's head size and a seeded random head."""
+    from edgeft.exporters.onnx_encoder import module_logits, onnx_logits
+
+    if a.format == "onnx":
+        return onnx_logits(a.path, tok, texts, max_length=max_length, threads=threads)
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    kw = {}
+    if a.role == "base" and not _is_classifier_dir(a.path):
+        kw["config"] = AutoConfig.from_pretrained(str(reference.path))  # chance level: the untrained head
+        torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(a.path), dtype=torch.float32, **kw).eval()
+    return module_logits(model, tok, texts, max_length)
+
+
 def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console) -> dict:
-    """Encoders (no generation, no perplexity): embedding agreement with the reference, per-inference
-    latency at ``latency.batch`` x ``latency.seq_len``, compatibility and budgets per device."""
+    """Encoders (no generation, no perplexity), per artifact vs the reference: embedding agreement, or
+    for a sequence classifier accuracy / macro-F1 on the labelled eval split with label agreement and
+    logit differences; per-inference latency at ``latency.batch`` x ``latency.seq_len`` (at the
+    graph's own shape when its inputs are fixed); compatibility and budgets per device."""
     from edgeft.runtime.bench import measure_encoder
     from edgeft.validate import compat, gates
 
     host_threads = os.cpu_count() or 1
-    texts = [r["prompt"] for r in records]
+    texts = [str(r.get("text", r.get("prompt"))) for r in records]
     reference = next(a for a in artifacts if a.role == "reference")
-    ref_emb = _embeddings(reference, tok, texts, host_threads)
+    classifier = _is_classifier_dir(reference.path)
+    shapes = {a.name: _fixed_shape(a) for a in artifacts}
     rep_artifacts: dict[str, dict] = {}
+    max_length = 128
+    if classifier:
+        from edgeft.finetune.objectives.classify import scores
+        from edgeft.quantize.classifier_quality import agreement, gold_ids, label_index
+
+        index = label_index(reference.path)
+        gold = gold_ids(records, index)
+        fixed = [s for s in shapes.values() if s]
+        max_length = fixed[0][1] if fixed else cfg.latency.seq_len  # every artifact sees the same truncation
+        ref_logits = _classifier_logits(reference, reference, tok, texts, max_length, host_threads)
+    else:
+        ref_emb = _embeddings(reference, tok, texts, host_threads)
     for a in sorted(artifacts, key=lambda a: {"base": 0, "reference": 1}.get(a.role, 2)):
-        emb = ref_emb if a is reference else _embeddings(a, tok, texts, host_threads)
-        cos = (emb * ref_emb).sum(1)
-        info = {"role": a.role, "kind": "encoder", "format": a.format, "precision": a.precision,
-                "int8_mode": a.int8_mode, "scheme": a.scheme, "size_bytes": _size_bytes(a), "path": str(a.path),
-                "accuracy": {"exact_match": None, "json_valid": None, "perplexity": None, "top1_agreement": None,
-                             "kl": None, "embedding_cosine": float(cos.mean()),
-                             "embedding_cosine_min": float(cos.min()), "n_examples": len(texts)},
-                "latency": None, **a.extra}
+        acc = {"exact_match": None, "json_valid": None, "perplexity": None, "top1_agreement": None, "kl": None,
+               "n_examples": len(texts)}
+        if classifier:
+            log.info("validate: scoring %s (%s %s) on %d labelled examples", a.name, a.format, a.precision, len(texts))
+            logits = ref_logits if a is reference else _classifier_logits(a, reference, tok, texts, max_length,
+                                                                          host_threads)
+            s = scores(logits.argmax(-1), gold, len(index))
+            acc.update({"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "max_length": max_length,
+                        **agreement(ref_logits, logits)})
+        else:
+            emb = ref_emb if a is reference else _embeddings(a, tok, texts, host_threads)
+            cos = (emb * ref_emb).sum(1)
+            acc.update({"embedding_cosine": float(cos.mean()), "embedding_cosine_min": float(cos.min())})
+        info = {"role": a.role, "kind": "classifier" if classifier else "encoder", "format": a.format,
+                "precision": a.precision, "int8_mode": a.int8_mode, "scheme": a.scheme, "size_bytes": _size_bytes(a),
+                "path": str(a.path), "accuracy": acc, "latency": None, **a.extra}
         _add_onnx_info(info, a)
         rep_artifacts[a.name] = info
     lat_cfg = cfg.latency
@@ -341,19 +405,37 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     for a in artifacts:
         if a.format != "onnx" or a.role == "base":
             continue  # per-inference latency is measured on ONNX Runtime artifacts
+        batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
         for t in thread_counts:
-            m = measure_encoder(a.path, t, lat_cfg.batch, lat_cfg.seq_len, lat_cfg.warmup, max(lat_cfg.repeats, 5))
+            log.info("validate: per-inference latency of %s (batch %d x seq %d) with %d threads", a.name, batch, seq, t)
+            m = measure_encoder(a.path, t, batch, seq, lat_cfg.warmup, max(lat_cfg.repeats, 5))
             m["label"] = "measured-host"
             latency[(a.name, t)] = m
         rep_artifacts[a.name]["latency"] = latency[(a.name, max(thread_counts))]
     acc_gates = []
+    flags: list[str] = []
+    ref_acc = rep_artifacts[reference.name]["accuracy"]
+    base = next((a for a in artifacts if a.role == "base"), None)
     for a in artifacts:
         if a.role != "artifact":
             continue
         budgets = a.budgets or cfg.budgets
+        acc = rep_artifacts[a.name]["accuracy"]
+        if not classifier:
+            acc_gates += [g.to_dict() for g in gates.evaluate_goal(
+                "embedding_cosine", a.name, acc["embedding_cosine"], 1.0, budgets.embedding_cosine,
+                higher_is_better=True)]
+            continue
         acc_gates += [g.to_dict() for g in gates.evaluate_goal(
-            "embedding_cosine", a.name, rep_artifacts[a.name]["accuracy"]["embedding_cosine"], 1.0,
-            budgets.embedding_cosine, higher_is_better=True)]
+            "accuracy", a.name, acc["accuracy"], ref_acc["accuracy"], budgets.accuracy, higher_is_better=True)]
+        if base is not None:
+            base_acc = rep_artifacts[base.name]["accuracy"]["accuracy"]
+            msg = gates.erased_flag(a.name, acc["accuracy"], base_acc, ref_acc["accuracy"], budgets.erased_margin,
+                                    metric="accuracy")
+            if msg:
+                flags.append(msg)
+                acc_gates.append(gates.GateResult("fine-tune-erased", a.name, acc["accuracy"], base_acc, False,
+                                                  msg).to_dict())
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
     rep_devices: dict[str, dict] = {}
     for dname, dev in devices.items():
@@ -371,8 +453,9 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
             if dev.remote is not None and c["compatible"] and a.format == "onnx":
                 from edgeft.validate.remote import measure_remote_encoder
 
-                device_lat = measure_remote_encoder(dev.remote, a.path, dev.cpu.threads, lat_cfg.batch,
-                                                    lat_cfg.seq_len, lat_cfg.warmup, max(lat_cfg.repeats, 5))
+                batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
+                device_lat = measure_remote_encoder(dev.remote, a.path, dev.cpu.threads, batch, seq,
+                                                    lat_cfg.warmup, max(lat_cfg.repeats, 5))
             speed = device_lat or (dict(host_lat, label="measured-host") if host_lat else None)
             g = []
             if c["compatible"]:
@@ -396,11 +479,15 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                                                                if device_lat else None)}}
         rep_devices[dname] = _device_entry(dev, t, dname in required, results, rep_artifacts)
     passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
+    accuracy_protocol = ({"classification": f"argmax of the logits vs the eval labels, texts cut at {max_length} "
+                                            "tokens; label agreement and logit differences vs the reference"}
+                         if classifier else {"embedding": "mean-pooled last hidden state, L2-normalized"})
     report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
+              **({"task": "classification"} if classifier else {}),
               "passed": passed,
-              "protocol": {"eval_examples": len(texts), "embedding": "mean-pooled last hidden state, L2-normalized",
+              "protocol": {"eval_examples": len(texts), **accuracy_protocol,
                            "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
-              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": [],
+              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
               "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
     _write_reports(report, out_dir, console)
     return report

@@ -115,6 +115,10 @@ def _is_encoder(report: dict) -> bool:
     return report.get("kind") == "encoder"
 
 
+def _is_classifier(report: dict) -> bool:
+    return _is_encoder(report) and report.get("task") == "classification"
+
+
 def _title(report: dict) -> str:
     recipe = report.get("recipe")
     return f"edgeft validate: {recipe}" if recipe else "edgeft validate"
@@ -335,12 +339,15 @@ def _encoder_protocol_cards(p: dict) -> list[str]:
     acc_rows = [("eval examples", p.get("eval_examples"))] if p else []
     acc_rows += [(k, v) for k, v in p.items()
                  if k not in ("eval_examples", "perplexity", "latency") and not isinstance(v, (dict, list))]
-    return [
-        '<div class="card"><h3>Accuracy</h3>'
+    what = ('<p class="small muted">Classification: each artifact labels every eval text (argmax of its '
+            "logits); accuracy and macro-F1 against the gold labels, label agreement and logit differences "
+            "against the reference.</p>") if "classification" in p else (
         '<p class="small muted">Embedding cosine: each eval text is embedded by the artifact and by the '
         "reference (mean-pooled last hidden state, L2-normalized); the cosine of the two embeddings is "
         "averaged over the examples (mean) and its worst example is reported (min). 1.0 means the artifact "
-        "reproduces the reference's embeddings.</p>"
+        "reproduces the reference's embeddings.</p>")
+    return [
+        '<div class="card"><h3>Accuracy</h3>' + what
         + _kv(acc_rows) + "</div>",
         '<div class="card"><h3>Perplexity</h3>'
         '<p class="small muted">Does not apply to encoders: they predict no next token. Exact match, JSON '
@@ -489,7 +496,10 @@ def _encoder_artifact_table(report: dict) -> str:
     failed_acc = _failed_acc(report)
     batch, seq = _batch_seq(report)
     shape = _shape_text(batch, seq)
-    head = ("artifact", "format / precision", "size MB", "embedding cosine (mean)", "embedding cosine (min)",
+    cls = _is_classifier(report)  # classifiers: accuracy and label agreement in place of the two cosine columns
+    metric_cols = (("accuracy", "accuracy", 4), ("label_agreement", "label agreement", 4)) if cls else (
+        ("embedding_cosine", "embedding cosine (mean)", 4), ("embedding_cosine_min", "embedding cosine (min)", 4))
+    head = ("artifact", "format / precision", "size MB", *(h for _, h, _ in metric_cols),
             "per-inference p50 / p95 ms" + (f" ({shape})" if shape else ""), "peak RAM MB", "latency label")
     rows = []
     for n in _ordered_artifacts(report) if arts else []:
@@ -498,7 +508,7 @@ def _encoder_artifact_table(report: dict) -> str:
         fmt = f"{a.get('format') or '?'} / {a.get('precision') or '?'}"
         extra = " ".join(str(x) for x in (a.get("int8_mode"), a.get("scheme")) if x)
         bad = failed_acc.get(n)
-        cos_cls = " worse" if bad and any("cosine" in b for b in bad) else ""
+        cos_cls = " worse" if bad and any(("accuracy" if cls else "cosine") in b for b in bad) else ""
         per_inf = (f"{_fmt(lat.get('per_inference_ms_p50'), 1)} / {_fmt(lat.get('per_inference_ms_p95'), 1)}"
                    if lat else _DASH)
         own = _shape_text(lat.get("batch"), lat.get("seq_len"))
@@ -508,16 +518,20 @@ def _encoder_artifact_table(report: dict) -> str:
             f'<td title="{_esc(a.get("path") or "")}">{_name_cell(n, a, n == ref_name, bad)}</td>',
             f'<td>{_esc(fmt)}{"<div class=small>" + _esc(extra) + "</div>" if extra else ""}</td>',
             f'<td class="num">{_fmt(_mb(a.get("size_bytes")), 1)}</td>',
-            f'<td class="num{cos_cls}">{_fmt(acc.get("embedding_cosine"), 4)}</td>',
-            f'<td class="num">{_fmt(acc.get("embedding_cosine_min"), 4)}</td>',
+            f'<td class="num{cos_cls}">{_fmt(acc.get(metric_cols[0][0]), 4)}</td>',
+            f'<td class="num">{_fmt(acc.get(metric_cols[1][0]), 4)}</td>',
             f'<td class="num">{per_inf}</td>',
             f'<td class="num">{_fmt(lat.get("peak_rss_mb"), 0)}</td>',
             f'<td class="nowrap">{_esc(lat.get("label") or _DASH)}</td>',
         ]
         rows.append(f'<tr{" class=bad" if bad else ""}>' + "".join(cells) + "</tr>")
-    return _artifact_section(
-        f'Embedding cosine vs the reference <b>{_esc(ref_name)}</b> over the eval '
-        "texts: the mean, and the worst single example (min); 1.0 is identical. " + _ROW_LATENCY_NOTE, head, rows)
+    if cls:
+        caption = (f"Accuracy on the labelled eval split, and agreement of predicted labels with the reference "
+                   f"<b>{_esc(ref_name)}</b>. ")
+    else:
+        caption = (f'Embedding cosine vs the reference <b>{_esc(ref_name)}</b> over the eval '
+                   "texts: the mean, and the worst single example (min); 1.0 is identical. ")
+    return _artifact_section(caption + _ROW_LATENCY_NOTE, head, rows)
 
 
 def _artifact_table(report: dict) -> str:
@@ -970,6 +984,8 @@ def _encoder_plots(report: dict) -> str:
         cap += ("Other rows: bar" if with_samples else "Bar") + " = median (p50), whisker = p95. "
     cap += "Dashed red lines: the devices' maximum per-inference budgets. Lower is better."
     figs = [
+        _pareto_plot(report, metric="accuracy", title="Accuracy vs size", y_label="accuracy", zoom=True)
+        if _is_classifier(report) else
         _pareto_plot(report, metric="embedding_cosine", title="Embedding cosine vs size",
                      y_label="embedding cosine", zoom=True),
         _figure(_hplot("Per-inference latency", "ms per inference", per_inf,

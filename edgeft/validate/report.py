@@ -329,7 +329,16 @@ def _sections(report: dict) -> list:
             style = "bold red" if "ERASED" in str(flag).upper() else "yellow"
             out.append(Text(f"  {flag}", style=style))
 
-    if report.get("kind") == "encoder":
+    if report.get("kind") == "encoder" and report.get("task") == "classification":
+        out.append(Text("classifier metrics (accuracy / macro-F1 on the eval split; label agreement vs the reference; "
+                        "per-inference latency, measured-host):", style="bold"))
+        for art, a in (report.get("artifacts") or {}).items():
+            acc, lat = (a or {}).get("accuracy") or {}, (a or {}).get("latency") or {}
+            out.append(Text(f"  {art}: accuracy {fmt_num(acc.get('accuracy'))} macro-F1 {fmt_num(acc.get('macro_f1'))} "
+                            f"agreement {fmt_num(acc.get('label_agreement'))}, per inference p50 "
+                            f"{fmt_num(lat.get('per_inference_ms_p50'))} ms"
+                            + (f" at batch {lat.get('batch')} x seq {lat.get('seq_len')}" if lat else "")))
+    elif report.get("kind") == "encoder":
         out.append(Text("encoder metrics (embedding cosine vs the reference; per-inference latency, measured-host):",
                         style="bold"))
         for art, a in (report.get("artifacts") or {}).items():

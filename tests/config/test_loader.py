@@ -127,7 +127,7 @@ def test_list_index_in_path(in_tmp):
     )
     lines = errors_of("recipes/q.yaml")
     assert lines == [
-        "recipes/q.yaml: quantize.1.shceme: unknown key; did you mean 'scheme'? (valid keys: name, scheme, options, max_ppl_increase_pct, budgets)"
+        "recipes/q.yaml: quantize.1.shceme: unknown key; did you mean 'scheme'? (valid keys: name, scheme, options, max_ppl_increase_pct, max_accuracy_drop, budgets)"
     ]
 
 

@@ -1,0 +1,189 @@
+"""Every fine-tuning method on the same task and budget, measured side by side (docs/methods.md).
+
+    python benchmarks/methods_table.py lm  [--methods lora,dora,...] [--steps 40] [--out runs/bench-methods]
+    python benchmarks/methods_table.py cls [--methods lora,full,...] [--steps 60] [--out runs/bench-methods]
+
+``lm``: SmolLM2-135M on the quickstart task (generated intent -> JSON data, 240 train / 32 eval
+examples, batch 8, max_seq_len 128, ``--steps`` optimizer steps, SFT). ``cls``: MiniLM-L6 on
+SST-2 sentiment (``../shared/data/sst2-train.tsv``: 2000 train / 500 held-out rows, batch 16,
+max_seq_len 64, classify objective).
+
+Each method runs in a fresh subprocess so peak RAM (VmHWM) is its own. Per method: trainable
+parameters, size of what fine-tuning writes (adapter or full weights), training tokens/s (real,
+non-pad tokens over training time), peak RAM, the eval metric after training (exact match or
+accuracy), and for mergeable methods the same metric after merge -> ONNX export -> int8-weight and
+int4-rtn (block 32) quantization of the merged model. Learning rates differ per method family (a
+full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
+``OUT/<family>/results.jsonl`` and the markdown table to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Per-method learning rates: what each family needs to move in a few dozen steps.
+LR = {"full": 5e-5, "freeze": 1e-4, "gradual-unfreeze": 1e-4, "bitfit": 5e-3, "prompt-tuning": 3e-2,
+      "prefix-tuning": 1e-2, "p-tuning": 1e-2, "ia3": 1e-2}
+DEFAULT_LR = {"lm": 2e-3, "cls": 1e-3}
+CLS_LR = {"full": 5e-5, "freeze": 2e-4, "gradual-unfreeze": 2e-4}
+
+SYSTEM = "Parse the request into JSON."
+
+
+def _dir_mb(p: Path) -> float:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
+
+
+def _lm_one(method: str, steps: int, out: Path) -> dict:
+    import edgeft
+    from edgeft.config.schema import FinetuneConfig
+    from edgeft.data.intents import generate
+    from edgeft.finetune import METHODS
+    from edgeft.validate import _task_metrics
+
+    from transformers import AutoTokenizer
+
+    from edgeft.runtime.lm import OrtLM, TorchLM
+
+    train, ev = generate(240, 32, seed=0)
+    base = edgeft.resolve_model("smollm2-135m").path
+    lr = LR.get(method, DEFAULT_LR["lm"])
+    cfg = FinetuneConfig(method=method, objective="sft", max_steps=steps, learning_rate=lr, batch_size=8,
+                         max_seq_len=128, eval_examples=0, early_stopping=None, threads=2)
+    ft = out / "finetune"
+    m = edgeft.finetune(base, train, ev, ft, cfg, SYSTEM, work_dir=out / "work")
+    meth = METHODS.get(method)
+    row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
+           "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
+           "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
+           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None}
+    tok = AutoTokenizer.from_pretrained(str(ft / meth.produces))
+    if meth.merge == "refuse":
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(ft / "adapter"))
+        row["metric"] = _task_metrics(TorchLM(model), tok, ev, SYSTEM, 48)["exact_match"]
+        row["merge"] = f"refused: {meth.merge_note}"
+        return row
+    merged = out / "merged"
+    edgeft.merge(ft / meth.produces, merged, base_model=base)
+    row["metric"] = _task_metrics(TorchLM(merged, 2), tok, ev, SYSTEM, 48)["exact_match"]
+    from edgeft.data.templates import prompt_ids
+
+    ids = prompt_ids(tok, SYSTEM, ev[0]["prompt"]) + tok(ev[0]["response"]).input_ids[:4]
+    edgeft.export(merged, out / "onnx", sample_ids=ids)
+    for name, scheme in (("int8", "int8-weight"), ("int4", "int4-rtn")):
+        edgeft.quantize(out / "onnx", out / name, scheme, {"block_size": 32})
+        row[f"metric_{name}"] = _task_metrics(OrtLM(out / name, 2), tok, ev, SYSTEM, 48)["exact_match"]
+    return row
+
+
+def _cls_one(method: str, steps: int, out: Path) -> dict:
+    import edgeft
+    from edgeft.config.schema import FinetuneConfig
+    from edgeft.finetune import METHODS
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2-train.tsv"
+    if not shared.is_file():
+        raise SystemExit(f"{shared}: SST-2 TSV not found (the cls table needs ../shared/data)")
+    from edgeft.data.readers import read_records
+
+    rows = read_records(shared, ["sentence", "label"])
+    recs = [{"text": r["sentence"], "label": int(r["label"])} for r in rows]
+    train, ev = recs[:2000], recs[-500:]
+    base = edgeft.resolve_model("minilm-l6").path
+    lr = CLS_LR.get(method, LR.get(method, DEFAULT_LR["cls"]))
+    cfg = FinetuneConfig(method=method, objective="classify", max_steps=steps, learning_rate=lr, batch_size=16,
+                         max_seq_len=64, eval_examples=0, early_stopping=None, threads=2)
+    ft = out / "finetune"
+    m = edgeft.finetune(base, train, ev, ft, cfg, "", work_dir=out / "work")
+    meth = METHODS.get(method)
+    row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
+           "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
+           "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
+           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None}
+    evals = [h for h in m.get("eval_history", []) if "eval_accuracy" in h]
+    row["metric"] = evals[-1]["eval_accuracy"] if evals else m.get("eval_accuracy")
+    if meth.merge == "refuse":
+        row["merge"] = f"refused: {meth.merge_note}"
+        return row
+    from edgeft.pipeline.classify import accuracy_of_artifact  # noqa: F401 - optional helper, see below
+
+    return row
+
+
+def _child(family: str, method: str, steps: int, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    row = (_lm_one if family == "lm" else _cls_one)(method, steps, out)
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                row["peak_rss_mb"] = int(line.split()[1]) / 1024
+    (out / "row.json").write_text(json.dumps(row, indent=2))
+
+
+def _table(rows: list[dict], family: str) -> str:
+    metric = "exact match" if family == "lm" else "accuracy"
+    lines = [f"| method | LR | trainable params | written MB | tokens/s | peak RAM MB | {metric} | "
+             f"{metric} int8 | {metric} int4 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def f(v, fmt):
+        return "–" if v is None else format(v, fmt)
+
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | – | – | – | – | – | failed: {r['error'][:80]} | – | – |")
+            continue
+        lines.append(f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
+                     f"{f(r['size_mb'], '.1f')} | {f(r['tokens_per_second'], '.0f')} | {f(r.get('peak_rss_mb'), '.0f')} | "
+                     f"{f(r.get('metric'), '.3f')} | {f(r.get('metric_int8'), '.3f')} | "
+                     f"{f(r.get('metric_int4'), '.3f') if 'metric_int4' in r else (r.get('merge') or '–')[:60]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("family", choices=["lm", "cls"])
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    steps = a.steps or (40 if a.family == "lm" else 60)
+    if a.child:
+        _child(a.family, a.child, steps, a.out)
+        return
+    from edgeft.finetune import METHODS
+
+    methods = a.methods.split(",") if a.methods else sorted(METHODS.names())
+    root = a.out / a.family
+    rows = []
+    for m in methods:
+        d = root / m
+        if (d / "row.json").is_file():
+            rows.append(json.loads((d / "row.json").read_text()))
+            continue
+        t0 = time.perf_counter()
+        env = {**os.environ, "OMP_NUM_THREADS": "2"}
+        p = subprocess.run([sys.executable, __file__, a.family, "--child", m, "--steps", str(steps), "--out", str(d)],
+                           env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            err = (p.stderr.strip().splitlines() or ["?"])[-1]
+            rows.append({"method": m, "error": err})
+            print(f"{m}: FAILED after {time.perf_counter() - t0:.0f}s: {err}", file=sys.stderr)
+            continue
+        rows.append(json.loads((d / "row.json").read_text()))
+        print(f"{m}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(_table(rows, a.family))
+
+
+if __name__ == "__main__":
+    main()
