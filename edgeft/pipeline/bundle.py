@@ -41,9 +41,10 @@ def package_run(pipeline, out_dir: Path):
     files: dict[str, Path] = {}
     for name in ship:
         src = Path(report["artifacts"][name]["path"])
-        for f in sorted(src.iterdir()):
-            if f.is_file() and (f.suffix == ".onnx" or "onnx_data" in f.name or f.name.endswith("report.json")):
-                files[f"artifacts/{name}/{f.name}"] = f
+        # An artifact is a file (GGUF) or a self-contained folder: ship every file in it (graph + external
+        # data, genai_config.json, TorchScript .pt, safetensors + config, tokenizer, stage reports).
+        for f in [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file()):
+            files[f"artifacts/{name}/{f.name}"] = f
     merged = run.stage_dir("merge")
     for f in TOKENIZER_FILES:
         if (merged / f).is_file():
