@@ -97,22 +97,23 @@ class OrtLM(CausalLM):
     present KV is the past plus the new token, a new tensor each step) and onnxruntime-genai's
     model builder (GroupQueryAttention, whose past and present may share one buffer).
 
-    ``io_binding=True`` (default) is the fast path: inputs and outputs are bound to buffers that
-    live for the whole generation. For GroupQueryAttention graphs the KV cache is allocated once
-    at its final length and bound as both past and present, so a decode step allocates and copies
-    nothing but the logits row; for optimum graphs the present OrtValues are bound back as the next
-    step's past without a round trip through numpy. ``io_binding=False`` is the plain
-    ``session.run`` loop, kept as the reference the fast path is tested against.
+    ``io_binding=True`` is the bound loop: inputs and outputs are bound to buffers that live for the
+    whole generation. For GroupQueryAttention graphs the KV cache is allocated once at its final
+    length and bound as both past and present, and the token, mask and logits row are pre-bound, so a
+    decode step allocates and copies nothing; for optimum graphs the present OrtValues are bound back
+    as the next step's past without a round trip through numpy. ``io_binding=False`` is the plain
+    ``session.run`` loop, the reference the bound loop is tested against. ``None`` (default) picks
+    what measured faster (docs/benchmarks.md, "Decode speed vs llama.cpp"): bound for
+    GroupQueryAttention graphs (+7%), plain for optimum graphs (the chained OrtValues were ~6% slower).
     """
 
-    def __init__(self, path: Path, threads: int = 1, io_binding: bool = True, spinning: bool | None = None,
+    def __init__(self, path: Path, threads: int = 1, io_binding: bool | None = None, spinning: bool | None = None,
                  opt_level: str = "all") -> None:
         import onnxruntime as ort
 
         self.path = find_onnx(path)
         self.name = str(path)
         self.threads = threads
-        self.io_binding = io_binding
         self.sess = ort.InferenceSession(str(self.path), session_options(threads, spinning, opt_level),
                                          providers=["CPUExecutionProvider"])
         self.inputs = {i.name: i for i in self.sess.get_inputs()}
@@ -134,6 +135,7 @@ class OrtLM(CausalLM):
         self.kv_dtype = _KV_DTYPES.get(first.type, np.float32) if first else np.float32
         self.has_pos = "position_ids" in self.inputs
         self.shared_kv = bool(self.past_names) and _has_shared_kv_attention(self.path)
+        self.io_binding = self.shared_kv if io_binding is None else io_binding
         self.vocab = self.sess.get_outputs()[self.output_names.index("logits")].shape[-1]
 
     def _head_dim_from_config(self) -> int:
