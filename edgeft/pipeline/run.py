@@ -94,7 +94,10 @@ class Pipeline:
             "merge": r.merge.model_dump(),
             "export": r.export.model_dump(),
             "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump()],
-            "validate": v.model_dump(),
+            # per-artifact budgets live on the quantize specs; they change the verdict, so they key validate
+            "validate": {**v.model_dump(), **({"artifact_budgets": {q.name: q.budgets.model_dump() for q in r.quantize
+                                                                  if q.budgets is not None}}
+                                              if any(q.budgets is not None for q in r.quantize) else {})},
             "package": {**r.package.model_dump(), "name": r.name, "version": r.version},
         }[stage]
 
