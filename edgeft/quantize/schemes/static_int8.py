@@ -317,7 +317,13 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
 
             t = time.perf_counter()
             src = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(in_onnx), str(src), save_as_external_data=large)
+            try:
+                quant_pre_process(str(in_onnx), str(src), save_as_external_data=large)
+            except Exception as e:  # noqa: BLE001 - ORT raises a bare Exception (e.g. unknown op in shape inference)
+                from edgeft.errors import ConfigError
+
+                raise ConfigError(f"int8-static: {in_onnx}: ORT's quant_pre_process failed ({e}); set the scheme "
+                                  "option preprocess: false") from e
             timings["preprocess_seconds"] = time.perf_counter() - t
         excluded, auto_excluded = list(nodes_to_exclude), {}
         for name, why in _auto_exclusions(src, op_types_to_quantize, weight_matmuls_only).items():
