@@ -320,8 +320,6 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
             try:
                 quant_pre_process(str(in_onnx), str(src), save_as_external_data=large)
             except Exception as e:  # noqa: BLE001 - ORT raises a bare Exception (e.g. unknown op in shape inference)
-                from edgeft.errors import ConfigError
-
                 raise ConfigError(f"int8-static: {in_onnx}: ORT's quant_pre_process failed ({e}); set the scheme "
                                   "option preprocess: false") from e
             timings["preprocess_seconds"] = time.perf_counter() - t
