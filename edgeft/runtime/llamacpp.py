@@ -9,7 +9,6 @@ weights are memory-mapped once and shared).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -68,24 +67,15 @@ class LlamaCppLM(CausalLM):
         return np.array(self._scorer.scores[:len(ids)], dtype=np.float32)
 
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
-        out: list[int] = []
-        steps: list[float] = []
+        from edgeft.runtime.lm import greedy_decode
+
         self.llm.reset()
-        t0 = time.perf_counter()
-        self.llm.eval([int(t) for t in prompt])
-        nxt = int(self._last_row().argmax())
-        ttft = time.perf_counter() - t0
-        while True:
-            if eos is not None and nxt in eos:
-                break
-            out.append(nxt)
-            if len(out) >= new_tokens:
-                break
-            t = time.perf_counter()
-            self.llm.eval([nxt])
-            nxt = int(self._last_row().argmax())
-            steps.append(time.perf_counter() - t)
-        return out, ttft, steps
+
+        def feed(tokens: list[int]) -> np.ndarray:
+            self.llm.eval(tokens)
+            return self._last_row()
+
+        return greedy_decode(lambda: feed([int(t) for t in prompt]), lambda token: feed([token]), new_tokens, eos)
 
     def generate(self, prompts, max_new_tokens, eos_ids):
         eos = set(int(e) for e in eos_ids)

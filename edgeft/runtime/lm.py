@@ -9,13 +9,33 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgeft.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
+
+
+def greedy_decode(prefill: Callable[[], np.ndarray], step: Callable[[int], np.ndarray], new_tokens: int,
+                  eos: set[int] | None) -> tuple[list[int], float, list[float]]:
+    """The greedy loop every runtime shares: ``prefill()`` returns the logits row after the prompt (timed
+    as time to first token), ``step(token)`` feeds one token and returns the next logits row (each timed).
+    Stops at an eos id or after ``new_tokens`` tokens; returns (tokens, ttft_s, per-step seconds)."""
+    out: list[int] = []
+    steps: list[float] = []
+    t0 = time.perf_counter()
+    nxt = int(prefill().argmax())
+    ttft = time.perf_counter() - t0
+    while eos is None or nxt not in eos:
+        out.append(nxt)
+        if len(out) >= new_tokens:
+            break
+        t = time.perf_counter()
+        nxt = int(step(nxt).argmax())
+        steps.append(time.perf_counter() - t)
+    return out, ttft, steps
 
 
 class CausalLM:
@@ -181,40 +201,25 @@ class OrtLM(CausalLM):
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         """Greedy decode of one prompt; returns (tokens, ttft_s, per-step seconds)."""
         ids = np.asarray(prompt, np.int64)[None, :]
-        steps: list[float] = []
-        out: list[int] = []
         if not self.io_binding:
-            mask = np.ones_like(ids)
-            t0 = time.perf_counter()
-            logits, past = self.step(ids, mask, self._empty_past(1))
-            nxt = int(logits[0, -1].argmax())
-            ttft = time.perf_counter() - t0
-            while True:
-                if eos is not None and nxt in eos:
-                    break
-                out.append(nxt)
-                if len(out) >= new_tokens:
-                    break
-                mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-                t = time.perf_counter()
-                logits, past = self.step(np.asarray([[nxt]], np.int64), mask, past)
-                nxt = int(logits[0, -1].argmax())
-                steps.append(time.perf_counter() - t)
-            return out, ttft, steps
-        t0 = time.perf_counter()
-        dec = self._bound(ids, ids.shape[1] + new_tokens)
-        nxt = int(dec.prefill().argmax())
-        ttft = time.perf_counter() - t0
-        while True:
-            if eos is not None and nxt in eos:
-                break
-            out.append(nxt)
-            if len(out) >= new_tokens:
-                break
-            t = time.perf_counter()
-            nxt = int(dec.next(nxt).argmax())
-            steps.append(time.perf_counter() - t)
-        return out, ttft, steps
+            state = {"mask": np.ones_like(ids), "past": self._empty_past(1)}
+
+            def run(tokens: np.ndarray) -> np.ndarray:
+                logits, state["past"] = self.step(tokens, state["mask"], state["past"])
+                return logits[0, -1]
+
+            def step(token: int) -> np.ndarray:
+                state["mask"] = np.concatenate([state["mask"], np.ones((1, 1), np.int64)], axis=1)
+                return run(np.asarray([[token]], np.int64))
+
+            return greedy_decode(lambda: run(ids), step, new_tokens, eos)
+        bound = {}
+
+        def prefill() -> np.ndarray:
+            bound["dec"] = self._bound(ids, ids.shape[1] + new_tokens)
+            return bound["dec"].prefill()
+
+        return greedy_decode(prefill, lambda token: bound["dec"].next(token), new_tokens, eos)
 
     # ------------------------------------------------------------------ CausalLM
     def logits(self, input_ids: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ starts again at position 0.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -82,25 +81,18 @@ class TorchScriptLM(CausalLM):
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         import torch
 
+        from edgeft.runtime.lm import greedy_decode
+
         self._check_len(len(prompt) + new_tokens)
-        out: list[int] = []
-        steps: list[float] = []
+        pos = [len(prompt)]
+
+        def step(token: int):
+            row = self._step(token, pos[0])[0, -1]
+            pos[0] += 1
+            return row
+
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            nxt = int(self._prefill(prompt)[0, -1].argmax())
-            ttft = time.perf_counter() - t0
-            pos = len(prompt)
-            while True:
-                if eos is not None and nxt in eos:
-                    break
-                out.append(nxt)
-                if len(out) >= new_tokens:
-                    break
-                t = time.perf_counter()
-                nxt = int(self._step(nxt, pos)[0, -1].argmax())
-                steps.append(time.perf_counter() - t)
-                pos += 1
-        return out, ttft, steps
+            return greedy_decode(lambda: self._prefill(prompt)[0, -1], step, new_tokens, eos)
 
     def logits(self, input_ids):
         import torch
