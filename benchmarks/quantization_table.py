@@ -51,12 +51,10 @@ ROWS = [  # (name, scheme, options, goal class)
     ("int4-gptq b32, head+emb int4", "int4-gptq", {"block_size": 32, **HEAD4}, "int4"),
     ("int4-gptq b32 asym act_order, head+emb int8", "int4-gptq",
      {"block_size": 32, "symmetric": False, "act_order": True, **HEAD8}, "int4"),
-    ("auto <=6% (gptq, head+emb int8)", "auto",
-     {"max_ppl_increase_pct": 6.0, "candidates": ["int4/b32", "int8/b32", "fp32"], "sensitivity_windows": 4,
-      "check_windows": 8, **HEAD8}, "int4"),
-    ("auto <=6%, <=0.2x (gptq asym act_order, head+emb int8)", "auto",
-     {"max_ppl_increase_pct": 6.0, "max_size_mb": 107.8, "candidates": ["int4/b32/asym", "int8/b32", "fp32"],
-      "act_order": True, "granularity": "block", "sensitivity_windows": 4, "check_windows": 8, **HEAD8}, "int4"),
+    ("auto <=5% on calibration, <=0.2x (gptq asym act_order, b32>b16>int8, head+emb int8)", "auto",
+     {"max_ppl_increase_pct": 5.0, "max_size_mb": 107.8,
+      "candidates": ["int4/b32/asym", "int4/b16/asym", "int8/b32", "fp32"], "act_order": True,
+      "granularity": "block", "sensitivity_windows": 4, "check_windows": 8, **HEAD8}, "int4"),
 ]
 
 

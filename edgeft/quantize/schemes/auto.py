@@ -3,15 +3,18 @@
 1. Candidates: a precision ladder per MatMul, most aggressive first (default int4/b32 →
    int4/b16 → int8/b32 → fp32). int4 rungs use GPTQ (``algo: gptq``) or RTN.
 2. Sensitivity: on ``sensitivity_windows`` calibration windows, quantize one group of MatMuls at a
-   time (a decoder layer's attention or MLP with ``granularity: block``, or each MatMul) to the
-   first rung and measure KL and perplexity change vs fp32. One ONNX Runtime session serves every
+   time (a decoder layer's attention or MLP with ``granularity: block``, or each MatMul) to each
+   quantized rung and measure KL and perplexity change vs fp32. One ONNX Runtime session serves every
    measurement: the weights are overridable initializers and each trial feeds the dequantized
    weights of its group (what MatMulNBits multiplies by), so no model is rebuilt per trial.
-3. Search: start with every group on the first rung; while the budget fails on the
-   ``check_windows`` (further calibration windows, disjoint from the sensitivity ones), move the
-   most sensitive groups up one rung — a binary search for the fewest groups per rung.
+   Every quantized rung is measured, so the search knows what each fallback buys.
+3. Search: an upgrade path from every group on the first rung: each step moves the one group
+   whose next rung buys the most KL per added byte (a greedy multiple-choice knapsack), so each
+   prefix is the smallest plan found for its error. A binary search along the path (cut where the
+   predicted size passes ``max_size_mb``) finds the first plan meeting the budget on the
+   ``check_windows`` (further calibration windows, disjoint from the sensitivity ones).
 4. Build the real MatMulNBits artifact from the plan and re-check the budget on it (MatMulNBits
-   with ``accuracy_level`` 4 also rounds activations); promote further if it fails.
+   with ``accuracy_level`` 4 also rounds activations); walk further along the path if it fails.
 
 Budgets: ``max_ppl_increase_pct`` (on the check windows, vs the fp32 input), optional ``max_kl``
 (mean KL per token vs the input's logits), ``max_size_mb`` (the artifact; checked on the real
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -92,6 +96,16 @@ def group_of(node_name: str, granularity: str) -> str:
     return "/".join(parts[:-2]) if len(parts) > 3 else node_name
 
 
+def weight_bytes(shape: tuple[int, int], wq: mnb.WeightQuant | None) -> int:
+    """Bytes a [K, N] weight takes as a MatMulNBits (packed codes, fp32 scales, packed zero points) or fp32."""
+    k, n = shape
+    if wq is None:
+        return 4 * k * n
+    kb = -(-k // wq.block_size)
+    zp = 0 if wq.symmetric else n * -(-kb * wq.bits // 8)
+    return n * kb * wq.block_size * wq.bits // 8 + 4 * n * kb + zp
+
+
 class _Overriding:
     """An InferenceSession proxy that adds weight feeds (overridable initializers) to every run."""
 
@@ -136,6 +150,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
 
     t_start = time.perf_counter()
     ladder = [parse_candidate(c, bool(symmetric)) for c in candidates]
+    labels = [("fp32" if wq is None else wq.label()) for wq in ladder]
     if not ladder:
         raise ConfigError("auto: candidates is empty; give a ladder such as [int4/b32, int8/b32, fp32]")
     if algo not in ("gptq", "rtn"):
@@ -167,7 +182,8 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
     # Codes per (node, rung), computed once (GPTQ uses all calibration windows' activations).
     stats = {}
     if algo == "gptq" and any(wq and wq.bits == 4 for wq in ladder):
-        stats = gq.capture_hessians(model, [mats[n][0].input[0] for n in mats], wins_all)
+        stats = gq.capture_hessians(model, [mats[n][0].input[0] for n in mats], wins_all,
+                                    config_dir=Path(in_onnx).parent)
     codes: dict[tuple[str, int], tuple] = {}
 
     def code(name: str, lvl: int):
@@ -196,6 +212,10 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
             sim.graph.input.append(helper.make_tensor_value_info(init_of[name], onnx.TensorProto.FLOAT, list(w.shape)))
         sim_path = Path(tmp) / "sim.onnx"
         mnb.save_model(sim, sim_path)
+        sim_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        for cfg in ("genai_config.json", "config.json"):  # the KV head size, where the graph leaves it symbolic
+            if (Path(in_onnx).parent / cfg).is_file():
+                shutil.copy2(Path(in_onnx).parent / cfg, Path(tmp) / cfg)
         del sim
         ref = OrtLM(in_onnx, 2)
         ref_sens = [ref.logits(w) for w in sens_wins]
@@ -214,65 +234,95 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
             proxy.weights = {init_of[n]: deq(n, lvl) for g, lvl in plan.items() for n in groups[g]
                              if ladder[lvl] is not None}
 
-        # 2. sensitivity of each group on the first rung, the rest fp32 (plus head/embedding options)
+        # 2. sensitivity: each group alone on each quantized rung, the rest fp32 (plus the
+        # head/embedding options); KL increase over that base, which sums well across groups.
         t0 = time.perf_counter()
         feed({})
         base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-        sensitivity = {}
+        sensitivity: dict[str, dict] = {}
+        kl_at: dict[str, list[float]] = {}
         for g in groups:
-            feed({g: 0})
-            m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-            sensitivity[g] = {"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
-                              - base["perplexity_increase_pct"]}
+            kl_at[g] = []
+            sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
+            for lvl, wq in enumerate(ladder):
+                if wq is None:
+                    kl_at[g].append(0.0)
+                    continue
+                feed({g: lvl})
+                m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+                kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
+                if lvl == 0:
+                    sensitivity[g] = {"kl": m["kl"] - base["kl"],
+                                      "ppl_increase_pct": m["perplexity_increase_pct"] - base["perplexity_increase_pct"]}
+            sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
         t_sens = time.perf_counter() - t0
         order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
 
-        # 3. search on the simulation: stage s moves the k most sensitive groups from rung s-1 to s
-        def plan_for(stage: int, k: int) -> dict[str, int]:
-            floor = max(stage - 1, 0)
-            return {g: (stage if i < k else floor) for i, g in enumerate(order)}
+        # 3. the upgrade path: from every group on the first rung, repeatedly move the one group whose
+        # next rung buys the most KL per added byte (a greedy multiple-choice knapsack), so every
+        # prefix is the cheapest plan found for its error; sizes grow along the path.
+        size_of = {g: [sum(weight_bytes(weights[n].shape, wq) for n in groups[g]) for wq in ladder] for g in groups}
+        # the all-first-rung artifact's size: the simulation file (head/embedding options applied,
+        # target weights fp32) with the target weights swapped for their first-rung packing
+        size0 = sim_bytes - sum(4 * w.size for w in weights.values()) + sum(size_of[g][0] for g in groups)
+        path = [{g: 0 for g in groups}]
+        while True:
+            cur, pick = path[-1], None
+            for g in groups:
+                for lvl in range(cur[g] + 1, len(ladder)):
+                    gain = kl_at[g][cur[g]] - kl_at[g][lvl]
+                    if gain <= 0:
+                        continue
+                    eff = gain / max(size_of[g][lvl] - size_of[g][cur[g]], 1)
+                    if pick is None or eff > pick[0]:
+                        pick = (eff, g, lvl)
+            if pick is None:
+                break
+            path.append({**cur, pick[1]: pick[2]})
 
+        def predicted_mb(i: int) -> float:
+            return (size0 + sum(size_of[g][lvl] - size_of[g][0] for g, lvl in path[i].items())) / 1e6
+
+        last = len(path) - 1
+        if max_size_mb is not None:
+            while last > 0 and predicted_mb(last) > float(max_size_mb):
+                last -= 1
         search = []
 
-        def check(stage: int, k: int) -> tuple[bool, dict]:
-            plan = plan_for(stage, k)
-            feed(plan)
+        def check(i: int) -> bool:
+            feed(path[i])
             m = _score(lm, ref_check, check_wins, ppl_ref_check, task_metric, task_ref)
             ok = _meets(m, max_ppl, max_kl, max_task_drop)
-            search.append({"stage": stage, "fallback_groups": k, "simulated": True, "meets_budget": ok,
+            search.append({"step": i, "upgraded_groups": sum(1 for v in path[i].values() if v), "simulated": True,
+                           "predicted_size_mb": predicted_mb(i), "meets_budget": ok,
                            **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
                               if key in m}})
-            return ok, m
+            return ok
 
+        # binary search on the path (within the size budget) for the first plan meeting the budget
         t0 = time.perf_counter()
-        stage, k, found = 0, 0, False
-        ok, _ = check(0, 0)
-        if ok:
-            found = True
-        else:
-            for stage in range(1, len(ladder)):
-                ok, _ = check(stage, len(order))
-                if not ok:
-                    continue
-                lo, hi = 0, len(order)  # plan(stage, lo) fails, plan(stage, hi) passes
+        found = check(0)
+        i = 0
+        if not found:
+            if last > 0 and check(last):
+                lo, hi = 0, last  # path[lo] fails, path[hi] passes
                 while hi - lo > 1:
                     mid = (lo + hi) // 2
-                    if check(stage, mid)[0]:
+                    if check(mid):
                         hi = mid
                     else:
                         lo = mid
-                k, found = hi, True
-                break
+                i, found = hi, True
             else:
-                stage, k = len(ladder) - 1, len(order)
+                i = last
         t_search = time.perf_counter() - t0
         del lm, proxy
 
-        # 4. the real artifact, re-checked; promote further while it misses the budget
+        # 4. the real artifact, re-checked; walk further along the path while it misses the budget
         best = None
-        step = max(1, len(order) // 16)
+        step = max(1, len(path) // 16)
         while True:
-            plan = plan_for(stage, k)
+            plan = path[i]
             real = onnx.ModelProto()
             real.CopyFrom(model)
             node_plan = {n: ladder[lvl] for g, lvl in plan.items() for n in groups[g] if ladder[lvl] is not None}
@@ -289,34 +339,24 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
             m["size_mb"] = Path(out_onnx).stat().st_size / 1e6
             ok = _meets(m, max_ppl, max_kl, max_task_drop)
             over_size = max_size_mb is not None and m["size_mb"] > float(max_size_mb)
-            search.append({"stage": stage, "fallback_groups": k, "simulated": False, "meets_budget": ok,
-                           "size_mb": m["size_mb"],
+            search.append({"step": i, "upgraded_groups": sum(1 for v in plan.values() if v), "simulated": False,
+                           "predicted_size_mb": predicted_mb(i), "size_mb": m["size_mb"], "meets_budget": ok,
                            **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
                               if key in m}})
             if not over_size and (best is None or m["perplexity_increase_pct"] < best[1]["perplexity_increase_pct"]):
                 best = (dict(plan), m)
-            if over_size:  # every further fallback is larger still
+            if over_size:  # every further step is larger still
                 ok = False
                 if best is None:
                     best = (dict(plan), m)
                 break
-            if ok:
+            if ok or i >= last:
                 break
-            if stage == len(ladder) - 1 and k >= len(order):
-                break
-            if stage == 0:
-                stage, k = 1, 0
-            k += step
-            if k > len(order):
-                if stage == len(ladder) - 1:
-                    k = len(order)
-                else:
-                    stage, k = stage + 1, step
+            i = min(i + step, last)
     budget = {"max_ppl_increase_pct": max_ppl, "max_kl": max_kl, "max_task_drop": max_task_drop,
               "max_size_mb": max_size_mb,
               "checked_on": f"{len(check_wins)} calibration windows ({int(sum(len(w) for w in check_wins))} tokens) "
                             "after the sensitivity ones"}
-    labels = [("fp32" if wq is None else wq.label()) for wq in ladder]
     reached = {k2: m[k2] for k2 in ("perplexity", "perplexity_increase_pct", "kl", "top1_agreement", "task",
                                     "task_drop", "size_mb") if k2 in m}
     reached["reference_perplexity"] = ppl_ref_check
@@ -341,7 +381,8 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
         "precision_counts": {lbl: list(layer_plan.values()).count(lbl) for lbl in labels},
         "groups": {g: {"precision": labels[plan[g]], "sensitivity_rank": order.index(g) + 1, **sensitivity[g],
                        "matmuls": groups[g]} for g in order},
-        "layers": layer_plan, "search": search, **he, **counts,
+        "layers": layer_plan, "search": search, "path_steps": len(path),
+        "predicted_size_mb": predicted_mb(path.index(plan)) if plan in path else None, **he, **counts,
         "sensitivity_windows": len(sens_wins), "check_windows": len(check_wins),
         "seconds": {"sensitivity": t_sens, "search": t_search, "total": time.perf_counter() - t_start},
     }
