@@ -88,7 +88,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
         src = find_onnx(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in in_dir.iterdir() if sch.input_format == "onnx" else ():  # tokenizer, config, chat template
-        if f.is_file() and f.suffix not in (".onnx",) and "onnx_data" not in f.name and not f.name.endswith("report.json"):
+        if (f.is_file() and f.suffix != ".onnx" and "onnx_data" not in f.name and not f.name.endswith(".onnx.data")
+                and not f.name.endswith("report.json")):
             shutil.copy2(f, out_dir / f.name)
     dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()

@@ -110,6 +110,25 @@ def _has_shared_kv_attention(path: Path) -> bool:
     return any(n.op_type == "GroupQueryAttention" for n in model.graph.node)
 
 
+def head_dim_from_config(folder: Path, graph: Path) -> int:
+    """KV head size from the config files beside a graph whose KV inputs leave it symbolic."""
+    import json
+
+    for name in ("genai_config.json", "config.json"):
+        f = Path(folder) / name
+        if f.is_file():
+            cfg = json.loads(f.read_text())
+            dec = cfg.get("model", {}).get("decoder", {})
+            if "head_size" in dec:
+                return int(dec["head_size"])
+            if "head_dim" in cfg:
+                return int(cfg["head_dim"])
+            if "hidden_size" in cfg and "num_attention_heads" in cfg:
+                return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
+    raise ModelSourceError(f"{graph}: KV head size is symbolic and no config.json/genai_config.json "
+                           "next to the graph says it; keep the config files with the model")
+
+
 class OrtLM(CausalLM):
     """A decoder graph with KV cache: input_ids, attention_mask, [position_ids], past_key_values.N.key/value.
 
@@ -151,29 +170,12 @@ class OrtLM(CausalLM):
         self.kv_heads = first.shape[1] if first else 0
         self.head_dim = first.shape[3] if first else 0
         if first is not None and not isinstance(self.head_dim, int):
-            self.head_dim = self._head_dim_from_config()
+            self.head_dim = head_dim_from_config(self.path.parent, self.path)
         self.kv_dtype = _KV_DTYPES.get(first.type, np.float32) if first else np.float32
         self.has_pos = "position_ids" in self.inputs
         self.shared_kv = bool(self.past_names) and _has_shared_kv_attention(self.path)
         self.io_binding = self.shared_kv if io_binding is None else io_binding
         self.vocab = self.sess.get_outputs()[self.output_names.index("logits")].shape[-1]
-
-    def _head_dim_from_config(self) -> int:
-        import json
-
-        for name in ("genai_config.json", "config.json"):
-            f = self.path.parent / name
-            if f.is_file():
-                cfg = json.loads(f.read_text())
-                dec = cfg.get("model", {}).get("decoder", {})
-                if "head_size" in dec:
-                    return int(dec["head_size"])
-                if "head_dim" in cfg:
-                    return int(cfg["head_dim"])
-                if "hidden_size" in cfg and "num_attention_heads" in cfg:
-                    return int(cfg["hidden_size"]) // int(cfg["num_attention_heads"])
-        raise ModelSourceError(f"{self.path}: KV head size is symbolic and no config.json/genai_config.json "
-                               "next to the graph says it; keep the config files with the model")
 
     # ------------------------------------------------------------------ plain loop (reference)
     def _empty_past(self, batch: int) -> dict[str, np.ndarray]:

@@ -103,3 +103,34 @@ def test_preset_and_pipeline_artifact(tmp_path):
     assert p.format == "genai" and p.options["precision"] == "int4"
     art = _extra_artifact("genai-int4", p, tmp_path)
     assert art.format == "onnx" and art.precision == "int4"
+
+
+@pytest.mark.parametrize("scheme,opts", [
+    ("int4-gptq", {"block_size": 32, "symmetric": False, "lm_head": "int8", "embeddings": "int8"}),
+    ("auto", {"max_ppl_increase_pct": 50.0, "candidates": ["int4/b32", "int8/b32", "fp32"], "sensitivity_windows": 2,
+              "check_windows": 2, "lm_head": "int8", "embeddings": "int8"}),
+])
+def test_calibrated_schemes_on_the_builder_graph(genai_fp32, tmp_path, scheme, opts):
+    """edgeft's GPTQ / auto quantize the builder's fp32 graph (fused qkv, GroupQueryAttention, the
+    tied [H, V] head read through a Transpose for the embedding); both runtimes run the result."""
+    import onnx
+
+    from edgeft.quantize import quantize
+    from edgeft.runtime.genai import GenaiLM
+    from edgeft.runtime.lm import OrtLM
+
+    src, _ = genai_fp32
+    calib = [list(range(3 + 7 * i, 67 + 7 * i)) for i in range(4)]
+    out = tmp_path / scheme
+    rep = quantize(src, out, scheme, opts, calibration_ids=calib, quality_ids=[np.asarray(w) for w in WINDOWS])
+    assert (out / "genai_config.json").is_file() and not (out / "model.onnx.data").exists()
+    g = onnx.load(str(out / "model.onnx")).graph
+    ops = [n.op_type for n in g.node]
+    assert ops.count("GroupQueryAttention") == 2 and "MatMul" not in ops
+    gathers = [n for n in g.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gathers) == 1 and "Transpose" not in ops  # the embedding reads the head's int8 matrix
+    bits = {n.name: next(a.i for a in n.attribute if a.name == "bits") for n in g.node if n.op_type == "MatMulNBits"}
+    assert bits["/lm_head/MatMul_Q8"] == 8 and len(bits) == 11
+    assert rep["size_ratio"] < 0.5 and rep["top1_agreement"] > 0.8
+    w = np.asarray(WINDOWS[0])
+    np.testing.assert_allclose(GenaiLM(out, 1).logits(w), OrtLM(out, threads=1).logits(w), atol=1e-4, rtol=0)

@@ -62,8 +62,12 @@ OPTIONS = {
 
 
 def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]],
-                     threads: int = 2) -> dict[str, tuple[np.ndarray, int]]:
-    """{tensor: (Σ xxᵀ over all calibration tokens [K, K] float64, token count)} for the named activations."""
+                     threads: int = 2, config_dir: Path | None = None) -> dict[str, tuple[np.ndarray, int]]:
+    """{tensor: (Σ xxᵀ over all calibration tokens [K, K] float64, token count)} for the named activations.
+
+    ``config_dir``: the model's folder, whose config files give the KV head size when the graph
+    leaves it symbolic (onnxruntime-genai graphs).
+    """
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -85,7 +89,7 @@ def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Seque
         mnb.save_model(m, path)
         del m
         sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-        reader = WindowReader(path, windows)
+        reader = WindowReader(path, windows, config_dir)
     acc: dict[str, tuple[np.ndarray, int]] = {}
     for w in reader.windows:
         outs = sess.run(names, reader.feeds(w))
@@ -182,7 +186,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], b
     mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
             if name not in set(nodes_to_exclude) and (head is None or name != head.name)}
     t0 = time.perf_counter()
-    stats = capture_hessians(model, [node.input[0] for node, _ in mats.values()], wins)
+    stats = capture_hessians(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent)
     t_capture = time.perf_counter() - t0
     codes, errors = {}, {}
     t0 = time.perf_counter()

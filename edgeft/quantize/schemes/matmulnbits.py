@@ -191,7 +191,8 @@ class HeadEmbed:
     head_weight: str | None = None  # initializer [H, V] (untied) ...
     transpose: object | None = None  # ... or a Transpose node of the embedding (tied)
     gather: object | None = None  # Gather over the embedding initializer
-    embedding: str | None = None  # embedding initializer [V, H]
+    embedding: str | None = None  # embedding initializer [V, H] ...
+    embed_transpose: object | None = None  # ... or [H, V] read through this Transpose (onnxruntime-genai graphs)
     tied: bool = False  # the head multiplies by the embedding's transpose (a Transpose node or an equal copy)
 
 
@@ -205,6 +206,12 @@ def find_head_embed(graph) -> HeadEmbed:
                 and n.input[1] in graph_inputs):
             he.gather, he.embedding = n, n.input[0]
             break
+        src = producers.get(n.input[0]) if n.op_type == "Gather" and n.input[1] in graph_inputs else None
+        if (src is not None and src.op_type == "Transpose" and src.input[0] in inits
+                and len(inits[src.input[0]].dims) == 2):
+            # onnxruntime-genai's builder keeps one [H, V] matrix for a tied head and embeds through its transpose
+            he.gather, he.embedding, he.embed_transpose = n, src.input[0], src
+            break
     outputs = [o.name for o in graph.output]
     logits = "logits" if "logits" in outputs else (outputs[0] if outputs else None)
     node = producers.get(logits)
@@ -217,6 +224,8 @@ def find_head_embed(graph) -> HeadEmbed:
             he.transpose = producers[b]
     if he.transpose is not None:
         he.tied = he.transpose.input[0] == he.embedding
+    elif he.embed_transpose is not None:
+        he.tied = he.head_weight == he.embedding
     elif he.head_weight is not None and he.embedding is not None:
         # torch.onnx writes a tied matrix twice (embedding [V, H] and the head's [H, V] copy): same values
         from onnx import numpy_helper
@@ -342,7 +351,7 @@ def quantize_head_embed(model, lm_head: str, embeddings: str, block_size: int, s
     if emb_bits is not None:
         wq = WeightQuant(emb_bits, block_size, symmetric)
         e = inits[he.embedding]
-        vocab, hidden = e.dims
+        vocab, hidden = e.dims[::-1] if he.embed_transpose is not None else e.dims
         kb = -(-hidden // block_size)
         flat = kb * block_size * emb_bits // 8
         nodes = []
@@ -358,7 +367,8 @@ def quantize_head_embed(model, lm_head: str, embeddings: str, block_size: int, s
             zp_name = f"{base}_zero_points" if head_packed[3] else None
         else:
             arr = numpy_helper.to_array(e).astype(np.float32)
-            packed, scales, zp = ort_rtn_pack(np.ascontiguousarray(arr.T), wq)
+            packed, scales, zp = ort_rtn_pack(np.ascontiguousarray(arr if he.embed_transpose is not None else arr.T),
+                                              wq)
             base = he.embedding + "_gather"
             data = f"{base}_Q{emb_bits}"
             graph.initializer.extend([numpy_helper.from_array(packed.reshape(vocab, flat), data),
@@ -388,8 +398,9 @@ def quantize_head_embed(model, lm_head: str, embeddings: str, block_size: int, s
         new_nodes.extend(replace.get(id(n), [n]))
     del graph.node[:]
     graph.node.extend(new_nodes)
-    if he.transpose is not None and not any(he.transpose.output[0] in n.input for n in graph.node):
-        graph.node.remove(he.transpose)
+    for t in (he.transpose, he.embed_transpose):
+        if t is not None and not any(t.output[0] in n.input for n in graph.node):
+            graph.node.remove(t)
     _ensure_ms_opset(model)
     drop_unused_initializers(graph)
     return info

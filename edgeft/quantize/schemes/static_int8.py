@@ -78,7 +78,7 @@ class WindowReader:
     zeros of shape [1, kv_heads, 0, head_dim] (the two fixed dims read from the input's shape).
     """
 
-    def __init__(self, onnx_path: Path, windows: Sequence[Sequence[int]]) -> None:
+    def __init__(self, onnx_path: Path, windows: Sequence[Sequence[int]], config_dir: Path | None = None) -> None:
         import onnx
         from onnx import helper
 
@@ -97,7 +97,13 @@ class WindowReader:
         # A graph with a fixed sequence length (static shapes) gets windows padded/cut to it, mask 0 on padding.
         ids_dims = self.inputs["input_ids"][1]
         self.fixed_len = ids_dims[1] if len(ids_dims) == 2 and ids_dims[1] else None
-        for name, (_, dims) in self.inputs.items():
+        for name, (dtype, dims) in self.inputs.items():
+            if name.startswith("past_key_values") and len(dims) == 4 and dims[1] is not None and dims[3] is None:
+                # onnxruntime-genai graphs leave the head size symbolic; their configs say it
+                from edgeft.runtime.lm import head_dim_from_config
+
+                dims = [*dims[:3], head_dim_from_config(Path(config_dir or Path(onnx_path).parent), onnx_path)]
+                self.inputs[name] = (dtype, dims)
             if name.startswith("past_key_values") and (len(dims) != 4 or dims[1] is None or dims[3] is None):
                 raise ConfigError(f"{onnx_path}: KV input {name} has shape {dims}; expected "
                                   "[batch, kv_heads, past, head_dim] with fixed kv_heads and head_dim")
