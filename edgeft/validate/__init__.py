@@ -72,6 +72,15 @@ def _add_onnx_info(info: dict, a: Artifact) -> None:
         info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
 
 
+def _add_quant_plan(info: dict, a: Artifact) -> None:
+    """Carry an ``auto`` artifact's per-layer plan summary (quant_plan.json) into the report."""
+    f = Path(a.path) / "quant_plan.json"
+    if f.is_file():
+        plan = json.loads(f.read_text())
+        info["quant_plan"] = {"precision_counts": plan.get("precision_counts"), "budget": plan.get("budget"),
+                              "reached": plan.get("reached"), "file": str(f)}
+
+
 def _device_entry(dev, threads: int, required: bool, results: dict, rep_artifacts: dict) -> dict:
     """A device's report entry: it passes when some shippable artifact passes every gate on it."""
     deployable = [n for n, r in results.items() if r["passed"] and rep_artifacts[n]["role"] == "artifact"]
@@ -181,6 +190,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                 "scheme": a.scheme, "size_bytes": _size_bytes(a), "path": str(a.path), "accuracy": acc,
                 "latency": None, **a.extra}
         _add_onnx_info(info, a)
+        _add_quant_plan(info, a)
         rep_artifacts[a.name] = info
     order = [a.name for a in sorted(artifacts, key=lambda a: {"base": 0, "reference": 1}.get(a.role, 2))]
     rep_artifacts = {n: rep_artifacts[n] for n in order}

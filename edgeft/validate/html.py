@@ -1124,6 +1124,14 @@ def _artifact_details(report: dict) -> str:
         rows = [("path", a.get("path")), ("role", a.get("role")), ("format", a.get("format")),
                 ("precision", a.get("precision")), ("int8 mode", a.get("int8_mode")), ("scheme", a.get("scheme")),
                 ("size bytes", a.get("size_bytes")), ("eval examples", acc.get("n_examples"))]
+        plan = _d(a.get("quant_plan"))
+        if plan:
+            counts = _d(plan.get("precision_counts"))
+            reached = _d(plan.get("reached"))
+            rows.append(("auto plan", ", ".join(f"{k} x{v}" for k, v in counts.items() if v)
+                         + (f" (calibration check {reached['perplexity_increase_pct']:+.2f}% perplexity)"
+                            if isinstance(reached.get("perplexity_increase_pct"), (int, float)) else "")))
+            rows.append(("auto plan file", plan.get("file")))
         rows += [(f"latency {k}", v) for k, v in lat.items() if not isinstance(v, (dict, list))]
         miss = ""
         if misses:

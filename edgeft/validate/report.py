@@ -37,6 +37,8 @@ Artifact entry:
   ``per_token_ms_p50``, ``per_token_ms_p95``, ``peak_rss_mb`` (float or null each),
   ``samples_ms`` / ``ttft_samples_ms`` (raw per-token and TTFT timings, ms).
 - ``onnx`` (object, ONNX artifacts): see :func:`edgeft.validate.compat.inspect_onnx`.
+- ``quant_plan`` (object, ``auto`` artifacts): ``precision_counts`` (precision -> MatMuls),
+  ``budget`` and ``reached`` (as in ``quant_plan.json``), ``file`` (the full per-layer plan).
 
 Device entry:
 
