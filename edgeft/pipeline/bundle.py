@@ -61,6 +61,8 @@ def package_run(pipeline, out_dir: Path):
         acc = a.get("accuracy") or {}
         row = {"artifact": name, "exact_match": acc.get("exact_match"), "perplexity": acc.get("perplexity"),
                "size_mb": round(a["size_bytes"] / 2**20, 1)}
+        if acc.get("n_examples") == 0:  # raw-text (clm) runs: perplexity only
+            row.pop("exact_match")
         if "accuracy" in acc:  # classifiers
             row = {"artifact": name, "accuracy": acc["accuracy"], "macro_f1": acc.get("macro_f1"),
                    "size_mb": row["size_mb"]}
@@ -99,6 +101,9 @@ def _data_description(recipe, fm) -> str:
         g = d.generated
         return (f"generated task '{g.generator}' (seed {g.seed}): {g.n_train} train / {g.n_eval} eval examples, "
                 f"disjoint prompts")
+    if d.text is not None:
+        return (f"raw text {d.text.path}: the last {d.text.eval_fraction:.0%} held out for eval "
+                f"({fm.get('n_train', '?')} train / {fm.get('n_eval', '?')} eval records)")
     if d.files is not None and d.files.eval is None:
         return (f"file {d.files.train}: {fm.get('n_train', '?')} train / {fm.get('n_eval', '?')} eval rows, eval held "
                 f"out by a seeded shuffle (seed {d.files.seed})")

@@ -118,9 +118,28 @@ class Pipeline:
 
         return read_records(self.run.stage_dir("data") / f"{split}.jsonl", list(fields))
 
+    @property
+    def raw_text(self) -> bool:
+        """The objective learns from raw text records (``clm``), not prompt/response pairs."""
+        return self.recipe.finetune.objective == "clm"
+
+    def corpus(self, tok, split: str) -> str:
+        """A split as one text: raw text records as they are, conversations rendered with the template."""
+        from edgeft.data.templates import conversation_text
+
+        if self.raw_text:
+            return "\n\n".join(str(r["text"]) for r in self.records(split, ("text",)))
+        sp = self.recipe.data.system_prompt
+        return "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records(split))
+
     def heldout_text(self) -> str | None:
         spec = self.recipe.validate_.perplexity.text
         if spec == "eval-split":
+            if self.raw_text:
+                from edgeft.data.readers import read_records
+
+                return "\n\n".join(str(r["text"]) for r in read_records(
+                    self.run.stage_dir("data") / "eval.jsonl", ["text"]))
             return None  # validate renders the eval conversations
         from edgeft.data.readers import read_text
 
@@ -130,14 +149,12 @@ class Pipeline:
     def heldout_windows(self, tokenizer_dir: Path):
         from transformers import AutoTokenizer
 
-        from edgeft.data.templates import conversation_text
         from edgeft.quantize.quality import windows
 
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         text = self.heldout_text()
         if text is None:
-            sp = self.recipe.data.system_prompt
-            text = "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval"))
+            text = self.corpus(tok, "eval")
         p = self.recipe.validate_.perplexity
         return windows(tok(text, add_special_tokens=False).input_ids, p.seq_len, p.stride, p.max_tokens)
 
@@ -239,8 +256,11 @@ class Pipeline:
 
         merged = self.run.stage_dir("merge")
         tok = AutoTokenizer.from_pretrained(str(merged))
-        r0 = self.records("eval")[0]
-        ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
+        if self.raw_text:
+            ids = tok(self.records("eval", ("text",))[0]["text"], add_special_tokens=False).input_ids[:48]
+        else:
+            r0 = self.records("eval")[0]
+            ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
         rep = export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
                      sample_ids=ids)
         if self.recipe.export.extra:  # more artifacts from the merged model, each in export/<preset>/
@@ -271,15 +291,13 @@ class Pipeline:
         return out
 
     def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
-        """Calibration text: the rendered *training* conversations, disjoint from the eval text."""
+        """Calibration text: the *training* split (rendered conversations or raw text), disjoint from the eval text."""
         from transformers import AutoTokenizer
 
-        from edgeft.data.templates import conversation_text
         from edgeft.quantize.quality import windows
 
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        sp = self.recipe.data.system_prompt
-        text = "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("train"))
+        text = self.corpus(tok, "train")
         return windows(tok(text, add_special_tokens=False).input_ids, seq_len, seq_len, n_windows * seq_len)
 
     def artifacts(self):
@@ -309,7 +327,10 @@ class Pipeline:
     def stage_validate(self, tmp: Path) -> dict:
         from edgeft.validate import validate
 
-        ev = self.records("eval", classify.FIELDS) if classify.is_classifier(self) else self.records("eval")
+        if classify.is_classifier(self):
+            ev = self.records("eval", classify.FIELDS)
+        else:  # raw text (clm) has no task examples: validate gates on perplexity alone
+            ev = [] if self.raw_text else self.records("eval")
         report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
                           recipe_name=self.recipe.name)

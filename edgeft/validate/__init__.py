@@ -46,6 +46,8 @@ def _size_bytes(a: Artifact) -> int:
 def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=16) -> dict:
     from edgeft.data.templates import prompt_ids, score, stop_ids
 
+    if not records:  # raw-text (clm) runs: no prompt/response task, perplexity is the metric
+        return {"exact_match": None, "json_valid": None, "n_examples": 0, "misses_sample": []}
     stops = stop_ids(tokenizer)
     tot = {"exact_match": 0.0, "json_valid": 0.0}
     samples = []
@@ -253,8 +255,10 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
             continue
         budgets = a.budgets or cfg.budgets
         acc = rep_artifacts[a.name]["accuracy"]
-        res = gates.evaluate_goal("exact_match", a.name, acc["exact_match"], ref_acc["exact_match"],
-                                  budgets.exact_match, higher_is_better=True)
+        res = []
+        if records:  # no task examples (raw-text runs): perplexity is the accuracy gate
+            res += gates.evaluate_goal("exact_match", a.name, acc["exact_match"], ref_acc["exact_match"],
+                                       budgets.exact_match, higher_is_better=True)
         res += gates.evaluate_goal("perplexity", a.name, acc["perplexity"], ref_acc["perplexity"],
                                    budgets.perplexity, higher_is_better=False)
         acc_gates += [g.to_dict() for g in res]

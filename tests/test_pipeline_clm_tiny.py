@@ -1,0 +1,40 @@
+"""``edgeft.run`` with the ``clm`` objective: raw text through every stage, gated on perplexity.
+
+Raw-text runs have no prompt/response task, so export samples, calibration, held-out windows and
+validate all read the text splits; exact match is not measured (null) and not gated.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import edgeft
+from conftest import read_json, tiny_recipe_dict, write_recipe
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                        "ignore:Converting a tensor to a Python boolean",
+                                        "ignore:The given NumPy array is not writable")
+
+TEXT = "".join(f"Line {i}: the keeper lit the lamp and watched the {w} sea.\n"
+               for i, w in zip(range(400), ["dark", "grey", "calm", "wild"] * 100))
+
+
+def test_clm_run_end_to_end(tiny_lm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    r = tiny_recipe_dict(tiny_lm_dir, "tiny-clm")
+    r["data"] = {"text": {"path": "corpus.txt", "eval_fraction": 0.1, "chunk_chars": 400}}
+    r["finetune"].update(objective="clm", max_seq_len=64)
+    r["quantize"] = [{"name": "int8", "scheme": "int8-weight", "options": {"block_size": 32}},
+                     {"name": "int4-gptq", "scheme": "int4-gptq", "options": {"block_size": 32}}]
+    r["validate"]["devices"] = ["host"]
+    res = edgeft.run(write_recipe(tmp_path / "clm.yaml", r), runs_root=tmp_path / "runs")
+    report = read_json(res.run_dir / "validate" / "report.json")
+    arts = report["artifacts"]
+    assert set(arts) >= {"merged", "onnx-fp32", "int8", "int4-gptq"}
+    for name, a in arts.items():
+        assert a["accuracy"]["exact_match"] is None and a["accuracy"]["n_examples"] == 0, name
+        assert a["accuracy"]["perplexity"] > 1, name
+    names = {g["name"].split()[0] for g in report["gates"]}
+    assert "perplexity" in names and "exact_match" not in names
+    assert report["passed"]
