@@ -7,6 +7,8 @@ resumes from its last checkpoint in ``runs/<name>/.work/finetune``).
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import logging
 import shutil
@@ -329,8 +331,20 @@ class Pipeline:
 
         if classify.is_classifier(self):
             ev = self.records("eval", classify.FIELDS)
-        else:  # raw text (clm) has no task examples: validate gates on perplexity alone
-            ev = [] if self.raw_text else self.records("eval")
+        elif self.raw_text:  # raw text (clm) has no task examples: validate gates on perplexity alone
+            ev = []
+        elif self.recipe.finetune.objective == "multitask" and self.recipe.finetune.multitask is not None:
+            # each task scored with its own system prompt and metric, reported per task
+            tasks = {t.name: t for t in self.recipe.finetune.multitask.tasks}
+            by_task: dict[str, list[dict]] = {n: [] for n in tasks}
+            for r in self.records("eval", ("prompt", "response", "task")):
+                if r["task"] in tasks:
+                    by_task[r["task"]].append({**r, "system_prompt": tasks[r["task"]].system_prompt,
+                                               "metric": tasks[r["task"]].metric})
+            # round-robin over tasks, so validate.eval_examples keeps every task in the sample
+            ev = [r for group in itertools.zip_longest(*by_task.values()) for r in group if r is not None]
+        else:
+            ev = self.records("eval")
         report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
                           recipe_name=self.recipe.name)

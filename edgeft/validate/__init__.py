@@ -44,25 +44,12 @@ def _size_bytes(a: Artifact) -> int:
 
 
 def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=16) -> dict:
-    from edgeft.data.templates import prompt_ids, score, stop_ids
+    from edgeft.data.templates import greedy_task_metrics
 
     if not records:  # raw-text (clm) runs: no prompt/response task, perplexity is the metric
         return {"exact_match": None, "json_valid": None, "n_examples": 0, "misses_sample": []}
-    stops = stop_ids(tokenizer)
-    tot = {"exact_match": 0.0, "json_valid": 0.0}
-    samples = []
-    for i in range(0, len(records), batch_size):
-        batch = records[i:i + batch_size]
-        outs = lm.generate([prompt_ids(tokenizer, system_prompt, r["prompt"]) for r in batch], max_new_tokens, stops)
-        for r, o in zip(batch, outs):
-            text = tokenizer.decode(o, skip_special_tokens=True)
-            s = score(text, r["response"])
-            for k in tot:
-                tot[k] += s[k]
-            if len(samples) < 5 and not s["exact_match"]:
-                samples.append({"prompt": r["prompt"], "expected": r["response"], "got": text.strip()})
-    n = max(len(records), 1)
-    return {**{k: v / n for k, v in tot.items()}, "n_examples": len(records), "misses_sample": samples}
+    return {**greedy_task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=batch_size,
+                                  misses=5), "n_examples": len(records)}
 
 
 def _add_onnx_info(info: dict, a: Artifact) -> None:

@@ -248,7 +248,7 @@ def test_multitask_reports_each_task_with_its_metric(tiny_lm_dir, tmp_path):
 
 
 def test_task_score_accuracy_compares_the_first_word():
-    from edgeft.finetune.objectives.multitask import task_score
+    from edgeft.data.templates import task_score
 
     assert task_score("Positive. The review is kind", "positive", "accuracy") == {"accuracy": 1.0}
     assert task_score("negative", "positive", "accuracy") == {"accuracy": 0.0}
@@ -326,3 +326,44 @@ def test_dpo_refuses_pairs_that_truncation_makes_identical(tiny_lm_dir, tmp_path
     train, _ = generate(4, 1, 0)
     with pytest.raises(DataError, match="identical once truncated to finetune.max_seq_len=32"):
         finetune(tiny_lm_dir, train, train, tmp_path / "out", _cfg("dpo", max_seq_len=32), SYSTEM_PROMPT)
+
+
+def test_greedy_task_metrics_uses_each_records_prompt_and_metric():
+    """One scoring loop for finetune eval, multitask and validate: a record's own system prompt
+    and metric are used, the primary score mixes metrics, per-task means are kept."""
+    from edgeft.data.templates import greedy_task_metrics
+
+    class Tok:
+        eos_token_id = 0
+
+        def get_vocab(self):
+            return {}
+
+        def apply_chat_template(self, msgs, **kw):
+            return [len(msgs[0]["content"])]  # the "prompt" encodes the system prompt's length
+
+        def decode(self, ids, skip_special_tokens=True):
+            return {5: '{"a":1}', 6: "positive", 7: "wrong"}[ids[0]]
+
+    class LM:
+        seen = []
+
+        def generate(self, prompts, n, stops):
+            LM.seen += [p[0] for p in prompts]
+            return [[p[0]] for p in prompts]
+
+    recs = [{"task": "json", "prompt": "x", "response": '{"a":1}'},
+            {"task": "sent", "prompt": "y", "response": "positive", "system_prompt": "Label!", "metric": "accuracy"},
+            {"task": "sent", "prompt": "z", "response": "negative", "system_prompt": "Label!", "metric": "accuracy"}]
+    import edgeft.data.templates as t
+
+    orig = t.prompt_ids
+    t.prompt_ids = lambda tok, sp, p: [{"Parse.": 5, "Label!": 6}[sp] + (p == "z")]
+    try:
+        out = greedy_task_metrics(LM(), Tok(), recs, "Parse.", misses=5)
+    finally:
+        t.prompt_ids = orig
+    assert LM.seen == [5, 6, 7]
+    assert out["exact_match"] == pytest.approx(2 / 3)  # json EM 1, sentiment accuracy 1 and 0
+    assert out["per_task"] == {"json": {"exact_match": 1.0, "json_valid": 1.0}, "sent": {"accuracy": 0.5}}
+    assert out["misses_sample"] == [{"prompt": "z", "expected": "negative", "got": "wrong"}]

@@ -11,10 +11,9 @@ logs ``eval_<task>_<metric>``; the final metrics hold a ``tasks`` table.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
-from edgeft.data.templates import messages, prompt_ids, score, stop_ids
+from edgeft.data.templates import greedy_task_metrics, messages
 from edgeft.errors import ConfigError, DataError
 from edgeft.finetune.objectives import common
 from edgeft.finetune.registry import OBJECTIVES, Objective
@@ -22,38 +21,21 @@ from edgeft.finetune.registry import OBJECTIVES, Objective
 log = logging.getLogger(__name__)
 
 
-def _first_word(text: str) -> str:
-    m = re.search(r"[\w'-]+", text.lower())
-    return m.group(0) if m else ""
-
-
-def task_score(prediction: str, reference: str, metric: str) -> dict[str, float]:
-    """exact_match: the whole answer (plus json_valid); accuracy: the first word (a label), case-insensitive."""
-    if metric == "accuracy":
-        return {"accuracy": float(_first_word(prediction) == _first_word(reference))}
-    return score(prediction, reference)
-
-
 def evaluate_task(model, tokenizer, records: list[dict], system_prompt: str, metric: str, max_new_tokens: int = 48,
                   batch_size: int = 16) -> dict[str, float]:
-    """Greedy-decode each prompt and average :func:`task_score` over the records."""
+    """Greedy-decode each prompt and average :func:`~edgeft.data.templates.task_score` over the records."""
     from edgeft.runtime.lm import TorchLM
 
-    lm = TorchLM(model)
-    stops = stop_ids(tokenizer)
-    totals: dict[str, float] = {}
     was_training = model.training
     model.eval()
-    for i in range(0, len(records), batch_size):
-        batch = records[i:i + batch_size]
-        outs = lm.generate([prompt_ids(tokenizer, system_prompt, r["prompt"]) for r in batch], max_new_tokens, stops)
-        for r, o in zip(batch, outs):
-            for k, v in task_score(tokenizer.decode(o, skip_special_tokens=True), r["response"], metric).items():
-                totals[k] = totals.get(k, 0.0) + v
-    if was_training:
-        model.train()
-    n = max(len(records), 1)
-    return {k: v / n for k, v in totals.items()}
+    try:
+        res = greedy_task_metrics(TorchLM(model), tokenizer, records, system_prompt, max_new_tokens, metric,
+                                  batch_size)
+    finally:
+        if was_training:
+            model.train()
+    keys = ("accuracy",) if metric == "accuracy" else ("exact_match", "json_valid")
+    return {k: res[k] for k in keys}
 
 
 def split_by_task(records: list[dict], tasks, where: str) -> dict[str, list[dict]]:

@@ -12,7 +12,7 @@ import math
 import time
 from pathlib import Path
 
-from edgeft.data.templates import messages, prompt_ids, score, stop_ids
+from edgeft.data.templates import messages
 from edgeft.finetune import speed
 from edgeft.finetune.registry import OBJECTIVES, Objective, save_trained
 
@@ -26,24 +26,18 @@ def _conversational(records: list[dict], system_prompt: str) -> list[dict]:
 
 def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, batch_size=16) -> dict:
     """Greedy-decode each eval prompt and score it against the reference answer."""
+    from edgeft.data.templates import greedy_task_metrics
     from edgeft.runtime.lm import TorchLM
 
-    lm = TorchLM(model)
-    stops = stop_ids(tokenizer)
-    totals = {"exact_match": 0.0, "json_valid": 0.0}
     was_training = model.training
     model.eval()
-    for i in range(0, len(records), batch_size):
-        batch = records[i:i + batch_size]
-        outs = lm.generate([prompt_ids(tokenizer, system_prompt, r["prompt"]) for r in batch], max_new_tokens, stops)
-        for r, o in zip(batch, outs):
-            s = score(tokenizer.decode(o, skip_special_tokens=True), r["response"])
-            for k in totals:
-                totals[k] += s[k]
-    if was_training:
-        model.train()
-    n = max(len(records), 1)
-    return {k: v / n for k, v in totals.items()}
+    try:
+        res = greedy_task_metrics(TorchLM(model), tokenizer, records, system_prompt, max_new_tokens,
+                                  batch_size=batch_size)
+    finally:
+        if was_training:
+            model.train()
+    return {"exact_match": res["exact_match"], "json_valid": res["json_valid"] or 0.0}
 
 
 def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,

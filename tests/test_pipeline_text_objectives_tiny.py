@@ -1,4 +1,4 @@
-"""``edgeft.run`` with the ``clm`` objective: raw text through every stage, gated on perplexity.
+"""``edgeft.run`` with the ``clm`` and ``multitask`` objectives through every stage.
 
 Raw-text runs have no prompt/response task, so export samples, calibration, held-out windows and
 validate all read the text splits; exact match is not measured (null) and not gated.
@@ -38,3 +38,22 @@ def test_clm_run_end_to_end(tiny_lm_dir, tmp_path, monkeypatch):
     names = {g["name"].split()[0] for g in report["gates"]}
     assert "perplexity" in names and "exact_match" not in names
     assert report["passed"]
+
+
+def test_multitask_run_validates_each_task_with_its_prompt(tiny_lm_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEFT_CACHE", str(tmp_path / "cache"))
+    r = tiny_recipe_dict(tiny_lm_dir, "tiny-multitask")
+    r["finetune"].update(objective="multitask", multitask={"tasks": [
+        {"name": "intents", "generated": {"generator": "intents", "n_train": 16, "n_eval": 4, "seed": 0},
+         "weight": 1.0, "system_prompt": "Parse the request into JSON.", "metric": "exact_match"},
+        {"name": "labels", "generated": {"generator": "intents", "n_train": 16, "n_eval": 4, "seed": 1},
+         "weight": 1.0, "system_prompt": "Name the intent.", "metric": "accuracy"}]})
+    r["quantize"] = [{"name": "int8", "scheme": "int8-weight", "options": {"block_size": 32}}]
+    r["validate"].update(devices=["host"], eval_examples=6)
+    res = edgeft.run(write_recipe(tmp_path / "mt.yaml", r), runs_root=tmp_path / "runs")
+    report = read_json(res.run_dir / "validate" / "report.json")
+    for name in ("merged", "int8"):
+        acc = report["artifacts"][name]["accuracy"]
+        assert set(acc["per_task"]) == {"intents", "labels"}, name  # round-robin keeps both in 6 examples
+        assert "accuracy" in acc["per_task"]["labels"] and "exact_match" in acc["per_task"]["intents"]
+        assert acc["n_examples"] == 6
