@@ -247,7 +247,8 @@ class FinetuneConfig(Strict):
     multitask: Optional[MultitaskConfig] = Field(None, description="Objective multitask: the tasks and their weights.")
     processes: int = Field(1, ge=1, description="Training processes (accelerate launch; DDP, gloo on CPU).")
     accelerate_config: Optional[str] = Field(
-        None, description="accelerate config file (DeepSpeed/FSDP/multi-node), passed through to `accelerate launch`."
+        None, description="accelerate config file (DeepSpeed/FSDP/multi-node), relative to the recipe file; passed "
+        "through to `accelerate launch`."
     )
     # Speed settings (measured in docs/benchmarks.md, "Fine-tuning throughput"); only precision changes numerics.
     precision: Literal["auto", "bf16", "fp32"] = Field(

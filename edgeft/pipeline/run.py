@@ -217,6 +217,8 @@ class Pipeline:
         fields = self.objective_fields()
         train = self.records("train", fields)
         cfg = classify.finetune_cfg(self.recipe.finetune, train) if classify.is_classifier(self) else self.recipe.finetune
+        if cfg.accelerate_config and not Path(cfg.accelerate_config).is_absolute():  # relative to the recipe file
+            cfg = cfg.model_copy(update={"accelerate_config": str(self.base_dir / cfg.accelerate_config)})
         metrics = finetune(m.path, train, self.records("eval", fields), tmp,
                            cfg, self.recipe.data.system_prompt, work_dir=work)
         metrics["base_model_source"] = m.source

@@ -367,3 +367,19 @@ def test_greedy_task_metrics_uses_each_records_prompt_and_metric():
     assert out["exact_match"] == pytest.approx(2 / 3)  # json EM 1, sentiment accuracy 1 and 0
     assert out["per_task"] == {"json": {"exact_match": 1.0, "json_valid": 1.0}, "sent": {"accuracy": 0.5}}
     assert out["misses_sample"] == [{"prompt": "z", "expected": "negative", "got": "wrong"}]
+
+
+def test_accelerate_config_is_relative_to_the_recipe(tiny_lm_dir, tmp_path, monkeypatch):
+    """finetune.accelerate_config names a file next to the recipe, wherever edgeft is run from."""
+    import edgeft.finetune
+
+    (tmp_path / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    p = _pipeline(tmp_path, tiny_lm_dir, finetune={"processes": 2, "accelerate_config": "ds.yaml"})
+    p.stage_data(p.run.stage_dir("data"))
+    p.keys = {"finetune": "test"}  # normally the stage hashes (edgeft.run computes them)
+    seen = {}
+    monkeypatch.setattr(edgeft.finetune, "finetune", lambda path, tr, ev, out, cfg, sp, work_dir: seen.update(
+        conf=cfg.accelerate_config) or {})
+    monkeypatch.chdir(tmp_path.parent)
+    p.stage_finetune(tmp_path / "ft")
+    assert seen["conf"] == str(tmp_path / "ds.yaml")
