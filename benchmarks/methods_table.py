@@ -12,7 +12,7 @@ Each method runs in a fresh subprocess so peak RAM (VmHWM) is its own. Per metho
 parameters, size of what fine-tuning writes (adapter or full weights), training tokens/s (real,
 non-pad tokens over training time), peak RAM, the eval metric after training (exact match or
 accuracy), and for mergeable methods the same metric after merge -> ONNX export -> int8-weight and
-int4-rtn (block 32) quantization of the merged model. Learning rates differ per method family (a
+int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 held-out rows). Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
 ``OUT/<family>/results.jsonl`` and the markdown table to stdout.
 """
@@ -112,7 +112,16 @@ def _cls_one(method: str, steps: int, out: Path) -> dict:
     row["metric"] = evals[-1]["eval_accuracy"] if evals else m.get("eval_accuracy")
     if meth.merge == "refuse":
         row["merge"] = f"refused: {meth.merge_note}"
-    # Quantized-classifier accuracy comes from the pipeline (recipes/sst2-minilm-classify.yaml), not this table.
+        return row
+    # merged -> ONNX classifier -> int8 / int4 weight-only; accuracy of each on the same held-out rows
+    merged = out / "merged"
+    texts = [r["text"] for r in ev[:8]]
+    edgeft.merge(ft / meth.produces, merged, base_model=base, sample_texts=texts)
+    edgeft.export(merged, out / "onnx", preset="onnx-cls", sample_texts=texts)
+    for name, scheme in (("int8", "int8-weight"), ("int4", "int4-rtn")):
+        rep = edgeft.quantize(out / "onnx", out / name, scheme, {"block_size": 32}, labeled=ev, max_accuracy_drop=1.0)
+        row["metric_onnx"] = rep["accuracy_input"]
+        row[f"metric_{name}"] = rep["accuracy"]
     return row
 
 
