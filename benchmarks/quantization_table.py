@@ -55,6 +55,13 @@ ROWS = [  # (name, scheme, options, goal class)
      {"max_ppl_increase_pct": 5.0, "max_size_mb": 107.8,
       "candidates": ["int4/b32/asym", "int4/b16/asym", "int8/b32", "fp32"], "act_order": True,
       "granularity": "block", "sensitivity_windows": 4, "check_windows": 8, **HEAD8}, "int4"),
+    # the same sensitivity measurements (reused from the row above) plus a b64 rung; the whole 0.2x budget spent
+    ("auto fill 0.2x (gptq asym act_order, b64>b32>b16>int8, head+emb int8)", "auto",
+     {"max_ppl_increase_pct": 6.0, "max_size_mb": 107.8, "fill_size": True,
+      "candidates": ["int4/b64/asym", "int4/b32/asym", "int4/b16/asym", "int8/b32", "fp32"], "act_order": True,
+      "granularity": "block", "sensitivity_windows": 4, "check_windows": 8, **HEAD8,
+      "sensitivity_from": "runs/bench-quant/auto_le5pct_on_calibration_le0.2x_gptq_asym_act_order_b32>b16>int8_"
+                          "heademb_int8/quant_plan.json"}, "int4"),
 ]
 
 
@@ -89,6 +96,9 @@ def main(argv=None) -> int:
                     help="only re-measure decode tok/s of the finished rows (run it on an idle machine)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     from transformers import AutoTokenizer
 

@@ -146,3 +146,28 @@ def test_size_budget_bounds_the_path(tiny_onnx, calibration, tmp_path):
         assert "max_size_mb" in str(e)
         sim = [s for s in plan["search"] if s["simulated"]]
         assert sim and all(s["predicted_size_mb"] <= cap for s in sim)
+
+
+def test_sensitivity_reuse_and_fill_size(tiny_onnx, calibration, tmp_path):
+    """A later run reuses an earlier plan's measured rungs (same model, calibration, settings) and
+    measures only new ones; fill_size spends the size budget on the lowest-error plan within it."""
+    first = _run(tiny_onnx, calibration, tmp_path / "a", max_ppl_increase_pct=50.0, granularity="matmul",
+                 candidates=["int4/b32", "int8/b32", "fp32"])["options"]["plan"]
+    assert first["sensitivity_reused"] == []
+    size0 = first["reached"]["size_mb"]
+    cap = size0 * 1.2
+    rep = _run(tiny_onnx, calibration, tmp_path / "b", max_ppl_increase_pct=50.0, granularity="matmul",
+               candidates=["int4/b32", "int4/b16", "int8/b32", "fp32"], max_size_mb=cap, fill_size=True,
+               sensitivity_from=str(tmp_path / "a" / "quant_plan.json"))
+    plan = rep["options"]["plan"]
+    assert plan["sensitivity_reused"] == ["int4/b32", "int8/b32"]
+    for g, v in plan["groups"].items():
+        assert v["kl_per_rung"]["int4/b32"] == first["groups"][g]["kl_per_rung"]["int4/b32"]
+        assert "int4/b16" in v["ppl_rung"]  # the new rung was measured
+    assert size0 < plan["reached"]["size_mb"] <= cap  # filled, within the cap
+    assert plan["search"][0]["predicted_size_mb"] <= cap
+    with pytest.raises(ConfigError, match="another model, calibration or settings"):
+        _run(tiny_onnx, calibration, tmp_path / "c", granularity="matmul", damp=0.05,
+             sensitivity_from=str(tmp_path / "a" / "quant_plan.json"))
+    with pytest.raises(ConfigError, match="fill_size needs max_size_mb"):
+        _run(tiny_onnx, calibration, tmp_path / "d", fill_size=True)

@@ -62,6 +62,10 @@ OPTIONS = {
     "act_order": (False, "GPTQ visits columns by decreasing Hessian diagonal (static group scales)"),
     "accuracy_level": (4, "MatMulNBits compute precision for activations: 0 default, 1 fp32, 4 int8"),
     "nodes_to_exclude": ([], "MatMul node names kept in fp32"),
+    "fill_size": (False, "with max_size_mb: take the lowest-error plan within the size budget (not the smallest "
+                         "plan meeting the error budget), then check the budgets on it"),
+    "sensitivity_from": (None, "a previous quant_plan.json of the same model, calibration and settings: its "
+                               "measured rungs are reused, only new rungs are measured"),
     "lm_head": ("keep", "LM head: keep, int8 or int4 (RTN, block of the first candidate; not searched)"),
     "embeddings": ("keep", "token embedding: keep, int8 or int4 (RTN; shared with a tied head of the same bits)"),
 }
@@ -106,6 +110,39 @@ def weight_bytes(shape: tuple[int, int], wq: mnb.WeightQuant | None) -> int:
     return n * kb * wq.block_size * wq.bits // 8 + 4 * n * kb + zp
 
 
+def _sensitivity_key(in_onnx: Path, wins, algo, damp, act_order, lm_head, embeddings, granularity,
+                     accuracy_level) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(in_onnx).parent.iterdir()):
+        if f.is_file() and (f.suffix == ".onnx" or f.name.endswith((".onnx.data", ".onnx_data"))):
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+    h.update(json.dumps([[int(t) for t in w] for w in wins]).encode())
+    h.update(json.dumps([algo, float(damp), bool(act_order), lm_head, embeddings, granularity,
+                         int(accuracy_level)]).encode())
+    return h.hexdigest()
+
+
+def _prior_sensitivity(path, key: str) -> dict:
+    """The per-group measurements of an earlier plan with the same sensitivity key (``sensitivity_from``)."""
+    if not path:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"auto: sensitivity_from={path!r}: file not found (give a quant_plan.json)")
+    try:
+        plan = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"auto: sensitivity_from={path!r}: not JSON ({e})") from None
+    if plan.get("sensitivity_key") != key:
+        raise ConfigError(f"auto: sensitivity_from={path!r} was measured on another model, calibration or settings "
+                          "(algo, damp, act_order, lm_head, embeddings, granularity, accuracy_level); drop the option")
+    return plan.get("groups", {})
+
+
 class _Overriding:
     """An InferenceSession proxy that adds weight feeds (overridable initializers) to every run."""
 
@@ -142,7 +179,8 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
           max_kl=None, max_task_drop=None, max_size_mb=None, task_metric=None, candidates=("int4/b32", "int4/b16", "int8/b32", "fp32"),
           algo="gptq", granularity="block", sensitivity_windows=4, check_windows=4, symmetric=True, damp=0.01,
           act_order=False,
-          accuracy_level=4, nodes_to_exclude=(), lm_head="keep", embeddings="keep") -> dict:
+          accuracy_level=4, nodes_to_exclude=(), lm_head="keep", embeddings="keep", fill_size=False,
+          sensitivity_from=None) -> dict:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -168,6 +206,12 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                           f"(at least 1 each); got {len(wins_all)}")
     sens_wins, check_wins = wins_all[:ns], wins_all[ns:ns + nc]
     max_ppl = float(max_ppl_increase_pct)
+    if fill_size and max_size_mb is None:
+        raise ConfigError("auto: fill_size needs max_size_mb (the size budget to fill)")
+    # what a rung's measured sensitivity depends on, so a later run may reuse it (sensitivity_from)
+    sens_key = _sensitivity_key(in_onnx, sens_wins, algo, damp, act_order, lm_head, embeddings, granularity,
+                                accuracy_level)
+    prior = _prior_sensitivity(sensitivity_from, sens_key)
 
     model = onnx.load(str(in_onnx))
     head = mnb.find_head_embed(model.graph).head
@@ -248,13 +292,27 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                 if wq is None:
                     kl_at[g].append(0.0)
                     continue
+                old = prior.get(g, {})
+                if labels[lvl] in old.get("kl_per_rung", {}):
+                    kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
+                    if lvl == 0:
+                        sensitivity[g] = {"kl": kl_at[g][-1], "ppl_increase_pct": old.get("ppl_rung", {}).get(
+                            labels[lvl])}
+                    continue
                 feed({g: lvl})
                 m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
                 kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
+                sensitivity[g].setdefault("ppl_rung", {})[labels[lvl]] = (m["perplexity_increase_pct"]
+                                                                         - base["perplexity_increase_pct"])
                 if lvl == 0:
-                    sensitivity[g] = {"kl": m["kl"] - base["kl"],
-                                      "ppl_increase_pct": m["perplexity_increase_pct"] - base["perplexity_increase_pct"]}
+                    sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
+                                           - base["perplexity_increase_pct"]})
             sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
+            done = list(groups).index(g) + 1
+            if done % 10 == 0 or done == len(groups):
+                log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
+            sensitivity[g].setdefault("ppl_rung", {}).update(
+                {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
         t_sens = time.perf_counter() - t0
         order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
 
@@ -299,11 +357,12 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                               if key in m}})
             return ok
 
-        # binary search on the path (within the size budget) for the first plan meeting the budget
+        # binary search on the path (within the size budget) for the first plan meeting the budget;
+        # fill_size: straight to the last plan within the size budget
         t0 = time.perf_counter()
-        found = check(0)
-        i = 0
-        if not found:
+        found = check(last if fill_size else 0)
+        i = last if fill_size else 0
+        if not found and not fill_size:
             if last > 0 and check(last):
                 lo, hi = 0, last  # path[lo] fails, path[hi] passes
                 while hi - lo > 1:
@@ -383,7 +442,9 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                        "matmuls": groups[g]} for g in order},
         "layers": layer_plan, "search": search, "path_steps": len(path),
         "predicted_size_mb": predicted_mb(path.index(plan)) if plan in path else None, **he, **counts,
-        "sensitivity_windows": len(sens_wins), "check_windows": len(check_wins),
+        "sensitivity_windows": len(sens_wins), "check_windows": len(check_wins), "sensitivity_key": sens_key,
+        "sensitivity_reused": sorted({lbl for g in prior.values() for lbl in g.get("kl_per_rung", {})
+                                      if lbl in labels and lbl != "fp32"}),
         "seconds": {"sensitivity": t_sens, "search": t_search, "total": time.perf_counter() - t_start},
     }
     from edgeft.fileio import atomic_write_text
