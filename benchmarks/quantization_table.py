@@ -62,6 +62,10 @@ ROWS = [  # (name, scheme, options, goal class)
       "granularity": "block", "sensitivity_windows": 4, "check_windows": 8, **HEAD8,
       "sensitivity_from": "runs/bench-quant/auto_le5pct_on_calibration_le0.2x_gptq_asym_act_order_b32>b16>int8_"
                           "heademb_int8/quant_plan.json"}, "int4"),
+    # PyTorch-side schemes read the merged HF model (runs/quickstart/merge), not the ONNX export
+    ("bnb-nf4 (transformers checkpoint)", "bnb-nf4", {}, "int4"),
+    ("bnb-int8 (transformers checkpoint)", "bnb-int8", {}, "int8"),
+    ("torch-dynamic-int8 (TorchScript)", "torch-dynamic-int8", {}, "int8"),
 ]
 
 
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
     from edgeft.data.templates import prompt_ids
     from edgeft.errors import BudgetError
     from edgeft.quantize import quantize
-    from edgeft.runtime.lm import OrtLM
+    from edgeft.quantize import SCHEMES
+    from edgeft.runtime.lm import OrtLM, load_lm
     from edgeft.validate import _task_metrics
 
     if not SHARED.is_file():
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
         for name, r in done.items():
             if "error" in r:
                 continue
-            lm = OrtLM(export if r["scheme"] == "-" else _artifact_dir(out, name), 2)
+            lm = load_lm(export if r["scheme"] == "-" else _artifact_dir(out, name), r.get("format", "onnx"), 2)
             r["decode_tok_s"] = _decode_tps(lm, prompt, repeats=5)
             del lm
             print(f"{name}: {r['decode_tok_s']:.1f} tok/s", flush=True)
@@ -165,8 +170,10 @@ def main(argv=None) -> int:
             path = export
         else:
             path = _artifact_dir(out, name)
+            sch = SCHEMES.get(scheme)
+            src = run / "merge" if sch.input_format == "pytorch" else export
             try:
-                rep = quantize(export, path, scheme, options, quality_ids=heldout, max_ppl_increase_pct=1e9,
+                rep = quantize(src, path, scheme, options, quality_ids=heldout, max_ppl_increase_pct=1e9,
                                calibration_ids=calib)
             except BudgetError as e:  # auto found no plan: the row records what it reached
                 row = {"name": name, "scheme": scheme, "options": options, "goal": goal, "error": str(e),
@@ -182,7 +189,10 @@ def main(argv=None) -> int:
             if scheme == "auto":
                 row["plan_counts"] = opts["plan"]["precision_counts"]
                 row["plan_reached"] = opts["plan"]["reached"]
-            lm = OrtLM(path, 2)
+            row["format"] = sch.output_format
+            if sch.input_format == "pytorch":  # its perplexity delta is vs the PyTorch fp32 model it read
+                row["perplexity_input"] = rep["perplexity_input"]
+            lm = load_lm(path, sch.output_format, 2)
         t0 = time.perf_counter()
         task = _task_metrics(lm, tok, records, system_prompt, 48)
         row["exact_match"] = task["exact_match"]

@@ -134,3 +134,36 @@ def test_calibrated_schemes_on_the_builder_graph(genai_fp32, tmp_path, scheme, o
     assert rep["size_ratio"] < 0.5 and rep["top1_agreement"] > 0.8
     w = np.asarray(WINDOWS[0])
     np.testing.assert_allclose(GenaiLM(out, 1).logits(w), OrtLM(out, threads=1).logits(w), atol=1e-4, rtol=0)
+
+
+def test_auto_plan_from_another_export(genai_fp32, tmp_path):
+    """A plan measured on the optimum export (self_attn/mlp blocks) applies to the builder's graph
+    (attn/mlp blocks, fused qkv): block precisions follow the plan, the search is skipped."""
+    import onnx
+
+    from edgeft.errors import ConfigError
+    from edgeft.quantize import quantize
+
+    src, _ = genai_fp32
+    plan = {"groups": {"/model/layers.0/self_attn": {"precision": "int8/b32"},
+                       "/model/layers.0/mlp": {"precision": "int4/b32"},
+                       "/model/layers.1/self_attn": {"precision": "int4/b32"},
+                       "/model/layers.1/mlp": {"precision": "int4/b16"}}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    calib = [list(range(3 + 7 * i, 67 + 7 * i)) for i in range(4)]
+    opts = {"max_ppl_increase_pct": 50.0, "candidates": ["int4/b32", "int4/b16", "int8/b32", "fp32"],
+            "sensitivity_windows": 2, "check_windows": 2, "plan_from": str(tmp_path / "plan.json")}
+    rep = quantize(src, tmp_path / "q", "auto", opts, calibration_ids=calib)
+    g = onnx.load(str(tmp_path / "q" / "model.onnx")).graph
+    attr = {n.name: {a.name: a.i for a in n.attribute} for n in g.node if n.op_type == "MatMulNBits"}
+    assert attr["/model/layers.0/attn/qkv_proj/MatMul_Q8"]["bits"] == 8
+    assert attr["/model/layers.0/attn/o_proj/MatMul_Q8"]["bits"] == 8
+    assert attr["/model/layers.1/mlp/down_proj/MatMul_Q4"]["block_size"] == 16
+    assert attr["/model/layers.1/attn/qkv_proj/MatMul_Q4"]["block_size"] == 32
+    p = rep["options"]["plan"]
+    assert p["plan_from"] == str(tmp_path / "plan.json") and [s["simulated"] for s in p["search"]] == [False]
+    plan["groups"].pop("/model/layers.1/mlp")
+    (tmp_path / "short.json").write_text(json.dumps(plan))
+    with pytest.raises(ConfigError, match="no precision for /model/layers.1/mlp"):
+        quantize(src, tmp_path / "x", "auto", {**opts, "plan_from": str(tmp_path / "short.json")},
+                 calibration_ids=calib)

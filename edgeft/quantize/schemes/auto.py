@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -64,6 +65,9 @@ OPTIONS = {
     "nodes_to_exclude": ([], "MatMul node names kept in fp32"),
     "fill_size": (False, "with max_size_mb: take the lowest-error plan within the size budget (not the smallest "
                          "plan meeting the error budget), then check the budgets on it"),
+    "plan_from": (None, "apply the per-block plan of a quant_plan.json measured on another export of the same "
+                        "model (layers matched by index and attention/MLP), skipping the search; budgets are "
+                        "still checked"),
     "sensitivity_from": (None, "a previous quant_plan.json of the same model, calibration and settings: its "
                                "measured rungs are reused, only new rungs are measured"),
     "lm_head": ("keep", "LM head: keep, int8 or int4 (RTN, block of the first candidate; not searched)"),
@@ -126,6 +130,40 @@ def _sensitivity_key(in_onnx: Path, wins, algo, damp, act_order, lm_head, embedd
     return h.hexdigest()
 
 
+_BLOCK = re.compile(r"layers\.(\d+)/(self_attn|attn|attention|mlp)\b")
+
+
+def _block_key(group: str) -> tuple[int, str] | None:
+    """(layer index, "attn" | "mlp") of a block group, whatever the exporter named it."""
+    m = _BLOCK.search(group)
+    return (int(m.group(1)), "mlp" if m.group(2) == "mlp" else "attn") if m else None
+
+
+def _plan_from(path, groups: dict, labels: list[str], granularity: str) -> dict[str, int]:
+    """Map a plan file's block precisions onto this graph's groups (``plan_from``)."""
+    if granularity != "block":
+        raise ConfigError("auto: plan_from matches layers by block; set granularity: block")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"auto: plan_from={path!r}: file not found (give a quant_plan.json)")
+    src = {}
+    for g, v in json.loads(p.read_text()).get("groups", {}).items():
+        key = _block_key(g)
+        if key is not None:
+            src[key] = v["precision"]
+    plan = {}
+    for g in groups:
+        key = _block_key(g)
+        if key is None or key not in src:
+            raise ConfigError(f"auto: plan_from={path!r} has no precision for {g} (layer {key}); the plan must come "
+                              "from the same model architecture")
+        if src[key] not in labels:
+            raise ConfigError(f"auto: plan_from={path!r} uses {src[key]} for {g}, which is not in candidates "
+                              f"{labels}; add it to candidates")
+        plan[g] = labels.index(src[key])
+    return plan
+
+
 def _prior_sensitivity(path, key: str) -> dict:
     """The per-group measurements of an earlier plan with the same sensitivity key (``sensitivity_from``)."""
     if not path:
@@ -180,7 +218,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
           algo="gptq", granularity="block", sensitivity_windows=4, check_windows=4, symmetric=True, damp=0.01,
           act_order=False,
           accuracy_level=4, nodes_to_exclude=(), lm_head="keep", embeddings="keep", fill_size=False,
-          sensitivity_from=None) -> dict:
+          sensitivity_from=None, plan_from=None) -> dict:
     import onnx
     from onnx import helper, numpy_helper
 
@@ -278,103 +316,110 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
             proxy.weights = {init_of[n]: deq(n, lvl) for g, lvl in plan.items() for n in groups[g]
                              if ladder[lvl] is not None}
 
-        # 2. sensitivity: each group alone on each quantized rung, the rest fp32 (plus the
-        # head/embedding options); KL increase over that base, which sums well across groups.
-        t0 = time.perf_counter()
-        feed({})
-        base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-        sensitivity: dict[str, dict] = {}
-        kl_at: dict[str, list[float]] = {}
-        for g in groups:
-            kl_at[g] = []
-            sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
-            for lvl, wq in enumerate(ladder):
-                if wq is None:
-                    kl_at[g].append(0.0)
-                    continue
-                old = prior.get(g, {})
-                if labels[lvl] in old.get("kl_per_rung", {}):
-                    kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
-                    if lvl == 0:
-                        sensitivity[g] = {"kl": kl_at[g][-1], "ppl_increase_pct": old.get("ppl_rung", {}).get(
-                            labels[lvl])}
-                    continue
-                feed({g: lvl})
-                m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-                kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
-                sensitivity[g].setdefault("ppl_rung", {})[labels[lvl]] = (m["perplexity_increase_pct"]
-                                                                         - base["perplexity_increase_pct"])
-                if lvl == 0:
-                    sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
-                                           - base["perplexity_increase_pct"]})
-            sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
-            done = list(groups).index(g) + 1
-            if done % 10 == 0 or done == len(groups):
-                log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
-            sensitivity[g].setdefault("ppl_rung", {}).update(
-                {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
-        t_sens = time.perf_counter() - t0
-        order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
-
-        # 3. the upgrade path: from every group on the first rung, repeatedly move the one group whose
-        # next rung buys the most KL per added byte (a greedy multiple-choice knapsack), so every
-        # prefix is the cheapest plan found for its error; sizes grow along the path.
         size_of = {g: [sum(weight_bytes(weights[n].shape, wq) for n in groups[g]) for wq in ladder] for g in groups}
         # the all-first-rung artifact's size: the simulation file (head/embedding options applied,
         # target weights fp32) with the target weights swapped for their first-rung packing
         size0 = sim_bytes - sum(4 * w.size for w in weights.values()) + sum(size_of[g][0] for g in groups)
-        path = [{g: 0 for g in groups}]
-        while True:
-            cur, pick = path[-1], None
-            for g in groups:
-                for lvl in range(cur[g] + 1, len(ladder)):
-                    gain = kl_at[g][cur[g]] - kl_at[g][lvl]
-                    if gain <= 0:
-                        continue
-                    eff = gain / max(size_of[g][lvl] - size_of[g][cur[g]], 1)
-                    if pick is None or eff > pick[0]:
-                        pick = (eff, g, lvl)
-            if pick is None:
-                break
-            path.append({**cur, pick[1]: pick[2]})
 
         def predicted_mb(i: int) -> float:
             return (size0 + sum(size_of[g][lvl] - size_of[g][0] for g, lvl in path[i].items())) / 1e6
 
-        last = len(path) - 1
-        if max_size_mb is not None:
-            while last > 0 and predicted_mb(last) > float(max_size_mb):
-                last -= 1
-        search = []
+        search: list[dict] = []
+        if plan_from is not None:  # a plan given (e.g. measured on another export of the same model)
+            path = [_plan_from(plan_from, groups, labels, granularity)]
+            last, i, found, t_sens, t_search = 0, 0, False, 0.0, 0.0
+            sensitivity = {g: {"kl": None, "ppl_increase_pct": None, "kl_per_rung": {}} for g in groups}
+            order = list(groups)
+        else:
+            # 2. sensitivity: each group alone on each quantized rung, the rest fp32 (plus the
+            # head/embedding options); KL increase over that base, which sums well across groups.
+            t0 = time.perf_counter()
+            feed({})
+            base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+            sensitivity: dict[str, dict] = {}
+            kl_at: dict[str, list[float]] = {}
+            for g in groups:
+                kl_at[g] = []
+                sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
+                for lvl, wq in enumerate(ladder):
+                    if wq is None:
+                        kl_at[g].append(0.0)
+                        continue
+                    old = prior.get(g, {})
+                    if labels[lvl] in old.get("kl_per_rung", {}):
+                        kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
+                        if lvl == 0:
+                            sensitivity[g] = {"kl": kl_at[g][-1], "ppl_increase_pct": old.get("ppl_rung", {}).get(
+                                labels[lvl])}
+                        continue
+                    feed({g: lvl})
+                    m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+                    kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
+                    sensitivity[g].setdefault("ppl_rung", {})[labels[lvl]] = (m["perplexity_increase_pct"]
+                                                                             - base["perplexity_increase_pct"])
+                    if lvl == 0:
+                        sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
+                                               - base["perplexity_increase_pct"]})
+                sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
+                done = list(groups).index(g) + 1
+                if done % 10 == 0 or done == len(groups):
+                    log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
+                sensitivity[g].setdefault("ppl_rung", {}).update(
+                    {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
+            t_sens = time.perf_counter() - t0
+            order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
 
-        def check(i: int) -> bool:
-            feed(path[i])
-            m = _score(lm, ref_check, check_wins, ppl_ref_check, task_metric, task_ref)
-            ok = _meets(m, max_ppl, max_kl, max_task_drop)
-            search.append({"step": i, "upgraded_groups": sum(1 for v in path[i].values() if v), "simulated": True,
-                           "predicted_size_mb": predicted_mb(i), "meets_budget": ok,
-                           **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
-                              if key in m}})
-            return ok
+            # 3. the upgrade path: from every group on the first rung, repeatedly move the one group whose
+            # next rung buys the most KL per added byte (a greedy multiple-choice knapsack), so every
+            # prefix is the cheapest plan found for its error; sizes grow along the path.
+            path = [{g: 0 for g in groups}]
+            while True:
+                cur, pick = path[-1], None
+                for g in groups:
+                    for lvl in range(cur[g] + 1, len(ladder)):
+                        gain = kl_at[g][cur[g]] - kl_at[g][lvl]
+                        if gain <= 0:
+                            continue
+                        eff = gain / max(size_of[g][lvl] - size_of[g][cur[g]], 1)
+                        if pick is None or eff > pick[0]:
+                            pick = (eff, g, lvl)
+                if pick is None:
+                    break
+                path.append({**cur, pick[1]: pick[2]})
 
-        # binary search on the path (within the size budget) for the first plan meeting the budget;
-        # fill_size: straight to the last plan within the size budget
-        t0 = time.perf_counter()
-        found = check(last if fill_size else 0)
-        i = last if fill_size else 0
-        if not found and not fill_size:
-            if last > 0 and check(last):
-                lo, hi = 0, last  # path[lo] fails, path[hi] passes
-                while hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    if check(mid):
-                        hi = mid
-                    else:
-                        lo = mid
-                i, found = hi, True
-            else:
-                i = last
-        t_search = time.perf_counter() - t0
+            last = len(path) - 1
+            if max_size_mb is not None:
+                while last > 0 and predicted_mb(last) > float(max_size_mb):
+                    last -= 1
+
+            def check(i: int) -> bool:
+                feed(path[i])
+                m = _score(lm, ref_check, check_wins, ppl_ref_check, task_metric, task_ref)
+                ok = _meets(m, max_ppl, max_kl, max_task_drop)
+                search.append({"step": i, "upgraded_groups": sum(1 for v in path[i].values() if v), "simulated": True,
+                               "predicted_size_mb": predicted_mb(i), "meets_budget": ok,
+                               **{key: m[key] for key in ("perplexity_increase_pct", "kl", "top1_agreement", "task")
+                                  if key in m}})
+                return ok
+
+            # binary search on the path (within the size budget) for the first plan meeting the budget;
+            # fill_size: straight to the last plan within the size budget
+            t0 = time.perf_counter()
+            found = check(last if fill_size else 0)
+            i = last if fill_size else 0
+            if not found and not fill_size:
+                if last > 0 and check(last):
+                    lo, hi = 0, last  # path[lo] fails, path[hi] passes
+                    while hi - lo > 1:
+                        mid = (lo + hi) // 2
+                        if check(mid):
+                            hi = mid
+                        else:
+                            lo = mid
+                    i, found = hi, True
+                else:
+                    i = last
+            t_search = time.perf_counter() - t0
         del lm, proxy
 
         # 4. the real artifact, re-checked; walk further along the path while it misses the budget
@@ -437,6 +482,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
     result = {
         "budget": budget, "candidates": labels, "algo": algo, "granularity": granularity,
         "reached": reached, "found_in_simulation": found,
+        **({"plan_from": str(plan_from)} if plan_from is not None else {}),
         "precision_counts": {lbl: list(layer_plan.values()).count(lbl) for lbl in labels},
         "groups": {g: {"precision": labels[plan[g]], "sensitivity_rank": order.index(g) + 1, **sensitivity[g],
                        "matmuls": groups[g]} for g in order},
