@@ -68,6 +68,18 @@ ROWS = [  # (name, scheme, options, goal class)
     ("torch-dynamic-int8 (TorchScript)", "torch-dynamic-int8", {}, "int8"),
 ]
 
+# --rows genai: the onnxruntime-genai builder's fp32 graph (export preset genai-fp32) quantized by
+# edgeft, for the fast decoder; the plan is the one `auto fill` measured on the optimum export.
+FILL_PLAN = "runs/bench-quant/auto_fill_0.2x_gptq_asym_act_order_b64>b32>b16>int8_heademb_int8/quant_plan.json"
+GENAI_ROWS = [
+    ("fp32", None, {}, None),
+    ("int4-gptq b32 asym act_order, head+emb int8", "int4-gptq",
+     {"block_size": 32, "symmetric": False, "act_order": True, **HEAD8}, "int4"),
+    ("auto plan_from fill 0.2x (b64>b32>b16>int8, head+emb int8)", "auto",
+     {"max_ppl_increase_pct": 6.0, "plan_from": FILL_PLAN, "act_order": True, "check_windows": 8,
+      "candidates": ["int4/b64/asym", "int4/b32/asym", "int4/b16/asym", "int8/b32", "fp32"], **HEAD8}, "int4"),
+]
+
 
 def _windows(tok, text: str, seq: int, n_tokens: int):
     from edgeft.quantize.quality import windows
@@ -96,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--run", default=str(REPO / "runs/quickstart"))
     ap.add_argument("--out", default=str(REPO / "runs/bench-quant"))
     ap.add_argument("--only", nargs="*", help="row names to (re)run")
+    ap.add_argument("--rows", choices=["optimum", "genai"], default="optimum",
+                    help="optimum: the rows above on the optimum export; genai: GENAI_ROWS on a genai-fp32 export "
+                         "(pass --export runs/quickstart/export/genai-fp32 --out runs/bench-quant-genai)")
     ap.add_argument("--speed", action="store_true",
                     help="only re-measure decode tok/s of the finished rows (run it on an idle machine)")
     args = ap.parse_args(argv)
@@ -110,7 +125,7 @@ def main(argv=None) -> int:
     from edgeft.data.templates import prompt_ids
     from edgeft.errors import BudgetError
     from edgeft.quantize import quantize
-    from edgeft.quantize import SCHEMES
+    from edgeft.quantize import SCHEMES, _artifact_size
     from edgeft.runtime.lm import OrtLM, load_lm
     from edgeft.validate import _task_metrics
 
@@ -151,7 +166,8 @@ def main(argv=None) -> int:
             print(f"{name}: {r['decode_tok_s']:.1f} tok/s", flush=True)
         rows_file.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
 
-    for name, scheme, options, goal in ROWS:
+    rows = GENAI_ROWS if args.rows == "genai" else ROWS
+    for name, scheme, options, goal in rows:
         if args.speed:
             break
         if name in done and not (args.only and name in args.only):
@@ -164,7 +180,7 @@ def main(argv=None) -> int:
             lm = OrtLM(export, 2)
             from edgeft.quantize import quality
 
-            row = {"size_bytes": (export / "model.onnx").stat().st_size, "size_ratio": 1.0,
+            row = {"size_bytes": _artifact_size(export, "onnx"), "size_ratio": 1.0,
                    "perplexity": quality.perplexity(lm, heldout), "perplexity_increase_pct": 0.0,
                    "quantize_seconds": 0.0, "top1_agreement": 1.0, "kl": 0.0}
             path = export
@@ -212,7 +228,7 @@ def main(argv=None) -> int:
     ref = done.get("fp32")
     lines = ["| artifact | scheme | size MB | × fp32 | perplexity | Δ ppl | exact match | Δ EM (pts) | "
              "decode tok/s | quantize s | meets goal |", "|" + "---|" * 11]
-    for name, *_ in ROWS:
+    for name, *_ in rows:
         r = done.get(name)
         if r is None:
             continue
