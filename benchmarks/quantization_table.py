@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
     from edgeft.data.readers import read_records
     from edgeft.data.templates import prompt_ids
-    from edgeft.errors import BudgetError
+    from edgeft.errors import BudgetError, ParityError
     from edgeft.quantize import quantize
     from edgeft.quantize import SCHEMES, _artifact_size
     from edgeft.runtime.lm import OrtLM, load_lm
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             try:
                 rep = quantize(src, path, scheme, options, quality_ids=heldout, max_ppl_increase_pct=1e9,
                                calibration_ids=calib)
-            except BudgetError as e:  # auto found no plan: the row records what it reached
+            except (BudgetError, ParityError) as e:  # no plan / the scheme's own check failed: the row says so
                 row = {"name": name, "scheme": scheme, "options": options, "goal": goal, "error": str(e),
                        "command": "python benchmarks/quantization_table.py --only " + json.dumps(name)}
                 with rows_file.open("a") as f:
@@ -233,7 +233,8 @@ def main(argv=None) -> int:
         if r is None:
             continue
         if "error" in r:
-            lines.append(f"| {name} | {r['scheme']} | no plan: {r['error'].split(';')[0]} |" + " |" * 8 + " no |")
+            what = "no plan" if r["scheme"] == "auto" else "failed"
+            lines.append(f"| {name} | {r['scheme']} | {what}: {r['error'].split(';')[0][:160]} |" + " |" * 8 + " no |")
             continue
         d_em = 100 * (r["exact_match"] - ref["exact_match"]) if ref else float("nan")
         meets = "–"
