@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", choices=["optimum", "genai"], default="optimum",
                     help="optimum: the rows above on the optimum export; genai: GENAI_ROWS on a genai-fp32 export "
                          "(pass --export runs/quickstart/export/genai-fp32 --out runs/bench-quant-genai)")
+    ap.add_argument("--table", action="store_true", help="only print the table of the finished rows")
     ap.add_argument("--speed", action="store_true",
                     help="only re-measure decode tok/s of the finished rows (run it on an idle machine)")
     args = ap.parse_args(argv)
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
 
     rows = GENAI_ROWS if args.rows == "genai" else ROWS
     for name, scheme, options, goal in rows:
-        if args.speed:
+        if args.speed or args.table:
             break
         if name in done and not (args.only and name in args.only):
             continue
