@@ -65,9 +65,9 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
            "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None}
     tok = AutoTokenizer.from_pretrained(str(ft / meth.produces))
     if meth.merge == "refuse":
-        from peft import AutoPeftModelForCausalLM
+        from edgeft.finetune.registry import load_trained
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(ft / "adapter"))
+        model = load_trained(ft / meth.produces, base)  # PEFT or AdapterHub, as the method saved it
         row["metric"] = _task_metrics(TorchLM(model), tok, ev, SYSTEM, 48)["exact_match"]
         row["merge"] = f"refused: {meth.merge_note}"
         return row
