@@ -10,7 +10,8 @@ max_seq_len 64, classify objective).
 
 Each method runs in a fresh subprocess so peak RAM (VmHWM) is its own. Per method: trainable
 parameters, size of what fine-tuning writes (adapter or full weights), training tokens/s (real,
-non-pad tokens over training time), peak RAM, the eval metric after training (exact match or
+non-pad tokens over training time), peak RAM while training (the process's high-water mark at the end
+of training, before merge and export), the eval metric after training (exact match or
 accuracy), and for mergeable methods the same metric after merge -> ONNX export -> int8-weight and
 int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 held-out rows). Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
@@ -62,7 +63,8 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
     row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
            "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
            "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
-           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None}
+           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None,
+           "train_peak_rss_mb": m.get("peak_rss_mb")}
     tok = AutoTokenizer.from_pretrained(str(ft / meth.produces))
     if meth.merge == "refuse":
         from edgeft.finetune.registry import load_trained
@@ -107,7 +109,8 @@ def _cls_one(method: str, steps: int, out: Path) -> dict:
     row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
            "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
            "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
-           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None}
+           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None,
+           "train_peak_rss_mb": m.get("peak_rss_mb")}
     evals = [h for h in m.get("eval_history", []) if "eval_accuracy" in h]
     row["metric"] = evals[-1]["eval_accuracy"] if evals else m.get("eval_accuracy")
     if meth.merge == "refuse":
@@ -138,7 +141,7 @@ def _child(family: str, method: str, steps: int, out: Path) -> None:
 
 def _table(rows: list[dict], family: str) -> str:
     metric = "exact match" if family == "lm" else "accuracy"
-    lines = [f"| method | LR | trainable params | written MB | tokens/s | peak RAM MB | {metric} | "
+    lines = [f"| method | LR | trainable params | written MB | tokens/s | training peak RAM MB | {metric} | "
              f"{metric} int8 | {metric} int4 |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(v, fmt):
@@ -149,7 +152,7 @@ def _table(rows: list[dict], family: str) -> str:
             lines.append(f"| {r['method']} | – | – | – | – | – | failed: {r['error'][:80]} | – | – |")
             continue
         lines.append(f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} ({100 * r['trainable_params'] / r['total_params']:.2f}%) | "
-                     f"{f(r['size_mb'], '.1f')} | {f(r['tokens_per_second'], '.0f')} | {f(r.get('peak_rss_mb'), '.0f')} | "
+                     f"{f(r['size_mb'], '.1f')} | {f(r['tokens_per_second'], '.0f')} | {f(r.get('train_peak_rss_mb'), '.0f')} | "
                      f"{f(r.get('metric'), '.3f')} | {f(r.get('metric_int8'), '.3f')} | "
                      f"{f(r.get('metric_int4'), '.3f') if 'metric_int4' in r else (r.get('merge') or '–')[:60]} |")
     return "\n".join(lines)
@@ -175,7 +178,10 @@ def main() -> None:
     for m in methods:
         d = root / m
         if (d / "row.json").is_file():
-            rows.append(json.loads((d / "row.json").read_text()))
+            row = json.loads((d / "row.json").read_text())
+            if "train_peak_rss_mb" not in row and (d / "finetune" / "metrics.json").is_file():
+                row["train_peak_rss_mb"] = json.loads((d / "finetune" / "metrics.json").read_text()).get("peak_rss_mb")
+            rows.append(row)
             continue
         t0 = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
