@@ -119,6 +119,8 @@ def load_trained(target: Path, base_model: Path | str | None = None):
             # the classify objective keeps the labelled config next to the adapter
             src = target if (target / "config.json").is_file() else base_path
             config = AutoConfig.from_pretrained(str(src))
+            if hasattr(config, "quantization_config"):  # saved from a qlora run: the base reloads in fp32
+                del config.quantization_config
             base = AutoModelForSequenceClassification.from_pretrained(base_path, config=config,
                                                                       torch_dtype=torch.float32)
         else:

@@ -287,3 +287,23 @@ def test_prompt_tuning_init_text_starts_from_the_text_embeddings(tiny_lm_dir):
     words = model.get_input_embeddings()(torch.tensor(ids))
     assert torch.equal(virtual, words)
     assert set(trainable(model)) == {"prompt_encoder.default.embedding.weight"}
+
+
+def test_classifier_adapter_from_a_quantized_base_reloads_in_fp32(tiny_cls_dir, tmp_path):
+    """The classify objective keeps the (labelled) config next to the adapter; after qlora that
+    config carries the bitsandbytes quantization_config, which must not re-quantize the reload."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from edgeft.finetune.registry import load_trained
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_cls_dir), num_labels=2)
+    peft = get_peft_model(model, LoraConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    peft.save_pretrained(str(tmp_path / "adapter"))
+    config = AutoConfig.from_pretrained(str(tiny_cls_dir), num_labels=2)
+    config.quantization_config = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    config.save_pretrained(str(tmp_path / "adapter"))
+    back = load_trained(tmp_path / "adapter", tiny_cls_dir)
+    kinds = {type(m).__name__ for m in back.modules()}
+    assert "Linear4bit" not in kinds and all(p.dtype == torch.float32 for p in back.parameters())
