@@ -377,6 +377,9 @@ class TorchLM(CausalLM):
             self.name = type(path_or_model).__name__
             self.model = path_or_model
         self.model.eval()
+        # AdapterHub (adapters 1.3) bottleneck adapters decode garbage from the second token on when
+        # generate() reuses the KV cache (teacher-forced and cache-free outputs are right): recompute.
+        self.use_cache = not hasattr(self.model, "adapters_config")
 
     def logits(self, input_ids):
         import torch
@@ -398,7 +401,7 @@ class TorchLM(CausalLM):
             mask[i, width - len(p):] = 1
         with torch.inference_mode():
             g = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=list(eos_ids), pad_token_id=pad)
+                                    eos_token_id=list(eos_ids), pad_token_id=pad, use_cache=self.use_cache)
         out = []
         eos = set(eos_ids)
         for row in g[:, width:].tolist():
@@ -423,9 +426,13 @@ class TorchLM(CausalLM):
             steps = []
             for _ in range(new_tokens - 1):
                 t = time.perf_counter()
-                out = self.model(input_ids=nxt, past_key_values=past, use_cache=True)
+                if self.use_cache:
+                    out = self.model(input_ids=nxt, past_key_values=past, use_cache=True)
+                    past = out.past_key_values
+                else:  # see __init__: the whole sequence again
+                    ids = torch.cat([ids, nxt], dim=1)
+                    out = self.model(input_ids=ids, use_cache=False)
                 steps.append(time.perf_counter() - t)
-                past = out.past_key_values
                 nxt = out.logits[:, -1:].argmax(-1)
         return ttft, steps
 
