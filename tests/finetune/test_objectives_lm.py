@@ -383,3 +383,19 @@ def test_accelerate_config_is_relative_to_the_recipe(tiny_lm_dir, tmp_path, monk
     monkeypatch.chdir(tmp_path.parent)
     p.stage_finetune(tmp_path / "ft")
     assert seen["conf"] == str(tmp_path / "ds.yaml")
+
+
+def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path):
+    """A run killed while the Trainer writes checkpoint-16 leaves it without trainer_state.json;
+    resume takes checkpoint-8 (step order, not name order) and removes the broken one."""
+    from edgeft.finetune.objectives.common import last_checkpoint
+
+    assert last_checkpoint(tmp_path / "none") is None
+    for n, complete in ((8, True), (16, False), (4, True)):
+        d = tmp_path / f"checkpoint-{n}"
+        d.mkdir()
+        (d / "README.md").write_text("x")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-8"
+    assert not (tmp_path / "checkpoint-16").exists() and (tmp_path / "checkpoint-4").is_dir()

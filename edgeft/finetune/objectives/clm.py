@@ -65,7 +65,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     trainer = common.quiet(Trainer(model=model, args=args, train_dataset=ds(train_blocks),
                                    eval_dataset=ds(eval_blocks), data_collator=default_data_collator,
                                    callbacks=common.callbacks(method, model, cfg, PerplexityCallback())))
-    resume = any(ckpt_dir.glob("checkpoint-*"))
+    resume = common.last_checkpoint(ckpt_dir) is not None
     base_loss = None if resume else trainer.evaluate()["eval_loss"]
     result, seconds, resume = common.fit(trainer, ckpt_dir)
     final_loss = trainer.evaluate()["eval_loss"]

@@ -101,15 +101,39 @@ def quiet(trainer):
     return trainer
 
 
+def last_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The newest *complete* checkpoint in ``ckpt_dir``; incomplete ones are removed.
+
+    A run killed while the Trainer writes a checkpoint leaves a folder without ``trainer_state.json``
+    (the Trainer writes it last); resuming from that folder fails, so it goes and the one before is used.
+    """
+    import shutil
+
+    def step(p: Path) -> int:
+        tail = p.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = None
+    for d in sorted(Path(ckpt_dir).glob("checkpoint-*"), key=step, reverse=True):
+        if not d.is_dir():
+            continue
+        if found is None and (d / "trainer_state.json").is_file():
+            found = d
+        elif found is None:
+            log.warning("removing incomplete checkpoint %s (no trainer_state.json; the run stopped while writing it)", d)
+            shutil.rmtree(d)
+    return found
+
+
 def fit(trainer, ckpt_dir: Path) -> tuple[object, float, bool]:
-    """Train (resuming from the last checkpoint in ``ckpt_dir`` if any); return (result, seconds, resumed)."""
+    """Train (resuming from the last complete checkpoint in ``ckpt_dir`` if any); return (result, seconds, resumed)."""
     quiet(trainer)
-    resume = any(Path(ckpt_dir).glob("checkpoint-*"))
-    if resume:
-        log.info("resuming fine-tuning from the last checkpoint in %s", ckpt_dir)
+    ckpt = last_checkpoint(ckpt_dir)
+    if ckpt is not None:
+        log.info("resuming fine-tuning from %s", ckpt)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    return result, time.perf_counter() - t0, resume
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    return result, time.perf_counter() - t0, ckpt is not None
 
 
 def is_main_process(trainer) -> bool:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from edgeft.data.templates import messages
+from edgeft.finetune.objectives import common
 from edgeft.finetune import speed
 from edgeft.finetune.registry import OBJECTIVES, Objective, save_trained
 
@@ -137,12 +138,13 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         # collated padding-free; the check below proves examples stay apart with this attention.
         trainer.data_collator = speed.padding_free_collator(tokenizer)
         speed.check_packed_attention(trainer.model, trainer.train_dataset[:3]["input_ids"])
-    resume = any(ckpt_dir.glob("checkpoint-*"))
+    ckpt = common.last_checkpoint(ckpt_dir)
+    resume = ckpt is not None
     if resume:
-        log.info("resuming fine-tuning from the last checkpoint in %s", ckpt_dir)
+        log.info("resuming fine-tuning from %s", ckpt)
     t0 = time.perf_counter()
     with speed.answer_only_lm_head(cfg.answer_only_lm_head):
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if resume else None)
     seconds = time.perf_counter() - t0
     save_trained(trainer.model, tokenizer, method, out_dir)
     history = trainer.state.log_history
