@@ -41,6 +41,15 @@ def _dir_mb(p: Path) -> float:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin")) / 2**20
 
 
+def _train_row(method: str, lr: float, m: dict, written: Path) -> dict:
+    """The training columns of a row, from the finetune metrics and what it wrote."""
+    return {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
+            "total_params": m["total_params"], "size_mb": _dir_mb(written),
+            "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
+            "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None,
+            "train_peak_rss_mb": m.get("peak_rss_mb")}
+
+
 def _lm_one(method: str, steps: int, out: Path) -> dict:
     import edgeft
     from edgeft.config.schema import FinetuneConfig
@@ -60,11 +69,7 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, SYSTEM, work_dir=out / "work")
     meth = METHODS.get(method)
-    row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
-           "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
-           "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
-           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None,
-           "train_peak_rss_mb": m.get("peak_rss_mb")}
+    row = _train_row(method, lr, m, ft / meth.produces)
     tok = AutoTokenizer.from_pretrained(str(ft / meth.produces))
     if meth.merge == "refuse":
         from edgeft.finetune.registry import load_trained
@@ -106,11 +111,7 @@ def _cls_one(method: str, steps: int, out: Path) -> dict:
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, "", work_dir=out / "work")
     meth = METHODS.get(method)
-    row = {"method": method, "lr": lr, "steps": m["steps"], "trainable_params": m["trainable_params"],
-           "total_params": m["total_params"], "size_mb": _dir_mb(ft / meth.produces),
-           "tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
-           "final_loss": m["loss_history"][-1]["loss"] if m["loss_history"] else None,
-           "train_peak_rss_mb": m.get("peak_rss_mb")}
+    row = _train_row(method, lr, m, ft / meth.produces)
     evals = [h for h in m.get("eval_history", []) if "eval_accuracy" in h]
     row["metric"] = evals[-1]["eval_accuracy"] if evals else m.get("eval_accuracy")
     if meth.merge == "refuse":
