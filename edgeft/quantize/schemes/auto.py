@@ -300,17 +300,19 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                 shutil.copy2(Path(in_onnx).parent / cfg, Path(tmp) / cfg)
         del sim
         ref = OrtLM(in_onnx, 2)
-        ref_sens = [ref.logits(w) for w in sens_wins]
+        searching = plan_from is None  # a given plan needs no sensitivity windows and no simulation session
+        ref_sens = [ref.logits(w) for w in sens_wins] if searching else []
         ref_check = [ref.logits(w) for w in check_wins]
         from edgeft.quantize import quality
 
-        ppl_ref_sens = quality.perplexity(ref, sens_wins)
+        ppl_ref_sens = quality.perplexity(ref, sens_wins) if searching else None
         ppl_ref_check = quality.perplexity(ref, check_wins)
         task_ref = float(task_metric(ref)) if task_metric is not None else None
         del ref
-        lm = OrtLM(sim_path, 2)
-        proxy = _Overriding(lm.sess)
-        lm.sess = proxy
+        lm = OrtLM(sim_path, 2) if searching else None
+        proxy = _Overriding(lm.sess) if searching else None
+        if searching:
+            lm.sess = proxy
 
         def feed(plan: dict[str, int]) -> None:
             proxy.weights = {init_of[n]: deq(n, lvl) for g, lvl in plan.items() for n in groups[g]
@@ -338,14 +340,14 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
             base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
             sensitivity: dict[str, dict] = {}
             kl_at: dict[str, list[float]] = {}
-            for g in groups:
+            for done, g in enumerate(groups, 1):
                 kl_at[g] = []
                 sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
+                old = prior.get(g, {})
                 for lvl, wq in enumerate(ladder):
                     if wq is None:
                         kl_at[g].append(0.0)
                         continue
-                    old = prior.get(g, {})
                     if labels[lvl] in old.get("kl_per_rung", {}):
                         kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
                         if lvl == 0:
@@ -361,11 +363,10 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
                         sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
                                                - base["perplexity_increase_pct"]})
                 sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
-                done = list(groups).index(g) + 1
-                if done % 10 == 0 or done == len(groups):
-                    log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
                 sensitivity[g].setdefault("ppl_rung", {}).update(
                     {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
+                if done % 10 == 0 or done == len(groups):
+                    log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
             t_sens = time.perf_counter() - t0
             order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
 
