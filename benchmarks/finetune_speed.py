@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SPEED_SETTINGS = ("precision", "answer_only_lm_head", "padding_free", "packed_attention", "shared_prefix", "bf16_base",
+                  "gradient_checkpointing", "group_by_length", "optim", "torch_compile")
 
 
 def _quickstart_finetune(overrides: dict, examples: int):
@@ -80,10 +82,7 @@ def run_edgeft(args, overrides: dict) -> dict:
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"],
             "eval_loss": last["eval_loss"], "exact_match": last.get("eval_exact_match"),
             "eval_seconds": m["train_seconds"] - m["step_seconds"], "wall_seconds": wall,
-            "peak_rss_mb": _peak_rss_mb(), "settings": {k: getattr(cfg, k) for k in
-                                                        ("precision", "answer_only_lm_head", "padding_free",
-                                                         "gradient_checkpointing", "group_by_length", "optim",
-                                                         "torch_compile")}}
+            "peak_rss_mb": _peak_rss_mb(), "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
 
 
 def run_baseline(args) -> dict:

@@ -257,6 +257,15 @@ class FinetuneConfig(Strict):
         True, description="Run the LM head only on positions with a loss (the answer), not on prompt tokens.")
     padding_free: bool = Field(
         True, description="Concatenate a batch's examples into one row, no pad tokens (position_ids keep them apart).")
+    packed_attention: bool = Field(
+        True, description="Padding-free rows: attend per example (one causal SDPA each) instead of over the whole "
+                          "row under a block mask (sdpa/eager models).")
+    shared_prefix: bool = Field(
+        True, description="Padding-free rows: compute the prompt prefix shared by a batch's examples (e.g. the "
+                          "system prompt) once. Exact; needs packed_attention.")
+    bf16_base: bool = Field(
+        True, description="Under bf16 autocast, store LoRA's frozen base weights in bf16 (the values autocast "
+                          "would cast them to on every step).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding when padded).")
     optim: str = Field("adamw_torch", description="transformers optimizer name, e.g. adamw_torch_fused.")

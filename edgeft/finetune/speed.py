@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 
 from edgeft.errors import UnsupportedError
 
@@ -25,42 +26,264 @@ def padding_free_collator(tokenizer):
     """
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return DataCollatorForLanguageModeling(pad_token_id=0 if pad is None else pad, padding_free=True)
 
 
-def check_packed_attention(model, sequences: list[list[int]], atol: float = 1e-3) -> float:
-    """Run ``sequences`` packed into one row and one by one; raise if the logits differ (attention leaks).
+def shared_prefix_collator(tokenizer):
+    """Padding-free rows in which the prompt prefix all of a batch's examples share is computed once.
 
-    Returns the max |logit diff|. A leak (the attention implementation ignoring the packed-sequence
-    mask) moves logits by O(1), far above float32 noise.
+    With a fixed system prompt every example of a batch starts with the same tokens (16 of the
+    quickstart's 46). The row holds the first example whole, then only the rest of each other
+    example, whose ``position_ids`` continue from the prefix length ``p`` instead of restarting at
+    0: :func:`packed_attention` reads such a segment as "continues the row's first ``p`` tokens".
+    Every example then sees exactly the keys and values it would see alone, and the prefix's
+    gradient is the sum of what each example sends it, so the loss and gradients are those of the
+    padded batch (checked by :func:`check_packed_attention` before training). The prefix stops
+    before the position that predicts an example's first loss token, so every loss term keeps its
+    own position. Needs :data:`PACKED_ATTENTION`: other attentions read the layout as separate
+    examples.
     """
     import torch
 
-    seqs = [list(s) for s in sequences if len(s) > 0][:4]
-    if len(seqs) < 2:
+    base = padding_free_collator(tokenizer)
+
+    def collate(examples: list[dict]) -> dict:
+        p = shared_prefix_length(examples)
+        if p == 0:
+            return base(examples)
+        ids, labels, pos = [], [], []
+        for i, ex in enumerate(examples):
+            start = 0 if i == 0 else p
+            lab = list(ex.get("labels", ex["input_ids"]))
+            ids += ex["input_ids"][start:]
+            labels += [-100] + lab[start + 1:]  # a segment's first token is never predicted inside it
+            pos += range(start, len(ex["input_ids"]))
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "position_ids": torch.tensor([pos])}
+
+    return collate
+
+
+def shared_prefix_length(examples: list[dict]) -> int:
+    """Tokens at the start of every example that can be computed once (0 for fewer than two examples).
+
+    The longest common prefix of the ``input_ids``, cut to leave each example's last prompt token
+    (the position whose logits score its first loss token) and at least one token of its own.
+    """
+    if len(examples) < 2:
+        return 0
+    seqs = [ex["input_ids"] for ex in examples]
+    limit = min(len(s) for s in seqs) - 1
+    for ex in examples:
+        lab = ex.get("labels")
+        if lab is not None:
+            first = next((j for j, t in enumerate(lab) if t != -100), len(lab))
+            limit = min(limit, first - 1)
+    p = 0
+    first_seq = seqs[0]
+    while p < limit and all(s[p] == first_seq[p] for s in seqs[1:]):
+        p += 1
+    return p
+
+
+PACKED_ATTENTION = "edgeft_packed"
+
+
+def packed_segments(position_ids) -> list[tuple[int, int, int]]:
+    """``(start, end, prefix)`` for each example of one packed row, read from its ``position_ids``.
+
+    A new example starts wherever the positions do not continue by +1. An example whose positions
+    start at ``prefix > 0`` continues the row's first ``prefix`` tokens (a shared prompt prefix, see
+    :func:`shared_prefix_collator`); the row's first example must start at 0 and hold them.
+    """
+    pos = position_ids.tolist()
+    starts = [0] + [j for j in range(1, len(pos)) if pos[j] != pos[j - 1] + 1]
+    ends = starts[1:] + [len(pos)]
+    first_len = ends[0] - starts[0] if pos and pos[0] == 0 else 0
+    segs = []
+    for s, e in zip(starts, ends):
+        p = pos[s]
+        if p > first_len:
+            raise ValueError(f"packed row: an example starts at position {p} but the row's first example holds "
+                             f"only {first_len} prefix tokens (position_ids must restart at 0 or continue a prefix)")
+        segs.append((s, e, p))
+    return segs
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                     **kwargs):
+    """Attention that runs each example of a padding-free row on its own (registered as :data:`PACKED_ATTENTION`).
+
+    transformers' sdpa attends over the whole packed row under a block-diagonal mask: O(L²) for a
+    row of L tokens and a materialized mask, with no fused kernel (19% of a LoRA step on the
+    quickstart, docs/benchmarks.md). Here each example is one causal SDPA call over its own tokens
+    (plus a shared prefix's keys, see :func:`packed_segments`): the same values with O(Σ lᵢ²) work.
+    Anything that is not one packed row without a cache (padded batches, generation) is plain sdpa.
+    transformers has no varlen attention for CPU (its varlen path is flash-attn, CUDA only), hence
+    this function.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    segs = None
+    if position_ids is not None and query.shape[0] == 1 and query.shape[2] == key.shape[2] > 1:
+        segs = packed_segments(position_ids[0])
+    if not segs or (len(segs) == 1 and segs[0][2] == 0):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    cpu = query.device.type == "cpu"
+    if cpu:  # CPU SDPA runs these short segments 2.6x faster in fp32 than in bf16 (docs/benchmarks.md)
+        query, key, value = query.float(), key.float(), value.float()
+    outs = []
+    with torch.autocast(query.device.type, enabled=False) if cpu else contextlib.nullcontext():
+        for s, e, p in segs:
+            q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+            mask = None
+            if p:  # keys: the shared prefix, then the example's own tokens; causal aligned to the end
+                k = torch.cat([key[:, :, :p], k], dim=2)
+                v = torch.cat([value[:, :, :p], v], dim=2)
+                n = e - s
+                mask = torch.ones(n, p + n, dtype=torch.bool, device=query.device).tril(diagonal=p)
+            outs.append(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                                       is_causal=mask is None, enable_gqa=gqa))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_attention() -> str:
+    """Register :func:`packed_attention` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+    # padded batches and generation still get sdpa's mask; a packed row's mask goes unused
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_ATTENTION, sdpa_mask)
+    return PACKED_ATTENTION
+
+
+@contextlib.contextmanager
+def use_packed_attention(model, enabled: bool = True):
+    """Inside the block, ``model`` attends with :func:`packed_attention` if it was on sdpa or eager.
+
+    Other attentions (flash-attention on CUDA reads the collator's ``cu_seq_lens``) are left as
+    they are. Restored on exit, so nothing saved names the function. Yields whether it is in use.
+    """
+    config = getattr(model, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    if not enabled or previous not in ("sdpa", "eager"):
+        yield False
+        return
+    config._attn_implementation = register_packed_attention()
+    try:
+        yield True
+    finally:
+        config._attn_implementation = previous
+
+
+def check_packed_attention(model, examples: list[dict], collator=None, atol: float = 1e-3) -> float:
+    """Run ``examples`` collated into one padding-free row and one by one; raise if the logits differ.
+
+    ``examples`` are token-id lists or dicts with ``input_ids`` (and ``labels``, which bound a shared
+    prefix); ``collator`` is the padding-free collator training uses (default: plain packing).
+    Returns the max |logit diff|. A leak (an attention ignoring the examples' boundaries, or a shared
+    prefix read wrongly) moves logits by O(1), far above float32 noise.
+    """
+    import torch
+
+    examples = [e if isinstance(e, dict) else {"input_ids": list(e)} for e in examples]
+    examples = [e for e in examples if len(e["input_ids"]) > 0][:4]
+    if len(examples) < 2:
         return 0.0
+    batch = (collator or padding_free_collator(None))(examples)
+    segs = packed_segments(batch["position_ids"][0])
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            ids = torch.tensor([sum(seqs, [])])
-            pos = torch.cat([torch.arange(len(s)) for s in seqs])[None]
-            packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0]
-            diff, start = 0.0, 0
-            for s in seqs:
-                alone = model(input_ids=torch.tensor([s]), use_cache=False).logits[0]
-                diff = max(diff, (packed[start:start + len(s)] - alone).abs().max().item())
-                start += len(s)
+            packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+            diff = 0.0
+            for ex, (s, e, p) in zip(examples, segs):
+                alone = model(input_ids=torch.tensor([ex["input_ids"]]), use_cache=False).logits[0]
+                diff = max(diff, (packed[s:e] - alone[p:]).abs().max().item())
     finally:
         if was_training:
             model.train()
-    if not diff <= atol:
+    if len(segs) != len(examples) or not diff <= atol:
         impl = getattr(getattr(model, "config", None), "_attn_implementation", "?")
         raise UnsupportedError(
             f"padding-free batches leak attention across examples with attn_implementation={impl!r} "
             f"(max |logit diff| {diff:.3g} > {atol:g} between packed and separate examples); "
             "set finetune.padding_free: false")
     return diff
+
+
+def _frozen_lora_bases(model) -> dict:
+    """``{name: nn.Linear}`` of the fp32 frozen base layers under LoRA (not DoRA), tied weights excepted."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    out = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or any(getattr(module, "use_dora", {}).values()):
+            continue
+        base = module.get_base_layer()
+        if isinstance(base, torch.nn.Linear) and not base.weight.requires_grad \
+                and base.weight.dtype == torch.float32 and seen.get(id(base.weight)) == 1:
+            out[name] = base
+    return out
+
+
+@contextlib.contextmanager
+def bf16_lora_base(model, spill_dir, enabled: bool = True):
+    """Inside the block, the frozen base weights under LoRA layers are stored in bf16; yields how many.
+
+    Under bf16 autocast every ``linear`` casts its fp32 weight to bf16 on every forward (autocast
+    caches casts only for weights that train) and keeps that copy for backward: memory traffic and
+    RAM for no effect, as the matmul sees the same rounded values when the weight is stored rounded
+    (the tests check the loss and gradients are bit-identical). LoRA's own weights, embeddings,
+    norms, the LM head and tied weights stay fp32, so the residual stream and the optimizer are
+    unchanged. The model needs autocast to run inside the block. DoRA layers are skipped (they read
+    the base weight's norm in its own dtype).
+
+    The exact fp32 weights go to ``spill_dir`` (a safetensors file, not RAM) and are put back on
+    exit, so the model leaves the block as it came in.
+    """
+    import torch
+
+    bases = _frozen_lora_bases(model) if enabled else {}
+    if not bases:
+        yield 0
+        return
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    spill_dir = Path(spill_dir)
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    spill = spill_dir / "fp32-lora-base.safetensors"
+    tensors = {f"{name}.{kind}": t.data for name, base in bases.items()
+               for kind, t in (("weight", base.weight), ("bias", base.bias)) if t is not None}
+    save_file(tensors, str(spill.with_suffix(".tmp")))
+    spill.with_suffix(".tmp").replace(spill)
+    del tensors
+    for base in bases.values():
+        for t in (base.weight, base.bias):
+            if t is not None:
+                t.data = t.data.to(torch.bfloat16)
+    try:
+        yield len(bases)
+    finally:
+        with safe_open(str(spill), "pt") as f:
+            for name, base in bases.items():
+                base.weight.data = f.get_tensor(f"{name}.weight")
+                if base.bias is not None:
+                    base.bias.data = f.get_tensor(f"{name}.bias")
+        spill.unlink()
 
 
 def real_tokens(dataset) -> int:

@@ -27,7 +27,7 @@ def _examples(tok, n=6):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_lm_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
     return tok, _examples(tok)
@@ -50,14 +50,23 @@ def _batches(tok, examples):
     return padded, packed
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_padding_free_loss_and_grads_equal_padded(tiny_lm_dir, tiny, attn):
+@pytest.mark.parametrize("attn,shared", [("sdpa", False), ("eager", False), ("packed", False), ("packed", True)])
+def test_padding_free_loss_and_grads_equal_padded(tiny_lm_dir, tiny, attn, shared):
+    from edgeft.finetune import speed
+
     tok, examples = tiny
     padded, packed = _batches(tok, examples)
     assert "attention_mask" not in packed and packed["input_ids"].shape[0] == 1
     assert packed["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples)  # no pad token
     assert (padded["attention_mask"] == 0).any()  # the padded batch does carry padding
-    model = _model(tiny_lm_dir, attn)
+    if shared:
+        p = speed.shared_prefix_length(examples)
+        assert p > 5  # the system prompt's tokens
+        packed = speed.shared_prefix_collator(tok)(examples)
+        assert packed["input_ids"].shape[1] == sum(len(e["input_ids"]) for e in examples) - (len(examples) - 1) * p
+    model = _model(tiny_lm_dir, "sdpa" if attn == "packed" else attn)
+    if attn == "packed":
+        model.config._attn_implementation = speed.register_packed_attention()
     results = []
     for batch in (padded, packed):
         model.zero_grad()
@@ -74,6 +83,70 @@ def test_padding_free_loss_and_grads_equal_padded(tiny_lm_dir, tiny, attn):
     alone = [model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]]), use_cache=False).loss.item()
              for e in examples]
     assert max(abs(a - loss_pad) for a in alone) > 1e-3
+
+
+def test_shared_prefix_stops_before_each_examples_first_loss_position():
+    from edgeft.finetune import speed
+
+    ex = {"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100, -100, -100, -100, 5, 6]}
+    # identical examples: the prefix keeps the last prompt token (it predicts the first answer token)
+    assert speed.shared_prefix_length([ex, ex]) == 3
+    other = {"input_ids": [1, 2, 9, 4, 5, 6], "labels": ex["labels"]}
+    assert speed.shared_prefix_length([ex, other]) == 2
+    assert speed.shared_prefix_length([ex]) == 0
+    short = {"input_ids": [1, 2], "labels": [-100, 2]}
+    assert speed.shared_prefix_length([ex, short]) == 0
+    batch = speed.shared_prefix_collator(None)([ex, ex])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 4, 5, 6]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 3, 4, 5]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, -100, 5, 6, -100, 5, 6]]
+    assert speed.packed_segments(batch["position_ids"][0]) == [(0, 6, 0), (6, 9, 3)]
+    with pytest.raises(ValueError, match="first example holds only 2"):
+        speed.packed_segments(torch.tensor([0, 1, 5, 6]))
+
+
+def test_packed_attention_check_catches_a_prefix_read_as_separate_examples(tiny_lm_dir, tiny):
+    from edgeft.errors import UnsupportedError
+    from edgeft.finetune import speed
+
+    tok, examples = tiny
+    model = _model(tiny_lm_dir)  # sdpa reads a segment starting at position p as a separate example
+    with pytest.raises(UnsupportedError, match="padding_free: false"):
+        speed.check_packed_attention(model, examples, speed.shared_prefix_collator(tok))
+    with speed.use_packed_attention(model) as used:
+        assert used and model.config._attn_implementation == speed.PACKED_ATTENTION
+        assert speed.check_packed_attention(model, examples, speed.shared_prefix_collator(tok)) < 1e-4
+    assert model.config._attn_implementation == "sdpa"  # restored: nothing saved names the function
+
+
+def test_bf16_lora_base_gives_the_autocast_values_and_restores_fp32(tiny_lm_dir, tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from edgeft.finetune import speed
+
+    tok, examples = tiny
+    batch = speed.padding_free_collator(tok)(examples)
+    out = []
+    for convert in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(_model(tiny_lm_dir), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        with speed.bf16_lora_base(model, tmp_path, enabled=convert) as n:
+            n_lora = sum(1 for name, _ in model.named_modules() if name.endswith(".base_layer"))
+            assert n == (n_lora if convert else 0) and n_lora > 0
+            if convert:
+                assert model.base_model.model.model.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+                assert model.base_model.model.lm_head.weight.dtype == torch.float32  # only LoRA's frozen bases
+            with torch.autocast("cpu", torch.bfloat16):
+                loss = model(**batch, use_cache=False).loss
+            loss.backward()
+        lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+        out.append((loss.item(), lora_a.grad.clone()))
+        after = dict(model.named_parameters())
+        assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+        assert not list(tmp_path.iterdir())  # the spilled fp32 weights are cleaned up
+    assert out[0][0] == out[1][0]  # autocast rounds the fp32 weights to the same bf16 values
+    assert torch.equal(out[0][1], out[1][1])
 
 
 def test_answer_only_lm_head_gives_the_same_loss(tiny_lm_dir, tiny):
@@ -155,6 +228,8 @@ def test_training_padding_free_matches_padded(tiny_lm_dir, tmp_path, records):
 def test_group_by_length_keeps_all_examples(tiny_lm_dir, tmp_path, records, padding_free):
     from transformers import TrainerCallback
 
+    from edgeft.finetune import speed
+
     class Probe(TrainerCallback):
         """Reads one pass of the training dataloader: every example, as token ids, and the batches' lengths."""
 
@@ -162,9 +237,9 @@ def test_group_by_length_keeps_all_examples(tiny_lm_dir, tmp_path, records, padd
             self.seqs, self.spreads = [], []
             for batch in train_dataloader:
                 ids = batch["input_ids"]
-                if "position_ids" in batch:  # padding-free: one row, examples start where position_ids is 0
-                    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
-                    rows = [ids[0, a:b].tolist() for a, b in zip(starts, starts[1:])]
+                if "position_ids" in batch:  # padding-free: one row; an example may continue a shared prefix
+                    row = ids[0].tolist()
+                    rows = [row[:p] + row[a:b] for a, b, p in speed.packed_segments(batch["position_ids"][0])]
                 else:
                     rows = [r[m.bool()].tolist() for r, m in zip(ids, batch["attention_mask"])]
                 self.seqs += rows
@@ -180,3 +255,12 @@ def test_group_by_length_keeps_all_examples(tiny_lm_dir, tmp_path, records, padd
     assert len(seen[True].seqs) == len(seen[False].seqs) == len(train)
     assert sorted(seen[True].seqs) == sorted(seen[False].seqs)  # the same examples, each exactly once
     assert sum(seen[True].spreads) < sum(seen[False].spreads)  # and grouped by length
+
+
+def test_training_with_bf16_lora_base_and_shared_prefix(tiny_lm_dir, tmp_path, records):
+    """The fast defaults under bf16 autocast: trains, evaluates (exact match decodes under autocast too)."""
+    m = _train(tiny_lm_dir, tmp_path, records, precision="bf16", eval_examples=2)
+    assert m["steps"] == 4 and m["tokens_per_second"] > 0
+    assert m["eval_history"] and "eval_exact_match" in m["eval_history"][-1]
+    fp32 = _train(tiny_lm_dir, tmp_path / "fp32", records, eval_examples=2)
+    assert abs(m["eval_history"][-1]["eval_loss"] - fp32["eval_history"][-1]["eval_loss"]) < 0.05

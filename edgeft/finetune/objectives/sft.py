@@ -7,6 +7,7 @@ learned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -54,6 +55,11 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     eval_every = max(1, steps_per_epoch)
     em_records = eval_records[: cfg.eval_examples]
 
+    def autocast():
+        import torch
+
+        return torch.autocast(model.device.type, torch.bfloat16, enabled=speed.use_bf16(cfg.precision))
+
     class ExactMatchCallback(TrainerCallback):
         """Adds eval_exact_match / eval_json_valid (greedy decoding on a slice of the eval split) to each eval."""
 
@@ -63,7 +69,8 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
             if not em_records or model is None:
                 return
             t = time.perf_counter()
-            res = exact_match(model, tokenizer, em_records, system_prompt)
+            with autocast():  # a bf16 base (speed.bf16_frozen_lora_bases) runs under autocast only
+                res = exact_match(model, tokenizer, em_records, system_prompt)
             ExactMatchCallback.seconds += time.perf_counter() - t
             if metrics is not None:
                 metrics.update({f"eval_{k}": v for k, v in res.items()})
@@ -132,20 +139,27 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    if cfg.padding_free:
-        # Built padded, so TRL tokenizes and truncates to max_length as usual (it refuses padding_free=True
-        # with max_length set, as it cannot truncate inside its padding-free collator), then batches are
-        # collated padding-free; the check below proves examples stay apart with this attention.
-        trainer.data_collator = speed.padding_free_collator(tokenizer)
-        speed.check_packed_attention(trainer.model, trainer.train_dataset[:3]["input_ids"])
     ckpt = common.last_checkpoint(ckpt_dir)
     resume = ckpt is not None
     if resume:
         log.info("resuming fine-tuning from %s", ckpt)
-    t0 = time.perf_counter()
-    with speed.answer_only_lm_head(cfg.answer_only_lm_head):
+    with contextlib.ExitStack() as stack:
+        packed = stack.enter_context(speed.use_packed_attention(model, cfg.padding_free and cfg.packed_attention))
+        if cfg.padding_free:
+            # Built padded, so TRL tokenizes and truncates to max_length as usual (it refuses padding_free=True
+            # with max_length set, as it cannot truncate inside its padding-free collator), then batches are
+            # collated padding-free; the check below proves examples stay apart with this attention.
+            shared = packed and cfg.shared_prefix
+            trainer.data_collator = (speed.shared_prefix_collator if shared else speed.padding_free_collator)(tokenizer)
+            first = trainer.train_dataset.select(range(min(4, len(trainer.train_dataset)))).to_list()
+            speed.check_packed_attention(trainer.model, first, trainer.data_collator)
+        n_bf16 = stack.enter_context(speed.bf16_lora_base(model, work_dir, speed.use_bf16(cfg.precision) and cfg.bf16_base))
+        if n_bf16:
+            log.info("%d frozen LoRA base weights held in bf16 while training", n_bf16)
+        stack.enter_context(speed.answer_only_lm_head(cfg.answer_only_lm_head))
+        t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(ckpt) if resume else None)
-    seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
     save_trained(trainer.model, tokenizer, method, out_dir)
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
