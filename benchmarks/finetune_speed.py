@@ -16,9 +16,11 @@ the order alternates between repeats and medians are printed.
   (how each speed setting is measured on its own).
 
 tokens/s = real (non-pad) tokens trained / wall time of the optimizer steps (``on_step_begin`` to
-``on_step_end``; ``edgeft.finetune.speed``), the same for every contender. Evaluation (eval loss on
-the eval split, greedy exact match on it) runs after the steps and is timed apart. Peak RAM is the
-child process's VmHWM.
+``on_step_end``; ``edgeft.finetune.speed``), the same for every contender; "eval s" is the time
+spent evaluating during training. The compared metric is measured the same way for every
+contender after training, by one function on the trained model in fp32 (no autocast): eval loss =
+mean cross-entropy over all answer tokens of the eval split, and greedy exact match on it. Peak
+RAM is the child process's VmHWM, taken before that final evaluation.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ SPEED_SETTINGS = ("precision", "answer_only_lm_head", "padding_free", "packed_at
                   "gradient_checkpointing", "group_by_length", "optim", "torch_compile")
 
 
-def _quickstart_finetune(overrides: dict, examples: int):
+def _quickstart_finetune(overrides: dict):
     import yaml
 
     from edgeft.config.schema import FinetuneConfig
@@ -46,7 +48,7 @@ def _quickstart_finetune(overrides: dict, examples: int):
     recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
     ft = dict(recipe["finetune"])
     system_prompt = recipe["data"]["system_prompt"]
-    ft.update(threads=2, eval_examples=examples, **overrides)
+    ft.update(threads=2, **overrides)  # exact match during training on the recipe's eval_examples
     return FinetuneConfig(**ft), system_prompt
 
 
@@ -65,24 +67,58 @@ def _data(n_train: int, n_eval: int):
     return generate(n_train, n_eval, seed=0)
 
 
+def _evaluate(model, tok, records, system_prompt: str, batch_size: int = 8) -> dict:
+    """The compared metric, the same code for every contender: fp32 eval loss on the answers and exact match."""
+    import torch
+
+    from edgeft.data.templates import conversation_text, prompt_ids
+    from edgeft.finetune.objectives.sft import exact_match
+
+    model.eval()
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            rows = []
+            for r in records[i:i + batch_size]:
+                ids = tok(conversation_text(tok, system_prompt, r["prompt"], r["response"]),
+                          add_special_tokens=False).input_ids
+                n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
+                rows.append((ids, [-100] * n_prompt + ids[n_prompt:]))
+            width = max(len(ids) for ids, _ in rows)
+            ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
+            labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+            target = labels[:, 1:]
+            nll += torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100,
+                                                     reduction="sum").item()
+            count += int((target != -100).sum())
+    return {"eval_loss": nll / count, "exact_match": exact_match(model, tok, records, system_prompt)["exact_match"]}
+
+
 def run_edgeft(args, overrides: dict) -> dict:
     from edgeft.finetune import finetune
     from edgeft.models import resolve_model
 
-    cfg, system_prompt = _quickstart_finetune(overrides, args.eval_examples)
+    cfg, system_prompt = _quickstart_finetune(overrides)
     train, ev = _data(args.examples, args.eval_examples)
     cfg = cfg.model_copy(update={"epochs": args.epochs})
+    from transformers import AutoTokenizer
+
+    from edgeft.finetune import load_trained
+
+    base = resolve_model("smollm2-135m").path
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        m = finetune(resolve_model("smollm2-135m").path, train, ev, Path(tmp) / "out", cfg, system_prompt,
-                     work_dir=Path(tmp) / "work")
+        m = finetune(base, train, ev, Path(tmp) / "out", cfg, system_prompt, work_dir=Path(tmp) / "work")
         wall = time.perf_counter() - t0
-    last = m["eval_history"][-1]
+        peak = _peak_rss_mb()
+        final = _evaluate(load_trained(Path(tmp) / "out" / "adapter"), AutoTokenizer.from_pretrained(str(base)), ev,
+                          system_prompt)
     return {"tokens_per_second": m["tokens_per_second"], "step_seconds": m["step_seconds"],
-            "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"],
-            "eval_loss": last["eval_loss"], "exact_match": last.get("eval_exact_match"),
+            "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"], **final,
             "eval_seconds": m["train_seconds"] - m["step_seconds"], "wall_seconds": wall,
-            "peak_rss_mb": _peak_rss_mb(), "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
+            "peak_rss_mb": peak, "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
 
 
 def run_baseline(args) -> dict:
@@ -93,10 +129,9 @@ def run_baseline(args) -> dict:
 
     from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.finetune import speed
-    from edgeft.finetune.objectives.sft import exact_match
     from edgeft.models import resolve_model
 
-    cfg, system_prompt = _quickstart_finetune({}, args.eval_examples)
+    cfg, system_prompt = _quickstart_finetune({})
     torch.set_num_threads(2)
     set_seed(cfg.seed)
     path = str(resolve_model("smollm2-135m").path)
@@ -129,14 +164,13 @@ def run_baseline(args) -> dict:
         t0 = time.perf_counter()
         result = trainer.train()
         t1 = time.perf_counter()
-        eval_loss = trainer.evaluate()["eval_loss"]
-        em = exact_match(model, tok, ev, system_prompt)["exact_match"]
-        t2 = time.perf_counter()
+        peak = _peak_rss_mb()
+        final = _evaluate(model, tok, ev, system_prompt)
     trained = sum(len(x["input_ids"]) for x in train_ds) * args.epochs
     return {"tokens_per_second": trained / timer.seconds, "step_seconds": timer.seconds, "trained_tokens": trained,
-            "steps": trainer.state.global_step, "train_loss": result.training_loss, "eval_loss": eval_loss,
-            "exact_match": em, "eval_seconds": (t1 - t0 - timer.seconds) + (t2 - t1), "wall_seconds": t2 - t0,
-            "peak_rss_mb": _peak_rss_mb(), "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
+            "steps": trainer.state.global_step, "train_loss": result.training_loss, **final,
+            "eval_seconds": t1 - t0 - timer.seconds, "wall_seconds": t1 - t0,
+            "peak_rss_mb": peak, "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
 
 
 def _parse_contender(spec: str) -> tuple[str, dict]:
@@ -160,7 +194,7 @@ def _child(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--examples", type=int, default=200, help="training examples (quickstart generator, seed 0)")
-    ap.add_argument("--eval-examples", type=int, default=48, help="eval split size (eval loss and exact match)")
+    ap.add_argument("--eval-examples", type=int, default=96, help="eval split size (eval loss and exact match)")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2, help="runs per contender, order alternating")
     ap.add_argument("--contender", action="append", help="baseline, edgeft, or NAME:key=value,... (edgeft overrides)")

@@ -255,6 +255,9 @@ class FinetuneConfig(Strict):
         "auto", description="bf16 autocast (weights and optimizer stay fp32) or fp32; auto: bf16 where it is native.")
     answer_only_lm_head: bool = Field(
         True, description="Run the LM head only on positions with a loss (the answer), not on prompt tokens.")
+    chunked_lm_head: bool = Field(
+        False, description="Score training batches with TRL's chunked LM head (memory bounded for long answers) "
+                           "instead of one matmul over the answer positions; on CUDA TRL's kernels are always used.")
     padding_free: bool = Field(
         True, description="Concatenate a batch's examples into one row, no pad tokens (position_ids keep them apart).")
     packed_attention: bool = Field(

@@ -329,6 +329,63 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16"
 
 
+# Above this many logits (answer positions x vocab) the loss goes back to TRL's chunked LM head, whose memory
+# does not grow with the answer length: 2**26 fp32 logits are 256 MB.
+MAX_ANSWER_LOGITS = 2 ** 26
+
+
+def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
+    """Causal-LM loss with the LM head run only at the positions that predict a label; ``None`` past the size cap.
+
+    The positions go to the model as transformers' ``logits_to_keep`` (a 1-D index tensor), so the
+    head is one matmul over the answer positions (bf16 under autocast) followed by an fp32
+    cross-entropy. TRL's fused head computes the same per-token log-probabilities in vocabulary
+    tiles with extra entropy statistics and recomputes the tiles in backward with fp32 GEMMs; on
+    CPU, for the quickstart's 148 answer tokens of a batch and a 49k vocabulary, that is 393 ms per
+    step against 85 ms here (docs/benchmarks.md). Its bounded memory matters for long answers,
+    hence :data:`MAX_ANSWER_LOGITS`.
+
+    Returns ``(loss, stats)``: the loss is the sum over answer tokens divided by
+    ``num_items_in_batch`` (gradient accumulation) or by their count; ``stats`` holds the correct
+    top-1 count and the token count for the trainer's token accuracy. The per-token entropy TRL
+    also logs is left out: a further pass over the vocabulary's probabilities cost as much as the
+    loss itself (~90 ms a step on the quickstart).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    target = labels[:, 1:]
+    valid = target != -100
+    cols = valid.any(dim=0).nonzero().flatten()
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if labels.shape[0] * cols.numel() * vocab > MAX_ANSWER_LOGITS:
+        return None, None
+    fwd = {k: v for k, v in inputs.items() if k != "labels"}
+    logits = model(**fwd, use_cache=False, logits_to_keep=cols).logits.float()  # [B, n, V]
+    picked = target[:, cols]
+    total = F.cross_entropy(logits.reshape(-1, vocab), picked.reshape(-1), ignore_index=-100, reduction="sum")
+    count = valid.sum()
+    denom = count if num_items_in_batch is None else num_items_in_batch
+    loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
+    with torch.no_grad():
+        mask = picked != -100
+        stats = {"correct": (logits[mask].argmax(-1) == picked[mask]).sum(), "count": count}
+    return loss, stats
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM under ``model`` (PEFT-wrapped or not) takes transformers' ``logits_to_keep``."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:  # the class's forward: TRL patches the instance's with its fused head
+        params = inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "logits_to_keep" in params and hasattr(inner, "get_output_embeddings")
+
+
 @contextlib.contextmanager
 def answer_only_lm_head(enabled: bool = True):
     """Inside the block, TRL's fused LM head projects only the positions that carry a loss on CPU too.

@@ -170,6 +170,35 @@ def test_answer_only_lm_head_gives_the_same_loss(tiny_lm_dir, tiny):
     assert not trl_utils._use_triton(torch.device("cpu")), "the patch must be undone on exit"
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_answer_only_loss_equals_the_full_logits_loss(tiny_lm_dir, tiny, packed, monkeypatch):
+    """The training loss scored at the answer positions only (logits_to_keep) vs the model's own full-logits loss."""
+    from edgeft.finetune import speed
+
+    tok, examples = tiny
+    batch = _batches(tok, examples)[1 if packed else 0]
+    model = _model(tiny_lm_dir)
+    assert speed.accepts_logits_to_keep(model)
+    grads = []
+    for fast in (False, True):
+        model.zero_grad()
+        if fast:
+            loss, stats = speed.answer_only_loss(model, batch)
+            assert int(stats["count"]) == int((batch["labels"][:, 1:] != -100).sum()) > 0
+            assert 0 <= int(stats["correct"]) <= int(stats["count"])
+        else:
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        grads.append((loss.item(), model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    assert abs(grads[0][0] - grads[1][0]) < 1e-5, grads
+    assert (grads[0][1] - grads[1][1]).abs().max().item() < 1e-5
+    # gradient accumulation divides by the tokens of the whole accumulated batch
+    half, _ = speed.answer_only_loss(model, batch, num_items_in_batch=2 * int(stats["count"]))
+    assert abs(half.item() - grads[1][0] / 2) < 1e-5
+    monkeypatch.setattr(speed, "MAX_ANSWER_LOGITS", 10)
+    assert speed.answer_only_loss(model, batch) == (None, None)  # too many logits: the caller falls back
+
+
 def test_packed_attention_check_catches_a_leak(tiny_lm_dir, tiny, monkeypatch):
     from transformers import masking_utils
 
@@ -264,3 +293,16 @@ def test_training_with_bf16_lora_base_and_shared_prefix(tiny_lm_dir, tmp_path, r
     assert m["eval_history"] and "eval_exact_match" in m["eval_history"][-1]
     fp32 = _train(tiny_lm_dir, tmp_path / "fp32", records, eval_examples=2)
     assert abs(m["eval_history"][-1]["eval_loss"] - fp32["eval_history"][-1]["eval_loss"]) < 0.05
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_training_steps_score_answers_through_logits_to_keep_on_cpu(tiny_lm_dir, tmp_path, records, monkeypatch,
+                                                                     chunked):
+    from edgeft.finetune import speed
+
+    calls = []
+    real = speed.answer_only_loss
+    monkeypatch.setattr(speed, "answer_only_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = _train(tiny_lm_dir, tmp_path, records, max_steps=2, chunked_lm_head=chunked)
+    assert m["steps"] == 2 and len(calls) == (0 if chunked else 2)
+    assert all(h["loss"] > 0 for h in m["loss_history"])

@@ -46,6 +46,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
           system_prompt: str) -> dict:
     import resource
 
+    import torch
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -56,8 +57,6 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     em_records = eval_records[: cfg.eval_examples]
 
     def autocast():
-        import torch
-
         return torch.autocast(model.device.type, torch.bfloat16, enabled=speed.use_bf16(cfg.precision))
 
     class ExactMatchCallback(TrainerCallback):
@@ -128,7 +127,32 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     callbacks = [ExactMatchCallback(), LogCallback(), timer, *method.callbacks(model, cfg)]
     if cfg.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
-    trainer = SFTTrainer(
+    plain_head = (cfg.answer_only_lm_head and not cfg.chunked_lm_head and method.padding_free
+                  and not _cuda() and speed.accepts_logits_to_keep(model))
+
+    class Trainer(SFTTrainer):
+        """TRL's SFTTrainer; on CPU a training step scores only the answer positions (speed.answer_only_loss)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not plain_head or return_outputs or not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, stats = speed.answer_only_loss(model, inputs, num_items_in_batch)
+            if loss is None:  # past the logits cap: TRL's chunked head keeps memory bounded
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL and Trainer do: DDP averages the gradients
+            # the metrics TRL logs for a step, but entropy (see speed.answer_only_loss): token accuracy, tokens seen
+            n = self.accelerator.gather_for_metrics(stats["count"]).sum()
+            if n > 0:
+                self._metrics["train"]["mean_token_accuracy"].append(
+                    (self.accelerator.gather_for_metrics(stats["correct"]).sum() / n).item())
+            ref = inputs.get("attention_mask", inputs.get("position_ids"))
+            seen = ref.sum() if "attention_mask" in inputs else torch.tensor(ref.size(1))
+            self._total_train_tokens += self.accelerator.gather_for_metrics(seen).sum().item()
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    trainer = Trainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
