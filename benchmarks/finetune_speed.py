@@ -20,7 +20,9 @@ tokens/s = real (non-pad) tokens trained / wall time of the optimizer steps (``o
 spent evaluating during training. The compared metric is measured the same way for every
 contender after training, by one function on the trained model in fp32 (no autocast): eval loss =
 mean cross-entropy over all answer tokens of the eval split, and greedy exact match on it. Peak
-RAM is the child process's VmHWM, taken before that final evaluation.
+RAM is the child process's VmHWM at the end of the last optimizer step (``StepTimer.peak_rss_mb``):
+model loading and training, not the evaluation edgeft runs after the steps (early stopping) and
+the plain script does not.
 """
 
 from __future__ import annotations
@@ -50,15 +52,6 @@ def _quickstart_finetune(overrides: dict):
     system_prompt = recipe["data"]["system_prompt"]
     ft.update(threads=2, **overrides)  # exact match during training on the recipe's eval_examples
     return FinetuneConfig(**ft), system_prompt
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _data(n_train: int, n_eval: int):
@@ -112,13 +105,12 @@ def run_edgeft(args, overrides: dict) -> dict:
         t0 = time.perf_counter()
         m = finetune(base, train, ev, Path(tmp) / "out", cfg, system_prompt, work_dir=Path(tmp) / "work")
         wall = time.perf_counter() - t0
-        peak = _peak_rss_mb()
         final = _evaluate(load_trained(Path(tmp) / "out" / "adapter"), AutoTokenizer.from_pretrained(str(base)), ev,
                           system_prompt)
     return {"tokens_per_second": m["tokens_per_second"], "step_seconds": m["step_seconds"],
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"], **final,
             "eval_seconds": m["train_seconds"] - m["step_seconds"], "wall_seconds": wall,
-            "peak_rss_mb": peak, "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
+            "peak_rss_mb": m["steps_peak_rss_mb"], "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
 
 
 def run_baseline(args) -> dict:
@@ -164,13 +156,12 @@ def run_baseline(args) -> dict:
         t0 = time.perf_counter()
         result = trainer.train()
         t1 = time.perf_counter()
-        peak = _peak_rss_mb()
         final = _evaluate(model, tok, ev, system_prompt)
     trained = sum(len(x["input_ids"]) for x in train_ds) * args.epochs
     return {"tokens_per_second": trained / timer.seconds, "step_seconds": timer.seconds, "trained_tokens": trained,
             "steps": trainer.state.global_step, "train_loss": result.training_loss, **final,
             "eval_seconds": t1 - t0 - timer.seconds, "wall_seconds": t1 - t0,
-            "peak_rss_mb": peak, "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
+            "peak_rss_mb": timer.peak_rss_mb, "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
 
 
 def _parse_contender(spec: str) -> tuple[str, dict]:

@@ -291,14 +291,32 @@ def real_tokens(dataset) -> int:
     return sum(len(x) for x in dataset["input_ids"])
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (VmHWM; ``ru_maxrss`` where /proc is missing), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def step_timer():
-    """A ``TrainerCallback`` summing the wall time of optimizer steps (see the module docstring)."""
+    """A ``TrainerCallback`` summing the wall time of optimizer steps (see the module docstring).
+
+    It also keeps ``peak_rss_mb``, the process's peak memory at the end of the last optimizer step:
+    model loading and the steps, not the evaluation that follows them.
+    """
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.seconds = 0.0
             self.steps = 0
+            self.peak_rss_mb = None
             self._t0 = None
 
         def on_step_begin(self, args, state, control, **kw):
@@ -309,6 +327,7 @@ def step_timer():
                 self.seconds += time.perf_counter() - self._t0
                 self.steps += 1
                 self._t0 = None
+                self.peak_rss_mb = peak_rss_mb()
 
     return StepTimer()
 

@@ -210,6 +210,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")} for h in evals],
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_peak_rss_mb": timer.peak_rss_mb,  # up to the end of the last optimizer step (before evaluation)
     }
 
 
