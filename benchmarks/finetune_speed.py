@@ -1,6 +1,6 @@
 """LoRA SFT throughput: edgeft's fine-tune stage vs a plain transformers ``Trainer`` + PEFT script.
 
-    flock /tmp/edgeft-heavy.lock env OMP_NUM_THREADS=2 python benchmarks/finetune_speed.py
+    flock /tmp/edgeft-heavy.lock env OMP_NUM_THREADS=2 python benchmarks/finetune_speed.py [--omp-wait-policy PASSIVE]
 
 Both contenders train SmolLM2-135M-Instruct (fp32) with LoRA r=16 / alpha=32 / all-linear on the
 same chat-templated quickstart examples (``edgeft.data.intents``, loss on the answer tokens only),
@@ -189,14 +189,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=2, help="runs per contender, order alternating")
     ap.add_argument("--contender", action="append", help="baseline, edgeft, or NAME:key=value,... (edgeft overrides)")
+    ap.add_argument("--omp-wait-policy", choices=["ACTIVE", "PASSIVE"],
+                    help="OMP_WAIT_POLICY for both contenders (default: the environment's, i.e. libgomp's)")
     ap.add_argument("--json", type=Path, help="also write all runs here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return _child(args)
     contenders = args.contender or ["baseline", "edgeft"]
-    # Passive OpenMP waits for both contenders: spinning workers crawl when another job shares the cores.
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
+    if args.omp_wait_policy:
+        # PASSIVE puts OpenMP workers to sleep between ops: kinder to other jobs on shared cores, slower for
+        # many small ops (edgeft's per-example attention and LoRA matmuls) than for few large ones
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
     runs: dict[str, list[dict]] = {c.partition(":")[0]: [] for c in contenders}
     for rep in range(args.repeats):
         order = contenders if rep % 2 == 0 else contenders[::-1]

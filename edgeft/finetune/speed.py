@@ -389,7 +389,7 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     loss = total / torch.as_tensor(denom, device=total.device).clamp(min=1)
     with torch.no_grad():
         mask = picked != -100
-        stats = {"correct": (logits[mask].argmax(-1) == picked[mask]).sum(), "count": count}
+        stats = {"correct": ((logits.argmax(-1) == picked) & mask).sum(), "count": count}  # no [n, V] copy
     return loss, stats
 
 
