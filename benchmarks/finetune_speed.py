@@ -15,6 +15,11 @@ the order alternates between repeats and medians are printed.
   settings; ``--contender NAME:key=value,...`` adds an edgeft run with FinetuneConfig overrides
   (how each speed setting is measured on its own).
 
+``--qlora`` runs the same comparison for QLoRA: the baseline loads the base NF4 (double-quantized,
+bf16 compute on CUDA) with ``prepare_model_for_kbit_training``'s defaults, edgeft uses
+``method: qlora``; on CUDA each contender also reports its peak GPU memory
+(``torch.cuda.max_memory_allocated``).
+
 tokens/s = real (non-pad) tokens trained / wall time of the optimizer steps (``on_step_begin`` to
 ``on_step_end``; ``edgeft.finetune.speed``), the same for every contender; "eval s" is the time
 spent evaluating during training. The compared metric is measured the same way for every
@@ -78,9 +83,9 @@ def _evaluate(model, tok, records, system_prompt: str, batch_size: int = 8) -> d
                 n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
                 rows.append((ids, [-100] * n_prompt + ids[n_prompt:]))
             width = max(len(ids) for ids, _ in rows)
-            ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
-            labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
+            ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows], device=model.device)
+            labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows], device=model.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows], device=model.device)
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
             target = labels[:, 1:]
             nll += torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100,
@@ -93,7 +98,7 @@ def run_edgeft(args, overrides: dict) -> dict:
     from edgeft.finetune import finetune
     from edgeft.models import resolve_model
 
-    cfg, system_prompt = _quickstart_finetune(overrides)
+    cfg, system_prompt = _quickstart_finetune({"method": "qlora", **overrides} if args.qlora else overrides)
     train, ev = _data(args.examples, args.eval_examples)
     cfg = cfg.model_copy(update={"epochs": args.epochs})
     from transformers import AutoTokenizer
@@ -110,7 +115,14 @@ def run_edgeft(args, overrides: dict) -> dict:
     return {"tokens_per_second": m["tokens_per_second"], "step_seconds": m["step_seconds"],
             "trained_tokens": m["trained_tokens"], "steps": m["steps"], "train_loss": m["train_loss"], **final,
             "eval_seconds": m["train_seconds"] - m["step_seconds"], "wall_seconds": wall,
-            "peak_rss_mb": m["steps_peak_rss_mb"], "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
+            "peak_rss_mb": m["steps_peak_rss_mb"], "peak_gpu_mb": _peak_gpu_mb(),
+            "settings": {k: getattr(cfg, k) for k in SPEED_SETTINGS}}
+
+
+def _peak_gpu_mb() -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
 
 
 def run_baseline(args) -> dict:
@@ -130,7 +142,17 @@ def run_baseline(args) -> dict:
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
+    cuda = torch.cuda.is_available()
+    if args.qlora:  # the usual QLoRA script: NF4 double-quantized base, prepare_model_for_kbit_training defaults
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                 bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, device_map={"": 0} if cuda else None)
+        model = prepare_model_for_kbit_training(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     train, ev = _data(args.examples, args.eval_examples)
@@ -149,7 +171,7 @@ def run_baseline(args) -> dict:
                                   per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
                                   max_grad_norm=cfg.max_grad_norm, logging_steps=5, save_strategy="no",
                                   eval_strategy="no", seed=cfg.seed, data_seed=cfg.seed, report_to=[],
-                                  disable_tqdm=True, use_cpu=True)
+                                  disable_tqdm=True, use_cpu=not cuda, bf16=cuda and args.qlora)
         trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
                           data_collator=DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100),
                           callbacks=[timer])
@@ -161,7 +183,8 @@ def run_baseline(args) -> dict:
     return {"tokens_per_second": trained / timer.seconds, "step_seconds": timer.seconds, "trained_tokens": trained,
             "steps": trainer.state.global_step, "train_loss": result.training_loss, **final,
             "eval_seconds": t1 - t0 - timer.seconds, "wall_seconds": t1 - t0,
-            "peak_rss_mb": timer.peak_rss_mb, "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)"}}
+            "peak_rss_mb": timer.peak_rss_mb, "peak_gpu_mb": _peak_gpu_mb(),
+            "settings": {"collator": "DataCollatorForSeq2Seq(padding=longest)", "qlora": args.qlora}}
 
 
 def _parse_contender(spec: str) -> tuple[str, dict]:
@@ -191,6 +214,8 @@ def main() -> None:
     ap.add_argument("--contender", action="append", help="baseline, edgeft, or NAME:key=value,... (edgeft overrides)")
     ap.add_argument("--omp-wait-policy", choices=["ACTIVE", "PASSIVE"],
                     help="OMP_WAIT_POLICY for both contenders (default: the environment's, i.e. libgomp's)")
+    ap.add_argument("--qlora", action="store_true",
+                    help="QLoRA (NF4 base) for every contender; on CUDA the table adds peak GPU memory")
     ap.add_argument("--json", type=Path, help="also write all runs here")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -207,7 +232,7 @@ def main() -> None:
         order = contenders if rep % 2 == 0 else contenders[::-1]
         for spec in order:
             cmd = [sys.executable, __file__, "--child", spec, "--examples", str(args.examples),
-                   "--eval-examples", str(args.eval_examples), "--epochs", str(args.epochs)]
+                   "--eval-examples", str(args.eval_examples), "--epochs", str(args.epochs)] + (["--qlora"] if args.qlora else [])
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode != 0 or not line:
@@ -219,16 +244,22 @@ def main() -> None:
                   f"peak RSS {res['peak_rss_mb']:.0f} MB  steps {res['step_seconds']:.1f} s  "
                   f"eval {res['eval_seconds']:.1f} s", flush=True)
     ref = statistics.median(r["tokens_per_second"] for r in runs[contenders[0].partition(":")[0]])
-    print(f"\n{args.examples} examples x {args.epochs:g} epoch, batch 8, 2 threads; medians of {args.repeats} runs\n")
-    print("| contender | tokens/s | ratio | step s | eval s | train loss | eval loss | exact match | peak RAM MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n{args.examples} examples x {args.epochs:g} epoch, batch 8, 2 threads{', QLoRA' if args.qlora else ''}; "
+          f"medians of {args.repeats} runs\n")
+    gpu = any(r.get("peak_gpu_mb") is not None for rs in runs.values() for r in rs)
+    print("| contender | tokens/s | ratio | step s | eval s | train loss | eval loss | exact match | peak RAM MB |"
+          + (" peak GPU MB |" if gpu else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""))
     for name, rs in runs.items():
         med = {k: statistics.median(r[k] for r in rs) for k in
                ("tokens_per_second", "step_seconds", "eval_seconds", "train_loss", "eval_loss", "exact_match",
                 "peak_rss_mb")}
-        print(f"| {name} | {med['tokens_per_second']:.1f} | {med['tokens_per_second'] / ref:.2f}x | "
-              f"{med['step_seconds']:.1f} | {med['eval_seconds']:.1f} | {med['train_loss']:.4f} | "
-              f"{med['eval_loss']:.4f} | {med['exact_match']:.3f} | {med['peak_rss_mb']:.0f} |")
+        row = (f"| {name} | {med['tokens_per_second']:.1f} | {med['tokens_per_second'] / ref:.2f}x | "
+               f"{med['step_seconds']:.1f} | {med['eval_seconds']:.1f} | {med['train_loss']:.4f} | "
+               f"{med['eval_loss']:.4f} | {med['exact_match']:.3f} | {med['peak_rss_mb']:.0f} |")
+        if gpu:
+            row += f" {statistics.median(r['peak_gpu_mb'] or 0 for r in rs):.0f} |"
+        print(row)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))
 

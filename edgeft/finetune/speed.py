@@ -377,7 +377,7 @@ def answer_only_loss(model, inputs: dict, num_items_in_batch=None):
     target = labels[:, 1:]
     valid = target != -100
     cols = valid.any(dim=0).nonzero().flatten()
-    vocab = model.get_output_embeddings().weight.shape[0]
+    vocab = getattr(model, "module", model).get_output_embeddings().weight.shape[0]  # DDP wraps the model
     if labels.shape[0] * cols.numel() * vocab > MAX_ANSWER_LOGITS:
         return None, None
     fwd = {k: v for k, v in inputs.items() if k != "labels"}
