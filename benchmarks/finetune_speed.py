@@ -149,7 +149,8 @@ def run_baseline(args) -> dict:
 
         bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                  bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb, device_map={"": 0} if cuda else None)
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=bnb,
+                                                     device_map={"": 0} if cuda else None)
         model = prepare_model_for_kbit_training(model)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
@@ -232,7 +233,8 @@ def main() -> None:
         order = contenders if rep % 2 == 0 else contenders[::-1]
         for spec in order:
             cmd = [sys.executable, __file__, "--child", spec, "--examples", str(args.examples),
-                   "--eval-examples", str(args.eval_examples), "--epochs", str(args.epochs)] + (["--qlora"] if args.qlora else [])
+                   "--eval-examples", str(args.eval_examples), "--epochs", str(args.epochs)]
+            cmd += ["--qlora"] if args.qlora else []
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
             if out.returncode != 0 or not line:

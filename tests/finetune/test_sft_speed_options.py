@@ -129,7 +129,8 @@ def test_bf16_lora_base_gives_the_autocast_values_and_restores_fp32(tiny_lm_dir,
     out = []
     for convert in (False, True):
         torch.manual_seed(0)
-        model = get_peft_model(_model(tiny_lm_dir), LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        lora = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        model = get_peft_model(_model(tiny_lm_dir), lora)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         with speed.bf16_lora_base(model, tmp_path, enabled=convert) as n:
             n_lora = sum(1 for name, _ in model.named_modules() if name.endswith(".base_layer"))

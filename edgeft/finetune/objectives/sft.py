@@ -68,7 +68,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
             if not em_records or model is None:
                 return
             t = time.perf_counter()
-            with autocast():  # a bf16 base (speed.bf16_frozen_lora_bases) runs under autocast only
+            with autocast():  # a bf16 base (speed.bf16_lora_base) runs under autocast only
                 res = exact_match(model, tokenizer, em_records, system_prompt)
             ExactMatchCallback.seconds += time.perf_counter() - t
             if metrics is not None:
@@ -177,7 +177,8 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
             trainer.data_collator = (speed.shared_prefix_collator if shared else speed.padding_free_collator)(tokenizer)
             first = trainer.train_dataset.select(range(min(4, len(trainer.train_dataset)))).to_list()
             speed.check_packed_attention(trainer.model, first, trainer.data_collator)
-        n_bf16 = stack.enter_context(speed.bf16_lora_base(model, work_dir, speed.use_bf16(cfg.precision) and cfg.bf16_base))
+        bf16_base = speed.use_bf16(cfg.precision) and cfg.bf16_base
+        n_bf16 = stack.enter_context(speed.bf16_lora_base(model, work_dir, bf16_base))
         if n_bf16:
             log.info("%d frozen LoRA base weights held in bf16 while training", n_bf16)
         stack.enter_context(speed.answer_only_lm_head(cfg.answer_only_lm_head))
