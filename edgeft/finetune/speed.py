@@ -291,19 +291,6 @@ def real_tokens(dataset) -> int:
     return sum(len(x) for x in dataset["input_ids"])
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (VmHWM; ``ru_maxrss`` where /proc is missing), in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def step_timer():
     """A ``TrainerCallback`` summing the wall time of optimizer steps (see the module docstring).
 
@@ -311,6 +298,8 @@ def step_timer():
     model loading and the steps, not the evaluation that follows them.
     """
     from transformers import TrainerCallback
+
+    from edgeft.runtime.bench import peak_rss_mb
 
     class StepTimer(TrainerCallback):
         def __init__(self):

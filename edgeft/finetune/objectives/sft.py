@@ -160,13 +160,6 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    ckpt = common.last_checkpoint(ckpt_dir)
-    resume = ckpt is not None
-    if resume:
-        log.info("resuming fine-tuning from %s", ckpt)
     with contextlib.ExitStack() as stack:
         packed = stack.enter_context(speed.use_packed_attention(model, cfg.padding_free and cfg.packed_attention))
         if cfg.padding_free:
@@ -182,9 +175,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         if n_bf16:
             log.info("%d frozen LoRA base weights held in bf16 while training", n_bf16)
         stack.enter_context(speed.answer_only_lm_head(cfg.answer_only_lm_head))
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if resume else None)
-        seconds = time.perf_counter() - t0
+        result, seconds, resume = common.fit(trainer, ckpt_dir)
     save_trained(trainer.model, tokenizer, method, out_dir)
     history = trainer.state.log_history
     evals = [h for h in history if "eval_loss" in h]
