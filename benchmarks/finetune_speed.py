@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SPEED_SETTINGS = ("precision", "answer_only_lm_head", "padding_free", "packed_attention", "shared_prefix", "bf16_base",
-                  "gradient_checkpointing", "group_by_length", "optim", "torch_compile")
+SPEED_SETTINGS = ("precision", "answer_only_lm_head", "chunked_lm_head", "padding_free", "packed_attention",
+                  "shared_prefix", "bf16_base", "gradient_checkpointing", "group_by_length", "optim", "torch_compile")
 
 
 def _quickstart_finetune(overrides: dict):
@@ -65,23 +65,28 @@ def _data(n_train: int, n_eval: int):
     return generate(n_train, n_eval, seed=0)
 
 
+def _encode(tok, system_prompt: str, r: dict, max_len: int | None = None) -> dict:
+    """Chat template, loss on the answer only (labels -100 on the prompt): what both contenders train and score."""
+    from edgeft.data.templates import conversation_text, prompt_ids
+
+    ids = tok(conversation_text(tok, system_prompt, r["prompt"], r["response"]),
+              add_special_tokens=False).input_ids[:max_len]
+    n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * n_prompt + ids[n_prompt:]}
+
+
 def _evaluate(model, tok, records, system_prompt: str, batch_size: int = 8) -> dict:
     """The compared metric, the same code for every contender: fp32 eval loss on the answers and exact match."""
     import torch
 
-    from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.finetune.objectives.sft import exact_match
 
     model.eval()
     nll, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(records), batch_size):
-            rows = []
-            for r in records[i:i + batch_size]:
-                ids = tok(conversation_text(tok, system_prompt, r["prompt"], r["response"]),
-                          add_special_tokens=False).input_ids
-                n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
-                rows.append((ids, [-100] * n_prompt + ids[n_prompt:]))
+            rows = [(e["input_ids"], e["labels"]) for e in
+                    (_encode(tok, system_prompt, r) for r in records[i:i + batch_size])]
             width = max(len(ids) for ids, _ in rows)
             ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows], device=model.device)
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows], device=model.device)
@@ -131,7 +136,6 @@ def run_baseline(args) -> dict:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
                               TrainingArguments, set_seed)
 
-    from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.finetune import speed
     from edgeft.models import resolve_model
 
@@ -158,13 +162,7 @@ def run_baseline(args) -> dict:
                                              target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
     train, ev = _data(args.examples, args.eval_examples)
 
-    def encode(r):  # chat template, loss on the answer only (labels -100 on the prompt)
-        ids = tok(conversation_text(tok, system_prompt, r["prompt"], r["response"]),
-                  add_special_tokens=False).input_ids[: cfg.max_seq_len]
-        n_prompt = len(prompt_ids(tok, system_prompt, r["prompt"]))
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * n_prompt + ids[n_prompt:]}
-
-    train_ds, eval_ds = [encode(r) for r in train], [encode(r) for r in ev]
+    train_ds, eval_ds = ([_encode(tok, system_prompt, r, cfg.max_seq_len) for r in rs] for rs in (train, ev))
     timer = speed.step_timer()
     with tempfile.TemporaryDirectory() as tmp:
         targs = TrainingArguments(output_dir=tmp, num_train_epochs=args.epochs, learning_rate=cfg.learning_rate,

@@ -309,10 +309,10 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], m
         ppl_ref_check = quality.perplexity(ref, check_wins)
         task_ref = float(task_metric(ref)) if task_metric is not None else None
         del ref
-        lm = OrtLM(sim_path, 2) if searching else None
-        proxy = _Overriding(lm.sess) if searching else None
+        lm = proxy = None
         if searching:
-            lm.sess = proxy
+            lm = OrtLM(sim_path, 2)
+            proxy = lm.sess = _Overriding(lm.sess)
 
         def feed(plan: dict[str, int]) -> None:
             proxy.weights = {init_of[n]: deq(n, lvl) for g, lvl in plan.items() for n in groups[g]
