@@ -199,6 +199,12 @@ def check_packed_attention(model, examples: list[dict], collator=None, atol: flo
         return 0.0
     batch = (collator or padding_free_collator(None))(examples)
     segs = packed_segments(batch["position_ids"][0])
+    spans = [e - s for s, e, _ in segs]
+    wanted = [len(ex["input_ids"]) - p for ex, (_, _, p) in zip(examples, segs)]
+    if len(segs) != len(examples) or spans != wanted:
+        raise UnsupportedError(
+            f"padding-free collator: its row holds segments of {spans} tokens for {len(examples)} examples "
+            f"of {[len(ex['input_ids']) for ex in examples]} tokens; set finetune.padding_free: false")
     was_training = model.training
     model.eval()
     try:
@@ -211,12 +217,13 @@ def check_packed_attention(model, examples: list[dict], collator=None, atol: flo
     finally:
         if was_training:
             model.train()
-    if len(segs) != len(examples) or not diff <= atol:
+    if not diff <= atol:
         impl = getattr(getattr(model, "config", None), "_attn_implementation", "?")
         raise UnsupportedError(
             f"padding-free batches leak attention across examples with attn_implementation={impl!r} "
             f"(max |logit diff| {diff:.3g} > {atol:g} between packed and separate examples); "
-            "set finetune.padding_free: false")
+            + ("set finetune.packed_attention: false (or finetune.padding_free: false)" if impl == PACKED_ATTENTION
+               else "set finetune.padding_free: false"))
     return diff
 
 

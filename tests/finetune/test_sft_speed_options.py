@@ -119,6 +119,18 @@ def test_packed_attention_check_catches_a_prefix_read_as_separate_examples(tiny_
     assert model.config._attn_implementation == "sdpa"  # restored: nothing saved names the function
 
 
+def test_packed_attention_check_refuses_a_row_that_does_not_hold_the_examples(tiny_lm_dir):
+    from edgeft.errors import UnsupportedError
+    from edgeft.finetune import speed
+
+    def merged(examples):  # one segment for two examples: their boundary is lost
+        ids = sum((e["input_ids"] for e in examples), [])
+        return {"input_ids": torch.tensor([ids]), "position_ids": torch.arange(len(ids))[None]}
+
+    with pytest.raises(UnsupportedError, match=r"segments of \[5\] tokens for 2 examples.*padding_free: false"):
+        speed.check_packed_attention(_model(tiny_lm_dir), [[5, 6, 7], [8, 9]], merged)
+
+
 def test_bf16_lora_base_gives_the_autocast_values_and_restores_fp32(tiny_lm_dir, tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
