@@ -69,6 +69,7 @@ def session_options(threads: int, spinning: bool | None = None, opt_level: str =
 
 
 def cpu_session(path: Path, threads: int, spinning: bool | None = None, opt_level: str = "all"):
+    """An ``InferenceSession`` on the CPU provider with :func:`session_options`."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), session_options(threads, spinning, opt_level),
