@@ -31,7 +31,7 @@ _LAZY = {
     "load_recipe": ("edgeft.config.loader", "load_recipe"),
     "load_device": ("edgeft.config.loader", "load_device"),
     "resolve_model": ("edgeft.models", "resolve_model"),
-    "generate": ("edgeft.runtime.generate", "generate"),
+    "generate": ("edgeft.chat", "generate"),
 }
 
 

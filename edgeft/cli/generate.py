@@ -15,6 +15,6 @@ from edgeft.cli.options import threads_opt
 @threads_opt
 def generate_cmd(artifact, prompt, system_prompt, max_new_tokens, threads):
     """Greedy chat completion of PROMPT with ARTIFACT (ONNX folder or HF folder)."""
-    from edgeft.runtime.generate import generate
+    from edgeft.chat import generate
 
     click.echo(generate(artifact, prompt, system_prompt, max_new_tokens, threads))

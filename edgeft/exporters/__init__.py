@@ -1,8 +1,8 @@
 """Exporters: turn a merged PyTorch model into a deployable artifact, parity-checked against PyTorch."""
 
 from edgeft.exporters import onnx as _onnx
-from edgeft.exporters.onnx import EXPORTERS
 from edgeft.exporters.parity import OutputCheck, check_outputs
+from edgeft.exporters.registry import EXPORTERS
 from edgeft.exporters import torchscript as _torchscript  # noqa: F401  (registers)
 from edgeft.exporters import genai as _genai  # noqa: F401  (registers "genai")
 from edgeft.exporters import gguf as _gguf  # noqa: F401  (registers "gguf")

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
-from edgeft.exporters.onnx import EXPORTERS
+from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def quality_vs_reference(model_dir: Path, lm, windows: Sequence[np.ndarray], wha
     Reports perplexity of both, its change in percent, top-1 agreement and mean KL per token, and
     max |logit diff| (gated only when ``max_abs_logit_diff`` is given: unquantized exports).
     """
-    from edgeft.quantize.quality import compare, perplexity
+    from edgeft.runtime.quality import compare, perplexity
     from edgeft.runtime.lm import TorchLM
 
     ref = TorchLM(Path(model_dir))
@@ -189,7 +189,8 @@ def quality_vs_reference(model_dir: Path, lm, windows: Sequence[np.ndarray], wha
     return out
 
 
-def _windows(sample_ids, quality_ids) -> list[np.ndarray]:
+def export_quality_windows(sample_ids, quality_ids) -> list[np.ndarray]:
+    """The windows an export is scored on: the held-out ``quality_ids``, else the one parity sample."""
     if quality_ids:
         return [np.asarray(w, np.int64) for w in quality_ids]
     ids = list(sample_ids) if sample_ids is not None else list(range(100, 164))
@@ -221,7 +222,8 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
         raise ModelSourceError(f"{out_dir}: the model builder wrote no model.onnx")
     lm = OrtLM(out_dir, threads=2)
     fp32 = opts["precision"] == "fp32"
-    quality = quality_vs_reference(model_dir, lm, _windows(sample_ids, quality_ids), f"genai export ({opts['precision']})",
+    wins = export_quality_windows(sample_ids, quality_ids)
+    quality = quality_vs_reference(model_dir, lm, wins, f"genai export ({opts['precision']})",
                                    opts["min_top1_agreement"], opts["max_ppl_increase_pct"],
                                    max_abs_logit_diff=tolerance if fp32 else None)
     import onnx

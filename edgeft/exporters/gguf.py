@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError
-from edgeft.exporters.onnx import EXPORTERS
+from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
 
@@ -204,23 +204,12 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
             "types": sorted({t["type"] for t in written.values()})}
 
 
-def gguf_file(path: Path) -> Path:
-    """The .gguf file itself, or the only one in a folder."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    found = sorted(path.glob("*.gguf"))
-    if len(found) != 1:
-        raise ModelSourceError(f"{path}: expected one .gguf file in this folder, found {len(found)}")
-    return found[0]
-
-
 @EXPORTERS.register("gguf")
 def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
                 sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
                 **options) -> dict:
     """Write ``out_dir/model-<qtype>.gguf`` and score it against the fp32 model when llama.cpp is installed."""
-    from edgeft.exporters.genai import _windows, quality_vs_reference
+    from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
 
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -247,7 +236,7 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
         log.warning("gguf export: quality check skipped: %s", e)
     else:
         fp = opts["qtype"] in ("F32",)
-        report["quality"] = quality_vs_reference(model_dir, lm, _windows(sample_ids, quality_ids),
+        report["quality"] = quality_vs_reference(model_dir, lm, export_quality_windows(sample_ids, quality_ids),
                                                  f"gguf export ({opts['qtype']})", opts["min_top1_agreement"],
                                                  opts["max_ppl_increase_pct"],
                                                  max_abs_logit_diff=tolerance * 10 if fp else None)

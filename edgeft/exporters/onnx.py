@@ -10,17 +10,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.parity import check_outputs
-from edgeft.registry import Registry
+from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
-
-EXPORTERS: Registry[Callable[..., dict]] = Registry("exporter")
 
 
 def _torch_reference(model_dir: Path, ids: np.ndarray):
@@ -33,18 +31,19 @@ def _torch_reference(model_dir: Path, ids: np.ndarray):
         out1 = model(input_ids=t[:, :-1], use_cache=True)
         past = out1.past_key_values
         ref1 = {"logits": out1.logits.numpy()}
-        for i, (k, v) in enumerate(_kv_pairs(past)):
+        for i, (k, v) in enumerate(kv_pairs(past)):
             ref1[f"present.{i}.key"] = k.numpy().copy()
             ref1[f"present.{i}.value"] = v.numpy().copy()
         out2 = model(input_ids=t[:, -1:], past_key_values=past, use_cache=True)
         ref2 = {"logits": out2.logits.numpy()}
-        for i, (k, v) in enumerate(_kv_pairs(out2.past_key_values)):
+        for i, (k, v) in enumerate(kv_pairs(out2.past_key_values)):
             ref2[f"present.{i}.key"] = k.numpy()
             ref2[f"present.{i}.value"] = v.numpy()
     return ref1, ref2
 
 
-def _kv_pairs(past):
+def kv_pairs(past):
+    """[(key, value)] per layer of a transformers KV cache, whichever of its shapes this version returns."""
     if hasattr(past, "layers"):  # transformers >= 4.56 Cache objects
         return [(layer.keys, layer.values) for layer in past.layers]
     if hasattr(past, "key_cache"):
@@ -59,7 +58,7 @@ def parity(model_dir: Path, onnx_dir: Path, ids: np.ndarray, tolerance: float) -
     ref1, ref2 = _torch_reference(model_dir, ids)
     lm = OrtLM(onnx_dir, threads=1)
     mask1 = np.ones_like(ids[:, :-1])
-    logits1, past = lm.step(ids[:, :-1], mask1, lm._empty_past(ids.shape[0]))
+    logits1, past = lm.step(ids[:, :-1], mask1, lm.empty_past(ids.shape[0]))
     cand1 = {"logits": logits1, **{k.replace("past_key_values", "present"): v for k, v in past.items()}}
     logits2, past2 = lm.step(ids[:, -1:], np.ones_like(ids), past)
     cand2 = {"logits": logits2, **{k.replace("past_key_values", "present"): v for k, v in past2.items()}}

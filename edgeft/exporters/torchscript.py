@@ -69,12 +69,12 @@ def _config(model_dir: Path) -> dict:
 
 def model_kind(model_dir: Path) -> str:
     """``causal-lm``, ``classifier`` (``*ForSequenceClassification``) or ``encoder``."""
-    from edgeft.models.sources import _kind_of
+    from edgeft.models.sources import kind_of
 
     cfg = _config(model_dir)
     if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
         return "classifier"
-    return _kind_of(cfg)
+    return kind_of(cfg)
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -152,17 +152,17 @@ def _eager_reference(model, ids: np.ndarray) -> tuple[dict, dict]:
     """Eager outputs for prefill (all tokens but the last) and one cached step (the last token)."""
     import torch
 
-    from edgeft.exporters.onnx import _kv_pairs
+    from edgeft.exporters.onnx import kv_pairs
 
     t = torch.as_tensor(ids)
     with torch.inference_mode():
         out1 = model(input_ids=t[:, :-1], use_cache=True)
         ref1 = {"logits": out1.logits.float().numpy().copy()}
-        for i, (k, v) in enumerate(_kv_pairs(out1.past_key_values)):
+        for i, (k, v) in enumerate(kv_pairs(out1.past_key_values)):
             ref1[f"present.{i}.key"], ref1[f"present.{i}.value"] = k.numpy().copy(), v.numpy().copy()
         out2 = model(input_ids=t[:, -1:], past_key_values=out1.past_key_values, use_cache=True)
         ref2 = {"logits": out2.logits.float().numpy().copy()}
-        for i, (k, v) in enumerate(_kv_pairs(out2.past_key_values)):
+        for i, (k, v) in enumerate(kv_pairs(out2.past_key_values)):
             ref2[f"present.{i}.key"], ref2[f"present.{i}.value"] = k.numpy().copy(), v.numpy().copy()
     return ref1, ref2
 
@@ -351,7 +351,7 @@ OPTIONS = {
 
 
 def _register() -> None:
-    from edgeft.exporters.onnx import EXPORTERS
+    from edgeft.exporters.registry import EXPORTERS
 
     if "torchscript" not in EXPORTERS:
         EXPORTERS.register("torchscript")(export_torchscript)

@@ -72,12 +72,16 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _kind_of(config: dict) -> str:
+def kind_of(config: dict) -> str:
+    """``causal-lm`` for decoder architectures (``*ForCausalLM`` or a known decoder model_type), else ``encoder``."""
     archs = config.get("architectures") or []
     if any(a.endswith("ForCausalLM") for a in archs) or config.get("model_type") in {"llama", "qwen2", "mistral",
                                                                                        "gpt2", "phi3", "gemma"}:
         return "causal-lm"
     return "encoder"
+
+
+_kind_of = kind_of  # the former private name, still imported by edgeft.validate
 
 
 def fix_chat_tokenizer(tok) -> list[str]:
@@ -110,7 +114,7 @@ def from_gguf(gguf: Path) -> ResolvedModel:
     digest = _file_digest(gguf)[:16]
     target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
-        return ResolvedModel(target, gguf.stem, f"GGUF {gguf} (cached {target})", _kind_of(_read_config(target)))
+        return ResolvedModel(target, gguf.stem, f"GGUF {gguf} (cached {target})", kind_of(_read_config(target)))
     log.info("converting %s to an HF folder (once) under %s", gguf, target)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -183,7 +187,7 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ResolvedModel:
         if not (p / "config.json").is_file():
             raise ModelSourceError(f"{p}: not an HF model folder (no config.json); pass a folder saved with "
                                    "save_pretrained, a .gguf file, or one of: " + ", ".join(EMBEDDED.names()))
-        return ResolvedModel(p.resolve(), p.name, f"local folder {p}", _kind_of(_read_config(p)))
+        return ResolvedModel(p.resolve(), p.name, f"local folder {p}", kind_of(_read_config(p)))
     looks_like_hub = "/" in spec and not p.exists() and not spec.startswith((".", "/", "~"))
     if looks_like_hub:
         raise ModelSourceError(

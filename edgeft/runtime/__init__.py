@@ -1,5 +1,10 @@
-"""Load and run artifacts (ONNX Runtime sessions, PyTorch); shared by validate and benchmarks."""
+"""Load and run artifacts (ONNX Runtime sessions, PyTorch); shared by validate and benchmarks.
 
-from edgeft.runtime.lm import CausalLM, OrtLM, TorchLM, load_lm
+:mod:`edgeft.runtime.base` holds the interface and the format registry (``RUNTIMES``, ``load_lm``);
+each runtime module implements one format. runtime/ imports nothing from the layers above it.
+"""
 
-__all__ = ["CausalLM", "OrtLM", "TorchLM", "load_lm"]
+from edgeft.runtime.base import RUNTIMES, CausalLM, load_lm
+from edgeft.runtime.lm import OrtLM, TorchLM
+
+__all__ = ["CausalLM", "OrtLM", "RUNTIMES", "TorchLM", "load_lm"]

@@ -3,7 +3,8 @@
 ``measure(...)`` spawns ``python -m edgeft.runtime.bench`` and returns its JSON; the child loads
 the artifact with the requested thread count, runs warm-up generations, then timed ones.
 ``measure_encoder(...)`` does the same for an ONNX encoder (``--kind encoder``): per-inference
-latency of one forward pass at a stated batch size and sequence length.
+latency of one forward pass at a stated batch size and sequence length. The timing loops and
+statistics are :mod:`edgeft.runtime.ortcore`'s, the same the device runner reports.
 """
 
 from __future__ import annotations
@@ -14,80 +15,31 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from edgeft.errors import EdgeftError
+from edgeft.runtime.ortcore import OrtEncoder, peak_rss_mb, summarize, timed_encoder_runs, timed_runs
 
-
-def _pct(xs: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, np.float64), q))
-
-
-def summarize(ttfts: list[float], steps: list[list[float]]) -> dict:
-    """p50/p95 of TTFT over runs; decode tok/s from the median per-token time over all decode steps."""
-    flat = [s for run in steps for s in run]
-    return {"ttft_ms_p50": 1e3 * _pct(ttfts, 50), "ttft_ms_p95": 1e3 * _pct(ttfts, 95),
-            "per_token_ms_p50": 1e3 * _pct(flat, 50), "per_token_ms_p95": 1e3 * _pct(flat, 95),
-            "decode_tok_s": 1.0 / _pct(flat, 50), "runs": len(ttfts), "decode_steps": len(flat),
-            "samples_ms": [round(1e3 * s, 3) for s in flat], "ttft_samples_ms": [round(1e3 * t, 3) for t in ttfts]}
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MiB.
-
-    Linux keeps ru_maxrss across fork+exec, so a child started by a big parent would report the
-    parent's peak; VmHWM in /proc/self/status belongs to the new address space only.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+__all__ = ["measure", "measure_encoder", "peak_rss_mb", "run_encoder_inline", "run_inline", "summarize"]
 
 
 def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens: int, warmup: int,
                repeats: int) -> dict:
+    """Load the artifact with its runtime and time greedy decoding (:func:`edgeft.runtime.ortcore.timed_runs`)."""
     import time
 
-    from edgeft.runtime.lm import load_lm
+    from edgeft.runtime.base import load_lm
 
     t0 = time.perf_counter()
     lm = load_lm(Path(path), fmt, threads)
-    load_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        lm.timed_generate(prompt, new_tokens)
-    ttfts, steps = [], []
-    for _ in range(repeats):
-        ttft, st = lm.timed_generate(prompt, new_tokens)
-        ttfts.append(ttft)
-        steps.append(st)
-    out = summarize(ttfts, steps)
-    out.update({"threads": threads, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "warmup": warmup,
-                "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()})
-    return out
+    return timed_runs(lm, prompt, new_tokens, warmup, repeats, threads, time.perf_counter() - t0)
 
 
 def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
     """Per-inference latency of an ONNX encoder: ``warmup`` untimed passes, then ``repeats`` timed ones."""
     import time
 
-    from edgeft.runtime.encoder import OrtEncoder
-
     t0 = time.perf_counter()
     enc = OrtEncoder(Path(path), threads)
-    load_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        enc.timed_inference(batch, seq)
-    samples = [enc.timed_inference(batch, seq) for _ in range(repeats)]
-    return {"kind": "encoder", "per_inference_ms_p50": 1e3 * _pct(samples, 50),
-            "per_inference_ms_p95": 1e3 * _pct(samples, 95), "samples_ms": [round(1e3 * s, 3) for s in samples],
-            "batch": batch, "seq_len": seq, "threads": threads, "warmup": warmup, "runs": len(samples),
-            "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()}
+    return timed_encoder_runs(enc, batch, seq, warmup, repeats, time.perf_counter() - t0)
 
 
 def _run_child(path: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:

@@ -1,5 +1,5 @@
 """onnxruntime-genai artifacts (the model builder's folder: model.onnx + genai_config.json) run by
-``og.Model`` / ``og.Generator``, behind :class:`edgeft.runtime.lm.CausalLM`.
+``og.Model`` / ``og.Generator``, behind :class:`edgeft.runtime.base.CausalLM`.
 
 Threads come from the device profile: the decoder's session options are overlaid on the folder's
 ``genai_config.json`` (``intra_op_num_threads``), the file itself is left untouched. Greedy search
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError, UnsupportedError
-from edgeft.runtime.lm import CausalLM
+from edgeft.runtime.base import CausalLM
 
 
 def _og():

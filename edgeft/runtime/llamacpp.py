@@ -1,4 +1,4 @@
-"""GGUF artifacts run by llama.cpp (llama-cpp-python), behind :class:`edgeft.runtime.lm.CausalLM`.
+"""GGUF artifacts run by llama.cpp (llama-cpp-python), behind :class:`edgeft.runtime.base.CausalLM`.
 
 The loop is the same as :class:`~edgeft.runtime.lm.OrtLM`'s: evaluate the prompt, argmax the last
 logits row in numpy, feed the token back. ``logits_all=True`` (needed by :meth:`LlamaCppLM.logits`
@@ -14,8 +14,19 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.errors import UnsupportedError
-from edgeft.runtime.lm import CausalLM
+from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.runtime.base import CausalLM, greedy_decode
+
+
+def gguf_file(path: Path) -> Path:
+    """The .gguf file itself, or the only one in a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.gguf"))
+    if len(found) != 1:
+        raise ModelSourceError(f"{path}: expected one .gguf file in this folder, found {len(found)}")
+    return found[0]
 
 
 def _llama_cls():
@@ -31,8 +42,6 @@ class LlamaCppLM(CausalLM):
     """A .gguf file (or a folder with one) run by llama.cpp on the CPU."""
 
     def __init__(self, path: Path, threads: int = 1, n_ctx: int = 2048, logits_all: bool = True) -> None:
-        from edgeft.exporters.gguf import gguf_file
-
         self.path = gguf_file(Path(path))
         self.name = str(path)
         self.threads = threads
@@ -59,7 +68,8 @@ class LlamaCppLM(CausalLM):
                                    "logits need LlamaCppLM(..., logits_all=True)")
         ids = [int(t) for t in np.asarray(input_ids).tolist()]
         if len(ids) > self.n_ctx:
-            raise UnsupportedError(f"{self.path}: {len(ids)} tokens exceed n_ctx={self.n_ctx}; open with a larger n_ctx")
+            raise UnsupportedError(f"{self.path}: {len(ids)} tokens exceed n_ctx={self.n_ctx}; "
+                                   "open with a larger n_ctx")
         if self._scorer is None:
             self._scorer = self._open(True)
         self._scorer.reset()
@@ -67,8 +77,6 @@ class LlamaCppLM(CausalLM):
         return np.array(self._scorer.scores[:len(ids)], dtype=np.float32)
 
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
-        from edgeft.runtime.lm import greedy_decode
-
         self.llm.reset()
 
         def feed(tokens: list[int]) -> np.ndarray:

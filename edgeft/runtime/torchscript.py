@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError
-from edgeft.runtime.lm import CausalLM
+from edgeft.runtime.base import CausalLM, greedy_decode
 
 MODEL_FILE = "model.pt"
 META_FILE = "torchscript.json"
@@ -80,8 +80,6 @@ class TorchScriptLM(CausalLM):
 
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         import torch
-
-        from edgeft.runtime.lm import greedy_decode
 
         self._check_len(len(prompt) + new_tokens)
         pos = [len(prompt)]

@@ -2,8 +2,10 @@
 
 Uses the system ``ssh`` and ``scp`` binaries, so the user's ssh config (ProxyJump, ports, agent)
 applies. One measurement: make a temp dir on the device (``mktemp -d``), copy the artifact's
-ONNX graph (and its external-data files) plus the standalone ``edgeft/runtime/remote_runner.py``,
-run it with the device's Python, parse its JSON line, and remove the temp dir again.
+ONNX graph (its external-data files, and the ``config.json`` / ``genai_config.json`` beside it) plus
+:data:`RUNNER_FILES` (the standalone ``edgeft/runtime/remote_runner.py`` and ``ortcore.py``, the
+decode loop the host runs too), run it with the device's Python, parse its JSON line, and remove
+the temp dir again.
 ``measure_remote`` times greedy decoding of a causal LM; ``measure_remote_encoder`` times one
 forward pass of an encoder at a stated batch size and sequence length.
 
@@ -27,7 +29,10 @@ from edgeft.errors import EdgeftError
 
 log = logging.getLogger(__name__)
 
-RUNNER = Path(__file__).resolve().parents[1] / "runtime" / "remote_runner.py"
+_RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
+RUNNER = _RUNTIME / "remote_runner.py"
+# What the device needs besides the artifact: the runner and the one module it imports (stdlib + numpy + onnxruntime).
+RUNNER_FILES = (RUNNER, _RUNTIME / "ortcore.py")
 IDENTITY_ENV = "EDGEFT_SSH_IDENTITY"
 CONNECT_TIMEOUT_S = 15
 
@@ -37,12 +42,23 @@ class RemoteError(EdgeftError):
 
 
 def artifact_files(artifact_dir: Path) -> list[Path]:
-    """The graph the runner will load (decoder or encoder) and the external-data files it references."""
+    """The graph the runner will load (decoder or encoder), the external-data files it references, and the
+    config files beside it that the runner reads (the KV head size of graphs that leave it symbolic)."""
+    return _inspect(Path(artifact_dir))[0]
+
+
+def shipped_files(artifact_dir: Path) -> list[Path]:
+    """Every file copied to the device for one measurement: :func:`artifact_files` and :data:`RUNNER_FILES`."""
+    return artifact_files(artifact_dir) + list(RUNNER_FILES)
+
+
+def _inspect(artifact_dir: Path) -> tuple[list[Path], bool]:
+    """(artifact files, whether the graph uses GroupQueryAttention) from one read of the graph structure."""
     import onnx
 
-    from edgeft.runtime.lm import find_onnx
+    from edgeft.runtime.ortcore import CONFIG_FILES, find_onnx, graph_has_shared_kv
 
-    model = find_onnx(Path(artifact_dir))
+    model = find_onnx(artifact_dir)
     proto = onnx.load(str(model), load_external_data=False)
     names: set[str] = set()
 
@@ -58,7 +74,8 @@ def artifact_files(artifact_dir: Path) -> list[Path]:
                 names.update(e.value for e in t.external_data if e.key == "location")
 
     walk(proto.graph)
-    return [model] + [model.parent / n for n in sorted(names)]
+    configs = [model.parent / n for n in CONFIG_FILES if (model.parent / n).is_file()]
+    return [model] + [model.parent / n for n in sorted(names)] + configs, graph_has_shared_kv(proto.graph)
 
 
 def _tail(text: str) -> str:
@@ -112,9 +129,11 @@ def measure_remote(remote, artifact_dir: Path, prompt_ids: Sequence[int], new_to
     JSON (the keys of ``edgeft.runtime.bench.run_inline`` plus python, onnxruntime, machine,
     hostname) with ``label: measured-device`` and ``device_host``. Raises ``RemoteError``.
     """
+    files, shared_kv = _inspect(Path(artifact_dir))  # told to the runner: the device may lack the onnx package
     args = ["--prompt", json.dumps([int(t) for t in prompt_ids]), "--new-tokens", str(new_tokens),
-            "--threads", str(threads), "--warmup", str(warmup), "--repeats", str(repeats)]
-    return _run_remote(remote, artifact_dir, args, identity_file, timeout)
+            "--threads", str(threads), "--warmup", str(warmup), "--repeats", str(repeats),
+            "--shared-kv", "1" if shared_kv else "0"]
+    return _run_remote(remote, files + list(RUNNER_FILES), args, identity_file, timeout)
 
 
 def measure_remote_encoder(remote, artifact_dir: Path, threads: int, batch: int, seq: int, warmup: int,
@@ -127,15 +146,14 @@ def measure_remote_encoder(remote, artifact_dir: Path, threads: int, batch: int,
     """
     args = ["--kind", "encoder", "--batch", str(batch), "--seq", str(seq), "--threads", str(threads),
             "--warmup", str(warmup), "--repeats", str(repeats)]
-    return _run_remote(remote, artifact_dir, args, identity_file, timeout)
+    return _run_remote(remote, shipped_files(Path(artifact_dir)), args, identity_file, timeout)
 
 
-def _run_remote(remote, artifact_dir: Path, runner_args: Sequence[str], identity_file: str | Path | None,
+def _run_remote(remote, files: Sequence[Path], runner_args: Sequence[str], identity_file: str | Path | None,
                 timeout: float) -> dict:
-    """Copy the artifact's graph and the runner to a temp dir on ``remote``, run it with ``runner_args``
-    (``--dir`` is added), remove the temp dir, and return the runner's JSON line with the label added."""
+    """Copy ``files`` (the artifact's and :data:`RUNNER_FILES`) to a temp dir on ``remote``, run the runner with
+    ``runner_args`` (``--dir`` is added), remove the temp dir, and return its JSON line with the label added."""
     identity = identity_file or os.environ.get(IDENTITY_ENV) or None
-    files = artifact_files(Path(artifact_dir)) + [RUNNER]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise RemoteError(f"{remote.ssh}: copy failed: local file(s) missing: {', '.join(missing)}")

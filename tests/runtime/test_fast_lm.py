@@ -79,7 +79,7 @@ def test_bound_decode_logits_equal_plain_step_logits(graph, optimum_dir, gqa_dir
     prompt = np.asarray([PROMPTS[0]], np.int64)
     dec = fast._bound(prompt, prompt.shape[1] + 8)
     mask = np.ones_like(prompt)
-    logits, past = plain.step(prompt, mask, plain._empty_past(1))
+    logits, past = plain.step(prompt, mask, plain.empty_past(1))
     np.testing.assert_allclose(dec.prefill(), logits[0, -1], atol=1e-5, rtol=0)
     nxt = int(logits[0, -1].argmax())
     for _ in range(8):

@@ -1,4 +1,8 @@
-"""Chat generation with any artifact (the ``edgeft generate`` command and Python API)."""
+"""Chat generation with any artifact (the ``edgeft generate`` command and Python API ``edgeft.generate``).
+
+It sits above :mod:`edgeft.data` (the chat template) and :mod:`edgeft.runtime` (the artifact's runtime):
+runtime/ imports nothing from data/, whose teacher labelling (``edgeft.data.augment``) runs a runtime.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,68 @@
+"""The causal-LM interface every runtime implements, the format -> runtime registry, and the shared helpers.
+
+Runtimes (``edgeft.runtime.lm``, ``.torchscript``, ``.genai``, ``.llamacpp``, ...) import this module
+and nothing imports them back: :func:`load_lm` finds a format's class through :data:`RUNTIMES`, a
+table of ``"module:Class"`` strings imported only when that format is loaded, so loading an ONNX
+graph never imports torch or llama.cpp, and adding a format is one line in the table.
+
+The greedy loop, ``find_onnx`` and ``session_options`` live in :mod:`edgeft.runtime.ortcore` (the
+module that is also copied to measured devices) and are re-exported here for the runtimes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import ModelSourceError
+from edgeft.runtime.ortcore import find_onnx, greedy_decode, head_dim_from_config, session_options
+
+__all__ = ["CausalLM", "RUNTIMES", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm", "runtime_class",
+           "session_options"]
+
+# Artifact format (as recipes, presets and `edgeft.validate.Artifact` name it) -> "module:Class" of its runtime.
+# The class is constructed as Class(path, threads). One line per format, kept in alphabetical order.
+RUNTIMES: dict[str, str] = {
+    "genai": "edgeft.runtime.genai:GenaiLM",
+    "gguf": "edgeft.runtime.llamacpp:LlamaCppLM",
+    "onnx": "edgeft.runtime.lm:OrtLM",
+    "pytorch": "edgeft.runtime.lm:TorchLM",
+    "torchscript": "edgeft.runtime.torchscript:TorchScriptLM",
+}
+
+
+class CausalLM:
+    """Interface: ``logits`` for scoring, ``generate`` for the task metric, ``timed_generate`` for latency."""
+
+    name = "lm"
+    threads = 1
+
+    def logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """Logits [seq, vocab] (float32) for one sequence of token ids [seq]."""
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 eos_ids: Sequence[int]) -> list[list[int]]:
+        """Greedy continuation of each prompt (batched, left-padded), stopping at any eos id."""
+        raise NotImplementedError
+
+    def timed_generate(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
+        """Generate exactly ``new_tokens`` tokens for one prompt; return (ttft_s, [per-token decode s])."""
+        raise NotImplementedError
+
+
+def runtime_class(fmt: str, where: Path | str = "") -> type[CausalLM]:
+    """The runtime class registered for ``fmt`` (its module is imported now); unknown formats list the valid ones."""
+    if fmt not in RUNTIMES:
+        prefix = f"{where}: " if where else ""
+        raise ModelSourceError(f"{prefix}no runtime for format {fmt!r} (supported: {', '.join(sorted(RUNTIMES))})")
+    module, _, cls = RUNTIMES[fmt].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_lm(path: Path, fmt: str, threads: int = 1) -> CausalLM:
+    """Open the artifact at ``path`` (format ``fmt``) with its runtime, ``threads`` CPU threads."""
+    return runtime_class(fmt, path)(path, threads)
