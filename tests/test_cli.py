@@ -298,3 +298,19 @@ def test_public_api_functions_are_callable_after_their_subpackages_import():
     assert "int4-rtn" in edgeft.quantize.SCHEMES.names()
     with pytest.raises(edgeft.errors.ConfigError, match="unknown quantization scheme"):
         edgeft.quantize("/nonexistent", "/nonexistent-out", "int3-magic")
+
+
+def test_cli_quiets_library_warnings_but_not_edgefts_own():
+    import warnings
+
+    from edgeft.cli import quiet_third_party_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party_warnings()
+        for module in ("transformers.utils.generic", "edgeft.finetune.speed", "edgeft", "edgeft_other"):
+            for category in (DeprecationWarning, FutureWarning, UserWarning):
+                warnings.warn_explicit(f"{category.__name__} from {module}", category, "x.py", 1, module=module)
+    shown = sorted(str(w.message) for w in seen)
+    assert shown == sorted(f"{c} from {m}" for m in ("edgeft.finetune.speed", "edgeft")
+                           for c in ("DeprecationWarning", "FutureWarning", "UserWarning")), shown

@@ -11,7 +11,7 @@ import edgeft
 from conftest import build_tiny_bert, read_json, sentiment_records, write_recipe
 from edgeft.pipeline.rundir import STAGES
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 QUANTIZED = ["int8-dynamic", "int8-static", "int8-weight"]
 

@@ -11,9 +11,9 @@ import pytest
 import edgeft
 from conftest import read_json, tiny_recipe_dict, write_recipe
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore:Converting a tensor to a Python boolean",
-                                        "ignore:The given NumPy array is not writable")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Converting a tensor to a Python boolean", "ignore:The given NumPy array is not writable",
+)
 
 TEXT = "".join(f"Line {i}: the keeper lit the lamp and watched the {w} sea.\n"
                for i, w in zip(range(400), ["dark", "grey", "calm", "wild"] * 100))

@@ -20,7 +20,6 @@ from edgeft.pipeline.rundir import STAGES
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
     "ignore:The given NumPy array is not writable", "ignore:mtime may not be reliable",
-    "ignore::DeprecationWarning", "ignore::FutureWarning",
 )
 
 ARTIFACTS = ["base", "merged", "onnx-fp32", "int8", "int4"]

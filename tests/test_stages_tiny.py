@@ -21,7 +21,6 @@ from edgeft.errors import ConfigError, ParityError
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
     "ignore:The given NumPy array is not writable", "ignore:mtime may not be reliable",
-    "ignore::DeprecationWarning", "ignore::FutureWarning",
 )
 
 TOL = 2e-3

@@ -12,31 +12,37 @@ def recipes_grp():
 
 @recipes_grp.command("list")
 def list_cmd():
-    """Recipe names with their descriptions."""
-    from edgeft.config.loader import load_recipe, resource_dir
+    """Recipe names with their descriptions (and "user" for a recipe of the user's recipes/ folder)."""
+    from edgeft.config.loader import load_recipe
+    from edgeft.config.resources import list_resources
 
-    for f in sorted(resource_dir("recipes").glob("*.yaml")):
-        r = load_recipe(f)
-        click.echo(f"{f.stem:<24} {r.description.strip().splitlines()[0] if r.description else ''}")
+    for res in list_resources("recipes"):
+        r = load_recipe(res.path)
+        origin = "" if res.origin == "shipped" else f" [{res.describe()}]"
+        click.echo(f"{res.name:<24} {r.description.strip().splitlines()[0] if r.description else ''}{origin}")
 
 
 @recipes_grp.command("show")
 @click.argument("recipe")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a value.")
 def show_cmd(recipe, overrides):
-    """Print RECIPE with every default filled in."""
+    """Print RECIPE (a file or a name in recipes/) with every default filled in, then the file it was read from."""
     import yaml
 
-    from edgeft.config.loader import load_recipe
+    from edgeft.config.loader import load_recipe, resolve_recipe_path
+    from edgeft.config.resources import find_resource
 
     r = load_recipe(recipe, list(overrides))
-    click.echo(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False, width=100))
+    click.echo(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False, width=100), nl=False)
+    path = resolve_recipe_path(recipe)
+    found = find_resource("recipes", recipe) if path.stem == recipe else None
+    click.echo(f"# read from {found.describe() if found else recipe}")
 
 
 @recipes_grp.command("validate")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("path")
 def validate_cmd(path):
-    """Validate one recipe file or every recipe in a folder; exit 2 if any is invalid."""
+    """Validate a recipe (a file or a name in recipes/) or every recipe in a folder; exit 2 if any is invalid."""
     import sys
 
     from edgeft.config.loader import validate_recipes

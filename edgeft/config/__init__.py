@@ -6,7 +6,6 @@
 """
 
 from edgeft.config.loader import (
-    RESOURCE_KINDS,
     apply_overrides,
     check_recipe_refs,
     device_names,
@@ -19,10 +18,18 @@ from edgeft.config.loader import (
     load_yaml,
     parse_model,
     preset_names,
-    project_dirs,
-    resource_dir,
-    search_roots,
+    resolve_recipe_path,
     validate_recipes,
+)
+from edgeft.config.resources import (
+    RESOURCE_KINDS,
+    Resource,
+    find_resource,
+    list_resources,
+    resource_layers,
+    resource_names,
+    shipped_dir,
+    user_dir,
 )
 from edgeft.config.schema import (
     Budgets,
@@ -74,6 +81,7 @@ __all__ = [
     "QuantizeSpec",
     "Recipe",
     "RemoteSpec",
+    "Resource",
     "ValidateConfig",
     "apply_overrides",
     "check_recipe_refs",
@@ -86,9 +94,13 @@ __all__ = [
     "load_recipe",
     "load_yaml",
     "parse_model",
+    "find_resource",
+    "list_resources",
     "preset_names",
-    "project_dirs",
-    "resource_dir",
-    "search_roots",
+    "resolve_recipe_path",
+    "resource_layers",
+    "resource_names",
+    "shipped_dir",
+    "user_dir",
     "validate_recipes",
 ]

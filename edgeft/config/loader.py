@@ -6,9 +6,9 @@ the dotted key path inside it and the fix, one line per problem, the most action
     recipes/q.yaml: finetune.lerning_rate: unknown key; did you mean 'learning_rate'? (valid keys: ...)
     devices/pi5.yaml: memory.bandwidth_gbps: Input should be greater than 0 (got -1)
 
-Device profiles and presets are referenced by name (``devices/<name>.yaml``,
-``export/<name>.yaml``); the folders are searched in ``$EDGEFT_HOME``, then the current
-directory, then the source checkout next to the package (see :func:`project_dirs`).
+Device profiles, presets and recipes are referenced by name (``devices/<name>.yaml``,
+``export/<name>.yaml``, ``recipes/<name>.yaml``): the user's folder over the shipped one, see
+:mod:`edgeft.config.resources`.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, Iterable, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from edgeft.config.resources import find_resource, resource_names
 from edgeft.config.schema import DeviceProfile, ExportPreset, Recipe
 from edgeft.errors import ConfigError
 
 __all__ = [
-    "RESOURCE_KINDS",
     "apply_overrides",
     "check_recipe_refs",
     "device_names",
@@ -40,68 +40,14 @@ __all__ = [
     "load_yaml",
     "parse_model",
     "preset_names",
-    "project_dirs",
-    "resource_dir",
-    "search_roots",
+    "resolve_recipe_path",
     "validate_recipes",
 ]
 
-#: Resource folders, each looked up by :func:`resource_dir`.
-RESOURCE_KINDS = ("devices", "export", "recipes")
-
 _YAML_SUFFIXES = (".yaml", ".yml")
 
-# The checkout root: edgeft/config/loader.py -> edgeft/ -> repo root (same as
-# Path(edgeft.__file__).resolve().parent.parent, without needing edgeft/__init__.py).
-_REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
-
-# --------------------------------------------------------------------------- resource folders
-
-
-def search_roots() -> list[Path]:
-    """Folders searched for ``devices/``, ``export/`` and ``recipes/``, in priority order."""
-    roots: list[Path] = []
-    home = os.environ.get("EDGEFT_HOME")
-    if home:
-        roots.append(Path(home).expanduser())
-    roots.append(Path.cwd())
-    roots.append(_REPO_ROOT)
-    unique: list[Path] = []
-    for root in roots:
-        if all(root.resolve() != seen.resolve() for seen in unique):
-            unique.append(root)
-    return unique
-
-
-def resource_dir(kind: str) -> Path:
-    """The folder holding ``kind`` resources (one of :data:`RESOURCE_KINDS`).
-
-    The first existing ``<root>/<kind>`` among :func:`search_roots` wins.
-    """
-    if kind not in RESOURCE_KINDS:
-        raise ConfigError(f"unknown resource folder {kind!r}; valid choices: {', '.join(RESOURCE_KINDS)}")
-    tried = []
-    for root in search_roots():
-        candidate = root / kind
-        if candidate.is_dir():
-            return candidate
-        tried.append(str(candidate))
-    raise ConfigError(
-        f"no {kind}/ folder found (looked in {', '.join(tried)}); "
-        f"run from the project folder or set EDGEFT_HOME to a folder containing {kind}/"
-    )
-
-
-def project_dirs() -> dict[str, Path]:
-    """``{kind: folder}`` for every resource folder that exists (see :func:`resource_dir`)."""
-    found: dict[str, Path] = {}
-    for kind in RESOURCE_KINDS:
-        try:
-            found[kind] = resource_dir(kind)
-        except ConfigError:
-            continue
-    return found
+# --------------------------------------------------------------------------- messages
 
 
 def _display(path: Path) -> str:
@@ -489,18 +435,17 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "--set")
 
 
 def resolve_recipe_path(path: Union[str, os.PathLike]) -> Path:
-    """A recipe file path, or the bare name of one in ``recipes/`` (``"quickstart"``)."""
+    """A recipe file path, or the bare name of one in ``recipes/`` (``"quickstart"``; the user's over the shipped)."""
     text = os.fspath(path)
     if not Path(text).exists() and not _looks_like_path(text) and not isinstance(path, os.PathLike):
         try:
-            folder = resource_dir("recipes")
+            valid = resource_names("recipes")
         except ConfigError:
-            folder = None
-        file = folder / f"{text}.yaml" if folder is not None else None
-        if file is None or not file.is_file():
-            valid = _names("recipes") if folder is not None else []
+            raise ConfigError(f"{text}: file not found") from None
+        found = find_resource("recipes", text)
+        if found is None:
             raise ConfigError(_unknown("recipe", text, valid) if valid else f"{text}: file not found")
-        return file
+        return found.path
     return Path(text)
 
 
@@ -571,12 +516,12 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
 
 
 def validate_recipes(path: Union[str, os.PathLike]) -> list[tuple[Path, Optional[str]]]:
-    """Validate one recipe file or every ``*.yaml`` in a folder.
+    """Validate one recipe file (a path or a recipe name), or every ``*.yaml`` in a folder.
 
     Returns ``[(file, None | error message)]`` instead of raising, so every file gets checked.
     Raises ConfigError only when ``path`` itself does not exist or holds no recipes.
     """
-    p = Path(path)
+    p = Path(path) if Path(os.fspath(path)).exists() else resolve_recipe_path(path)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in _YAML_SUFFIXES and f.is_file())
         if not files:
@@ -607,19 +552,14 @@ def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
     return f"unknown {what} {name!r}{did}; valid choices: {', '.join(sorted(valid))}"
 
 
-def _names(kind: str) -> list[str]:
-    folder = resource_dir(kind)
-    return sorted(f.stem for f in folder.iterdir() if f.suffix in _YAML_SUFFIXES and f.is_file())
-
-
 def device_names() -> list[str]:
-    """Names of the device profiles in ``devices/`` (file stems), sorted."""
-    return _names("devices")
+    """Names of the device profiles in ``devices/`` (file stems; user and shipped), sorted."""
+    return resource_names("devices")
 
 
 def preset_names() -> list[str]:
-    """Names of the export presets in ``export/`` (file stems), sorted."""
-    return _names("export")
+    """Names of the export presets in ``export/`` (file stems; user and shipped), sorted."""
+    return resource_names("export")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -632,10 +572,10 @@ def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: 
         file = Path(text)
         source = text
     else:
-        folder = resource_dir(kind)
-        file = next((folder / f"{text}{s}" for s in _YAML_SUFFIXES if (folder / f"{text}{s}").is_file()), None)
-        if file is None:
-            raise ConfigError(_unknown(what, text, _names(kind)))
+        found = find_resource(kind, text)
+        if found is None:
+            raise ConfigError(_unknown(what, text, resource_names(kind)))
+        file = found.path
         source = _display(file)
     obj = parse_model(model_cls, _load_yaml_as(file, source), source)
     if obj.name != file.stem:

@@ -22,7 +22,8 @@ from edgeft.config import (
     preset_names,
 )
 from edgeft.cli import cli
-from edgeft.cli.devices import EDIT_ME, profile_template
+from edgeft.config.profile_template import profile_template
+from edgeft.config.profiles import EDIT_ME
 from edgeft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,11 +171,13 @@ def test_name_must_match_file_name(home):
 
 
 def test_edgeft_home_takes_precedence(home, tmp_path, monkeypatch):
+    """EDGEFT_HOME's profiles override the shipped ones of the same name; the shipped ones fill the rest."""
     (home / "devices" / "host.yaml").unlink()
+    path = home / "devices" / "pi5.yaml"
+    path.write_text(path.read_text().replace("threads: 4", "threads: 3"))
     monkeypatch.chdir(tmp_path)
-    assert "host" not in device_names()
-    with pytest.raises(ConfigError, match="unknown device 'host'"):
-        load_device("host")
+    assert load_device("pi5").cpu.threads == 3
+    assert "host" in device_names() and load_device("host").class_ == "host"  # from the shipped profiles
 
 
 # --------------------------------------------------------------------------- new profiles
@@ -358,9 +361,9 @@ def test_devices_add_unknown_source_lists_choices(home):
 
 
 def test_devices_add_removes_a_file_that_does_not_load(home, monkeypatch):
-    import edgeft.cli.devices as devices_cli
+    import edgeft.config.profiles as profiles
 
-    monkeypatch.setattr(devices_cli, "new_profile_text", lambda text, name, src: text.replace("threads: 4", "threads: 0"))
+    monkeypatch.setattr(profiles, "new_profile_text", lambda text, name, src: text.replace("threads: 4", "threads: 0"))
     res = _add("my-board")
     assert isinstance(res.exception, ConfigError)
     msg = str(res.exception)

@@ -12,8 +12,9 @@ from edgeft.config import (
     apply_overrides,
     load_recipe,
     load_yaml,
-    project_dirs,
-    resource_dir,
+    resource_layers,
+    shipped_dir,
+    user_dir,
     validate_recipes,
 )
 from edgeft.errors import ConfigError
@@ -232,20 +233,21 @@ def test_bad_override_value_is_attributed_to_set(in_tmp):
 # --------------------------------------------------------------------------- folders and recipe checks
 
 
-def test_project_dirs_search_order(tmp_path, monkeypatch):
+def test_resource_layers_user_folder_over_shipped(tmp_path, monkeypatch):
     home = tmp_path / "home"
     (home / "devices").mkdir(parents=True)
     cwd = tmp_path / "cwd"
     (cwd / "export").mkdir(parents=True)
     monkeypatch.setenv("EDGEFT_HOME", str(home))
     monkeypatch.chdir(cwd)
-    dirs = project_dirs()
-    assert dirs["devices"] == home / "devices"
-    assert dirs["export"] == cwd / "export"
-    assert dirs["recipes"] == REPO / "recipes"  # falls back to the checkout next to the package
-    assert resource_dir("devices") == home / "devices"
+    assert resource_layers("devices") == [("user", home / "devices"), ("shipped", REPO / "devices")]
+    # EDGEFT_HOME set: the working directory's folders are not read
+    assert resource_layers("export") == [("shipped", REPO / "export")]
+    monkeypatch.delenv("EDGEFT_HOME")
+    assert resource_layers("export") == [("user", cwd / "export"), ("shipped", REPO / "export")]
+    assert resource_layers("recipes") == [("shipped", REPO / "recipes")]  # the checkout next to the package
     with pytest.raises(ConfigError, match="unknown resource folder 'device'"):
-        resource_dir("device")
+        resource_layers("device")
 
 
 def test_validate_recipes_reports_per_file(in_tmp):
@@ -299,7 +301,13 @@ def test_shipped_recipes_validate(monkeypatch):
 
 
 def test_shipped_devices_resolve_from_tmp_cwd(in_tmp):
-    # no devices/ in the tmp cwd: the checkout's folder is used
-    assert resource_dir("devices") == REPO / "devices"
+    # no devices/ in the tmp cwd: only the checkout's folder is read
+    assert user_dir("devices") is None and shipped_dir("devices") == REPO / "devices"
+    assert resource_layers("devices") == [("shipped", REPO / "devices")]
+    assert resource_layers("recipes") == [("user", in_tmp / "recipes"), ("shipped", REPO / "recipes")]
+    # run from the checkout, its folders are the shipped ones, read once
     shutil.rmtree(in_tmp / "recipes")
-    assert project_dirs()["recipes"] == REPO / "recipes"
+    import os
+
+    os.chdir(REPO)
+    assert resource_layers("recipes") == [("shipped", REPO / "recipes")]

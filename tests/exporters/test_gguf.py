@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 NEEDS_LLAMA_CPP = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed "
                                                                "(pip install 'edgeft[bench]'): llama.cpp checks skipped")

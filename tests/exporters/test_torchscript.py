@@ -11,7 +11,7 @@ import pytest
 from conftest import build_tiny_bert
 from edgeft.errors import ModelSourceError, ParityError, UnsupportedError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 MAX_CACHE = 96
 

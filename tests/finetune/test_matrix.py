@@ -28,8 +28,7 @@ from conftest import SYSTEM_PROMPT, tiny_records
 from edgeft.errors import UnsupportedError
 from edgeft.finetune import METHODS, OBJECTIVES
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 CASES = [(m, o) for m in METHODS.names() for o in OBJECTIVES.names()]
 

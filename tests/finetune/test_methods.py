@@ -12,8 +12,7 @@ import pytest
 from conftest import SYSTEM_PROMPT, tiny_records
 from edgeft.errors import ConfigError, UnsupportedError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def cfg(**kw):

@@ -18,8 +18,7 @@ import pytest
 
 from edgeft.errors import UnsupportedError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore:Converting a tensor to a Python boolean")
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean")
 
 SEQ = 16
 VOCAB = 200

@@ -17,8 +17,8 @@ import pytest
 from edgeft.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
-    "ignore:The given NumPy array is not writable", "ignore::DeprecationWarning", "ignore::FutureWarning",
+    "ignore:Converting a tensor to a Python boolean",
+    "ignore:Exporting aten..index operator", "ignore:The given NumPy array is not writable",
 )
 
 

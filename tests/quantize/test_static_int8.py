@@ -22,8 +22,8 @@ from conftest import SYSTEM_PROMPT
 from edgeft.errors import ConfigError, UnsupportedError
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:Converting a tensor to a Python boolean", "ignore:Exporting aten..index operator",
-    "ignore:The given NumPy array is not writable", "ignore::DeprecationWarning", "ignore::FutureWarning",
+    "ignore:Converting a tensor to a Python boolean",
+    "ignore:Exporting aten..index operator", "ignore:The given NumPy array is not writable",
 )
 
 SEQ = 32

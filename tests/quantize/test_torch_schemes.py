@@ -18,7 +18,7 @@ import pytest
 
 from edgeft.errors import UnsupportedError
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 _BNB: dict = {}
 

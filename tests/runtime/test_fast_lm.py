@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
-                                        "ignore:Converting a tensor to a Python boolean")
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor to a Python boolean")
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-
 
 def test_adapter_model_generates_like_a_cache_free_loop(tiny_lm_dir):
     adapters = pytest.importorskip("adapters")
