@@ -568,8 +568,9 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
     problems: list[str] = []
     for i, spec in enumerate(recipe.quantize):
         if spec.scheme not in SCHEMES:
-            problems.append(f"{source}: quantize.{i}.scheme: {_unknown('quantize scheme', spec.scheme, SCHEMES.names())}"
-                            f"{_override_origin(f'quantize.{i}.scheme', origins)}")
+            where = f"quantize.{i}.scheme"
+            unknown = _unknown("quantize scheme", spec.scheme, SCHEMES.names())
+            problems.append(f"{source}: {where}: {unknown}{_override_origin(where, origins)}")
             continue
         model = SCHEMES.get(spec.scheme).options_model
         try:

@@ -207,3 +207,43 @@ def test_quantize_cli_bad_option_fails_in_one_line(tmp_path):
     assert lines[0].startswith("error: --opt: block_sise: unknown option for scheme int4-rtn; did you mean "
                                "'block_size'?")
     assert not (tmp_path / "q").exists()
+
+
+def test_recipes_schema_publishes_the_options_of_every_scheme():
+    import json
+
+    import yaml
+
+    from edgeft.quantize import SCHEMES
+
+    res = CliRunner().invoke(cli, ["recipes", "schema"], catch_exceptions=False)
+    schema = json.loads(res.output)
+    spec = schema["$defs"]["QuantizeSpec"]
+    assert spec["properties"]["scheme"]["enum"] == SCHEMES.names()
+    branch = {b["if"]["properties"]["scheme"]["const"]: b["then"]["properties"]["options"]["$ref"]
+              for b in spec["allOf"]}
+    assert sorted(branch) == SCHEMES.names()
+    rtn = schema["$defs"][branch["int4-rtn"].split("/")[-1]]
+    assert rtn["additionalProperties"] is False and rtn["properties"]["block_size"]["enum"] == [16, 32, 64, 128, 256]
+    assert "task_metric" not in schema["$defs"][branch["auto"].split("/")[-1]]["properties"]  # Python API only
+    for f in (REPO / "recipes").glob("*.yaml"):  # what the shipped recipes use is in the schema
+        for q in yaml.safe_load(f.read_text()).get("quantize", []):
+            props = schema["$defs"][branch[q["scheme"]].split("/")[-1]]["properties"]
+            assert set(q.get("options", {})) <= set(props), (f.name, q)
+
+
+def test_preset_schema_publishes_the_options_of_every_format(tmp_path):
+    import json
+
+    import yaml
+
+    out = tmp_path / "preset.schema.json"
+    res = CliRunner().invoke(cli, ["recipes", "schema", "--preset", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0 and out.is_file()
+    schema = json.loads(out.read_text())
+    branch = {b["if"]["properties"]["format"]["const"]: b["then"]["properties"]["options"]["$ref"].split("/")[-1]
+              for b in schema["allOf"]}
+    assert set(branch) == {"onnx", "genai", "gguf", "torchscript"}
+    for f in (REPO / "export").glob("*.yaml"):
+        p = yaml.safe_load(f.read_text())
+        assert set(p.get("options", {})) <= set(schema["$defs"][branch[p["format"]]].get("properties", {})), f.name

@@ -87,7 +87,8 @@ def apply_nf4(in_dir: Path, out_dir: Path, opts: Nf4Options | None = None, **opt
     from transformers import BitsAndBytesConfig
 
     o = Nf4Options.of(opts, **options)
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o.quant_type, bnb_4bit_use_double_quant=o.double_quant,
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o.quant_type,
+                           bnb_4bit_use_double_quant=o.double_quant,
                            bnb_4bit_compute_dtype=_dtype(o.compute_dtype), llm_int8_skip_modules=list(o.keep_fp32))
     done = _save(in_dir, out_dir, q)
     return {**done, **o.model_dump()}

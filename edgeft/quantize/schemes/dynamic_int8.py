@@ -31,7 +31,8 @@ def apply(in_onnx: Path, out_onnx: Path, opts: DynamicInt8Options | None = None,
     o = DynamicInt8Options.of(opts, **options)
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
     quantize_dynamic(str(in_onnx), str(out_onnx), op_types_to_quantize=["MatMul"], per_channel=o.per_channel,
-                     reduce_range=o.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(o.nodes_to_exclude))
+                     reduce_range=o.reduce_range, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=list(o.nodes_to_exclude))
     return o.model_dump()
 
 

@@ -46,6 +46,7 @@ from edgeft.quantize.schemes import matmulnbits as mnb
 
 log = logging.getLogger(__name__)
 
+
 class GptqOptions(Options):
     """Options of int4-gptq."""
 
@@ -63,6 +64,105 @@ class GptqOptions(Options):
     lm_head: mnb.HeadChoice = Field("keep", description="LM head MatMul: keep (fp32), int8 or int4 (RTN)")
     embeddings: mnb.HeadChoice = Field("keep", description="token embedding Gather: keep, int8 or int4 (RTN; shared "
                                                            "with a tied head of the same bits)")
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]],
+                     threads: int = 2, config_dir: Path | None = None) -> dict[str, tuple[np.ndarray, int]]:
+    """{tensor: (Σ xxᵀ over all calibration tokens [K, K] float64, token count)} for the named activations.
+
+    ``config_dir``: the model's folder, whose config files give the KV head size when the graph
+    leaves it symbolic (onnxruntime-genai graphs).
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgeft.quantize.schemes.static_int8 import WindowReader
+    from edgeft.runtime.lm import session_options
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    existing = {o.name for o in m.graph.output}
+    names = list(dict.fromkeys(tensor_names))
+    for t in names:
+        if t not in existing:
+            m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="edgeft-capture-") as tmp:
+        path = Path(tmp) / "capture.onnx"
+        mnb.save_model(m, path)
+        del m
+        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        reader = WindowReader(path, windows, config_dir)
+    acc: dict[str, tuple[np.ndarray, int]] = {}
+    for w in reader.windows:
+        outs = sess.run(names, reader.feeds(w))
+        for t, x in zip(names, outs):
+            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+            h, n = acc.get(t, (0.0, 0))
+            acc[t] = (h + x.T @ x, n + x.shape[0])
+    return acc
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def gptq(b: np.ndarray, xtx: np.ndarray, n_tokens: int, wq: mnb.WeightQuant, damp: float = 0.01,
+         act_order: bool = False, lazy_block: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ codes for a MatMul weight ``b`` [K, N] given Σxxᵀ over ``n_tokens`` inputs.
+
+    Returns (codes [N, K_pad] uint8, scales [N, kb] f32, zero points [N, kb] uint8), the layout of
+    :func:`~edgeft.quantize.schemes.matmulnbits.rtn_codes`.
+    """
+    k, n = b.shape
+    bs = wq.block_size
+    kb = -(-k // bs)
+    lazy = max(bs, (lazy_block // bs) * bs)
+    w = np.ascontiguousarray(b.T, np.float32)  # [N, K]: rows are output channels, as in the paper
+    h = 2.0 * xtx / max(n_tokens, 1)
+    dead = np.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    scales = np.zeros((n, kb), np.float32)
+    zps = np.zeros((n, kb), np.float32)
+    if act_order:
+        padded = np.zeros((n, kb * bs), np.float32)
+        padded[:, :k] = w
+        s, z = mnb.grid(padded.reshape(n, kb, bs), wq.bits, wq.symmetric)
+        scales, zps = s[..., 0], z[..., 0]
+        perm = np.argsort(-np.diag(h), kind="stable")
+    else:
+        perm = np.arange(k)
+    w = w[:, perm]
+    h = h[np.ix_(perm, perm)]
+    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
+    # Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU): row i of U gives column i's error propagation.
+    hinv = np.linalg.inv(np.linalg.cholesky(h))
+    hinv = hinv.T @ hinv
+    u = np.linalg.cholesky(hinv).T.astype(np.float32)
+    codes = np.zeros((n, kb * bs), np.float32)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = w[:, i1:i2].copy()
+        err1 = np.zeros_like(w1)
+        u1 = u[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            g = perm[col] // bs
+            if not act_order and col % bs == 0:
+                s, z = mnb.grid(w1[:, i:i + bs], wq.bits, wq.symmetric)  # from the updated weights
+                scales[:, g], zps[:, g] = s[:, 0], z[:, 0]
+            q = mnb.to_codes(w1[:, i], scales[:, g], zps[:, g], wq.bits)
+            codes[:, perm[col]] = q
+            e = (w1[:, i] - (q - zps[:, g]) * scales[:, g]) / u1[i, i]
+            w1[:, i:] -= np.outer(e, u1[i, i:])
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ u[i1:i2, i2:]
+    return codes.astype(np.uint8), scales, zps.astype(np.uint8)
 
 
 def output_error(b: np.ndarray, b_hat: np.ndarray, xtx: np.ndarray) -> float:

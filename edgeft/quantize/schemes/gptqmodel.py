@@ -93,7 +93,8 @@ def apply(in_dir: Path, out_dir: Path, calibration=(), opts: GptqModelOptions | 
     import gptqmodel
 
     return {"bits": 4, "group_size": o.group_size, "desc_act": o.desc_act, "sym": o.sym,
-            "damp_percent": o.damp_percent, "calibration_windows": len(rows), "gptqmodel": getattr(gptqmodel, "__version__", "unknown")}
+            "damp_percent": o.damp_percent, "calibration_windows": len(rows),
+            "gptqmodel": getattr(gptqmodel, "__version__", "unknown")}
 
 
 SCHEMES.register("gptqmodel")(Scheme(
