@@ -248,6 +248,64 @@ def _meets(m: dict, max_ppl: float, max_kl: float | None, max_task_drop: float |
             and (max_task_drop is None or m.get("task_drop", 0.0) <= max_task_drop))
 
 
+def _sensitivity(groups: dict[str, list[str]], ladder: list, labels: list[str], prior: dict,
+                 measure: Callable[[dict[str, int]], dict]) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """Per group: KL (and perplexity) increase of each quantized rung alone over the all-fp32 base.
+
+    ``measure(plan)`` scores a plan ({group: rung}, the rest fp32); rungs ``prior`` (an earlier
+    plan's groups, ``sensitivity_from``) already measured are reused. Returns (sensitivity, kl_at).
+    """
+    t0 = time.perf_counter()
+    base = measure({})
+    sensitivity: dict[str, dict] = {}
+    kl_at: dict[str, list[float]] = {}
+    for done, g in enumerate(groups, 1):
+        kl_at[g] = []
+        sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
+        old = prior.get(g, {})
+        for lvl, wq in enumerate(ladder):
+            if wq is None:
+                kl_at[g].append(0.0)
+                continue
+            if labels[lvl] in old.get("kl_per_rung", {}):
+                kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
+                if lvl == 0:
+                    sensitivity[g] = {"kl": kl_at[g][-1], "ppl_increase_pct": old.get("ppl_rung", {}).get(labels[lvl])}
+                continue
+            m = measure({g: lvl})
+            kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
+            d_ppl = m["perplexity_increase_pct"] - base["perplexity_increase_pct"]
+            sensitivity[g].setdefault("ppl_rung", {})[labels[lvl]] = d_ppl
+            if lvl == 0:
+                sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": d_ppl})
+        sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
+        sensitivity[g].setdefault("ppl_rung", {}).update(
+            {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
+        if done % 10 == 0 or done == len(groups):
+            log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
+    return sensitivity, kl_at
+
+
+def _upgrade_path(groups: dict, kl_at: dict[str, list[float]], size_of: dict[str, list[int]]) -> list[dict[str, int]]:
+    """From every group on the first rung, repeatedly move the one group whose next rung buys the most
+    KL per added byte (a greedy multiple-choice knapsack), so every prefix is the cheapest plan found
+    for its error; sizes grow along the path."""
+    path = [{g: 0 for g in groups}]
+    while True:
+        cur, pick = path[-1], None
+        for g in groups:
+            for lvl in range(cur[g] + 1, len(kl_at[g])):
+                gain = kl_at[g][cur[g]] - kl_at[g][lvl]
+                if gain <= 0:
+                    continue
+                eff = gain / max(size_of[g][lvl] - size_of[g][cur[g]], 1)
+                if pick is None or eff > pick[0]:
+                    pick = (eff, g, lvl)
+        if pick is None:
+            return path
+        path.append({**cur, pick[1]: pick[2]})
+
+
 def _budget_error(o: AutoOptions, best: tuple[dict, dict], labels: list[str], n_groups: int) -> BudgetError:
     """No plan met the budget: say what was asked, the best reached and what to loosen."""
     bp, bm = best
@@ -368,57 +426,15 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
             # 2. sensitivity: each group alone on each quantized rung, the rest fp32 (plus the
             # head/embedding options); KL increase over that base, which sums well across groups.
             t0 = time.perf_counter()
-            feed({})
-            base = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-            sensitivity: dict[str, dict] = {}
-            kl_at: dict[str, list[float]] = {}
-            for done, g in enumerate(groups, 1):
-                kl_at[g] = []
-                sensitivity[g] = {"kl": 0.0, "ppl_increase_pct": 0.0}
-                old = prior.get(g, {})
-                for lvl, wq in enumerate(ladder):
-                    if wq is None:
-                        kl_at[g].append(0.0)
-                        continue
-                    if labels[lvl] in old.get("kl_per_rung", {}):
-                        kl_at[g].append(float(old["kl_per_rung"][labels[lvl]]))
-                        if lvl == 0:
-                            sensitivity[g] = {"kl": kl_at[g][-1], "ppl_increase_pct": old.get("ppl_rung", {}).get(
-                                labels[lvl])}
-                        continue
-                    feed({g: lvl})
-                    m = _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
-                    kl_at[g].append(max(0.0, m["kl"] - base["kl"]))
-                    sensitivity[g].setdefault("ppl_rung", {})[labels[lvl]] = (m["perplexity_increase_pct"]
-                                                                             - base["perplexity_increase_pct"])
-                    if lvl == 0:
-                        sensitivity[g].update({"kl": m["kl"] - base["kl"], "ppl_increase_pct": m["perplexity_increase_pct"]
-                                               - base["perplexity_increase_pct"]})
-                sensitivity[g]["kl_per_rung"] = dict(zip(labels, kl_at[g]))
-                sensitivity[g].setdefault("ppl_rung", {}).update(
-                    {k: v for k, v in old.get("ppl_rung", {}).items() if k in labels and k not in sensitivity[g]["ppl_rung"]})
-                if done % 10 == 0 or done == len(groups):
-                    log.info("auto: sensitivity %d/%d groups (%.0f s)", done, len(groups), time.perf_counter() - t0)
+
+            def measure(plan: dict[str, int]) -> dict:
+                feed(plan)
+                return _score(lm, ref_sens, sens_wins, ppl_ref_sens, None, None)
+
+            sensitivity, kl_at = _sensitivity(groups, ladder, labels, prior, measure)
             t_sens = time.perf_counter() - t0
             order = sorted(groups, key=lambda g: -sensitivity[g]["kl"])
-
-            # 3. the upgrade path: from every group on the first rung, repeatedly move the one group whose
-            # next rung buys the most KL per added byte (a greedy multiple-choice knapsack), so every
-            # prefix is the cheapest plan found for its error; sizes grow along the path.
-            path = [{g: 0 for g in groups}]
-            while True:
-                cur, pick = path[-1], None
-                for g in groups:
-                    for lvl in range(cur[g] + 1, len(ladder)):
-                        gain = kl_at[g][cur[g]] - kl_at[g][lvl]
-                        if gain <= 0:
-                            continue
-                        eff = gain / max(size_of[g][lvl] - size_of[g][cur[g]], 1)
-                        if pick is None or eff > pick[0]:
-                            pick = (eff, g, lvl)
-                if pick is None:
-                    break
-                path.append({**cur, pick[1]: pick[2]})
+            path = _upgrade_path(groups, kl_at, size_of)
 
             last = len(path) - 1
             if o.max_size_mb is not None:
