@@ -306,6 +306,29 @@ def _upgrade_path(groups: dict, kl_at: dict[str, list[float]], size_of: dict[str
         path.append({**cur, pick[1]: pick[2]})
 
 
+def _save_simulation(model, targets: dict[str, tuple[str, tuple]], o: AutoOptions, head_first: mnb.WeightQuant,
+                     src_dir: Path, tmp: Path) -> tuple[Path, int]:
+    """The simulation model in ``tmp``: the fp32 graph with the head/embedding options applied and the
+    target weights (``{node: (initializer, shape)}``) made overridable (listed as graph inputs).
+    Returns (its path, its bytes)."""
+    import onnx
+    from onnx import helper
+
+    sim = onnx.ModelProto()
+    sim.CopyFrom(model)
+    mnb.quantize_head_embed(sim, o.lm_head, o.embeddings, head_first.block_size, head_first.symmetric,
+                            o.accuracy_level)
+    for init, shape in targets.values():
+        sim.graph.input.append(helper.make_tensor_value_info(init, onnx.TensorProto.FLOAT, list(shape)))
+    sim_path = tmp / "sim.onnx"
+    mnb.save_model(sim, sim_path)
+    sim_bytes = sum(f.stat().st_size for f in tmp.iterdir())
+    for cfg in ("genai_config.json", "config.json"):  # the KV head size, where the graph leaves it symbolic
+        if (src_dir / cfg).is_file():
+            shutil.copy2(src_dir / cfg, tmp / cfg)
+    return sim_path, sim_bytes
+
+
 def _budget_error(o: AutoOptions, best: tuple[dict, dict], labels: list[str], n_groups: int) -> BudgetError:
     """No plan met the budget: say what was asked, the best reached and what to loosen."""
     bp, bm = best
@@ -322,7 +345,7 @@ def _budget_error(o: AutoOptions, best: tuple[dict, dict], labels: list[str], n_
 def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], opts: AutoOptions | None = None,
           **options) -> dict:
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     from edgeft.runtime.lm import OrtLM
 
@@ -372,23 +395,9 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
         return mnb.dequantize(*code(name, lvl), weights[name].shape[0], ladder[lvl].block_size)
 
     with tempfile.TemporaryDirectory(prefix="edgeft-auto-") as tmp:
-        # The simulation model: the fp32 graph with the head/embedding options applied and the
-        # target weights made overridable (listed as graph inputs).
-        sim = onnx.ModelProto()
-        sim.CopyFrom(model)
         head_first = next((wq for wq in ladder if wq is not None), mnb.WeightQuant(8, 32, True))
-        mnb.quantize_head_embed(sim, o.lm_head, o.embeddings, head_first.block_size, head_first.symmetric,
-                                o.accuracy_level)
-        for name in mats:
-            w = weights[name]
-            sim.graph.input.append(helper.make_tensor_value_info(init_of[name], onnx.TensorProto.FLOAT, list(w.shape)))
-        sim_path = Path(tmp) / "sim.onnx"
-        mnb.save_model(sim, sim_path)
-        sim_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
-        for cfg in ("genai_config.json", "config.json"):  # the KV head size, where the graph leaves it symbolic
-            if (Path(in_onnx).parent / cfg).is_file():
-                shutil.copy2(Path(in_onnx).parent / cfg, Path(tmp) / cfg)
-        del sim
+        sim_path, sim_bytes = _save_simulation(model, {n: (init_of[n], weights[n].shape) for n in mats}, o,
+                                               head_first, Path(in_onnx).parent, Path(tmp))
         ref = OrtLM(in_onnx, 2)
         searching = o.plan_from is None  # a given plan needs no sensitivity windows and no simulation session
         ref_sens = [ref.logits(w) for w in sens_wins] if searching else []
