@@ -25,7 +25,9 @@ def _parse_opts(opts):
 @click.option("--scheme", required=True,
               help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq (ONNX input); bnb-nf4, "
                    "bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Scheme option (repeatable).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Scheme option (repeatable), checked against the scheme's options before any work "
+                   "(edgeft recipes schema lists them).")
 @click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for the quality check.")
 @click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),

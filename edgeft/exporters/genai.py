@@ -43,6 +43,7 @@ from edgeft.exporters.onnx import EXPORTERS
 
 log = logging.getLogger(__name__)
 
+
 class GenaiOptions(Options):
     """Options of genai presets (the onnxruntime-genai model builder and the quality gates)."""
 

@@ -49,6 +49,7 @@ from edgeft.quantize.schemes import matmulnbits as mnb
 
 log = logging.getLogger(__name__)
 
+
 class AutoOptions(Options):
     """Options of auto: the budget, the precision ladder and how the search measures."""
 

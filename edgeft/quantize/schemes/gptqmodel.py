@@ -26,6 +26,7 @@ from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
+
 class GptqModelOptions(Options):
     """Options of gptqmodel."""
 
