@@ -21,7 +21,7 @@ COMMANDS = {
     "verify": ("edgeft.cli.verify", "verify_cmd", "Re-hash a release bundle (folder or .tar.gz)."),
     "generate": ("edgeft.cli.generate", "generate_cmd", "Chat with an artifact (ONNX or HF folder)."),
     "devices": ("edgeft.cli.devices", "devices_grp", "List and show device profiles."),
-    "recipes": ("edgeft.cli.recipes", "recipes_grp", "List, show and validate recipes."),
+    "recipes": ("edgeft.cli.recipes", "recipes_grp", "List, show and validate recipes; print their JSON Schema."),
     "data": ("edgeft.cli.data", "data_grp", "Data helpers: teacher-labelled examples (augment), active learning (select)."),
 }
 

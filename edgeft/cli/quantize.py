@@ -25,7 +25,9 @@ def _parse_opts(opts):
 @click.option("--scheme", required=True,
               help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq (ONNX input); bnb-nf4, "
                    "bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
-@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Scheme option (repeatable).")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
+              help="Scheme option (repeatable), checked against the scheme's options before any work "
+                   "(edgeft recipes schema lists them).")
 @click.option("--text", type=click.Path(exists=True, dir_okay=False), help="Held-out text for the quality check.")
 @click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
@@ -35,8 +37,9 @@ def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
 
     PyTorch-input schemes (bnb-*, torch-dynamic-int8, gptqmodel) take the merged HF model folder
     instead of an ONNX export."""
-    from edgeft.quantize import quantize
+    from edgeft.quantize import quantize, scheme_options
 
+    options = scheme_options(scheme, _parse_opts(opts), source="--opt", path="")  # typos fail before any work
     wins = None
     if text:
         from pathlib import Path
@@ -57,7 +60,7 @@ def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
 
         tok = AutoTokenizer.from_pretrained(onnx_dir)
         calib = windows(tok(Path(calibration).read_text(), add_special_tokens=False).input_ids, 128, 128, 2048)
-    rep = quantize(onnx_dir, out, scheme, _parse_opts(opts), quality_ids=wins, calibration_ids=calib)
+    rep = quantize(onnx_dir, out, scheme, options, quality_ids=wins, calibration_ids=calib)
     line = f"{scheme}: {rep['size_bytes'] / 2**20:.1f} MB ({rep['size_ratio']:.2f}x input)"
     if "perplexity" in rep:
         line += (f", perplexity {rep['perplexity_input']:.3f} -> {rep['perplexity']:.3f} "

@@ -60,3 +60,24 @@ def validate_cmd(path):
         sys.exit(2)
     if bad:
         sys.exit(2)
+
+
+@recipes_grp.command("schema")
+@click.option("--preset", is_flag=True, help="The export preset schema (export/*.yaml) instead of the recipe's.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+def schema_cmd(preset, out):
+    """Print the JSON Schema of a recipe (or an export preset), scheme and exporter options included.
+
+    Editors that read JSON Schema (e.g. the YAML language server) then complete and check recipes."""
+    import json
+
+    from edgeft.config.options import preset_json_schema, recipe_json_schema
+
+    text = json.dumps(preset_json_schema() if preset else recipe_json_schema(), indent=2) + "\n"
+    if out:
+        from edgeft.fileio import atomic_write_text
+
+        atomic_write_text(out, text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)

@@ -14,6 +14,7 @@ Device profiles, presets and recipes are referenced by name (``devices/<name>.ya
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import types
 import typing
@@ -27,8 +28,11 @@ from edgeft.config.resources import find_resource, resource_names
 from edgeft.config.schema import DeviceProfile, ExportPreset, Recipe
 from edgeft.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "apply_overrides",
+    "check_options",
     "check_recipe_refs",
     "device_names",
     "format_validation_error",
@@ -40,6 +44,7 @@ __all__ = [
     "load_yaml",
     "parse_model",
     "preset_names",
+    "preset_options_model",
     "resolve_recipe_path",
     "validate_recipes",
 ]
@@ -268,27 +273,33 @@ def _got(value: Any) -> str:
     return " (got null)" if value is None else f" (got {_short(value)})"
 
 
-def _describe(err: dict, root: type[BaseModel]) -> tuple[int, str, str, str]:
-    """One error as (rank, dotted path, message, got). Lower rank = more actionable = shown first."""
+def _describe(err: dict, root: type[BaseModel], prefix: str = "", noun: str = "key",
+              owner: str = "") -> tuple[int, str, str, str]:
+    """One error as (rank, dotted path, message, got). Lower rank = more actionable = shown first.
+
+    ``prefix`` is the key path of ``root`` inside its file; ``noun``/``owner`` word an unknown key
+    (``unknown option for scheme int4-rtn``).
+    """
     loc = tuple(err.get("loc", ()))
     etype = err.get("type", "")
     parts, container, field_type = _walk(root, loc)
     field_type = _unwrap(field_type)
-    path = ".".join(parts) or "(top level)"
+    path = ".".join([prefix] * bool(prefix) + parts) or "(top level)"
     value = err.get("input")
 
     if etype == "extra_forbidden" and _is_model(container):
         key = str(loc[-1]) if loc else ""
         valid = _valid_keys(container)
+        what = f"unknown {noun}{f' for {owner}' if owner else ''}"
         match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
         if match:
-            return 0, path, f"unknown key; did you mean {match[0]!r}? (valid keys: {', '.join(valid)})", ""
+            return 0, path, f"{what}; did you mean {match[0]!r}? (valid {noun}s: {', '.join(valid)})", ""
         elsewhere = [p for p in _fields_named(root, key) if p != path]
         if elsewhere:
             return 1, path, (
-                f"unknown key here; it belongs under {', '.join(elsewhere)} (valid keys here: {', '.join(valid)})"
+                f"{what} here; it belongs under {', '.join(elsewhere)} (valid {noun}s here: {', '.join(valid)})"
             ), ""
-        return 2, path, f"unknown key (valid keys: {', '.join(valid)})", ""
+        return 2, path, f"{what} (valid {noun}s: {', '.join(valid) or 'none'})", ""
 
     if etype == "literal_error":
         choices = _literal_choices(field_type) or [
@@ -308,7 +319,8 @@ def _describe(err: dict, root: type[BaseModel]) -> tuple[int, str, str, str]:
         valid = _valid_keys(field_type)
         return 4, path, f"expected a mapping with keys {', '.join(valid)}", _got(value)
 
-    return 4, path, err.get("msg", "invalid value"), _got(value)
+    msg = err.get("msg", "invalid value")
+    return 4, path, msg[len("Value error, "):] if msg.startswith("Value error, ") else msg, _got(value)
 
 
 def _override_origin(path: str, origins: dict[str, str]) -> str:
@@ -319,13 +331,18 @@ def _override_origin(path: str, origins: dict[str, str]) -> str:
 
 
 def format_validation_error(
-    exc: ValidationError, model_cls: type[BaseModel], source: str, origins: Optional[dict[str, str]] = None
+    exc: ValidationError, model_cls: type[BaseModel], source: str, origins: Optional[dict[str, str]] = None,
+    prefix: str = "", noun: str = "key", owner: str = "",
 ) -> str:
-    """Turn a pydantic ValidationError into ``source: key.path: problem`` lines, best first."""
+    """Turn a pydantic ValidationError into ``source: key.path: problem`` lines, best first.
+
+    ``prefix``: where ``model_cls`` sits in the file (``quantize.1.options``); ``noun``/``owner`` word
+    unknown keys (``unknown option for scheme int4-rtn; did you mean 'block_size'?``).
+    """
     described: list[list[Any]] = []
     by_path: dict[str, int] = {}
     for err in exc.errors(include_url=False):
-        rank, path, msg, got = _describe(err, model_cls)
+        rank, path, msg, got = _describe(err, model_cls, prefix, noun, owner)
         if path in by_path:  # several union branches failed for one value: one line
             entry = described[by_path[path]]
             if msg not in entry[2]:
@@ -337,7 +354,7 @@ def format_validation_error(
     # a required key reported missing right next to a typo that suggests it is one problem, not two
     suggested = set()
     for rank, path, msg, _ in described:
-        if msg.startswith("unknown key; did you mean "):
+        if msg.startswith("unknown ") and "; did you mean '" in msg:
             parent = path.rsplit(".", 1)[0] + "." if "." in path else ""
             suggested.add(parent + msg.split("'")[1])
     described = [d for d in described if not (d[2] == "required key missing" and d[1] in suggested)]
@@ -360,6 +377,26 @@ def parse_model(model_cls: type[BaseModel], data: dict, source: str, *, origins:
         return model_cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, model_cls, source, origins)) from None
+
+
+def check_options(model_cls: type[BaseModel], data: Any, source: str, path: str = "options", owner: str = "",
+                  origins: Optional[dict[str, str]] = None):
+    """Validate ``data`` as ``model_cls``; a ConfigError names ``source``, the key path under ``path`` and the fix.
+
+    ``owner`` says whose options they are in an unknown-key message (``unknown option for scheme int4-rtn``).
+    """
+    if isinstance(data, model_cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{source}: {where}expected a mapping of option: value, got {_kind_of(data)}")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, model_cls, source, origins, prefix=path, noun="option",
+                                                  owner=owner)) from None
 
 
 # --------------------------------------------------------------------------- --set overrides
@@ -462,15 +499,40 @@ def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) ->
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         origins[key] = text
-    return parse_model(Recipe, data, source, origins=origins)
+    recipe = parse_model(Recipe, data, source, origins=origins)
+    problems = check_recipe_refs(recipe, source, file, origins)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return recipe
 
 
-def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] = None) -> list[str]:
-    """Cross-file checks a schema cannot do: named devices/presets exist, data files exist.
+def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> list[str]:
+    """Unknown scheme names and bad options of ``quantize``, each naming its key path."""
+    from edgeft.quantize import SCHEMES
+
+    problems: list[str] = []
+    for i, spec in enumerate(recipe.quantize):
+        if spec.scheme not in SCHEMES:
+            where = f"quantize.{i}.scheme"
+            unknown = _unknown("quantize scheme", spec.scheme, SCHEMES.names())
+            problems.append(f"{source}: {where}: {unknown}{_override_origin(where, origins)}")
+            continue
+        model = SCHEMES.get(spec.scheme).options_model
+        try:
+            check_options(model, spec.options, source, f"quantize.{i}.options", f"scheme {spec.scheme}", origins)
+        except ConfigError as e:
+            problems.extend(str(e).splitlines())
+    return problems
+
+
+def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] = None,
+                      origins: Optional[dict[str, str]] = None) -> list[str]:
+    """Checks a schema cannot do alone: named schemes, devices and presets exist, every quantize
+    scheme's options fit its typed options model, data files exist. :func:`load_recipe` runs them.
 
     Returns one message per problem (empty when all is well).
     """
-    problems: list[str] = []
+    problems: list[str] = _quantize_problems(recipe, source, origins or {})
     try:
         devices = device_names()
     except ConfigError as e:
@@ -493,8 +555,17 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
     except ConfigError as e:
         presets = []
         problems.append(f"{source}: export.preset: {e}")
-    if presets and recipe.export.preset not in presets:
-        problems.append(f"{source}: export.preset: {_unknown('export preset', recipe.export.preset, presets)}")
+    if presets:
+        named = [("export.preset", recipe.export.preset)]
+        named += [(f"export.extra.{i}", name) for i, name in enumerate(recipe.export.extra)]
+        for where, name in named:
+            if name not in presets:
+                problems.append(f"{source}: {where}: {_unknown('export preset', name, presets)}")
+                continue
+            try:
+                load_preset(name)  # checks the preset file, its options included
+            except ConfigError as e:
+                problems.append(f"{source}: {where}: preset {name!r} is invalid: {e}")
     seen: dict[str, int] = {}
     for i, spec in enumerate(recipe.quantize):
         if spec.name in seen:
@@ -532,14 +603,12 @@ def validate_recipes(path: Union[str, os.PathLike]) -> list[tuple[Path, Optional
         raise ConfigError(f"{path}: file not found")
     results: list[tuple[Path, Optional[str]]] = []
     for f in files:
-        source = str(f)
         try:
-            recipe = load_recipe(f)
+            load_recipe(f)  # schema, schemes and their options, presets, devices, data files
         except ConfigError as e:
             results.append((f, str(e)))
             continue
-        problems = check_recipe_refs(recipe, source, f)
-        results.append((f, "\n".join(problems) if problems else None))
+        results.append((f, None))
     return results
 
 
@@ -566,7 +635,8 @@ def _looks_like_path(name: str) -> bool:
     return "/" in name or os.sep in name or name.endswith(_YAML_SUFFIXES)
 
 
-def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: Union[str, os.PathLike]):
+def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: Union[str, os.PathLike],
+                with_source: bool = False):
     text = os.fspath(name_or_path)
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(text):
         file = Path(text)
@@ -583,7 +653,7 @@ def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: 
             f"{source}: name: {obj.name!r} does not match the file name; set 'name: {file.stem}' "
             f"({what}s are referenced by file name)"
         )
-    return obj
+    return (obj, source) if with_source else obj
 
 
 def _load_yaml_as(path: Path, source: str) -> dict:
@@ -609,8 +679,27 @@ def list_devices() -> list[DeviceProfile]:
 
 
 def load_preset(name_or_path: Union[str, os.PathLike]) -> ExportPreset:
-    """An export preset by name (``export/<name>.yaml``) or by path to a YAML file."""
-    return _load_named("export", "export preset", ExportPreset, name_or_path)
+    """An export preset by name (``export/<name>.yaml``) or by path to a YAML file.
+
+    Its ``options`` are checked against the options model its format's exporter registered
+    (``EXPORTERS.register(format, options=...)``); a format that registered none passes them through
+    unchecked (logged at debug level).
+    """
+    preset, source = _load_named("export", "export preset", ExportPreset, name_or_path, with_source=True)
+    model = preset_options_model(preset.format)
+    if model is None:
+        log.debug("%s: exporter format %r registers no options model; options passed through unchecked",
+                  source, preset.format)
+    else:
+        check_options(model, preset.options, source, "options", f"{preset.format} export")
+    return preset
+
+
+def preset_options_model(fmt: str) -> Optional[type[BaseModel]]:
+    """The options model the exporter of format ``fmt`` registered (None: none, or no such exporter)."""
+    from edgeft.exporters import EXPORTERS
+
+    return EXPORTERS.options_of(fmt)
 
 
 def list_presets() -> list[ExportPreset]:

@@ -298,7 +298,9 @@ class ExportConfig(Strict):
 class QuantizeSpec(Strict):
     name: str = Field(description="Artifact name, e.g. 'int8' (also the folder name).")
     scheme: str = Field(description="Registered scheme (edgeft.quantize.SCHEMES).")
-    options: dict = Field(default_factory=dict, description="Scheme options (see `edgeft quantize --help`).")
+    options: dict = Field(
+        default_factory=dict, description="Scheme options, checked against the scheme's options model when the "
+                                          "recipe loads (`edgeft recipes schema` lists them).")
     max_ppl_increase_pct: float = Field(
         100.0, gt=0, description="Stage sanity bound: fail if perplexity rises more than this vs the input."
     )
@@ -459,4 +461,6 @@ class ExportPreset(Strict):
     opset: int = Field(18, ge=11, description="ONNX opset.")
     with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")
     options: dict = Field(default_factory=dict,
-                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype).")
+                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype), "
+                                      "checked against the options model of the format's exporter when the preset "
+                                      "loads.")

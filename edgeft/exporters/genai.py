@@ -32,26 +32,37 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
+from pydantic import Field
 
-from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
+from edgeft.config.options import Options
+from edgeft.errors import ModelSourceError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {
-    "precision": ("int4", "int4 | int8 | fp32"),
-    "accuracy_level": (4, "MatMulNBits activation precision: 0 default, 1 fp32, 4 int8"),
-    "block_size": (32, "weights per quantization block (16, 32, 64, 128, 256)"),
-    "algo": ("default", "default | rtn | k_quant"),
-    "lm_head": ("same", "same (as the body) | int8 | fp32; the tied embedding follows it"),
-    "embeddings": ("auto", "auto (shared with a same-precision LM head, else fp32) | fp32 | int4"),
-    "mixed_layers": (False, "keep the quantization-sensitive MatMuls in int8"),
-    "min_top1_agreement": (0.80, "fail below this top-1 agreement with the fp32 model"),
-    "max_ppl_increase_pct": (25.0, "fail when perplexity rises more than this vs the fp32 model"),
-}
+
+class GenaiOptions(Options):
+    """Options of genai presets (the onnxruntime-genai model builder and the quality gates)."""
+
+    owner: ClassVar[str] = "genai export"
+    precision: Literal["int4", "int8", "fp32"] = Field("int4", description="int4 | int8 | fp32")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(4, description="MatMulNBits activation precision: 0 default, "
+                                                                  "1 fp32, 4 int8")
+    block_size: Literal[16, 32, 64, 128, 256] = Field(32, description="weights per quantization block (16, 32, 64, "
+                                                                      "128, 256)")
+    algo: Literal["default", "rtn", "k_quant"] = Field("default", description="default | rtn | k_quant")
+    lm_head: Literal["same", "int8", "fp32"] = Field("same", description="same (as the body) | int8 | fp32; the tied "
+                                                                         "embedding follows it")
+    embeddings: Literal["auto", "fp32", "int4"] = Field(
+        "auto", description="auto (shared with a same-precision LM head, else fp32) | fp32 | int4")
+    mixed_layers: bool = Field(False, description="keep the quantization-sensitive MatMuls in int8")
+    min_top1_agreement: float = Field(0.80, ge=0, description="fail below this top-1 agreement with the fp32 model")
+    max_ppl_increase_pct: float = Field(25.0, description="fail when perplexity rises more than this vs the fp32 "
+                                                          "model")
+
 
 # Classes the builder imports at module level for architectures that transformers 4.57 does not
 # ship yet. The builder only touches them when exporting those architectures, so a placeholder
@@ -75,21 +86,10 @@ def _import_builder():
     return builder
 
 
-def builder_options(precision: str = "int4", accuracy_level: int = 4, block_size: int = 32, algo: str = "default",
-                    lm_head: str = "same", mixed_layers: bool = False, embeddings: str = "auto") -> list[str]:
+def builder_options(o: GenaiOptions) -> list[str]:
     """The builder's KEY=VALUE extra options for these settings."""
-    if precision not in ("int4", "int8", "fp32"):
-        raise ConfigError(f"genai option precision={precision!r}: must be int4, int8 or fp32")
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise ConfigError(f"genai option accuracy_level={accuracy_level}: must be 0, 1, 2, 3 or 4")
-    if block_size not in (16, 32, 64, 128, 256):
-        raise ConfigError(f"genai option block_size={block_size}: must be one of 16, 32, 64, 128, 256")
-    if algo not in ("default", "rtn", "k_quant"):
-        raise ConfigError(f"genai option algo={algo!r}: must be default, rtn or k_quant")
-    if lm_head not in ("same", "int8", "fp32"):
-        raise ConfigError(f"genai option lm_head={lm_head!r}: must be same, int8 or fp32")
-    if embeddings not in ("auto", "fp32", "int4"):
-        raise ConfigError(f"genai option embeddings={embeddings!r}: must be auto, fp32 or int4")
+    precision, accuracy_level, block_size, algo = o.precision, o.accuracy_level, o.block_size, o.algo
+    lm_head, mixed_layers, embeddings = o.lm_head, o.mixed_layers, o.embeddings
     opts = ["hf_remote=false", "hf_token=false"]
     if precision == "fp32":
         return opts
@@ -198,34 +198,30 @@ def export_quality_windows(sample_ids, quality_ids) -> list[np.ndarray]:
     return [np.asarray(ids, np.int64)]
 
 
-@EXPORTERS.register("genai")
+@EXPORTERS.register("genai", options=GenaiOptions)
 def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
                  sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
-                 **options) -> dict:
+                 opts: GenaiOptions | None = None, **options) -> dict:
     """Build ``out_dir`` (model.onnx + genai_config.json + tokenizer) from the HF folder ``model_dir``."""
     from edgeft.runtime.lm import OrtLM
 
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"genai export: unknown option(s) {', '.join(unknown)} (valid: {', '.join(OPTIONS)})")
-    opts = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    o = GenaiOptions.of(opts, **options)
     if not with_past:
         raise UnsupportedError("genai export always builds the KV-cache graph: set with_past: true in the preset")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
-    extra = builder_options(opts["precision"], opts["accuracy_level"], opts["block_size"], opts["algo"],
-                            opts["lm_head"], opts["mixed_layers"], opts["embeddings"])
+    extra = builder_options(o)
     t0 = time.perf_counter()
-    _build(model_dir, out_dir, opts["precision"], extra)
+    _build(model_dir, out_dir, o.precision, extra)
     seconds = time.perf_counter() - t0
     if not (out_dir / "model.onnx").is_file():
         raise ModelSourceError(f"{out_dir}: the model builder wrote no model.onnx")
     lm = OrtLM(out_dir, threads=2)
-    fp32 = opts["precision"] == "fp32"
+    fp32 = o.precision == "fp32"
     wins = export_quality_windows(sample_ids, quality_ids)
-    quality = quality_vs_reference(model_dir, lm, wins, f"genai export ({opts['precision']})",
-                                   opts["min_top1_agreement"], opts["max_ppl_increase_pct"],
+    quality = quality_vs_reference(model_dir, lm, wins, f"genai export ({o.precision})",
+                                   o.min_top1_agreement, o.max_ppl_increase_pct,
                                    max_abs_logit_diff=tolerance if fp32 else None)
     import onnx
 
@@ -234,7 +230,7 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     for n in graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     files = [f for f in out_dir.iterdir() if f.suffix in (".onnx", ".data") or f.name.endswith(".onnx.data")]
-    report = {"format": "genai", "builder_options": extra, **{k: opts[k] for k in OPTIONS}, "export_seconds": seconds,
+    report = {"format": "genai", "builder_options": extra, **o.model_dump(), "export_seconds": seconds,
               "quality": quality, "ops": ops, "size_bytes": sum(f.stat().st_size for f in files)}
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report

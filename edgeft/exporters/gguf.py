@@ -18,23 +18,39 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence, Union, get_args
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from edgeft.config.options import Options
 from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
 
-QTYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
-OPTIONS = {
-    "qtype": ("Q8_0", f"block format of the 2-D weights: {', '.join(QTYPES)}"),
-    "embedding_qtype": ("auto", "token embedding / LM head format (auto: Q8_0 for 4/5-bit bodies, else qtype)"),
-    "tokenizer_pre": ("auto", "llama.cpp pre-tokenizer name (auto: read from tokenizer.json)"),
-    "min_top1_agreement": (0.80, "fail below this top-1 agreement with the fp32 model"),
-    "max_ppl_increase_pct": (25.0, "fail when perplexity rises more than this vs the fp32 model"),
-}
+QType = Literal["F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+QTYPES = get_args(QType)
+
+
+class GgufOptions(Options):
+    """Options of gguf presets."""
+
+    owner: ClassVar[str] = "gguf export"
+    qtype: QType = Field("Q8_0", description=f"block format of the 2-D weights: {', '.join(QTYPES)}")
+    embedding_qtype: Union[Literal["auto"], QType] = Field(
+        "auto", description="token embedding / LM head format (auto: Q8_0 for 4/5-bit bodies, else qtype)")
+    tokenizer_pre: str = Field("auto", description="llama.cpp pre-tokenizer name (auto: read from tokenizer.json)")
+    min_top1_agreement: float = Field(0.80, ge=0, description="fail below this top-1 agreement with the fp32 model")
+    max_ppl_increase_pct: float = Field(25.0, description="fail when perplexity rises more than this vs the fp32 "
+                                                          "model")
+
+    @field_validator("qtype", "embedding_qtype", mode="before")
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) and v.lower() != "auto" else v
+
+
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q5_1": "MOSTLY_Q5_1",
                "Q5_0": "MOSTLY_Q5_0", "Q4_1": "MOSTLY_Q4_1", "Q4_0": "MOSTLY_Q4_0"}
 
@@ -204,23 +220,20 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
             "types": sorted({t["type"] for t in written.values()})}
 
 
-@EXPORTERS.register("gguf")
+@EXPORTERS.register("gguf", options=GgufOptions)
 def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
                 sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
-                **options) -> dict:
+                opts: GgufOptions | None = None, **options) -> dict:
     """Write ``out_dir/model-<qtype>.gguf`` and score it against the fp32 model when llama.cpp is installed."""
     from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
 
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"gguf export: unknown option(s) {', '.join(unknown)} (valid: {', '.join(OPTIONS)})")
-    opts = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    o = GgufOptions.of(opts, **options)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
-    out = out_dir / f"model-{opts['qtype'].lower()}.gguf"
+    out = out_dir / f"model-{o.qtype.lower()}.gguf"
     t0 = time.perf_counter()
-    info = write_gguf(model_dir, out, opts["qtype"], opts["embedding_qtype"], opts["tokenizer_pre"])
+    info = write_gguf(model_dir, out, o.qtype, o.embedding_qtype, o.tokenizer_pre)
     seconds = time.perf_counter() - t0
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
                  "generation_config.json", "chat_template.jinja"):
@@ -235,10 +248,10 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
         report["quality"] = {"skipped": str(e)}
         log.warning("gguf export: quality check skipped: %s", e)
     else:
-        fp = opts["qtype"] in ("F32",)
+        fp = o.qtype == "F32"
         report["quality"] = quality_vs_reference(model_dir, lm, export_quality_windows(sample_ids, quality_ids),
-                                                 f"gguf export ({opts['qtype']})", opts["min_top1_agreement"],
-                                                 opts["max_ppl_increase_pct"],
+                                                 f"gguf export ({o.qtype})", o.min_top1_agreement,
+                                                 o.max_ppl_increase_pct,
                                                  max_abs_logit_diff=tolerance * 10 if fp else None)
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -10,10 +10,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
+from edgeft.config.options import Options
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.parity import check_outputs
 from edgeft.exporters.registry import EXPORTERS
@@ -67,7 +68,13 @@ def parity(model_dir: Path, onnx_dir: Path, ids: np.ndarray, tolerance: float) -
     return [dict(c.to_dict(), step=("prefill" if i < len(ref1) else "decode")) for i, c in enumerate(checks)]
 
 
-@EXPORTERS.register("onnx")
+class OnnxOptions(Options):
+    """Options of onnx presets: none (opset and with_past are preset fields)."""
+
+    owner: ClassVar[str] = "onnx export"
+
+
+@EXPORTERS.register("onnx", options=OnnxOptions)
 def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True,
                 tolerance: float = 2e-3, sample_ids: Sequence[int] | None = None) -> dict:
     """Export ``model_dir`` (HF causal LM folder) to ``out_dir/model.onnx`` and check parity."""

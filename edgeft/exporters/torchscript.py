@@ -45,10 +45,12 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from edgeft.config.options import Options
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.parity import check_outputs
 
@@ -308,13 +310,26 @@ def export_encoder(model_dir: Path, out_dir: Path, kind: str, mobile: bool = Fal
 # --------------------------------------------------------------------------- entry points
 
 
-def export_torchscript(model_dir: Path, out_dir: Path, max_cache_len: int = 512, mobile: bool = False,
-                       tolerance: float = 2e-3, sample_ids: Sequence[int] | None = None,
-                       sample_texts: Sequence[str] | None = None, **_ignored) -> dict:
+class TorchScriptOptions(Options):
+    """Options of torchscript presets."""
+
+    owner: ClassVar[str] = "torchscript export"
+    max_cache_len: int = Field(512, ge=1, description="decoder: tokens the pre-allocated KV cache holds (prompt + "
+                                                      "generated)")
+    mobile: bool = Field(False, description="run optimize_for_mobile and also write model.ptl (needs a PyTorch build "
+                                            "with XNNPACK)")
+
+
+def export_torchscript(model_dir: Path, out_dir: Path, tolerance: float = 2e-3, sample_ids: Sequence[int] | None = None,
+                       sample_texts: Sequence[str] | None = None, opts: TorchScriptOptions | None = None,
+                       opset: int | None = None, with_past: bool | None = None, **options) -> dict:
     """Export ``model_dir`` (HF folder) to ``out_dir/model.pt`` and check parity; returns the report.
 
-    ``_ignored`` takes the ONNX-only preset fields (``opset``, ``with_past``) the registry passes.
+    ``opts`` or keywords: :class:`TorchScriptOptions`. ``opset`` / ``with_past`` (ONNX-only preset
+    fields the registry passes) are ignored.
     """
+    o = TorchScriptOptions.of(opts, **options)
+    max_cache_len, mobile = o.max_cache_len, o.mobile
     kind = model_kind(model_dir)
     if kind == "causal-lm":
         report = export_decoder(model_dir, out_dir, max_cache_len, mobile, tolerance, sample_ids)
@@ -330,31 +345,18 @@ def export_preset(model_dir: Path, out_dir: Path, preset, tolerance: float = 2e-
                   sample_ids: Sequence[int] | None = None, sample_texts: Sequence[str] | None = None,
                   static_shapes=None) -> dict:
     """Export with a loaded TorchScript :class:`~edgeft.config.schema.ExportPreset` (options in ``preset.options``)."""
-    from edgeft.errors import ConfigError
-
     if static_shapes is not None:
         raise UnsupportedError("export.static_shapes applies to ONNX exports; a TorchScript export keeps dynamic "
                                "shapes (remove export.static_shapes or use an onnx preset)")
-    options = dict(getattr(preset, "options", None) or {})
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"export preset {preset.name}: unknown option(s) {', '.join(unknown)}; valid options: "
-                          + ", ".join(f"{k} (default {v[0]!r}: {v[1]})" for k, v in OPTIONS.items()))
     return export_torchscript(model_dir, out_dir, tolerance=tolerance, sample_ids=sample_ids,
-                              sample_texts=sample_texts, **options)
-
-
-OPTIONS = {
-    "max_cache_len": (512, "decoder: tokens the pre-allocated KV cache holds (prompt + generated)"),
-    "mobile": (False, "run optimize_for_mobile and also write model.ptl (needs a PyTorch build with XNNPACK)"),
-}
+                              sample_texts=sample_texts, opts=TorchScriptOptions.of(preset.options))
 
 
 def _register() -> None:
     from edgeft.exporters.registry import EXPORTERS
 
     if "torchscript" not in EXPORTERS:
-        EXPORTERS.register("torchscript")(export_torchscript)
+        EXPORTERS.register("torchscript", options=TorchScriptOptions)(export_torchscript)
 
 
 _register()

@@ -50,14 +50,16 @@ def _extra_artifact(name: str, preset, folder: Path):
     MatMulNBits) that edgeft's OrtLM runs directly, so it is validated, inspected and projected as onnx."""
     from edgeft.validate import Artifact
 
-    opts = preset.options
+    if preset.format in ("gguf", "genai"):
+        from edgeft.config.loader import preset_options_model
+
+        opts = preset_options_model(preset.format).of(preset.options)
     if preset.format == "gguf":
-        qtype = str(opts.get("qtype", "Q8_0")).upper()
-        precision = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}.get(qtype, "int4")
-        return Artifact(name, folder / f"model-{qtype.lower()}.gguf", "gguf", precision=precision,
+        precision = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}.get(opts.qtype, "int4")
+        return Artifact(name, folder / f"model-{opts.qtype.lower()}.gguf", "gguf", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
     if preset.format == "genai":
-        precision = opts.get("precision", "int4")
+        precision = opts.precision
         return Artifact(name, folder, "onnx", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
     return Artifact(name, folder, preset.format)
@@ -444,12 +446,9 @@ class Pipeline:
 def run(recipe_path: Path | str, overrides: Sequence[str] = (), from_stage: str | None = None, dry_run: bool = False,
         runs_root: Path | str = "runs", console=None, on_stage=None) -> RunResult:
     """Run a recipe file end to end (the ``edgeft run`` command)."""
-    from edgeft.config.loader import check_recipe_refs, load_recipe, resolve_recipe_path
+    from edgeft.config.loader import load_recipe, resolve_recipe_path
 
-    recipe = load_recipe(recipe_path, list(overrides))
+    recipe = load_recipe(recipe_path, list(overrides))  # schema, schemes and options, presets, devices, files
     file = resolve_recipe_path(recipe_path)
-    problems = check_recipe_refs(recipe, str(recipe_path), file)
-    if problems:
-        raise ConfigError("; ".join(problems))
     p = Pipeline(recipe, file, Path(runs_root), console)
     return p.execute(from_stage=from_stage, dry_run=dry_run, on_stage=on_stage)

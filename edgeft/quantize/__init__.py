@@ -22,7 +22,20 @@ from edgeft.quantize.schemes import torch_dynamic as _torch_dynamic  # noqa: F40
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEMES", "Scheme", "quantize"]
+__all__ = ["SCHEMES", "Scheme", "quantize", "scheme_options"]
+
+
+def scheme_options(scheme: str, options=None, source: str = "quantize", path: str = "options",
+                   origins: dict | None = None):
+    """``options`` (a mapping, or already the model) validated by ``scheme``'s options model.
+
+    Unknown scheme: ConfigError with did-you-mean and the valid names; a bad option: one line per
+    problem naming ``source``, the key path under ``path`` and the valid options.
+    """
+    from edgeft.config.options import check_options
+
+    sch = SCHEMES.get(scheme, "quantize.scheme")
+    return check_options(sch.options_model, options, source, path, owner=f"scheme {scheme}", origins=origins)
 
 
 def _onnx_size(d: Path) -> int:
@@ -61,12 +74,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     from edgeft.quantize import quality
     from edgeft.runtime.lm import find_onnx, load_lm
 
-    sch = SCHEMES.get(scheme, "quantize.scheme")
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(sch.options))
-    if unknown:
-        raise ConfigError(f"quantize scheme {scheme}: unknown option(s) {', '.join(unknown)}; valid options: "
-                          + ", ".join(f"{k} (default {v[0]!r}: {v[1]})" for k, v in sch.options.items()))
+    opts = scheme_options(scheme, options)
+    sch = SCHEMES.get(scheme)
     if sch.needs_calibration and not calibration_ids:
         raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
                           "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
@@ -94,9 +103,9 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()
     if sch.needs_calibration:
-        done = sch.apply(src, dest, calibration=[list(map(int, w)) for w in calibration_ids], **options)
+        done = sch.apply(src, dest, calibration=[list(map(int, w)) for w in calibration_ids], opts=opts)
     else:
-        done = sch.apply(src, dest, **options)
+        done = sch.apply(src, dest, opts=opts)
     seconds = time.perf_counter() - t0
     report = {"scheme": scheme, "precision": sch.precision, "int8_mode": sch.int8_mode, "options": done,
               "quantize_seconds": seconds, "input_size_bytes": _artifact_size(in_dir, sch.input_format),

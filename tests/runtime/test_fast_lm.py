@@ -25,10 +25,10 @@ def optimum_dir(tiny_lm_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gqa_dir(tiny_lm_dir, tmp_path_factory) -> Path:
-    from edgeft.exporters.genai import _build, builder_options
+    from edgeft.exporters.genai import GenaiOptions, _build, builder_options
 
     out = tmp_path_factory.mktemp("fast-lm") / "genai-fp32"
-    _build(tiny_lm_dir, out, "fp32", builder_options("fp32"))
+    _build(tiny_lm_dir, out, "fp32", builder_options(GenaiOptions(precision="fp32")))
     return out
 
 

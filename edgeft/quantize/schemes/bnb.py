@@ -15,31 +15,43 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from edgeft.errors import ConfigError, UnsupportedError
+from pydantic import Field
+
+from edgeft.config.options import Options
+from edgeft.errors import UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
-NF4_OPTIONS = {
-    "quant_type": ("nf4", "4-bit data type: nf4 (normal float) or fp4"),
-    "double_quant": (True, "quantize the per-block scales too (saves ~0.4 bit per weight)"),
-    "compute_dtype": ("float32", "dtype the 4-bit weights are dequantized to for the matmul: float32, bfloat16, float16"),
-    "keep_fp32": (["lm_head"], "module names left unquantized"),
-}
-INT8_OPTIONS = {
-    "threshold": (6.0, "LLM.int8 outlier threshold: activation columns above it run in 16-bit"),
-    "keep_fp32": (["lm_head"], "module names left unquantized"),
-}
+_KEEP_HELP = "module names left unquantized"
+
+
+class Nf4Options(Options):
+    """Options of bnb-nf4."""
+
+    owner: ClassVar[str] = "quantize scheme bnb-nf4"
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: nf4 (normal float) or fp4")
+    double_quant: bool = Field(True, description="quantize the per-block scales too (saves ~0.4 bit per weight)")
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the 4-bit weights are dequantized to for the matmul: float32, bfloat16, float16")
+    keep_fp32: list[str] = Field(default_factory=lambda: ["lm_head"], description=_KEEP_HELP)
+
+
+class Int8Options(Options):
+    """Options of bnb-int8."""
+
+    owner: ClassVar[str] = "quantize scheme bnb-int8"
+    threshold: float = Field(6.0, gt=0, description="LLM.int8 outlier threshold: activation columns above it run "
+                                                    "in 16-bit")
+    keep_fp32: list[str] = Field(default_factory=lambda: ["lm_head"], description=_KEEP_HELP)
 
 
 def _dtype(name: str):
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ConfigError(f"quantize scheme bnb-nf4: compute_dtype {name!r}; valid: {', '.join(table)}")
-    return table[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _save(in_dir: Path, out_dir: Path, qconfig) -> dict:
@@ -71,30 +83,29 @@ def _save(in_dir: Path, out_dir: Path, qconfig) -> dict:
     return {"quantized_linear": n4 + n8, "bitsandbytes": bnb.__version__}
 
 
-def apply_nf4(in_dir: Path, out_dir: Path, quant_type="nf4", double_quant=True, compute_dtype="float32",
-              keep_fp32=("lm_head",)) -> dict:
+def apply_nf4(in_dir: Path, out_dir: Path, opts: Nf4Options | None = None, **options) -> dict:
     from transformers import BitsAndBytesConfig
 
-    if quant_type not in ("nf4", "fp4"):
-        raise ConfigError(f"quantize scheme bnb-nf4: quant_type {quant_type!r}; valid: nf4, fp4")
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant,
-                           bnb_4bit_compute_dtype=_dtype(compute_dtype), llm_int8_skip_modules=list(keep_fp32))
+    o = Nf4Options.of(opts, **options)
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=o.quant_type,
+                           bnb_4bit_use_double_quant=o.double_quant,
+                           bnb_4bit_compute_dtype=_dtype(o.compute_dtype), llm_int8_skip_modules=list(o.keep_fp32))
     done = _save(in_dir, out_dir, q)
-    return {**done, "quant_type": quant_type, "double_quant": double_quant, "compute_dtype": compute_dtype,
-            "keep_fp32": list(keep_fp32)}
+    return {**done, **o.model_dump()}
 
 
-def apply_int8(in_dir: Path, out_dir: Path, threshold=6.0, keep_fp32=("lm_head",)) -> dict:
+def apply_int8(in_dir: Path, out_dir: Path, opts: Int8Options | None = None, **options) -> dict:
     from transformers import BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=float(threshold), llm_int8_skip_modules=list(keep_fp32))
+    o = Int8Options.of(opts, **options)
+    q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=o.threshold, llm_int8_skip_modules=list(o.keep_fp32))
     done = _save(in_dir, out_dir, q)
-    return {**done, "threshold": threshold, "keep_fp32": list(keep_fp32)}
+    return {**done, **o.model_dump()}
 
 
 SCHEMES.register("bnb-nf4")(Scheme(
     "bnb-nf4", "bitsandbytes 4-bit NF4 checkpoint (transformers from_pretrained loads it)", "int4", None, apply_nf4,
-    NF4_OPTIONS, input_format="pytorch", output_format="pytorch"))
+    Nf4Options, input_format="pytorch", output_format="pytorch"))
 SCHEMES.register("bnb-int8")(Scheme(
     "bnb-int8", "bitsandbytes LLM.int8 checkpoint (int8 weights, 16-bit outlier columns)", "int8", "dynamic",
-    apply_int8, INT8_OPTIONS, input_format="pytorch", output_format="pytorch"))
+    apply_int8, Int8Options, input_format="pytorch", output_format="pytorch"))

@@ -34,28 +34,36 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
+from pydantic import Field
 
+from edgeft.config.options import Options
 from edgeft.errors import ConfigError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import matmulnbits as mnb
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {
-    "block_size": (32, "weights per quantization block / GPTQ group (16, 32, 64, 128, 256)"),
-    "symmetric": (True, "symmetric blocks (no zero point)"),
-    "act_order": (False, "visit columns by decreasing Hessian diagonal (static group scales)"),
-    "damp": (0.01, "dampening added to the Hessian diagonal, as a fraction of its mean"),
-    "lazy_block": (128, "columns per lazy batch update (a multiple of block_size)"),
-    "calibration_windows": (0, "use at most this many calibration windows (0: all)"),
-    "accuracy_level": (4, "MatMulNBits compute precision for activations: 0 default, 1 fp32, 4 int8"),
-    "nodes_to_exclude": ([], "MatMul node names kept in fp32"),
-    "lm_head": ("keep", "LM head MatMul: keep (fp32), int8 or int4 (RTN)"),
-    "embeddings": ("keep", "token embedding Gather: keep, int8 or int4 (RTN; shared with a tied head of the same bits)"),
-}
+
+class GptqOptions(Options):
+    """Options of int4-gptq."""
+
+    owner: ClassVar[str] = "quantize scheme int4-gptq"
+    block_size: mnb.BlockSize = Field(32, description="weights per quantization block / GPTQ group (16, 32, 64, 128, "
+                                                      "256)")
+    symmetric: bool = Field(True, description="symmetric blocks (no zero point)")
+    act_order: bool = Field(False, description="visit columns by decreasing Hessian diagonal (static group scales)")
+    damp: float = Field(0.01, ge=0, lt=1, description="dampening added to the Hessian diagonal, as a fraction of "
+                                                      "its mean")
+    lazy_block: int = Field(128, ge=1, description="columns per lazy batch update (a multiple of block_size)")
+    calibration_windows: int = Field(0, ge=0, description="use at most this many calibration windows (0: all)")
+    accuracy_level: mnb.AccuracyLevel = Field(4, description=mnb.ACCURACY_LEVEL_HELP)
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
+    lm_head: mnb.HeadChoice = Field("keep", description="LM head MatMul: keep (fp32), int8 or int4 (RTN)")
+    embeddings: mnb.HeadChoice = Field("keep", description="token embedding Gather: keep, int8 or int4 (RTN; shared "
+                                                           "with a tied head of the same bits)")
 
 
 # --------------------------------------------------------------------------- activations
@@ -166,25 +174,20 @@ def output_error(b: np.ndarray, b_hat: np.ndarray, xtx: np.ndarray) -> float:
 # --------------------------------------------------------------------------- the scheme
 
 
-def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], block_size=32, symmetric=True,
-          act_order=False, damp=0.01, lazy_block=128, calibration_windows=0, accuracy_level=4, nodes_to_exclude=(),
-          lm_head="keep", embeddings="keep", bits: int = 4) -> dict:
+def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], opts: GptqOptions | None = None,
+          bits: int = 4, **options) -> dict:
     import onnx
     from onnx import numpy_helper
 
-    mnb.check_block_size(block_size)
-    mnb.check_head_choice("lm_head", lm_head)
-    mnb.check_head_choice("embeddings", embeddings)
-    if not 0 <= float(damp) < 1:
-        raise ConfigError(f"quantize option damp={damp}: must be in [0, 1) (a fraction of the mean Hessian diagonal)")
+    o = GptqOptions.of(opts, **options)
     if not calibration:
         raise ConfigError("int4-gptq needs calibration windows (token ids); none were given")
-    wins = list(calibration)[: int(calibration_windows)] if calibration_windows else list(calibration)
-    wq = mnb.WeightQuant(bits, block_size, bool(symmetric))
+    wins = list(calibration)[: o.calibration_windows] if o.calibration_windows else list(calibration)
+    wq = mnb.WeightQuant(bits, o.block_size, o.symmetric)
     model = onnx.load(str(in_onnx))
     head = mnb.find_head_embed(model.graph).head
     mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
-            if name not in set(nodes_to_exclude) and (head is None or name != head.name)}
+            if name not in set(o.nodes_to_exclude) and (head is None or name != head.name)}
     t0 = time.perf_counter()
     stats = capture_hessians(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent)
     t_capture = time.perf_counter() - t0
@@ -193,22 +196,20 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], b
     for name, (node, init) in mats.items():
         b = numpy_helper.to_array(init).astype(np.float32)
         xtx, ntok = stats[node.input[0]]
-        c, s, z = gptq(b, xtx.copy(), ntok, wq, float(damp), bool(act_order), int(lazy_block))
+        c, s, z = gptq(b, xtx.copy(), ntok, wq, o.damp, o.act_order, o.lazy_block)
         codes[name] = (c, s, z)
         rtn = mnb.rtn_codes(b, wq)
-        e_rtn = output_error(b, mnb.dequantize(*rtn, b.shape[0], block_size), xtx)
-        e_gptq = output_error(b, mnb.dequantize(c, s, z, b.shape[0], block_size), xtx)
+        e_rtn = output_error(b, mnb.dequantize(*rtn, b.shape[0], o.block_size), xtx)
+        e_gptq = output_error(b, mnb.dequantize(c, s, z, b.shape[0], o.block_size), xtx)
         errors[name] = {"rtn": e_rtn, "gptq": e_gptq}
     t_gptq = time.perf_counter() - t0
-    mnb.replace_matmuls(model, {name: wq for name in mats}, accuracy_level, codes)
-    he = mnb.quantize_head_embed(model, lm_head, embeddings, block_size, bool(symmetric), accuracy_level)
+    mnb.replace_matmuls(model, {name: wq for name in mats}, o.accuracy_level, codes)
+    he = mnb.quantize_head_embed(model, o.lm_head, o.embeddings, o.block_size, o.symmetric, o.accuracy_level)
     mnb.save_model(model, out_onnx)
     ratios = [e["gptq"] / e["rtn"] for e in errors.values() if e["rtn"] > 0]
     log.info("int4-gptq: %d MatMuls, output error vs RTN median %.2fx (capture %.1f s, gptq %.1f s)",
              len(mats), float(np.median(ratios)) if ratios else 1.0, t_capture, t_gptq)
-    return {"bits": bits, "algo": "gptq", "block_size": block_size, "symmetric": bool(symmetric),
-            "act_order": bool(act_order), "damp": float(damp), "lazy_block": int(lazy_block),
-            "accuracy_level": accuracy_level, "nodes_to_exclude": list(nodes_to_exclude),
+    return {"bits": bits, "algo": "gptq", **o.model_dump(exclude={"lm_head", "embeddings"}),
             "calibration_windows": len(wins), "calibration_tokens": int(sum(len(w) for w in wins)),
             "capture_seconds": t_capture, "gptq_seconds": t_gptq,
             "output_error_vs_rtn": {"median": float(np.median(ratios)) if ratios else None,
@@ -217,4 +218,4 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], b
 
 
 SCHEMES.register("int4-gptq")(Scheme("int4-gptq", "int4 weight-only MatMulNBits, GPTQ on calibration text", "int4",
-                                     None, apply, OPTIONS, needs_calibration=True))
+                                     None, apply, GptqOptions, needs_calibration=True))

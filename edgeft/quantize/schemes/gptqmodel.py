@@ -16,19 +16,28 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import ClassVar
 
+from pydantic import Field
+
+from edgeft.config.options import Options
 from edgeft.errors import UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {
-    "group_size": (128, "weights per quantization group (-1: one group per output channel)"),
-    "desc_act": (False, "activation order: quantize columns by decreasing Hessian diagonal"),
-    "sym": (True, "symmetric quantization (no zero point)"),
-    "damp_percent": (0.01, "dampening added to the Hessian diagonal, fraction of its mean"),
-    "batch_size": (1, "calibration batch size on the GPU"),
-}
+
+class GptqModelOptions(Options):
+    """Options of gptqmodel."""
+
+    owner: ClassVar[str] = "quantize scheme gptqmodel"
+    group_size: int = Field(128, ge=-1, description="weights per quantization group (-1: one group per output "
+                                                    "channel)")
+    desc_act: bool = Field(False, description="activation order: quantize columns by decreasing Hessian diagonal")
+    sym: bool = Field(True, description="symmetric quantization (no zero point)")
+    damp_percent: float = Field(0.01, ge=0, lt=1, description="dampening added to the Hessian diagonal, fraction "
+                                                              "of its mean")
+    batch_size: int = Field(1, ge=1, description="calibration batch size on the GPU")
 
 
 def _alternatives() -> str:
@@ -56,8 +65,8 @@ def check_available() -> None:
                                f"{_alternatives()} instead (int4-gptq is GPTQ on the ONNX export, CPU only)")
 
 
-def apply(in_dir: Path, out_dir: Path, calibration=(), group_size=128, desc_act=False, sym=True, damp_percent=0.01,
-          batch_size=1) -> dict:
+def apply(in_dir: Path, out_dir: Path, calibration=(), opts: GptqModelOptions | None = None, **options) -> dict:
+    o = GptqModelOptions.of(opts, **options)
     check_available()
     from gptqmodel import GPTQModel, QuantizeConfig
 
@@ -71,10 +80,10 @@ def apply(in_dir: Path, out_dir: Path, calibration=(), group_size=128, desc_act=
         from edgeft.errors import ConfigError
 
         raise ConfigError("quantize scheme gptqmodel needs calibration windows (token ids of training text)")
-    qcfg = QuantizeConfig(bits=4, group_size=int(group_size), desc_act=bool(desc_act), sym=bool(sym),
-                          damp_percent=float(damp_percent))
+    qcfg = QuantizeConfig(bits=4, group_size=o.group_size, desc_act=o.desc_act, sym=o.sym,
+                          damp_percent=o.damp_percent)
     model = GPTQModel.load(str(in_dir), qcfg)
-    model.quantize(rows, batch_size=int(batch_size))
+    model.quantize(rows, batch_size=o.batch_size)
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.gptq-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -84,10 +93,11 @@ def apply(in_dir: Path, out_dir: Path, calibration=(), group_size=128, desc_act=
     tmp.rmdir()
     import gptqmodel
 
-    return {"bits": 4, "group_size": group_size, "desc_act": desc_act, "sym": sym, "damp_percent": damp_percent,
-            "calibration_windows": len(rows), "gptqmodel": getattr(gptqmodel, "__version__", "unknown")}
+    return {"bits": 4, "group_size": o.group_size, "desc_act": o.desc_act, "sym": o.sym,
+            "damp_percent": o.damp_percent, "calibration_windows": len(rows),
+            "gptqmodel": getattr(gptqmodel, "__version__", "unknown")}
 
 
 SCHEMES.register("gptqmodel")(Scheme(
-    "gptqmodel", "GPTQ 4-bit via GPTQModel (CUDA); HF checkpoint", "int4", None, apply, OPTIONS,
+    "gptqmodel", "GPTQ 4-bit via GPTQModel (CUDA); HF checkpoint", "int4", None, apply, GptqModelOptions,
     needs_calibration=True, input_format="pytorch", output_format="pytorch"))

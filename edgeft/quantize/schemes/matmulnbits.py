@@ -24,26 +24,37 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
+from pydantic import Field
 
+from edgeft.config.options import Options
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-HEAD_CHOICES = ("keep", "int8", "int4")
+BlockSize = Literal[16, 32, 64, 128, 256]
+AccuracyLevel = Literal[0, 1, 2, 3, 4]
+HeadChoice = Literal["keep", "int8", "int4"]
+BLOCK_SIZES = get_args(BlockSize)
+HEAD_CHOICES = get_args(HeadChoice)
+ACCURACY_LEVEL_HELP = "MatMulNBits compute precision for activations: 0 default, 1 fp32, 4 int8"
 
-OPTIONS = {
-    "block_size": (32, "weights per quantization block (16, 32, 64, 128, 256)"),
-    "symmetric": (True, "symmetric blocks (no zero point)"),
-    "accuracy_level": (4, "MatMulNBits compute precision for activations: 0 default, 1 fp32, 4 int8"),
-    "nodes_to_exclude": ([], "MatMul node names kept in fp32"),
-    "lm_head": ("keep", "LM head MatMul: keep (fp32), int8 or int4 (MatMulNBits)"),
-    "embeddings": ("keep", "token embedding Gather: keep (fp32), int8 or int4 (GatherBlockQuantized; shares the "
-                           "head's packed weight when the model ties them and lm_head has the same bits)"),
-}
+
+class NBitsOptions(Options):
+    """Options of int4-rtn, int4-hqq and int8-weight."""
+
+    owner: ClassVar[str] = "quantize scheme int4-rtn/int4-hqq/int8-weight"
+    block_size: BlockSize = Field(32, description="weights per quantization block (16, 32, 64, 128, 256)")
+    symmetric: bool = Field(True, description="symmetric blocks (no zero point); int4-hqq is always asymmetric")
+    accuracy_level: AccuracyLevel = Field(4, description=ACCURACY_LEVEL_HELP)
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
+    lm_head: HeadChoice = Field("keep", description="LM head MatMul: keep (fp32), int8 or int4 (MatMulNBits)")
+    embeddings: HeadChoice = Field(
+        "keep", description="token embedding Gather: keep (fp32), int8 or int4 (GatherBlockQuantized; shares the "
+                            "head's packed weight when the model ties them and lm_head has the same bits)")
 
 
 @dataclass(frozen=True)
@@ -427,51 +438,48 @@ def node_counts(graph) -> dict:
 # --------------------------------------------------------------------------- the registered schemes
 
 
-def _quantize(in_onnx: Path, out_onnx: Path, bits: int, algo: str, block_size=32, symmetric=True,
-              accuracy_level=4, nodes_to_exclude=(), lm_head="keep", embeddings="keep") -> dict:
+def _quantize(in_onnx: Path, out_onnx: Path, bits: int, algo: str, opts: NBitsOptions | None = None,
+              **options) -> dict:
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
-    check_block_size(block_size)
-    check_head_choice("lm_head", lm_head)
-    check_head_choice("embeddings", embeddings)
+    o = NBitsOptions.of(opts, **options)
+    symmetric = o.symmetric and algo != "hqq"  # HQQ's zero points are floats: asymmetric by construction
     model = onnx.load(str(in_onnx))
     algo_config = None
     if algo == "hqq":
-        algo_config = mnq.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+        algo_config = mnq.HQQWeightOnlyQuantConfig(block_size=o.block_size, bits=bits)
     elif algo == "rtn":
-        algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric,
-                                                       accuracy_level=accuracy_level, bits=bits)
-    q = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
-                                 accuracy_level=accuracy_level, nodes_to_exclude=list(nodes_to_exclude),
+        algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=symmetric,
+                                                       accuracy_level=o.accuracy_level, bits=bits)
+    q = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=o.block_size, is_symmetric=symmetric,
+                                 accuracy_level=o.accuracy_level, nodes_to_exclude=list(o.nodes_to_exclude),
                                  algo_config=algo_config)
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # ORT logs per node at INFO
     q.process()
     model = q.model.model
     # The head/embedding options use RTN on ORT's grid (HQQ's float zero points do not fit GatherBlockQuantized).
-    head = quantize_head_embed(model, lm_head, embeddings, block_size, symmetric if algo != "hqq" else False,
-                               accuracy_level)
+    head = quantize_head_embed(model, o.lm_head, o.embeddings, o.block_size, symmetric, o.accuracy_level)
     save_model(model, out_onnx)
-    return {"bits": bits, "algo": algo, "block_size": block_size, "symmetric": symmetric,
-            "accuracy_level": accuracy_level, **head, **node_counts(model.graph)}
+    return {"bits": bits, "algo": algo, "block_size": o.block_size, "symmetric": symmetric,
+            "accuracy_level": o.accuracy_level, **head, **node_counts(model.graph)}
 
 
-def rtn4(in_onnx, out_onnx, **opts):
-    return _quantize(in_onnx, out_onnx, 4, "rtn", **opts)
+def rtn4(in_onnx, out_onnx, opts: NBitsOptions | None = None, **options):
+    return _quantize(in_onnx, out_onnx, 4, "rtn", opts, **options)
 
 
-def rtn8(in_onnx, out_onnx, **opts):
-    return _quantize(in_onnx, out_onnx, 8, "rtn", **opts)
+def rtn8(in_onnx, out_onnx, opts: NBitsOptions | None = None, **options):
+    return _quantize(in_onnx, out_onnx, 8, "rtn", opts, **options)
 
 
-def hqq4(in_onnx, out_onnx, **opts):
-    opts.pop("symmetric", None)
-    return _quantize(in_onnx, out_onnx, 4, "hqq", symmetric=False, **opts)
+def hqq4(in_onnx, out_onnx, opts: NBitsOptions | None = None, **options):
+    return _quantize(in_onnx, out_onnx, 4, "hqq", opts, **options)
 
 
 SCHEMES.register("int4-rtn")(Scheme("int4-rtn", "int4 weight-only MatMulNBits, round-to-nearest", "int4", None,
-                                    rtn4, OPTIONS))
+                                    rtn4, NBitsOptions))
 SCHEMES.register("int4-hqq")(Scheme("int4-hqq", "int4 weight-only MatMulNBits, HQQ (asymmetric)", "int4", None,
-                                    hqq4, OPTIONS))
+                                    hqq4, NBitsOptions))
 SCHEMES.register("int8-weight")(Scheme("int8-weight", "int8 weight-only MatMulNBits (bits=8), activations fp32",
-                                       "int8", "weight-only", rtn8, OPTIONS))
+                                       "int8", "weight-only", rtn8, NBitsOptions))

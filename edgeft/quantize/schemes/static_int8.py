@@ -38,36 +38,60 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence, get_args
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from edgeft.config.options import Options
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
-CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
-ACTIVATION_TYPES = ("qint8", "quint8")
+CalibrateMethod = Literal["minmax", "entropy", "percentile"]
+ActivationType = Literal["qint8", "quint8"]
+CALIBRATE_METHODS = get_args(CalibrateMethod)
+ACTIVATION_TYPES = get_args(ActivationType)
 # Histogram bins for the entropy (KL) threshold search over 128 quantized bins: 512 lets it clip
 # outliers (thresholds from 1/4 of the range up); 2048 searches finer but costs ~7x the time per tensor.
 ENTROPY_BINS = 512
 
-OPTIONS = {
-    "per_channel": (True, "per-output-channel weight scales (MatMul axis 1)"),
-    "activation_type": ("qint8", "activation type: qint8 (signed) or quint8 (unsigned)"),
-    "activation_symmetric": (False, "symmetric activation ranges (zero point 0 / 128)"),
-    "calibrate_method": ("minmax", "activation range from calibration: minmax, entropy or percentile"),
-    "percentile": (99.999, "percentile of |activation| kept when calibrate_method is percentile"),
-    "op_types_to_quantize": (["MatMul"], "op types given QDQ pairs"),
-    "weight_matmuls_only": (True, "quantize only MatMuls with a weight (initializer) input; false also "
-                                  "quantizes attention QK^T and scores x V"),
-    "nodes_to_exclude": ([], "node names left in fp32"),
-    "preprocess": (True, "run ORT's quant_pre_process (shape inference + constant folding) first"),
-    "full_integer": (False, "integer graph I/O (int8_mode full-integer): float outputs get a calibrated "
-                            "QuantizeLinear (scale in the model metadata); decoders with a float KV cache raise"),
-    "output_margin": (0.1, "full_integer: widen each output's calibrated range by this fraction on each side"),
-}
+
+class FullIntegerOptions(Options):
+    """Options of int8-full-integer (integer graph I/O always): those of int8-static but full_integer."""
+
+    owner: ClassVar[str] = "quantize scheme int8-full-integer"
+    per_channel: bool = Field(True, description="per-output-channel weight scales (MatMul axis 1)")
+    activation_type: ActivationType = Field("qint8", description="activation type: qint8 (signed) or quint8 "
+                                                                 "(unsigned)")
+    activation_symmetric: bool = Field(False, description="symmetric activation ranges (zero point 0 / 128)")
+    calibrate_method: CalibrateMethod = Field("minmax", description="activation range from calibration: minmax, "
+                                                                    "entropy or percentile")
+    percentile: float = Field(99.999, gt=50, le=100, description="percentile of |activation| kept when "
+                                                                 "calibrate_method is percentile, in (50, 100]")
+    op_types_to_quantize: list[str] = Field(default_factory=lambda: ["MatMul"], description="op types given QDQ pairs")
+    weight_matmuls_only: bool = Field(True, description="quantize only MatMuls with a weight (initializer) input; "
+                                                        "false also quantizes attention QK^T and scores x V")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="node names left in fp32")
+    preprocess: bool = Field(True, description="run ORT's quant_pre_process (shape inference + constant folding) "
+                                               "first")
+    output_margin: float = Field(0.1, ge=0, description="full_integer: widen each output's calibrated range by this "
+                                                        "fraction on each side")
+
+    @field_validator("calibrate_method", "activation_type", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        return v.lower() if isinstance(v, str) else v
+
+
+class StaticInt8Options(FullIntegerOptions):
+    """Options of int8-static."""
+
+    owner: ClassVar[str] = "quantize scheme int8-static"
+    full_integer: bool = Field(False, description="integer graph I/O (int8_mode full-integer): float outputs get a "
+                                                  "calibrated QuantizeLinear (scale in the model metadata); decoders "
+                                                  "with a float KV cache raise")
 
 
 class WindowReader:
@@ -266,22 +290,13 @@ def _auto_exclusions(path: Path, op_types: Sequence[str], weight_matmuls_only: b
     return out
 
 
-def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], per_channel=True,
-          activation_type="qint8", activation_symmetric=False, calibrate_method="minmax", percentile=99.999,
-          op_types_to_quantize=("MatMul",), weight_matmuls_only=True, nodes_to_exclude=(), preprocess=True,
-          full_integer=False, output_margin=0.1) -> dict:
+def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
+          opts: StaticInt8Options | None = None, **options) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    method = str(calibrate_method).lower()
-    if method not in CALIBRATE_METHODS:
-        raise ConfigError(f"quantize option calibrate_method={calibrate_method!r}: must be one of "
-                          + ", ".join(CALIBRATE_METHODS))
-    act = str(activation_type).lower()
-    if act not in ACTIVATION_TYPES:
-        raise ConfigError(f"quantize option activation_type={activation_type!r}: must be one of "
-                          + ", ".join(ACTIVATION_TYPES))
-    if not 50.0 < float(percentile) <= 100.0:
-        raise ConfigError(f"quantize option percentile={percentile}: must be in (50, 100]")
+    o = StaticInt8Options.of(opts, **options)
+    method, act = o.calibrate_method, o.activation_type
+    op_types_to_quantize, nodes_to_exclude, full_integer = o.op_types_to_quantize, o.nodes_to_exclude, o.full_integer
     if not calibration:
         raise ConfigError("int8-static needs calibration windows (token ids); none were given")
     in_onnx, out_onnx = Path(in_onnx), Path(out_onnx)
@@ -300,9 +315,9 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # ORT logs per tensor at INFO
     # MatMulConstBOnly is ignored by ORT's QDQ quantizer (it only acts in QOperator format), so
     # weight_matmuls_only is applied here through nodes_to_exclude instead.
-    extra = {"ActivationSymmetric": bool(activation_symmetric), "WeightSymmetric": True}
+    extra = {"ActivationSymmetric": o.activation_symmetric, "WeightSymmetric": True}
     if method == "percentile":
-        extra["CalibPercentile"] = float(percentile)
+        extra["CalibPercentile"] = o.percentile
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     qtypes = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}
@@ -311,7 +326,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
 
     with tempfile.TemporaryDirectory(prefix="edgeft-int8-static-") as tmp:
         src = in_onnx
-        if preprocess:
+        if o.preprocess:
             # quant_pre_process: symbolic shape inference, ORT basic graph optimizations (constant
             # folding, redundant node elimination), then ONNX shape inference, which the quantizer
             # uses to type the tensors it calibrates. Kept: on the optimum LLaMA graphs the constant
@@ -330,7 +345,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
                                   "option preprocess: false") from e
             timings["preprocess_seconds"] = time.perf_counter() - t
         excluded, auto_excluded = list(nodes_to_exclude), {}
-        for name, why in _auto_exclusions(src, op_types_to_quantize, weight_matmuls_only).items():
+        for name, why in _auto_exclusions(src, op_types_to_quantize, o.weight_matmuls_only).items():
             if name not in excluded:
                 excluded.append(name)
                 auto_excluded[name] = why
@@ -355,7 +370,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
             del calibrator
         with contextlib.redirect_stdout(printed):
             quantize_static(str(src), str(out_onnx), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(op_types_to_quantize), per_channel=bool(per_channel),
+                            op_types_to_quantize=list(op_types_to_quantize), per_channel=o.per_channel,
                             activation_type=qtypes[act], weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                             use_external_data_format=large, calibrate_method=methods[method], extra_options=extra,
                             calibration_cache_path=str(cache) if cache else None)
@@ -368,7 +383,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
         if large:
             raise UnsupportedError("int8-static full_integer: graphs over 1.8 GB (external data) are not supported; "
                                    "use full_integer: false")
-        outputs_q = _quantize_outputs(out_onnx, reader, float(output_margin))
+        outputs_q = _quantize_outputs(out_onnx, reader, o.output_margin)
         timings["quantize_outputs"] = bool(outputs_q)
     nodes = _load_graph(out_onnx).node
     ops = Counter(n.op_type for n in nodes)
@@ -376,14 +391,13 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
     targets = [n for n in nodes if n.op_type in op_types_to_quantize]
     quantized = [n.name for n in targets if any(i in dq_out for i in n.input)]
     kept = [n.name for n in targets if not any(i in dq_out for i in n.input)]
-    return {"per_channel": bool(per_channel), "activation_type": act,
-            "activation_symmetric": bool(activation_symmetric),
-            "calibrate_method": method, **({"percentile": float(percentile)} if method == "percentile" else {}),
+    return {"per_channel": o.per_channel, "activation_type": act, "activation_symmetric": o.activation_symmetric,
+            "calibrate_method": method, **({"percentile": o.percentile} if method == "percentile" else {}),
             **({"entropy_bins": ENTROPY_BINS} if method == "entropy" else {}),
-            "op_types_to_quantize": list(op_types_to_quantize), "weight_matmuls_only": bool(weight_matmuls_only),
+            "op_types_to_quantize": list(op_types_to_quantize), "weight_matmuls_only": o.weight_matmuls_only,
             "nodes_to_exclude": list(nodes_to_exclude), "auto_excluded": auto_excluded,
-            "preprocess": bool(preprocess), "full_integer": bool(full_integer),
-            **({"quantized_outputs": outputs_q, "output_margin": float(output_margin)} if full_integer else {}),
+            "preprocess": o.preprocess, "full_integer": full_integer,
+            **({"quantized_outputs": outputs_q, "output_margin": o.output_margin} if full_integer else {}),
             "calibration_windows": len(reader.windows), "calibration_tokens": int(sum(len(w) for w in reader.windows)),
             "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
             "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
@@ -391,15 +405,15 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], p
 
 
 SCHEMES.register("int8-static")(Scheme("int8-static", "ORT static int8 QDQ, activation ranges calibrated on text",
-                                       "int8", "static", apply, OPTIONS, needs_calibration=True))
+                                       "int8", "static", apply, StaticInt8Options, needs_calibration=True))
 
 
-def apply_full_integer(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], **options) -> dict:
-    options.pop("full_integer", None)
-    return apply(in_onnx, out_onnx, calibration, full_integer=True, **options)
+def apply_full_integer(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
+                       opts: FullIntegerOptions | None = None, **options) -> dict:
+    o = FullIntegerOptions.of(opts, **options)
+    return apply(in_onnx, out_onnx, calibration, StaticInt8Options(**o.model_dump(), full_integer=True))
 
 
 SCHEMES.register("int8-full-integer")(Scheme(
     "int8-full-integer", "ORT static int8 QDQ with integer graph I/O (encoders/classifiers; int8 outputs)", "int8",
-    "full-integer", apply_full_integer, {k: v for k, v in OPTIONS.items() if k != "full_integer"},
-    needs_calibration=True))
+    "full-integer", apply_full_integer, FullIntegerOptions, needs_calibration=True))

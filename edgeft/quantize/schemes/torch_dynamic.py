@@ -16,19 +16,32 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from edgeft.config.options import Options
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {
-    "per_channel": (True, "per-output-channel weight scales (else one scale per tensor)"),
-    "keep_fp32": (["lm_head"], "module names (or name suffixes) left in fp32"),
-    "engine": ("auto", "quantized kernels: auto (x86 here, qnnpack on ARM), x86, fbgemm, qnnpack, onednn"),
-    "max_cache_len": (512, "KV cache slots of the TorchScript decoder (prompt + generated tokens)"),
-    "tolerance": (2e-3, "max |diff| TorchScript trace vs the eager quantized model (logits and KV)"),
-}
+Engine = Literal["auto", "x86", "fbgemm", "qnnpack", "onednn"]
+
+
+class TorchDynamicOptions(Options):
+    """Options of torch-dynamic-int8."""
+
+    owner: ClassVar[str] = "quantize scheme torch-dynamic-int8"
+    per_channel: bool = Field(True, description="per-output-channel weight scales (else one scale per tensor)")
+    keep_fp32: list[str] = Field(default_factory=lambda: ["lm_head"],
+                                 description="module names (or name suffixes) left in fp32")
+    engine: Engine = Field("auto", description="quantized kernels: auto (x86 here, qnnpack on ARM), x86, fbgemm, "
+                                               "qnnpack, onednn")
+    max_cache_len: int = Field(512, ge=1, description="KV cache slots of the TorchScript decoder (prompt + generated "
+                                                      "tokens)")
+    tolerance: float = Field(2e-3, gt=0, description="max |diff| TorchScript trace vs the eager quantized model "
+                                                     "(logits and KV)")
 
 
 def _kept(name: str, keep) -> bool:
@@ -51,8 +64,7 @@ def quantize_model(model, per_channel: bool = True, keep_fp32=("lm_head",)):
     return qmodel, names
 
 
-def apply(in_dir: Path, out_dir: Path, per_channel=True, keep_fp32=("lm_head",), engine="auto", max_cache_len=512,
-          tolerance=2e-3) -> dict:
+def apply(in_dir: Path, out_dir: Path, opts: TorchDynamicOptions | None = None, **options) -> dict:
     import platform
 
     import numpy as np
@@ -61,6 +73,9 @@ def apply(in_dir: Path, out_dir: Path, per_channel=True, keep_fp32=("lm_head",),
 
     from edgeft.exporters import torchscript as ts
 
+    o = TorchDynamicOptions.of(opts, **options)
+    per_channel, keep_fp32, engine, max_cache_len, tolerance = (o.per_channel, o.keep_fp32, o.engine,
+                                                                o.max_cache_len, o.tolerance)
     if ts.model_kind(in_dir) != "causal-lm":
         raise UnsupportedError(f"quantize scheme torch-dynamic-int8 exports a decoder LM; {in_dir} is an encoder or "
                                "classifier (use an ONNX scheme on its ONNX export)")
@@ -91,4 +106,4 @@ def apply(in_dir: Path, out_dir: Path, per_channel=True, keep_fp32=("lm_head",),
 
 SCHEMES.register("torch-dynamic-int8")(Scheme(
     "torch-dynamic-int8", "PyTorch dynamic int8 on nn.Linear (torch.ao quantize_dynamic), saved as TorchScript",
-    "int8", "dynamic", apply, OPTIONS, input_format="pytorch", output_format="torchscript"))
+    "int8", "dynamic", apply, TorchDynamicOptions, input_format="pytorch", output_format="torchscript"))
