@@ -181,20 +181,23 @@ def _precision(dtype: str) -> Optional[str]:
 
 
 def _peak_live_bytes(ops: list[dict], tensors: list[dict], graph_inputs: list[int]) -> int:
-    """Peak sum of live activation tensors over the execution order (a lower bound of the arena)."""
+    """Peak sum of live activation tensors over the execution order (a lower bound of the arena).
+
+    A tensor is live from the op that produces it (graph inputs: from the start) to its last reader;
+    one sweep over +bytes/-bytes events, so a graph of thousands of ops stays fast."""
     first: dict[int, int] = {i: 0 for i in graph_inputs}
     last: dict[int, int] = {}
     for k, o in enumerate(ops):
-        for i in o["outputs"]:
+        for i in o["outputs"] + [i for i in o["inputs"] if not tensors[i]["constant"]]:
             first.setdefault(i, k)
-            last[i] = max(last.get(i, k), k)
-        for i in o["inputs"]:
-            if not tensors[i]["constant"]:
-                first.setdefault(i, k)
-                last[i] = k
-    peak = 0
-    for k in range(len(ops)):
-        live = sum(tensors[i]["bytes"] for i, f in first.items() if f <= k <= last.get(i, len(ops)))
+            last[i] = k
+    delta = [0] * (len(ops) + 1)
+    for i, f in first.items():
+        delta[f] += tensors[i]["bytes"]
+        delta[last.get(i, len(ops) - 1) + 1] -= tensors[i]["bytes"]
+    peak = live = 0
+    for d in delta[:-1]:
+        live += d
         peak = max(peak, live)
     return int(peak)
 
