@@ -54,6 +54,8 @@ _WEIGHT_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL"
                "EMBEDDING_LOOKUP", "GATHER", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
 _INT8 = {"int8", "uint8"}
 _FIX_FULL_INT = "quantize with litert-int8-full (full-integer int8, calibrated)"
+_FIX_NOT_8BIT = ("compute these integer tensors (token ids, indices) before the graph and feed it 8-bit "
+                 "tensors, e.g. look the embeddings up on the CPU")
 
 
 # --------------------------------------------------------------------------- inspect
@@ -116,12 +118,24 @@ def _op_name(model, op) -> str:
     import tflite
 
     oc = model.OperatorCodes(op.OpcodeIndex())
-    code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())  # deprecated_builtin_code: opcodes < 127
+    code = max(_raw_builtin_code(oc), oc.DeprecatedBuiltinCode())  # as LiteRT's schema_utils GetBuiltinCode
     name = tflite.BUILTIN_OPCODE2NAME.get(code, f"BUILTIN_{code}")
     if name == "CUSTOM":
         custom = oc.CustomCode()
         name = f"CUSTOM:{custom.decode(errors='replace') if custom else '?'}"
     return name
+
+
+def _raw_builtin_code(oc) -> int:
+    """The ``builtin_code`` field (vtable slot 3) as stored.
+
+    ``tflite.OperatorCode.BuiltinCode()`` returns ``deprecated_builtin_code`` for any code < 127,
+    which is 0 (ADD) when a writer sets only ``builtin_code`` (ai-edge-quantizer does, for the
+    QUANTIZE ops it adds), so the field is read here directly."""
+    import flatbuffers
+
+    o = oc._tab.Offset(10)
+    return int(oc._tab.Get(flatbuffers.number_types.Int32Flags, o + oc._tab.Pos)) if o else 0
 
 
 def _batch_matmul_adj_x(op) -> bool:
@@ -168,8 +182,11 @@ def _int8_mode(ops: list[dict], tensors: list[dict]) -> str:
         return "dynamic-range"  # int8 weights, float activations quantized per op at run time
     if not any(o["float"] for o in ops) and any(t["dtype"] in _INT8 | {"int16"} for t in tensors):
         return "full-integer"
-    if any(o["float"] for o in ops) and any(not o["float"] and o["op"] not in _CONVERT_OPS for o in ops):
-        return "mixed"  # some compute ops integer, others float
+    quantized = _INT8 | {"int16"}
+    if any(o["float"] for o in ops) and any(
+            not o["float"] and o["op"] not in _CONVERT_OPS
+            and any(tensors[i]["dtype"] in quantized for i in o["inputs"] + o["outputs"]) for o in ops):
+        return "mixed"  # some compute ops on quantized tensors, others float
     if any(t["constant"] and t["dtype"] == "float16" for t in tensors):
         return "fp16"
     return "fp32"
@@ -298,6 +315,7 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
                     f"replace {op['op']} with supported ops (it and every op after it run on the CPU)",
                     "not a supported operation"))
     dtypes: list[str] = []  # "float32 input 'x'" phrases, one reason per op
+    others: list[str] = []  # int32/int64/bool activations (token ids, indices): not quantizable
     graph_inputs = {t["name"] for t in info["inputs"]}
     for role, idx in (("input", op["inputs"]), ("output", op["outputs"])):
         for i in dict.fromkeys(idx):
@@ -307,7 +325,7 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
                     dtypes.append(f"{t['dtype']} constant '{t['name']}'")
                 continue
             if t["dtype"] not in _INT8:
-                dtypes.append(f"{t['dtype']} {role} '{t['name']}'")
+                (dtypes if t["dtype"].startswith("float") else others).append(f"{t['dtype']} {role} '{t['name']}'")
             if any(d < 0 for d in t["shape_signature"]):
                 where = "input" if t["name"] in graph_inputs else "tensor"
                 out.append((f"{where} '{t['name']}' ({label}) has dynamic dim -1 {_dims(t)}",
@@ -317,6 +335,8 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
                 out.append((f"tensor '{t['name']}' ({label}) has {t['non_unit_dims']} non-unit dims {_dims(t)}: "
                             f"only the {n} innermost dims may exceed 1", f"reshape to <={n} non-unit dims",
                             f"'{t['name']}' has {t['non_unit_dims']} non-unit dims"))
+    if others:
+        out.insert(0, (f"{label} has {', '.join(others)}", _FIX_NOT_8BIT, "not 8-bit: " + ", ".join(others)))
     if dtypes:
         out.insert(0, (f"{label} has {', '.join(dtypes)}", _FIX_FULL_INT, "not 8-bit: " + ", ".join(dtypes)))
     return list(dict.fromkeys(out))

@@ -52,8 +52,10 @@ def _offsets(b, start, offsets):
     return b.EndVector()
 
 
-def write_tflite(path: Path, tensors: list[dict], ops: list[tuple], inputs: list[int], outputs: list[int]) -> Path:
-    """A one-subgraph .tflite: ``ops`` are (builtin name or "CUSTOM:code", [input idx], [output idx]).
+def write_tflite(path: Path, tensors: list[dict], ops: list[tuple], inputs: list[int], outputs: list[int],
+                 deprecated_codes: bool = True) -> Path:
+    """A one-subgraph .tflite: ``ops`` are (builtin name or "CUSTOM:code", [input idx], [output idx]);
+    ``deprecated_codes=False`` writes only ``builtin_code`` in the operator codes, as ai-edge-quantizer does.
 
     Written with the flatbuffers builder and the tflite schema functions: only inspection reads these
     files, so the ops carry no builtin options."""
@@ -100,7 +102,8 @@ def write_tflite(path: Path, tensors: list[dict], ops: list[tuple], inputs: list
         code = OP["CUSTOM"] if custom else OP[kind]
         tflite.OperatorCodeStart(b)
         tflite.OperatorCodeAddBuiltinCode(b, code)
-        tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
+        if deprecated_codes:
+            tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, 127))
         tflite.OperatorCodeAddVersion(b, 1)
         if custom:
             tflite.OperatorCodeAddCustomCode(b, custom)
@@ -169,6 +172,15 @@ def test_inspect_reads_ops_tensors_macs_and_mode(tmp_path):
                  "scale": pytest.approx(0.05), "zero_point": 0}
     assert info["tensors"][0]["non_unit_dims"] == 1 and info["weight_precision"] == "int8"
     assert info["peak_activation_bytes"] >= 32  # the [1, 32] int8 activations
+
+
+def test_inspect_reads_builtin_code_without_the_deprecated_field(tmp_path):
+    # tflite.OperatorCode.BuiltinCode() would read this QUANTIZE (114) as ADD (0)
+    tensors = [T("x", [1, 8], FLOAT32), T("xq", [1, 8]), T("y", [1, 8])]
+    ops = [("QUANTIZE", [0], [1]), ("RELU", [1], [2])]
+    info = inspect_tflite(write_tflite(tmp_path / "q.tflite", tensors, ops, [0], [2], deprecated_codes=False))
+    assert [o["op"] for o in info["ops"]] == ["QUANTIZE", "RELU"]
+    assert info["float_ops"] == [] and info["int8_mode"] == "full-integer" and not info["io_int8"]
 
 
 def test_inspect_rejects_a_file_that_is_not_tflite(tmp_path):
@@ -252,6 +264,19 @@ def test_edge_tpu_unsupported_op_mid_graph_splits_it(tmp_path):
     custom = mlp(tmp_path, name="custom", mid=("CUSTOM:MyOp", INT8))
     assert edge_tpu_plan(inspect_tflite(custom), load_device("edge-tpu"))["split"]["op"] == "CUSTOM:MyOp"
     assert check(art(path), load_device("phone-cpu"))["compatible"]
+
+
+def test_edge_tpu_int32_token_ids_are_not_8_bit(tmp_path):
+    # ids[1,8] int32 -> EMBEDDING_LOOKUP(int8 table) -> h: the lookup itself is also off Coral's list
+    tensors = [T("input_ids", [1, 8], INT32, scale=None), W("table", [100, 16]), T("h", [1, 8, 16])]
+    path = write_tflite(tmp_path / "emb.tflite", tensors, [("EMBEDDING_LOOKUP", [0, 1], [2])], [0], [2])
+    info = inspect_tflite(path)
+    assert info["int8_mode"] == "full-integer"  # int32 ids and int8 tensors: no float op
+    res = check(art(path), load_device("edge-tpu"))
+    assert res["reasons"][1] == ("EMBEDDING_LOOKUP 'h' has int32 input 'input_ids': compute these integer tensors "
+                                 "(token ids, indices) before the graph and feed it 8-bit tensors, e.g. look the "
+                                 "embeddings up on the CPU")
+    assert "EMBEDDING_LOOKUP 'h' is not on the Edge TPU's supported operations" in res["reasons"][2]
 
 
 def test_edge_tpu_weights_over_onchip_memory_warn(tmp_path):
