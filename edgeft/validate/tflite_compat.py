@@ -44,6 +44,9 @@ MB = 1024 * 1024
 LARGE_WEIGHT_ELEMENTS = 1024
 #: Failing ops listed one reason each; the rest are counted.
 _OPS_SHOWN = 6
+#: Names kept in the report: ops left on the CPU, per-op problems.
+_CPU_OPS_KEPT = 50
+_PROBLEMS_KEPT = 50
 #: Seconds the TFLite Micro child process may take.
 TFLM_TIMEOUT_S = 120
 
@@ -110,8 +113,9 @@ def _tensor(model, t, dtypes) -> dict:
     return {"name": t.Name().decode(errors="replace"), "dtype": dtype, "shape": shape, "shape_signature": sig,
             "non_unit_dims": sum(1 for d in sig if d != 1), "constant": nbytes > 0 and not t.IsVariable(),
             "bytes": nbytes if nbytes else int(_numel(shape) * _ITEMSIZE.get(dtype, 4)),
-            "scale": scale[0] if len(scale) == 1 else (scale or None),
-            "zero_point": zero[0] if len(zero) == 1 else (zero or None)}
+            # per-tensor quantization: the scale and zero point; per-channel (weights): only the channel count
+            "scale": scale[0] if len(scale) == 1 else None, "zero_point": zero[0] if len(zero) == 1 else None,
+            "quant_channels": len(scale)}
 
 
 def _op_name(model, op) -> str:
@@ -345,10 +349,11 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
 def edge_tpu_plan(info: dict, device: DeviceProfile) -> dict:
     """Where the Edge TPU compiler splits the graph: ops mapped in order until the first failing op.
 
-    Returns ``{"ops_total", "ops_mapped", "mac_fraction", "split", "cpu_ops", "problems",
-    "constant_mb", "onchip_fit"}``; ``split`` is None when every op maps, else ``{"index",
-    "name", "op", "why"}``; ``problems`` lists ``{"index", "name", "op", "what", "fix"}`` for
-    every op that could not map on its own (the split op first).
+    Returns ``{"ops_total", "ops_mapped", "mac_fraction", "split", "ops_on_cpu", "cpu_ops",
+    "problems", "problems_total", "constant_mb", "onchip_fit"}``; ``split`` is None when every op
+    maps, else ``{"index", "name", "op", "why"}``; ``cpu_ops``: names of the ops left on the CPU
+    (first 50); ``problems``: ``{"index", "name", "op", "what", "fix", "short"}`` for each op that
+    could not map on its own, in order (first 50 of ``problems_total``).
     """
     spec = device.tflite
     ops = info["ops"]
@@ -367,7 +372,8 @@ def edge_tpu_plan(info: dict, device: DeviceProfile) -> dict:
     const_mb = info["constant_bytes"] / MB
     return {"ops_total": len(ops), "ops_mapped": first,
             "mac_fraction": (mapped_macs / total_macs) if total_macs else (first / len(ops) if ops else 1.0),
-            "split": split, "cpu_ops": [o["name"] for o in ops[first:]], "problems": problems,
+            "split": split, "ops_on_cpu": len(ops) - first, "cpu_ops": [o["name"] for o in ops[first:]][:_CPU_OPS_KEPT],
+            "problems": problems[:_PROBLEMS_KEPT], "problems_total": len(problems),
             "constant_mb": round(const_mb, 3),
             "onchip_fit": None if device.onchip_param_mb is None else const_mb <= device.onchip_param_mb}
 
@@ -384,9 +390,9 @@ def _edge_tpu_reasons(info: dict, device: DeviceProfile, plan: dict, out: dict) 
         shown = plan["problems"][:_OPS_SHOWN]
         for p in shown:
             out["reasons"].append(f"{p['what']}: {p['fix']}")
-        if len(plan["problems"]) > len(shown):
-            more = {p["index"] for p in plan["problems"][len(shown):]}
-            out["reasons"].append(f"+{len(plan['problems']) - len(shown)} more problem(s) in {len(more)} op(s)")
+        if plan["problems_total"] > len(shown):
+            out["reasons"].append(f"+{plan['problems_total'] - len(shown)} more problem(s) in later ops "
+                                  f"(tflite.edge_tpu.problems)")
         for fix in dict.fromkeys(p["fix"] for p in plan["problems"]):
             out["suggestions"].append(f"{fix} for {dev}")
     if plan["onchip_fit"] is False:
