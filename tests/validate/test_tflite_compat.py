@@ -389,3 +389,22 @@ def test_mcu_reports_a_graph_tflite_micro_cannot_run(tmp_path):
     res = check(art(mlp(tmp_path, name="custom", mid=("CUSTOM:MyOp", INT8))), load_device("mcu"))
     assert not res["compatible"]
     assert any(r.startswith("TFLite Micro could not run the model in a 0.5 MB arena") for r in res["reasons"])
+
+
+def test_mcu_rejects_activations_over_its_arena(tmp_path):
+    tensors = [T("x", [1, 400_000]), T("y", [1, 400_000])]  # 0.8 MB live at once, arena 0.5 MB
+    path = write_tflite(tmp_path / "wide.tflite", tensors, [("RELU", [0], [1])], [0], [1])
+    res = check(art(path), load_device("mcu"))
+    assert any(r.startswith("live activations peak at 0.76 MB; mcu's tensor arena is 0.5 MB (budgets.ram_mb)")
+               for r in res["reasons"]), res["reasons"]
+    assert res["tflite"]["tflite_micro"] is None
+
+
+def test_pte_runs_on_phone_cpu_not_on_accelerators():
+    pte = {"name": "pte", "format": "pte", "precision": "int8", "int8_mode": "dynamic", "size_bytes": 1 << 20,
+           "est_ram_mb": None, "onnx": None}
+    assert check(pte, load_device("phone-cpu"))["compatible"]
+    for name in ("edge-tpu", "mcu", "phone-npu"):
+        res = check(pte, load_device(name))
+        assert res["reasons"] == [f"format pte is not supported on {name} "
+                                  f"(formats: {', '.join(load_device(name).formats)})"]
