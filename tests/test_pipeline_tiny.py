@@ -81,7 +81,9 @@ def test_report_lists_artifacts_and_devices(first):
     tpu = rep["devices"]["edge-tpu"]
     assert tpu["required"] is False
     assert not tpu["results"]["int4"]["compatible"]
-    assert any("int4" in r for r in tpu["results"]["int4"]["reasons"])
+    # the Edge TPU runs full-integer .tflite only: an ONNX artifact is refused for its format, with the export fix
+    assert tpu["results"]["int4"]["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
+    assert any("litert-int8-full" in s for s in tpu["results"]["int4"]["suggestions"])
 
 
 def test_bundle_verifies(first):

@@ -42,6 +42,7 @@ _EXAMPLE: dict[str, Any] = {
     "static_shapes": False,
     "max_model_mb": None,
     "onchip_param_mb": None,
+    "tflite": None,
     "budgets": {"ttft_ms": 2000, "decode_tok_s": 8, "per_inference_ms": None, "ram_mb": 2048, "size_mb": 1024},
     "remote": None,
 }
@@ -52,6 +53,8 @@ _COMMENTED: dict[str, Any] = {
     "max_model_mb": 4096,
     "onchip_param_mb": 8,
     "per_inference_ms": 50,
+    "tflite": {"runtime": "edgetpu", "op_allowlist": ["CONV_2D", "FULLY_CONNECTED", "ADD", "SOFTMAX"],
+               "innermost_dims": 3},
     "remote": {"ssh": "pi@raspberrypi.local", "python": "python3", "port": 22},
 }
 

@@ -418,6 +418,22 @@ class RemoteSpec(Strict):
     port: int = Field(22, description="SSH port.")
 
 
+class TfliteSpec(Strict):
+    runtime: Literal["litert", "edgetpu", "tflite-micro"] = Field(
+        "litert",
+        description="What runs a .tflite artifact: litert (the LiteRT interpreter, XNNPACK or an NPU delegate), "
+                    "edgetpu (the Edge TPU compiler maps ops in order until the first one it cannot run; the rest "
+                    "runs on the host CPU) or tflite-micro (TensorFlow Lite for Microcontrollers; the artifact is run "
+                    "in its interpreter with a tensor arena of budgets.ram_mb).",
+    )
+    op_allowlist: Optional[list[str]] = Field(
+        None, description="TFLite builtin op names it maps, e.g. FULLY_CONNECTED (null: any)."
+    )
+    innermost_dims: Optional[int] = Field(
+        None, ge=1, description="Only this many innermost dims of an activation tensor may exceed 1 (null: any)."
+    )
+
+
 class DeviceProfile(Strict):
     name: str = Field(description="Profile name (matches the file name).")
     class_: Literal["mobile", "tpu", "edge", "host"] = Field(alias="class", description="Device class.")
@@ -426,7 +442,7 @@ class DeviceProfile(Strict):
     cpu: CpuSpec
     memory: MemorySpec
     compute: ComputeSpec
-    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch", "tflite-micro"]] = Field(
+    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch", "tflite", "pte"]] = Field(
         description="Artifact formats it runs."
     )
     precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(description="Weight precisions it runs.")
@@ -443,6 +459,7 @@ class DeviceProfile(Strict):
     onchip_param_mb: Optional[float] = Field(
         None, gt=0, description="On-chip parameter memory, MiB; larger models stream weights (slower, still run)."
     )
+    tflite: Optional[TfliteSpec] = Field(None, description="How .tflite artifacts run (null: the LiteRT interpreter).")
     budgets: DeviceBudgets = Field(default_factory=DeviceBudgets, description="Latency/size/RAM budgets.")
     remote: Optional[RemoteSpec] = Field(None, description="Run benchmarks on the real device over SSH.")
 

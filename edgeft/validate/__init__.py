@@ -38,7 +38,8 @@ def _size_bytes(a: Artifact) -> int:
     p = Path(a.path)
     if p.is_file():
         return p.stat().st_size
-    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl")}.get(
+    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl"),
+            "tflite": ("*.tflite",), "pte": ("*.pte",)}.get(
         a.format, ("*.safetensors", "*.bin"))
     return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
 
@@ -53,12 +54,16 @@ def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_s
 
 
 def _add_onnx_info(info: dict, a: Artifact) -> None:
-    """Record what a device cares about in an ONNX graph (ops, opset, shapes, int8 mode)."""
+    """Record what a device cares about in an ONNX or .tflite graph (ops, shapes, int8 mode, ...)."""
     if a.format == "onnx":
         from edgeft.runtime.lm import find_onnx
         from edgeft.validate import compat
 
         info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+    elif a.format == "tflite":
+        from edgeft.validate.tflite_compat import find_tflite, inspect_tflite
+
+        info["tflite"] = inspect_tflite(find_tflite(Path(a.path)))
 
 
 def _add_quant_plan(info: dict, a: Artifact) -> None:
@@ -267,7 +272,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                 continue
             info = rep_artifacts[a.name]
             art = {"name": a.name, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
-                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"),
+                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"), "tflite": info.get("tflite"),
                    "est_ram_mb": compat.estimate_ram_mb(info["size_bytes"], config_json, cfg.context_len)}
             c = compat.check(art, dev)
             host_lat = latency[(a.name, t)]
@@ -447,7 +452,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                 continue
             info = rep_artifacts[a.name]
             art = {"name": a.name, "format": a.format, "precision": a.precision, "int8_mode": a.int8_mode,
-                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"), "est_ram_mb": None}
+                   "size_bytes": info["size_bytes"], "onnx": info.get("onnx"), "tflite": info.get("tflite"),
+                   "est_ram_mb": None}
             c = compat.check(art, dev)
             host_lat = latency.get((a.name, t))
             device_lat = None

@@ -313,6 +313,13 @@ def _precision_fix(device: DeviceProfile) -> str:
     return f"produce one of {device.name}'s precisions ({_join(device.precisions)})"
 
 
+def _format_fix(device: DeviceProfile) -> str:
+    """How to produce an artifact the device loads, as a phrase."""
+    if "tflite" in device.formats and set(device.int8_modes) <= {"full-integer", "static"}:
+        return f"export with litert-int8-full (full-integer int8 .tflite) for {device.name}"
+    return f"export to {device.formats[0]} for {device.name}"
+
+
 def _mode_ok(mode: Optional[str], device: DeviceProfile) -> Optional[bool]:
     """Whether an int8 artifact of ``mode`` runs on ``device``; None when the mode is unknown."""
     modes = set(device.int8_modes)
@@ -375,13 +382,18 @@ def _describe_dynamic(info: dict) -> tuple[str, list[str]]:
 def check(artifact: dict, device: DeviceProfile) -> dict:
     """Whether ``artifact`` can run on ``device``, with every reason when it cannot.
 
-    ``artifact`` is a plain dict: ``name``; ``format`` (onnx | pytorch | torchscript | gguf);
+    ``artifact`` is a plain dict: ``name``; ``format`` (onnx | pytorch | torchscript | gguf | tflite | pte);
     ``precision`` (weight precision: fp32 | fp16 | int8 | int4); ``int8_mode`` (None, dynamic,
     static, full-integer or weight-only); ``size_bytes``; ``est_ram_mb`` (float or None, see
     :func:`estimate_ram_mb`); ``onnx`` (the :func:`inspect_onnx` dict, or None). A missing
     ``precision`` / ``int8_mode`` is taken from the ``onnx`` dict.
 
-    Checks, each a reason naming the device: format in ``device.formats``; precision in
+    A format outside ``device.formats`` is the only reason given. A ``tflite`` artifact carries
+    ``"tflite"`` (the :func:`~edgeft.validate.tflite_compat.inspect_tflite` dict) and is checked by
+    :func:`~edgeft.validate.tflite_compat.check_tflite` (Edge TPU mapping, TFLite Micro run, int8
+    mode); its result has a ``tflite`` entry with those details.
+
+    Otherwise, checks, each a reason naming the device: precision in
     ``device.precisions``; for int8, the mode in ``device.int8_modes`` (a full-integer graph
     also satisfies "static"; weight-only int8 needs float activations, i.e. fp32/fp16 in
     ``device.precisions``); op types outside ``device.op_allowlist`` (one line: op types with
@@ -403,10 +415,15 @@ def check(artifact: dict, device: DeviceProfile) -> dict:
     if mode is None and info:
         mode = info.get("int8_mode")
 
-    # format
+    # format: a format the device cannot load is the one reason (its graph rules do not apply)
     if fmt not in device.formats:
         reasons.append(f"format {fmt} is not supported on {dev} (formats: {_join(device.formats)})")
-        suggestions.append(f"export to {device.formats[0]} for {dev}")
+        suggestions.append(_format_fix(device))
+        return {"compatible": False, "reasons": reasons, "suggestions": suggestions, "warnings": warnings}
+    if fmt == "tflite":
+        from edgeft.validate.tflite_compat import check_tflite
+
+        return check_tflite(artifact, device)
 
     # precision
     if precision is None:

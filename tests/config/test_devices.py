@@ -103,7 +103,14 @@ def test_edge_tpu_is_full_integer_static(repo_cwd):
     assert tpu.static_shapes and tpu.onchip_param_mb == 8
     # a model larger than the on-chip memory still runs (weights stream), so storage is the hard limit
     assert tpu.max_model_mb is not None and tpu.max_model_mb > tpu.onchip_param_mb
-    assert {"QLinearConv", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear"} <= set(tpu.op_allowlist)
+    # the Edge TPU runs .tflite only; its op list is Coral's, in TFLite builtin op names
+    assert tpu.formats == ["tflite"] and tpu.op_allowlist is None
+    assert tpu.tflite.runtime == "edgetpu" and tpu.tflite.innermost_dims == 3
+    ops = tpu.tflite.op_allowlist
+    assert len(set(ops)) == len(ops), "duplicate op in the allow-list"
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE"} <= set(ops)
+    assert not set(ops) & {"GATHER", "BATCH_MATMUL", "GELU", "DEQUANTIZE"}  # not on Coral's list
+    assert "coral.ai/docs/edgetpu/models-intro" in tpu.source
 
 
 def test_host_profile_has_no_budgets(repo_cwd):
@@ -142,13 +149,14 @@ def test_bad_value_in_profile(home):
 
 def test_literal_error_lists_choices(home):
     path = home / "devices" / "pi5.yaml"
-    path.write_text(path.read_text().replace("class: edge", "class: edgee").replace("[onnx, torchscript]", "[onnx, tflite]"))
+    path.write_text(path.read_text().replace("class: edge", "class: edgee").replace("[onnx, torchscript, tflite, pte]",
+                                                                                           "[onnx, tflite-micro]"))
     with pytest.raises(ConfigError) as e:
         load_device("pi5")
     msg = str(e.value)
     assert "class: 'edgee' is not a valid choice (did you mean 'edge'?); valid choices: mobile, tpu, edge, host" in msg
-    assert "formats.1: 'tflite' is not a valid choice" in msg
-    assert "valid choices: onnx, torchscript, gguf, pytorch, tflite-micro" in msg
+    assert "formats.1: 'tflite-micro' is not a valid choice" in msg
+    assert "valid choices: onnx, torchscript, gguf, pytorch, tflite, pte" in msg
 
 
 def test_unknown_device_lists_choices(repo_cwd):
@@ -185,7 +193,7 @@ def test_edgeft_home_takes_precedence(home, tmp_path, monkeypatch):
 
 def test_phone_npu_is_int8_qdq_static(repo_cwd):
     npu = load_device("phone-npu")
-    assert npu.class_ == "mobile" and npu.formats == ["onnx"]
+    assert npu.class_ == "mobile" and npu.formats == ["onnx", "tflite"]
     assert npu.precisions == ["int8"] and npu.int8_modes == ["static", "full-integer"]
     assert npu.static_shapes and npu.cpu.threads == 1
     ops = set(npu.op_allowlist)
@@ -211,23 +219,18 @@ def _onnx_artifact(**kw) -> dict:
     return art
 
 
-def test_mcu_rejects_every_edgeft_artifact_naming_the_format(repo_cwd):
+def test_mcu_takes_full_integer_tflite_only(repo_cwd):
     from edgeft.validate.compat import check
 
     mcu = load_device("mcu")
-    assert mcu.formats == ["tflite-micro"] and mcu.precisions == ["int8"] and mcu.int8_modes == ["full-integer"]
-    assert mcu.max_model_mb == 2 and mcu.memory.total_mb == 1
-    assert "no edgeft artifact runs here today" in mcu.description.lower()
+    assert mcu.formats == ["tflite"] and mcu.precisions == ["int8"] and mcu.int8_modes == ["full-integer"]
+    assert mcu.tflite.runtime == "tflite-micro" and mcu.static_shapes
+    assert mcu.max_model_mb == 2 and mcu.memory.total_mb == 1 and mcu.budgets.ram_mb == 0.5
+    assert "tflite micro interpreter" in mcu.description.lower()
     for fmt in ("onnx", "torchscript", "pytorch"):
-        res = check(_onnx_artifact(format=fmt), mcu)
-        assert not res["compatible"]
-        assert f"format {fmt} is not supported on mcu (formats: tflite-micro)" in res["reasons"]
-    # even a (hypothetical) tiny full-integer artifact in a format edgeft builds is rejected for the format only
-    tiny = check(_onnx_artifact(size_bytes=512 * 1024, est_ram_mb=0.5), mcu)
-    assert tiny["reasons"] == ["format onnx is not supported on mcu (formats: tflite-micro)"]
-    big = check(_onnx_artifact(), mcu)
-    assert any("mcu loads at most 2 MB (max_model_mb)" in r for r in big["reasons"])
-    assert any("exceeds mcu's model budget of 1 MB" in r for r in big["reasons"])
+        res = check(_onnx_artifact(format=fmt, size_bytes=512 * 1024, est_ram_mb=0.5), mcu)
+        assert res["reasons"] == [f"format {fmt} is not supported on mcu (formats: tflite)"]
+        assert res["suggestions"] == ["export with litert-int8-full (full-integer int8 .tflite) for mcu"]
 
 
 def test_phone_npu_rejects_weight_only_int8(repo_cwd):
@@ -284,17 +287,19 @@ def test_template_documents_every_field_and_loads(tmp_path):
                 check_documented(inner, indent + "  ")
 
     check_documented(DeviceProfile)
-    assert "tflite-micro" in text and "Required." in text and "Optional; default: null." in text
+    assert "tflite-micro" in text and "pte" in text and "Required." in text and "Optional; default: null." in text
     # the template is a valid profile named my-board ...
     (tmp_path / "my-board.yaml").write_text(text)
     assert load_device(tmp_path / "my-board.yaml").name == "my-board"
     # ... and stays one with its commented-out optional fields enabled
-    optional = "op_allowlist|max_model_mb|onchip_param_mb|per_inference_ms|remote|ssh|python|port"
+    optional = ("op_allowlist|max_model_mb|onchip_param_mb|per_inference_ms|remote|ssh|python|port|tflite|runtime|"
+                "innermost_dims")
     enabled = [re.sub(rf"^(\s*)# (\s*(?:{optional}):)", r"\1\2", line) for line in lines]
     (tmp_path / "my-board.yaml").write_text("\n".join(enabled) + "\n")
     full = load_device(tmp_path / "my-board.yaml")
     assert full.remote is not None and full.op_allowlist and full.budgets.per_inference_ms == 50
     assert full.max_model_mb and full.onchip_param_mb
+    assert full.tflite.runtime == "edgetpu" and full.tflite.op_allowlist and full.tflite.innermost_dims == 3
 
 
 # --------------------------------------------------------------------------- devices add

@@ -237,14 +237,37 @@ def test_inspect_missing_file_is_actionable(tmp_path):
 
 # --------------------------------------------------------------------------- check
 
+#: The ONNX rules of an Edge-TPU-like accelerator (full-integer int8, static shapes, an op list of the ONNX op
+#: types an int8 QDQ/QLinear graph uses). The shipped edge-tpu profile takes .tflite only (see
+#: test_tflite_compat.py), so these ONNX checks run on a copy of it that loads ONNX.
+ONNX_TPU_OPS = [
+    "QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger",
+    "ConvTranspose", "Add", "QLinearAdd", "Sub", "Mul", "QLinearMul", "Max", "Min", "Relu", "Clip", "PRelu",
+    "Sigmoid", "QLinearSigmoid", "Tanh", "Softmax", "QLinearSoftmax", "AveragePool", "QLinearAveragePool",
+    "GlobalAveragePool", "QLinearGlobalAveragePool", "MaxPool", "ReduceMean", "ReduceSum", "ReduceMax",
+    "ReduceMin", "Reshape", "Transpose", "Concat", "QLinearConcat", "Split", "Slice", "Squeeze", "Unsqueeze",
+    "Pad", "Resize", "SpaceToDepth",
+]
 
-def test_int4_refused_on_edge_tpu_with_suggestion(tmp_path):
-    tpu = load_device("edge-tpu")
+
+def onnx_tpu():
+    return load_device("edge-tpu").model_copy(
+        update={"name": "onnx-tpu", "formats": ["onnx"], "op_allowlist": ONNX_TPU_OPS, "tflite": None})
+
+
+def test_onnx_on_the_shipped_edge_tpu_names_the_tflite_export(tmp_path):
+    res = check(artifact(qlinear(tmp_path, TensorProto.UINT8), "int8-full"), load_device("edge-tpu"))
+    assert res["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
+    assert res["suggestions"] == ["export with litert-int8-full (full-integer int8 .tflite) for edge-tpu"]
+
+
+def test_int4_refused_on_onnx_tpu_with_suggestion(tmp_path):
+    tpu = onnx_tpu()
     res = check(artifact(matmulnbits(tmp_path, 4), "int4"), tpu)
     assert res["compatible"] is False
-    _names_device(res, "edge-tpu")
-    assert "int4 MatMulNBits is not supported on edge-tpu (precisions: int8)" in res["reasons"]
-    assert any("edge-tpu" in s and "int8" in s for s in res["suggestions"])
+    _names_device(res, "onnx-tpu")
+    assert "int4 MatMulNBits is not supported on onnx-tpu (precisions: int8)" in res["reasons"]
+    assert any("onnx-tpu" in s and "int8" in s for s in res["suggestions"])
     # MatMulNBits is also outside the TPU op list, named with its node
     assert any("MatMulNBits x1 (/model/layers.0/mlp/MatMul_Q4)" in r for r in res["reasons"])
 
@@ -254,13 +277,13 @@ def test_int4_runs_on_phone_cpu(tmp_path):
     assert res == {"compatible": True, "reasons": [], "suggestions": [], "warnings": []}
 
 
-def test_dynamic_int8_refused_on_edge_tpu(tmp_path):
-    res = check(artifact(dynamic_int8(tmp_path), "int8"), load_device("edge-tpu"))
+def test_dynamic_int8_refused_on_onnx_tpu(tmp_path):
+    res = check(artifact(dynamic_int8(tmp_path), "int8"), onnx_tpu())
     assert not res["compatible"]
-    _names_device(res, "edge-tpu")
+    _names_device(res, "onnx-tpu")
     assert any(
         r.startswith(
-            "int8 dynamic quantization (DynamicQuantizeLinear/MatMulInteger) is not supported on edge-tpu: "
+            "int8 dynamic quantization (DynamicQuantizeLinear/MatMulInteger) is not supported on onnx-tpu: "
             "it runs only full-integer int8; use a static full-integer scheme"
         )
         for r in res["reasons"]
@@ -271,24 +294,24 @@ def test_dynamic_int8_refused_on_edge_tpu(tmp_path):
 def test_weight_only_int8_needs_float_activations(tmp_path):
     art = artifact(matmulnbits(tmp_path, 8), "int8-weight")
     assert check(art, load_device("phone-cpu"))["compatible"]
-    res = check(art, load_device("edge-tpu"))
-    assert any(r.startswith("int8 weight-only quantization") and "edge-tpu" in r for r in res["reasons"])
+    res = check(art, onnx_tpu())
+    assert any(r.startswith("int8 weight-only quantization") and "onnx-tpu" in r for r in res["reasons"])
 
 
 def test_static_qdq_with_float_edges_is_not_full_integer(tmp_path):
-    res = check(artifact(qlinear(tmp_path, TensorProto.FLOAT), "int8-static"), load_device("edge-tpu"))
+    res = check(artifact(qlinear(tmp_path, TensorProto.FLOAT), "int8-static"), onnx_tpu())
     assert not res["compatible"]
     assert any("int8 static quantization" in r and "full-integer" in r for r in res["reasons"])
 
 
-def test_full_integer_fits_edge_tpu_and_warns_when_weights_stream(tmp_path):
-    tpu = load_device("edge-tpu")
+def test_full_integer_fits_onnx_tpu_and_warns_when_weights_stream(tmp_path):
+    tpu = onnx_tpu()
     art = artifact(qlinear(tmp_path, TensorProto.UINT8), "int8-full")
     assert check(art, tpu) == {"compatible": True, "reasons": [], "suggestions": [], "warnings": []}
     big = check({**art, "size_bytes": 20 * MB}, tpu)
     assert big["compatible"] is True and big["reasons"] == []
     assert len(big["warnings"]) == 1
-    assert "weights stream from RAM: slower" in big["warnings"][0] and "edge-tpu" in big["warnings"][0]
+    assert "weights stream from RAM: slower" in big["warnings"][0] and "onnx-tpu" in big["warnings"][0]
 
 
 def test_op_outside_allowlist_names_op_and_nodes(tmp_path):
@@ -302,21 +325,21 @@ def test_op_outside_allowlist_names_op_and_nodes(tmp_path):
     assert res["suggestions"]
 
 
-def test_edge_tpu_lists_every_outside_op_in_one_line(tmp_path):
-    res = check(artifact(mlp_with_erf(tmp_path)), load_device("edge-tpu"))
+def test_onnx_tpu_lists_every_outside_op_in_one_line(tmp_path):
+    res = check(artifact(mlp_with_erf(tmp_path)), onnx_tpu())
     op_lines = [r for r in res["reasons"] if "op allow-list" in r]
     assert len(op_lines) == 1
     assert "Erf x1 (act0/Erf)" in op_lines[0] and "MatMul x1 (proj/MatMul)" in op_lines[0]
     assert "Add" not in op_lines[0]
     # fp32 weights are refused too, with a way out
-    assert "fp32 weights are not supported on edge-tpu (precisions: int8)" in res["reasons"]
+    assert "fp32 weights are not supported on onnx-tpu (precisions: int8)" in res["reasons"]
 
 
 def test_dynamic_dims_named_when_static_shapes_required(tmp_path):
     art = artifact(embedding_dynamic(tmp_path))
-    res = check(art, load_device("edge-tpu"))
-    _names_device(res, "edge-tpu")
-    assert "edge-tpu requires static input shapes; dynamic inputs: input_ids [batch, sequence]" in res["reasons"]
+    res = check(art, onnx_tpu())
+    _names_device(res, "onnx-tpu")
+    assert "onnx-tpu requires static input shapes; dynamic inputs: input_ids [batch, sequence]" in res["reasons"]
     assert any("make_dynamic_shape_fixed" in s and "batch" in s for s in res["suggestions"])
     # Gather (the embedding lookup) is not a TPU op
     assert any("Gather x1 (/model/embed_tokens/Gather)" in r for r in res["reasons"])
@@ -325,16 +348,16 @@ def test_dynamic_dims_named_when_static_shapes_required(tmp_path):
 
 
 def test_format_size_and_ram(tmp_path):
-    tpu = load_device("edge-tpu")
+    tpu = onnx_tpu()
     res = check({"name": "gguf", "format": "gguf", "precision": "int8", "int8_mode": "full-integer",
                  "size_bytes": 10 * MB, "est_ram_mb": None, "onnx": None}, tpu)
-    assert "format gguf is not supported on edge-tpu (formats: onnx)" in res["reasons"]
-    assert "export to onnx for edge-tpu" in res["suggestions"]
+    assert "format gguf is not supported on onnx-tpu (formats: onnx)" in res["reasons"]
+    assert "export to onnx for onnx-tpu" in res["suggestions"]
 
     phone = load_device("phone-cpu")
     art = artifact(mlp_with_erf(tmp_path), size_bytes=5000 * MB, est_ram_mb=3000.0)
-    res = check(art, load_device("edge-tpu"))
-    assert any(r.startswith("artifact is 5000 MB; edge-tpu loads at most 4096 MB") for r in res["reasons"])
+    res = check(art, onnx_tpu())
+    assert any(r.startswith("artifact is 5000 MB; onnx-tpu loads at most 4096 MB") for r in res["reasons"])
     res = check(art, phone)
     assert res["reasons"] == ["estimated RAM 3000 MB exceeds phone-cpu's model budget of 2048 MB "
                               "(memory.model_budget_mb)"]
@@ -343,7 +366,7 @@ def test_format_size_and_ram(tmp_path):
 
 def test_uninspected_onnx_warns_on_graph_sensitive_device():
     res = check({"name": "x", "format": "onnx", "precision": "int8", "int8_mode": "full-integer",
-                 "size_bytes": MB, "est_ram_mb": None, "onnx": None}, load_device("edge-tpu"))
+                 "size_bytes": MB, "est_ram_mb": None, "onnx": None}, onnx_tpu())
     assert res["compatible"] and any("not inspected" in w for w in res["warnings"])
 
 
