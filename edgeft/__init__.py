@@ -28,7 +28,7 @@ _LAZY = {
     "validate": ("edgeft.validate", "validate"),
     "package": ("edgeft.release", "package"),
     "verify": ("edgeft.release", "verify"),
-    "load_recipe": ("edgeft.config.loader", "load_recipe"),
+    "load_recipe": ("edgeft.recipe", "load_recipe"),
     "load_device": ("edgeft.config.loader", "load_device"),
     "resolve_model": ("edgeft.models", "resolve_model"),
     "generate": ("edgeft.chat", "generate"),

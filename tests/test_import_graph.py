@@ -32,7 +32,7 @@ LAYERS = {
     "errors": 0, "registry": 0, "config": 0, "fileio": 0, "_callable": 0,
     "runtime": 1,
     "exporters": 2, "quantize": 2,
-    "validate": 3,
+    "validate": 3, "recipe": 3,
     "pipeline": 4, "release": 4,
     "cli": 5,
 }

@@ -12,12 +12,15 @@ def recipes_grp():
 
 @recipes_grp.command("list")
 def list_cmd():
-    """Recipe names with their descriptions (and "user" for a recipe of the user's recipes/ folder)."""
-    from edgeft.config.loader import load_recipe
+    """Recipe names with their descriptions (and "user" for a recipe of the user's recipes/ folder).
+
+    Each file is read against the schema only: a recipe whose data files are not on this machine is still
+    listed (``edgeft recipes validate`` runs every check)."""
+    from edgeft.config.loader import parse_recipe
     from edgeft.config.resources import list_resources
 
     for res in list_resources("recipes"):
-        r = load_recipe(res.path)
+        r = parse_recipe(res.path)[0]
         origin = "" if res.origin == "shipped" else f" [{res.describe()}]"
         click.echo(f"{res.name:<24} {r.description.strip().splitlines()[0] if r.description else ''}{origin}")
 
@@ -29,7 +32,8 @@ def show_cmd(recipe, overrides):
     """Print RECIPE (a file or a name in recipes/) with every default filled in, then the file it was read from."""
     import yaml
 
-    from edgeft.config.loader import load_recipe, resolve_recipe_path
+    from edgeft.config.loader import resolve_recipe_path
+    from edgeft.recipe import load_recipe
     from edgeft.config.resources import find_resource
 
     r = load_recipe(recipe, list(overrides))
@@ -45,7 +49,7 @@ def validate_cmd(path):
     """Validate a recipe (a file or a name in recipes/) or every recipe in a folder; exit 2 if any is invalid."""
     import sys
 
-    from edgeft.config.loader import validate_recipes
+    from edgeft.recipe import validate_recipes
 
     results = validate_recipes(path)
     bad = 0
@@ -71,7 +75,7 @@ def schema_cmd(preset, out):
     Editors that read JSON Schema (e.g. the YAML language server) then complete and check recipes."""
     import json
 
-    from edgeft.config.options import preset_json_schema, recipe_json_schema
+    from edgeft.recipe import preset_json_schema, recipe_json_schema
 
     text = json.dumps(preset_json_schema() if preset else recipe_json_schema(), indent=2) + "\n"
     if out:

@@ -8,7 +8,8 @@ from edgeft.cli.options import console, recipe_arg, runs_opt, set_opt
 
 
 def _stage(recipe, overrides, runs_root, stages):
-    from edgeft.config.loader import load_recipe, resolve_recipe_path
+    from edgeft.config.loader import resolve_recipe_path
+    from edgeft.recipe import load_recipe
     from edgeft.pipeline.run import Pipeline
 
     rec = load_recipe(recipe, list(overrides))

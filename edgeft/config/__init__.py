@@ -7,19 +7,17 @@
 
 from edgeft.config.loader import (
     apply_overrides,
-    check_recipe_refs,
     device_names,
     format_validation_error,
     list_devices,
     list_presets,
     load_device,
     load_preset,
-    load_recipe,
+    parse_recipe,
     load_yaml,
     parse_model,
     preset_names,
     resolve_recipe_path,
-    validate_recipes,
 )
 from edgeft.config.resources import (
     RESOURCE_KINDS,
@@ -84,14 +82,13 @@ __all__ = [
     "Resource",
     "ValidateConfig",
     "apply_overrides",
-    "check_recipe_refs",
     "device_names",
     "format_validation_error",
     "list_devices",
     "list_presets",
     "load_device",
     "load_preset",
-    "load_recipe",
+    "parse_recipe",
     "load_yaml",
     "parse_model",
     "find_resource",
@@ -102,5 +99,4 @@ __all__ = [
     "resource_names",
     "shipped_dir",
     "user_dir",
-    "validate_recipes",
 ]

@@ -31,31 +31,33 @@ from edgeft.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "YAML_SUFFIXES",
     "apply_overrides",
     "check_options",
-    "check_recipe_refs",
     "device_names",
+    "display_path",
     "format_validation_error",
     "list_devices",
     "list_presets",
     "load_device",
     "load_preset",
-    "load_recipe",
+    "parse_recipe",
     "load_yaml",
+    "override_origin",
     "parse_model",
     "preset_names",
-    "preset_options_model",
+    "preset_source",
     "resolve_recipe_path",
-    "validate_recipes",
+    "unknown_choice",
 ]
 
-_YAML_SUFFIXES = (".yaml", ".yml")
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 # --------------------------------------------------------------------------- messages
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     """A path as people should read it in messages: relative to the cwd when below it."""
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -323,7 +325,7 @@ def _describe(err: dict, root: type[BaseModel], prefix: str = "", noun: str = "k
     return 4, path, msg[len("Value error, "):] if msg.startswith("Value error, ") else msg, _got(value)
 
 
-def _override_origin(path: str, origins: dict[str, str]) -> str:
+def override_origin(path: str, origins: dict[str, str]) -> str:
     for key, text in origins.items():
         if path == key or path.startswith(key + ".") or key.startswith(path + "."):
             return f" [from --set {text}]"
@@ -361,7 +363,7 @@ def format_validation_error(
     described.sort(key=lambda item: item[0])  # stable: file order within one rank
     origins = origins or {}
     return "\n".join(
-        f"{source}: {path}: {msg}{got}{_override_origin(path, origins)}" for _, path, msg, got in described
+        f"{source}: {path}: {msg}{got}{override_origin(path, origins)}" for _, path, msg, got in described
     )
 
 
@@ -481,141 +483,33 @@ def resolve_recipe_path(path: Union[str, os.PathLike]) -> Path:
             raise ConfigError(f"{text}: file not found") from None
         found = find_resource("recipes", text)
         if found is None:
-            raise ConfigError(_unknown("recipe", text, valid) if valid else f"{text}: file not found")
+            raise ConfigError(unknown_choice("recipe", text, valid) if valid else f"{text}: file not found")
         return found.path
     return Path(text)
 
 
-def load_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> Recipe:
-    """Load and validate a recipe; ``overrides`` (``KEY.PATH=VALUE``) apply before validation.
+def parse_recipe(path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> tuple[Recipe, Path, str, dict]:
+    """Read a recipe and validate it against the schema; ``overrides`` (``KEY.PATH=VALUE``) apply first.
 
-    ``path`` is a YAML file, or the bare name of one in ``recipes/`` (``"quickstart"``).
+    Returns ``(recipe, file, source, origins)``. The checks that need the scheme and exporter
+    registries (names, typed options, presets, devices, data files) are in :func:`edgeft.recipe.load_recipe`,
+    which every command uses: this layer sits below the quantize schemes and exporters it would ask.
     """
     file = resolve_recipe_path(path)
-    source = str(path) if Path(os.fspath(path)).exists() else _display(file)
+    source = str(path) if Path(os.fspath(path)).exists() else display_path(file)
     data = _load_yaml_as(file, source)
     apply_overrides(data, overrides, source)
     origins = {}
     for text in overrides:
         key = text.split("=", 1)[0].strip()
         origins[key] = text
-    recipe = parse_model(Recipe, data, source, origins=origins)
-    problems = check_recipe_refs(recipe, source, file, origins)
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return recipe
-
-
-def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> list[str]:
-    """Unknown scheme names and bad options of ``quantize``, each naming its key path."""
-    from edgeft.quantize import SCHEMES
-
-    problems: list[str] = []
-    for i, spec in enumerate(recipe.quantize):
-        if spec.scheme not in SCHEMES:
-            where = f"quantize.{i}.scheme"
-            unknown = _unknown("quantize scheme", spec.scheme, SCHEMES.names())
-            problems.append(f"{source}: {where}: {unknown}{_override_origin(where, origins)}")
-            continue
-        model = SCHEMES.get(spec.scheme).options_model
-        try:
-            check_options(model, spec.options, source, f"quantize.{i}.options", f"scheme {spec.scheme}", origins)
-        except ConfigError as e:
-            problems.extend(str(e).splitlines())
-    return problems
-
-
-def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] = None,
-                      origins: Optional[dict[str, str]] = None) -> list[str]:
-    """Checks a schema cannot do alone: named schemes, devices and presets exist, every quantize
-    scheme's options fit its typed options model, data files exist. :func:`load_recipe` runs them.
-
-    Returns one message per problem (empty when all is well).
-    """
-    problems: list[str] = _quantize_problems(recipe, source, origins or {})
-    try:
-        devices = device_names()
-    except ConfigError as e:
-        devices = []
-        problems.append(f"{source}: validate.devices: {e}")
-    if devices:
-        for field, names in (("devices", recipe.validate_.devices), ("require", recipe.validate_.require or [])):
-            for i, name in enumerate(names):
-                if name not in devices:
-                    problems.append(f"{source}: validate.{field}.{i}: {_unknown('device', name, devices)}")
-    if recipe.validate_.require:
-        for i, name in enumerate(recipe.validate_.require):
-            if name not in recipe.validate_.devices:
-                problems.append(
-                    f"{source}: validate.require.{i}: {name!r} is not in validate.devices "
-                    f"({', '.join(recipe.validate_.devices)}); add it there too"
-                )
-    try:
-        presets = preset_names()
-    except ConfigError as e:
-        presets = []
-        problems.append(f"{source}: export.preset: {e}")
-    if presets:
-        named = [("export.preset", recipe.export.preset)]
-        named += [(f"export.extra.{i}", name) for i, name in enumerate(recipe.export.extra)]
-        for where, name in named:
-            if name not in presets:
-                problems.append(f"{source}: {where}: {_unknown('export preset', name, presets)}")
-                continue
-            try:
-                load_preset(name)  # checks the preset file, its options included
-            except ConfigError as e:
-                problems.append(f"{source}: {where}: preset {name!r} is invalid: {e}")
-    seen: dict[str, int] = {}
-    for i, spec in enumerate(recipe.quantize):
-        if spec.name in seen:
-            problems.append(
-                f"{source}: quantize.{i}.name: duplicate artifact name {spec.name!r} "
-                f"(also quantize.{seen[spec.name]}.name); each artifact needs its own folder name"
-            )
-        seen.setdefault(spec.name, i)
-    if recipe.data.files is not None and recipe_path is not None:
-        base = recipe_path.resolve().parent
-        for field in ("train", "eval"):
-            rel = getattr(recipe.data.files, field)
-            if rel is not None and not (base / rel).is_file():
-                problems.append(
-                    f"{source}: data.files.{field}: file not found: {_display(base / rel)} "
-                    f"(paths are relative to the recipe file)"
-                )
-    return problems
-
-
-def validate_recipes(path: Union[str, os.PathLike]) -> list[tuple[Path, Optional[str]]]:
-    """Validate one recipe file (a path or a recipe name), or every ``*.yaml`` in a folder.
-
-    Returns ``[(file, None | error message)]`` instead of raising, so every file gets checked.
-    Raises ConfigError only when ``path`` itself does not exist or holds no recipes.
-    """
-    p = Path(path) if Path(os.fspath(path)).exists() else resolve_recipe_path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in _YAML_SUFFIXES and f.is_file())
-        if not files:
-            raise ConfigError(f"{path}: no *.yaml recipes in this folder")
-    elif p.exists():
-        files = [p]
-    else:
-        raise ConfigError(f"{path}: file not found")
-    results: list[tuple[Path, Optional[str]]] = []
-    for f in files:
-        try:
-            load_recipe(f)  # schema, schemes and their options, presets, devices, data files
-        except ConfigError as e:
-            results.append((f, str(e)))
-            continue
-        results.append((f, None))
-    return results
+    return parse_model(Recipe, data, source, origins=origins), file, source, origins
 
 
 # --------------------------------------------------------------------------- devices and presets
 
 
-def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
+def unknown_choice(what: str, name: str, valid: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     did = f" (did you mean {match[0]!r}?)" if match else ""
     return f"unknown {what} {name!r}{did}; valid choices: {', '.join(sorted(valid))}"
@@ -632,7 +526,7 @@ def preset_names() -> list[str]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name or os.sep in name or name.endswith(_YAML_SUFFIXES)
+    return "/" in name or os.sep in name or name.endswith(YAML_SUFFIXES)
 
 
 def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: Union[str, os.PathLike],
@@ -644,9 +538,9 @@ def _load_named(kind: str, what: str, model_cls: type[BaseModel], name_or_path: 
     else:
         found = find_resource(kind, text)
         if found is None:
-            raise ConfigError(_unknown(what, text, resource_names(kind)))
+            raise ConfigError(unknown_choice(what, text, resource_names(kind)))
         file = found.path
-        source = _display(file)
+        source = display_path(file)
     obj = parse_model(model_cls, _load_yaml_as(file, source), source)
     if obj.name != file.stem:
         raise ConfigError(
@@ -679,27 +573,17 @@ def list_devices() -> list[DeviceProfile]:
 
 
 def load_preset(name_or_path: Union[str, os.PathLike]) -> ExportPreset:
-    """An export preset by name (``export/<name>.yaml``) or by path to a YAML file.
+    """An export preset by name (``export/<name>.yaml``) or by path to a YAML file, checked against the schema.
 
-    Its ``options`` are checked against the options model its format's exporter registered
-    (``EXPORTERS.register(format, options=...)``); a format that registered none passes them through
-    unchecked (logged at debug level).
+    Its ``options`` are checked against its exporter's typed options by :func:`edgeft.recipe.load_preset`
+    and by the exporter itself when it runs (:func:`edgeft.exporters.export`).
     """
-    preset, source = _load_named("export", "export preset", ExportPreset, name_or_path, with_source=True)
-    model = preset_options_model(preset.format)
-    if model is None:
-        log.debug("%s: exporter format %r registers no options model; options passed through unchecked",
-                  source, preset.format)
-    else:
-        check_options(model, preset.options, source, "options", f"{preset.format} export")
-    return preset
+    return _load_named("export", "export preset", ExportPreset, name_or_path)
 
 
-def preset_options_model(fmt: str) -> Optional[type[BaseModel]]:
-    """The options model the exporter of format ``fmt`` registered (None: none, or no such exporter)."""
-    from edgeft.exporters import EXPORTERS
-
-    return EXPORTERS.options_of(fmt)
+def preset_source(name_or_path: Union[str, os.PathLike]) -> str:
+    """How messages name a preset's file (``export/onnx-kv.yaml``)."""
+    return _load_named("export", "export preset", ExportPreset, name_or_path, with_source=True)[1]
 
 
 def list_presets() -> list[ExportPreset]:

@@ -9,7 +9,7 @@ option's type, default and description are written:
   with it when the file loads (unknown keys with did-you-mean, wrong types, bad values), so a typo
   fails before anything runs;
 - the scheme / exporter reads its settings from the validated instance (``opts.block_size``);
-- ``edgeft recipes schema`` publishes the models as JSON Schema.
+- ``edgeft recipes schema`` publishes the models as JSON Schema (:mod:`edgeft.recipe`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from edgeft.config.loader import check_options
 
-__all__ = ["Options", "check_options", "option_table", "options_from_table", "preset_json_schema",
-           "recipe_json_schema"]
+__all__ = ["Options", "check_options", "option_table", "options_from_table"]
 
 
 class Options(BaseModel):
@@ -54,47 +53,3 @@ def options_from_table(name: str, table: dict[str, tuple[Any, str]]) -> type[Opt
     """
     fields = {k: (Any, Field(default, description=desc)) for k, (default, desc) in table.items()}
     return create_model(name, __base__=Options, **fields)
-
-
-# --------------------------------------------------------------------------- JSON Schema
-
-
-def _by_key(owner: dict, key: str, models: dict[str, type[BaseModel]], defs: dict, tag: str) -> None:
-    """Add one ``if key == name then options: <model's schema>`` branch per model to ``owner`` (a schema)."""
-    owner.setdefault("properties", {})[key]["enum"] = sorted(models)
-    branches = []
-    for name, model in sorted(models.items()):
-        ref = f"{tag}.{name}"
-        defs[ref] = model.model_json_schema()
-        branches.append({"if": {"properties": {key: {"const": name}}, "required": [key]},
-                         "then": {"properties": {"options": {"$ref": f"#/$defs/{ref}"}}}})
-    owner["allOf"] = branches
-
-
-def recipe_json_schema() -> dict:
-    """JSON Schema of a recipe, with each quantize scheme's options schema chosen by ``scheme``."""
-    from edgeft.config.schema import Recipe
-    from edgeft.quantize import SCHEMES
-
-    schema = Recipe.model_json_schema(by_alias=True)
-    defs = schema["$defs"]
-    models = {name: SCHEMES.get(name).options_model for name in SCHEMES.names()}
-    _by_key(defs["QuantizeSpec"], "scheme", models, defs, "scheme-options")
-    return schema
-
-
-def preset_json_schema() -> dict:
-    """JSON Schema of an export preset, with each format's options schema chosen by ``format``.
-
-    Formats whose exporter registered no options model keep a free-form ``options`` mapping.
-    """
-    from edgeft.config.schema import ExportPreset
-    from edgeft.exporters import EXPORTERS
-
-    schema = ExportPreset.model_json_schema()
-    defs = schema.setdefault("$defs", {})
-    formats = schema["properties"]["format"].get("enum", EXPORTERS.names())
-    models = {f: EXPORTERS.options_of(f) for f in formats if EXPORTERS.options_of(f) is not None}
-    _by_key(schema, "format", models, defs, "export-options")
-    schema["properties"]["format"]["enum"] = list(formats)
-    return schema

@@ -1,5 +1,7 @@
 """Exporters: turn a merged PyTorch model into a deployable artifact, parity-checked against PyTorch."""
 
+import logging
+
 from edgeft.exporters import onnx as _onnx
 from edgeft.exporters.parity import OutputCheck, check_outputs
 from edgeft.exporters.registry import EXPORTERS
@@ -11,9 +13,7 @@ from edgeft.exporters import gguf as _gguf  # noqa: F401  (registers "gguf")
 def export(model_dir, out_dir, preset: str = "onnx-kv", **kwargs) -> dict:
     """Export with a named preset from ``export/``: TorchScript presets (decoders, encoders and classifiers)
     go to :mod:`edgeft.exporters.torchscript`, the rest to :func:`edgeft.exporters.onnx.export`."""
-    from edgeft.config.loader import load_preset
-
-    p = load_preset(preset)
+    p = load_checked_preset(preset)
     if p.format == "torchscript":
         return _torchscript.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format in ("genai", "gguf"):  # options come from the preset; quality_ids: held-out windows
@@ -23,4 +23,19 @@ def export(model_dir, out_dir, preset: str = "onnx-kv", **kwargs) -> dict:
     return _onnx.export(model_dir, out_dir, preset=preset, **kwargs)
 
 
-__all__ = ["EXPORTERS", "export", "OutputCheck", "check_outputs"]
+def load_checked_preset(name_or_path):
+    """A preset (:func:`edgeft.config.loader.load_preset`) with its options checked against its exporter's
+    typed options model, the message naming the preset file and key."""
+    from edgeft.config.loader import check_options, load_preset, preset_source
+
+    p = load_preset(name_or_path)
+    model = EXPORTERS.options_of(p.format)
+    if model is None:
+        logging.getLogger(__name__).debug("%s: exporter format %r registers no options model; options passed "
+                                          "through unchecked", preset_source(name_or_path), p.format)
+    else:
+        check_options(model, p.options, preset_source(name_or_path), "options", f"{p.format} export")
+    return p
+
+
+__all__ = ["EXPORTERS", "export", "load_checked_preset", "OutputCheck", "check_outputs"]

@@ -51,7 +51,7 @@ def _extra_artifact(name: str, preset, folder: Path):
     from edgeft.validate import Artifact
 
     if preset.format in ("gguf", "genai"):
-        from edgeft.config.loader import preset_options_model
+        from edgeft.recipe import preset_options_model
 
         opts = preset_options_model(preset.format).of(preset.options)
     if preset.format == "gguf":
@@ -446,7 +446,8 @@ class Pipeline:
 def run(recipe_path: Path | str, overrides: Sequence[str] = (), from_stage: str | None = None, dry_run: bool = False,
         runs_root: Path | str = "runs", console=None, on_stage=None) -> RunResult:
     """Run a recipe file end to end (the ``edgeft run`` command)."""
-    from edgeft.config.loader import load_recipe, resolve_recipe_path
+    from edgeft.config.loader import resolve_recipe_path
+    from edgeft.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, list(overrides))  # schema, schemes and options, presets, devices, files
     file = resolve_recipe_path(recipe_path)

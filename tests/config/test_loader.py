@@ -10,14 +10,13 @@ import pytest
 from edgeft.config import (
     Recipe,
     apply_overrides,
-    load_recipe,
     load_yaml,
     resource_layers,
     shipped_dir,
     user_dir,
-    validate_recipes,
 )
 from edgeft.errors import ConfigError
+from edgeft.recipe import load_recipe, validate_recipes
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = "name: t\nmodel: smollm2-135m\n"

@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import cli
-from edgeft.config import find_resource, list_resources, load_device, load_recipe, resource_names
+from edgeft.config import find_resource, list_resources, load_device, resource_names
+from edgeft.recipe import load_recipe
 from edgeft.config import resources
 from edgeft.errors import ConfigError
 

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from edgeft.cli import cli
-from edgeft.config.loader import list_presets, load_preset, load_recipe, preset_names
+from edgeft.config.loader import list_presets, preset_names
+from edgeft.recipe import load_preset, load_recipe
 from edgeft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +166,7 @@ def test_exporter_without_options_model_passes_options_through(monkeypatch, capl
     from edgeft.exporters import EXPORTERS
 
     monkeypatch.delitem(EXPORTERS._options, "gguf")
-    with caplog.at_level(logging.DEBUG, logger="edgeft.config.loader"):
+    with caplog.at_level(logging.DEBUG, logger="edgeft.exporters"):
         p = load_preset("gguf-q4_0")
     assert p.options["qtype"] == "Q4_0"
     assert "registers no options model; options passed through unchecked" in caplog.text

@@ -267,7 +267,7 @@ def test_multitask_without_tasks_fails_naming_the_key(tiny_lm_dir, tmp_path):
 
 
 def _pipeline(tmp_path, tiny_lm_dir, **changes):
-    from edgeft.config.loader import load_recipe
+    from edgeft.recipe import load_recipe
     from edgeft.pipeline.run import Pipeline
 
     d = tiny_recipe_dict(tiny_lm_dir)

@@ -195,7 +195,7 @@ def test_pipeline_torchscript_export_and_pytorch_schemes(tiny_lm_dir, tmp_path):
     import json
 
     from conftest import tiny_recipe_dict, write_recipe
-    from edgeft.config.loader import load_recipe
+    from edgeft.recipe import load_recipe
     from edgeft.pipeline.run import Pipeline
 
     d = tiny_recipe_dict(tiny_lm_dir, "ts-tiny")
