@@ -51,10 +51,13 @@ def cli(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.INFO if verbose <= 1 else logging.DEBUG)
     if not quiet and verbose == 0:
         level = logging.INFO
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Log lines go to stderr: stdout carries what a command outputs (JSON of `data select`, a table), which
+    # a library's warning at import time (torchao's on a CPU-only torch) must not corrupt.
     logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(show_path=False, rich_tracebacks=False)])
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)])
     logging.getLogger("edgeft").setLevel(level)
     if verbose < 2:  # library chatter (progress bars per dataset map, deprecation notes) hides edgeft's own lines
         import os
