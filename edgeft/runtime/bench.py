@@ -69,17 +69,26 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
     out = summarize(ttfts, steps)
     out.update({"threads": threads, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "warmup": warmup,
                 "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()})
+    if getattr(lm, "threads_source", "set") != "set":  # the runtime could not be given a thread count
+        out.update({"threads": lm.threads, "threads_source": lm.threads_source})
     return out
 
 
-def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
-    """Per-inference latency of an ONNX encoder: ``warmup`` untimed passes, then ``repeats`` timed ones."""
+def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int,
+                       fmt: str = "onnx") -> dict:
+    """Per-inference latency of an ONNX (or ExecuTorch ``pte``) encoder: ``warmup`` untimed passes, then
+    ``repeats`` timed ones."""
     import time
 
-    from edgeft.runtime.encoder import OrtEncoder
-
     t0 = time.perf_counter()
-    enc = OrtEncoder(Path(path), threads)
+    if fmt == "pte":
+        from edgeft.runtime.executorch import ExecuTorchClassifier
+
+        enc = ExecuTorchClassifier(Path(path), threads)
+    else:
+        from edgeft.runtime.encoder import OrtEncoder
+
+        enc = OrtEncoder(Path(path), threads)
     load_s = time.perf_counter() - t0
     for _ in range(warmup):
         enc.timed_inference(batch, seq)
@@ -87,7 +96,9 @@ def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: in
     return {"kind": "encoder", "per_inference_ms_p50": 1e3 * _pct(samples, 50),
             "per_inference_ms_p95": 1e3 * _pct(samples, 95), "samples_ms": [round(1e3 * s, 3) for s in samples],
             "batch": batch, "seq_len": seq, "threads": threads, "warmup": warmup, "runs": len(samples),
-            "load_seconds": load_s, "peak_rss_mb": peak_rss_mb()}
+            "load_seconds": load_s, "peak_rss_mb": peak_rss_mb(),
+            **({"threads": enc.threads, "threads_source": enc.threads_source}
+               if getattr(enc, "threads_source", "set") != "set" else {})}
 
 
 def _run_child(path: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:
@@ -113,13 +124,13 @@ def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_token
 
 
 def measure_encoder(path: Path, threads: int, batch: int, seq: int, warmup: int = 1, repeats: int = 10,
-                    timeout: float = 900) -> dict:
+                    timeout: float = 900, fmt: str = "onnx") -> dict:
     """``run_encoder_inline`` in a fresh process, so ``peak_rss_mb`` belongs to this encoder alone."""
     if batch < 1 or seq < 1 or threads < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need batch, seq, threads, repeats >= 1 and warmup >= 0 "
                          f"(got {batch}, {seq}, {threads}, {repeats}, {warmup})")
     args = ["--kind", "encoder", "--path", str(path), "--threads", str(threads), "--batch", str(batch),
-            "--seq", str(seq), "--warmup", str(warmup), "--repeats", str(repeats)]
+            "--seq", str(seq), "--warmup", str(warmup), "--repeats", str(repeats), "--format", fmt]
     return _run_child(path, args, timeout)
 
 
@@ -130,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                             "latency of an ONNX encoder (internal helper).")
     p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
     p.add_argument("--path", required=True)
-    p.add_argument("--format", help="lm only: pytorch, onnx or torchscript")
+    p.add_argument("--format", help="lm: pytorch, onnx, torchscript, genai, gguf or pte; encoder: onnx or pte")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--prompt", help="lm only: JSON list of token ids")
     p.add_argument("--new-tokens", type=int, default=32)
@@ -142,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.kind == "encoder":
         if a.batch < 1 or a.seq < 1 or a.repeats < 1:
             p.error("--kind encoder needs --batch, --seq and --repeats >= 1")
-        res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats)
+        res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats, a.format or "onnx")
     else:
         if a.format is None or a.prompt is None:
             p.error("--kind lm needs --format and --prompt")

@@ -454,4 +454,9 @@ def load_lm(path: Path, fmt: str, threads: int = 1) -> CausalLM:
         from edgeft.runtime.llamacpp import LlamaCppLM
 
         return LlamaCppLM(path, threads)
-    raise ModelSourceError(f"{path}: no runtime for format {fmt!r} (supported: onnx, pytorch, torchscript, genai, gguf)")
+    if fmt == "pte":
+        from edgeft.runtime.executorch import ExecuTorchLM
+
+        return ExecuTorchLM(path, threads)
+    raise ModelSourceError(f"{path}: no runtime for format {fmt!r} "
+                           "(supported: onnx, pytorch, torchscript, genai, gguf, pte)")
