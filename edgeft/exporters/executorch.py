@@ -22,8 +22,12 @@ Quantization (``quantization`` option), torchao 0.18 configs applied with ``quan
   weight_granularity=PerGroup(group_size))`` on every ``nn.Linear`` (LM head included): int8
   per-token dynamic activations, symmetric int4 weights in groups; XNNPACK runs them as its
   QD8-QB4W GEMMs.
-- ``int8w``: ``IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))`` on every
-  ``nn.Linear`` (int8 per output channel, fp32 activations).
+- ``8da8w`` (preset ``executorch-int8w``): ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+  weight_granularity=PerAxis(0))`` on every ``nn.Linear``: int8 weights per output channel with int8
+  dynamic activations (XNNPACK's QD8-QC8W GEMMs). Weight-only int8 linears
+  (``IntxWeightOnlyConfig``) are refused: XNNPACK's lowering of them gives wrong logits here (see
+  ``WEIGHT_ONLY_INT8``); weight-only int8 stays in use for the token embedding, which XNNPACK does
+  not take.
 - token embedding (``embedding`` option, quantized presets): ``IntxWeightOnlyConfig(int8,
   PerAxis(0))`` on ``nn.Embedding`` (one scale per row), fused at ``to_executorch`` into
   ``quantized_decomposed::embedding_byte`` (``do_quant_fusion_and_const_prop``); ``fp32`` keeps it.
@@ -61,10 +65,10 @@ from edgeft.exporters.parity import check_outputs
 
 log = logging.getLogger(__name__)
 
-QUANTIZATIONS = ("none", "8da4w", "int8w")
+QUANTIZATIONS = ("none", "8da4w", "8da8w")
 OPTIONS = {
-    "quantization": ("none", "none (fp32), 8da4w (int8 dynamic activations, int4 grouped weights) or int8w "
-                             "(int8 weight-only, per output channel)"),
+    "quantization": ("none", "none (fp32), 8da4w (int8 dynamic activations, int4 grouped weights) or 8da8w "
+                             "(int8 dynamic activations, int8 weights per output channel)"),
     "group_size": (32, "8da4w: input channels per int4 weight scale"),
     "embedding": ("int8", "quantized presets: token embedding int8 weight-only (per row) or fp32"),
     "max_cache_len": (512, "causal LM: tokens the static KV cache holds (prompt + generated)"),
@@ -74,6 +78,11 @@ OPTIONS = {
     "max_ppl_increase_pct": (25.0, "causal LM: fail when held-out perplexity rises more than this vs fp32"),
 }
 EXTRA = "pip install 'edgeft[executorch]'"
+WEIGHT_ONLY_INT8 = (
+    "executorch option quantization=int8w (int8 weight-only linears) is refused: with executorch 1.5.1 and torchao "
+    "0.18 XNNPACK lowers IntxWeightOnlyConfig linears to a program whose logits are wrong (max |diff| ~1.8e3 vs "
+    "PyTorch on the tiny test LLaMA, same file size as fp32); use quantization 8da8w (int8 weights with int8 "
+    "dynamic activations, preset executorch-int8w) or 8da4w")
 
 
 def _exir():
@@ -110,8 +119,8 @@ def quantize_model(model, quantization: str, group_size: int, embedding: str) ->
                                                                weight_granularity=PerGroup(group_size)))
         done["linear"] = f"Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, PerGroup({group_size}))"
     else:
-        quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)))
-        done["linear"] = "IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))"
+        quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
+        done["linear"] = "Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, PerAxis(0))"
     return done
 
 
@@ -341,6 +350,8 @@ def export_executorch(model_dir: Path, out_dir: Path, opset: int = 18, with_past
         raise ConfigError(f"executorch export: unknown option(s) {', '.join(unknown)}; valid options: "
                           + ", ".join(f"{k} (default {v[0]!r}: {v[1]})" for k, v in OPTIONS.items()))
     opts = {k: options.get(k, default) for k, (default, _) in OPTIONS.items()}
+    if opts["quantization"] == "int8w":
+        raise UnsupportedError(WEIGHT_ONLY_INT8)
     if opts["quantization"] not in QUANTIZATIONS:
         raise ConfigError(f"executorch option quantization={opts['quantization']!r}: must be one of "
                           f"{', '.join(QUANTIZATIONS)}")

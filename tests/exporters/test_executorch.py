@@ -47,8 +47,8 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
 
     out, rep = lm_exports(preset)
     opts = load_preset(preset).options
-    assert sorted(p.name for p in out.iterdir()) >= ["config.json", "executorch.json", "export_report.json",
-                                                       "model.pte", "tokenizer.json"]
+    assert {p.name for p in out.iterdir()} >= {"config.json", "executorch.json", "export_report.json", "model.pte",
+                                                "tokenizer.json", "tokenizer_config.json"}
     assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
     assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(rep))
     assert rep["format"] == "pte" and rep["kind"] == "causal-lm" and rep["max_cache_len"] == opts["max_cache_len"]
@@ -65,6 +65,9 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
         assert rep["max_abs_diff"] > 1e-5  # really quantized
     if preset == "executorch-8da4w":
         assert rep["group_size"] == 32 and "PerGroup(32)" in rep["executorch"]["quantized"]["linear"]
+    if preset == "executorch-int8w":
+        assert "int8, PerAxis(0)" in rep["executorch"]["quantized"]["linear"]
+        assert "int8" in rep["executorch"]["quantized"]["embedding"]
 
 
 def test_quantized_programs_are_smaller(lm_exports):
@@ -123,6 +126,14 @@ def test_unknown_option_and_quantization_are_config_errors(tiny_lm_dir, tmp_path
         export_executorch(tiny_lm_dir, tmp_path / "o", qtype="Q4_0")
     with pytest.raises(ConfigError, match="quantization='int3'.*8da4w"):
         export_executorch(tiny_lm_dir, tmp_path / "o", quantization="int3")
+
+
+def test_weight_only_int8_linears_are_refused_with_the_reason(tiny_lm_dir, tmp_path):
+    from edgeft.errors import UnsupportedError
+    from edgeft.exporters.executorch import export_executorch
+
+    with pytest.raises(UnsupportedError, match="wrong.*8da8w"):
+        export_executorch(tiny_lm_dir, tmp_path / "o", quantization="int8w")
 
 
 def test_missing_runtime_names_the_extra(monkeypatch, tmp_path):
