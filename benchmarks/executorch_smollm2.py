@@ -29,7 +29,7 @@ import json, sys
 from edgeft.exporters import export
 from edgeft.runtime.bench import peak_rss_mb
 a = json.loads(sys.argv[1])
-r = export(a["model"], a["out"], preset=a["preset"], quality_ids=a["windows"] or None)
+r = export(a["model"], a["out"], preset=a["preset"], sample_ids=a["sample_ids"], quality_ids=a["windows"] or None)
 r["export_peak_rss_mb"] = peak_rss_mb()
 print(json.dumps(r))
 """
@@ -69,7 +69,9 @@ def main() -> None:
         model = str(resolve_model("smollm2-135m").path)
     result: dict = {"model": model, "preset": a.preset, "threads": a.threads}
     if not a.skip_export:
-        args = json.dumps({"model": model, "out": a.out, "preset": a.preset, "windows": heldout_windows(model)})
+        prompt = AutoTokenizer.from_pretrained(model)(PROMPT).input_ids
+        args = json.dumps({"model": model, "out": a.out, "preset": a.preset, "windows": heldout_windows(model),
+                           "sample_ids": prompt})
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True)
         if proc.returncode != 0:

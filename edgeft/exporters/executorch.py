@@ -176,9 +176,12 @@ def export_decoder_program(model, max_cache_len: int):
                              dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
 
 
-def decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, tolerance: float, quantized: bool,
-                   min_top1: float) -> dict:
-    """Prefill ``ids[:-steps]`` then ``steps`` cached one-token calls (teacher-forced) vs eager fp32 PyTorch."""
+def decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, tolerance: float, quantized: bool) -> dict:
+    """Prefill ``ids[:-steps]`` then ``steps`` cached one-token calls (teacher-forced) vs eager fp32 PyTorch.
+
+    fp32 programs are gated on max |logit diff|; for quantized ones the diff and top-1 agreement are
+    reported here and the agreement gate is :func:`quality_vs_reference` on the held-out windows (a
+    handful of sample tokens is too few to gate an agreement on)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -202,10 +205,6 @@ def decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, toleranc
         checks = check_outputs(stage, {k: r for k, (r, _) in per.items()}, {k: c for k, (_, c) in per.items()},
                                tolerance)
         out.update({"tolerance": tolerance, "checks": [c.to_dict() for c in checks]})
-    elif agree < min_top1:
-        raise ParityError(f"{stage}: top-1 agreement {agree:.3f} with the fp32 model on {len(ids)} sample tokens "
-                          f"(prefill + {steps} cached steps) < min_top1_agreement {min_top1}; max |diff| "
-                          f"{out['max_abs_diff']:.3g}")
     log.info("%s parity: max |logit diff| %.3g, top-1 agreement %.3f over %d tokens", stage, out["max_abs_diff"],
              agree, len(ids))
     return out
@@ -238,15 +237,14 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
     if len(ids) < 2:
         raise UnsupportedError(f"executorch export parity needs at least 2 sample tokens, got {len(ids)}")
     quantized = opts["quantization"] != "none"
-    parity = decoder_parity(model_dir, lm, ids, int(opts["decode_steps"]), tolerance, quantized,
-                            float(opts["min_top1_agreement"]))
+    parity = decoder_parity(model_dir, lm, ids, int(opts["decode_steps"]), tolerance, quantized)
     wins = [w[:L] for w in _windows(ids if sample_ids is not None else None, quality_ids)]
     quality = quality_vs_reference(model_dir, lm, wins, f"executorch export ({opts['quantization']})",
                                    float(opts["min_top1_agreement"]) if quantized else 0.0,
                                    float(opts["max_ppl_increase_pct"]),
                                    max_abs_logit_diff=None if quantized else tolerance)
     return {"kind": "causal-lm", "max_cache_len": L, "export_seconds": total,
-            "parity": parity, "max_abs_diff": parity["max_abs_diff"], "top1_agreement": parity["top1_agreement"],
+            "parity": parity, "max_abs_diff": parity["max_abs_diff"], "top1_agreement": quality["top1_agreement"],
             "quality": quality, "threads": lm.threads, "threads_source": lm.threads_source}
 
 
