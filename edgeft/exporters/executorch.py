@@ -71,6 +71,7 @@ OPTIONS = {
                              "(int8 dynamic activations, int8 weights per output channel)"),
     "group_size": (32, "8da4w: input channels per int4 weight scale"),
     "embedding": ("int8", "quantized presets: token embedding int8 weight-only (per row) or fp32"),
+    "lm_head": ("same", "8da4w: LM head like the body (same), int8 weights with int8 dynamic activations, or fp32"),
     "max_cache_len": (512, "causal LM: tokens the static KV cache holds (prompt + generated)"),
     "seq_len": (128, "classifier: static input length when export.static_shapes is not set"),
     "decode_steps": (4, "causal LM parity: cached one-token steps after the prefill"),
@@ -94,7 +95,7 @@ def _exir():
     return to_edge_transform_and_lower, XnnpackPartitioner, ExecutorchBackendConfig
 
 
-def quantize_model(model, quantization: str, group_size: int, embedding: str) -> dict:
+def quantize_model(model, quantization: str, group_size: int, embedding: str, lm_head: str = "same") -> dict:
     """Apply the torchao config(s) for ``quantization`` to ``model`` in place; return what was done."""
     import torch
 
@@ -115,8 +116,17 @@ def quantize_model(model, quantization: str, group_size: int, embedding: str) ->
         if bad:
             raise UnsupportedError(f"8da4w: group_size {group_size} does not divide the input width of {bad[0]} "
                                    f"({len(bad)} Linear layers); pick a group_size that divides every width")
+        head = getattr(model, "lm_head", None) if lm_head != "same" else None
+        if head is not None and lm_head == "int8":
+            quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+                                                                   weight_granularity=PerAxis(0)),
+                      filter_fn=lambda m, _fqn: m is head)
+            done["lm_head"] = "Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, PerAxis(0))"
+        elif head is not None:
+            done["lm_head"] = "fp32"
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                               weight_granularity=PerGroup(group_size)))
+                                                               weight_granularity=PerGroup(group_size)),
+                  filter_fn=lambda m, _fqn: isinstance(m, torch.nn.Linear) and m is not head)
         done["linear"] = f"Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, PerGroup({group_size}))"
     else:
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
@@ -222,7 +232,7 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
         raise ConfigError(f"executorch option max_cache_len={L}: use at least 9")
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"])
+    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"], opts["lm_head"])
     _clear_padding_idx(model)
     buf, lowered = lower(export_decoder_program(model, L))
     del model
@@ -353,6 +363,8 @@ def export_executorch(model_dir: Path, out_dir: Path, opset: int = 18, with_past
     if opts["quantization"] not in QUANTIZATIONS:
         raise ConfigError(f"executorch option quantization={opts['quantization']!r}: must be one of "
                           f"{', '.join(QUANTIZATIONS)}")
+    if opts["lm_head"] not in ("same", "int8", "fp32"):
+        raise ConfigError(f"executorch option lm_head={opts['lm_head']!r}: must be same, int8 or fp32")
     if opts["embedding"] not in ("int8", "fp32"):
         raise ConfigError(f"executorch option embedding={opts['embedding']!r}: must be int8 or fp32")
     model_dir, out_dir = Path(model_dir), Path(out_dir)

@@ -70,6 +70,15 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
         assert "int8" in rep["executorch"]["quantized"]["embedding"]
 
 
+def test_8da4w_with_an_int8_lm_head(tiny_lm_dir, tmp_path):
+    from edgeft.exporters.executorch import export_executorch
+
+    rep = export_executorch(tiny_lm_dir, tmp_path / "o", quantization="8da4w", lm_head="int8", max_cache_len=64,
+                            sample_ids=SAMPLE)
+    assert "int8, PerAxis(0)" in rep["executorch"]["quantized"]["lm_head"]
+    assert rep["quality"]["top1_agreement"] >= 0.8
+
+
 def test_quantized_programs_are_smaller(lm_exports):
     sizes = {p: lm_exports(p)[1]["size_bytes"] for p in PRESETS}
     assert sizes["executorch-8da4w"] < sizes["executorch-int8w"] < sizes["executorch-fp32"]
