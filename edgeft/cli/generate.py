@@ -14,7 +14,7 @@ from edgeft.cli.options import threads_opt
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @threads_opt
 def generate_cmd(artifact, prompt, system_prompt, max_new_tokens, threads):
-    """Greedy chat completion of PROMPT with ARTIFACT (ONNX folder or HF folder)."""
+    """Greedy chat completion of PROMPT with ARTIFACT (ONNX, GGUF, ExecuTorch .pte or HF folder)."""
     from edgeft.chat import generate
 
     click.echo(generate(artifact, prompt, system_prompt, max_new_tokens, threads))

@@ -470,10 +470,10 @@ class DeviceProfile(Strict):
 class ExportPreset(Strict):
     name: str = Field(description="Preset name (matches the file name).")
     description: str = Field("", description="What this preset produces.")
-    format: Literal["onnx", "genai", "gguf", "torchscript"] = Field(
+    format: Literal["onnx", "genai", "gguf", "torchscript", "pte"] = Field(
         description="Artifact format: onnx (optimum graph), genai (onnxruntime-genai model builder), gguf (llama.cpp), "
-                    "torchscript (traced PyTorch, model.pt).")
-    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch"] = Field(
+                    "torchscript (traced PyTorch, model.pt), pte (ExecuTorch program with the XNNPACK delegate).")
+    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch", "executorch"] = Field(
         description="Runtime that executes the artifact.")
     opset: int = Field(18, ge=11, description="ONNX opset.")
     with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")

@@ -115,9 +115,14 @@ def export(pipeline, tmp: Path) -> dict:
     from edgeft.exporters import export as export_model
 
     e = pipeline.recipe.export
-    return export_model(pipeline.run.stage_dir("merge"), tmp, preset=e.preset, tolerance=e.tolerance,
-                        sample_texts=_texts(pipeline.records("eval", FIELDS), SAMPLE_TEXTS),
-                        static_shapes=e.static_shapes)
+    texts = _texts(pipeline.records("eval", FIELDS), SAMPLE_TEXTS)
+    rep = export_model(pipeline.run.stage_dir("merge"), tmp, preset=e.preset, tolerance=e.tolerance,
+                       sample_texts=texts, static_shapes=e.static_shapes)
+    if e.extra:  # e.g. executorch-fp32: each in export/<preset>/, validated as its own artifact
+        rep["extra"] = {name: export_model(pipeline.run.stage_dir("merge"), tmp / name, preset=name,
+                                           tolerance=e.tolerance, sample_texts=texts, static_shapes=e.static_shapes)
+                        for name in e.extra}
+    return rep
 
 
 def calibration_ids(tokenizer_dir: Path, records: list[dict], max_length: int, n: int = CALIBRATION_EXAMPLES,

@@ -62,6 +62,10 @@ def _extra_artifact(name: str, preset, folder: Path):
         precision = opts.precision
         return Artifact(name, folder, "onnx", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
+    if preset.format == "pte":  # ExecuTorch: 8da4w is int4 weights with int8 dynamic activations
+        q = opts.get("quantization", "none")
+        precision, mode = {"8da4w": ("int4", "dynamic"), "8da8w": ("int8", "dynamic")}.get(q, ("fp32", None))
+        return Artifact(name, folder, "pte", precision=precision, int8_mode=mode)
     return Artifact(name, folder, preset.format)
 
 

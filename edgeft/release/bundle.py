@@ -54,6 +54,8 @@ TRACKED_LIBRARIES = (
     "bitsandbytes",
     "accelerate",
     "gguf",
+    "executorch",
+    "torchao",
 )
 
 # Keys written by ``package`` itself; ``manifest_extra`` may not override them.

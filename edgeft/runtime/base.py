@@ -29,6 +29,7 @@ RUNTIMES: dict[str, str] = {
     "genai": "edgeft.runtime.genai:GenaiLM",
     "gguf": "edgeft.runtime.llamacpp:LlamaCppLM",
     "onnx": "edgeft.runtime.lm:OrtLM",
+    "pte": "edgeft.runtime.executorch:ExecuTorchLM",
     "pytorch": "edgeft.runtime.lm:TorchLM",
     "torchscript": "edgeft.runtime.torchscript:TorchScriptLM",
 }

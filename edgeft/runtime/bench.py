@@ -30,16 +30,33 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
 
     t0 = time.perf_counter()
     lm = load_lm(Path(path), fmt, threads)
-    return timed_runs(lm, prompt, new_tokens, warmup, repeats, threads, time.perf_counter() - t0)
+    out = timed_runs(lm, prompt, new_tokens, warmup, repeats, threads, time.perf_counter() - t0)
+    if getattr(lm, "threads_source", "set") != "set":  # the runtime could not be given a thread count
+        out.update({"threads": lm.threads, "threads_source": lm.threads_source})
+    return out
 
 
-def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
-    """Per-inference latency of an ONNX encoder: ``warmup`` untimed passes, then ``repeats`` timed ones."""
+def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int,
+                       fmt: str = "onnx") -> dict:
+    """Per-inference latency of an ONNX (or ExecuTorch ``pte``) encoder: ``warmup`` untimed passes, then
+    ``repeats`` timed ones."""
     import time
 
     t0 = time.perf_counter()
-    enc = OrtEncoder(Path(path), threads)
-    return timed_encoder_runs(enc, batch, seq, warmup, repeats, time.perf_counter() - t0)
+    enc = _encoder_runner(Path(path), fmt, threads)
+    out = timed_encoder_runs(enc, batch, seq, warmup, repeats, time.perf_counter() - t0)
+    if getattr(enc, "threads_source", "set") != "set":
+        out["threads_source"] = enc.threads_source
+    return out
+
+
+def _encoder_runner(path: Path, fmt: str, threads: int):
+    """The per-inference runner of an encoder/classifier artifact (``timed_inference(batch, seq)``)."""
+    if fmt == "pte":
+        from edgeft.runtime.executorch import ExecuTorchClassifier
+
+        return ExecuTorchClassifier(path, threads)
+    return OrtEncoder(path, threads)
 
 
 def _run_child(path: Path, args: list[str], timeout: float, env: dict | None = None) -> dict:
@@ -65,13 +82,13 @@ def measure(path: Path, fmt: str, threads: int, prompt: Sequence[int], new_token
 
 
 def measure_encoder(path: Path, threads: int, batch: int, seq: int, warmup: int = 1, repeats: int = 10,
-                    timeout: float = 900) -> dict:
+                    timeout: float = 900, fmt: str = "onnx") -> dict:
     """``run_encoder_inline`` in a fresh process, so ``peak_rss_mb`` belongs to this encoder alone."""
     if batch < 1 or seq < 1 or threads < 1 or repeats < 1 or warmup < 0:
         raise ValueError(f"need batch, seq, threads, repeats >= 1 and warmup >= 0 "
                          f"(got {batch}, {seq}, {threads}, {repeats}, {warmup})")
     args = ["--kind", "encoder", "--path", str(path), "--threads", str(threads), "--batch", str(batch),
-            "--seq", str(seq), "--warmup", str(warmup), "--repeats", str(repeats)]
+            "--seq", str(seq), "--warmup", str(warmup), "--repeats", str(repeats), "--format", fmt]
     return _run_child(path, args, timeout)
 
 
@@ -82,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                             "latency of an ONNX encoder (internal helper).")
     p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
     p.add_argument("--path", required=True)
-    p.add_argument("--format", help="lm only: pytorch, onnx or torchscript")
+    p.add_argument("--format", help="lm: pytorch, onnx, torchscript, genai, gguf or pte; encoder: onnx or pte")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--prompt", help="lm only: JSON list of token ids")
     p.add_argument("--new-tokens", type=int, default=32)
@@ -94,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.kind == "encoder":
         if a.batch < 1 or a.seq < 1 or a.repeats < 1:
             p.error("--kind encoder needs --batch, --seq and --repeats >= 1")
-        res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats)
+        res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats, a.format or "onnx")
     else:
         if a.format is None or a.prompt is None:
             p.error("--kind lm needs --format and --prompt")

@@ -25,7 +25,7 @@ __all__ = ["Artifact", "validate"]
 class Artifact:
     name: str
     path: Path
-    format: str  # onnx | pytorch
+    format: str  # onnx | pytorch | torchscript | gguf | pte
     role: str = "artifact"  # base | reference | artifact
     precision: str = "fp32"
     int8_mode: str | None = None
@@ -328,7 +328,13 @@ def _is_classifier_dir(path: Path) -> bool:
 
 
 def _fixed_shape(a: Artifact) -> tuple[int, int] | None:
-    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, else None."""
+    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, or of an ExecuTorch classifier;
+    else None."""
+    if a.format == "pte":
+        from edgeft.runtime.executorch import pte_paths
+
+        meta = pte_paths(Path(a.path))[1]
+        return (1, int(meta["seq_len"])) if meta.get("kind") == "classifier" else None
     if a.format != "onnx":
         return None
     from edgeft.exporters.onnx_encoder import fixed_shape
@@ -349,6 +355,10 @@ def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], 
 
     if a.format == "onnx":
         return onnx_logits(a.path, tok, texts, max_length=max_length, threads=threads)
+    if a.format == "pte":
+        from edgeft.runtime.executorch import ExecuTorchClassifier
+
+        return ExecuTorchClassifier(Path(a.path), threads).logits(tok, texts, max_length)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -409,12 +419,12 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     latency: dict[tuple[str, int], dict] = {}
     thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()} | {min(2, host_threads)})
     for a in artifacts:
-        if a.format != "onnx" or a.role == "base":
-            continue  # per-inference latency is measured on ONNX Runtime artifacts
+        if a.format not in ("onnx", "pte") or a.role == "base":
+            continue  # per-inference latency is measured on ONNX Runtime and ExecuTorch artifacts
         batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
         for t in thread_counts:
             log.info("validate: per-inference latency of %s (batch %d x seq %d) with %d threads", a.name, batch, seq, t)
-            m = measure_encoder(a.path, t, batch, seq, lat_cfg.warmup, max(lat_cfg.repeats, 5))
+            m = measure_encoder(a.path, t, batch, seq, lat_cfg.warmup, max(lat_cfg.repeats, 5), fmt=a.format)
             m["label"] = "measured-host"
             latency[(a.name, t)] = m
         rep_artifacts[a.name]["latency"] = latency[(a.name, max(thread_counts))]

@@ -1,0 +1,184 @@
+"""Run ExecuTorch programs (``model.pte``) written by :mod:`edgeft.exporters.executorch`.
+
+Loaded with ``executorch.runtime`` (``Runtime.get().load_program(...)``, the Python bindings of the
+same C++ runtime an app links); the XNNPACK delegate runs the lowered parts of the graph.
+
+Causal LM (:class:`ExecuTorchLM`): one ``forward(input_ids [1, n], cache_position [n])`` method
+whose static KV cache lives in the program's mutable buffers, so it persists between calls of the
+loaded method: the prefill is one call with the prompt, each decode step one call with one token
+at the next position. The mask hides every slot after the last position, so a new sequence
+starts again at position 0 without a reset. At most ``max_cache_len`` tokens per sequence.
+
+Classifier (:class:`ExecuTorchClassifier`): ``forward(input_ids [1, seq], attention_mask [1, seq])``
+-> logits, one text at a time, padded to the exported static ``seq``.
+
+Threads: ``threads`` resets ExecuTorch's shared threadpool (XNNPACK and the optimized CPU kernels
+use it) with the bindings' ``_unsafe_reset_threadpool``; it is process-wide, so the last runner
+created sets it. When the bindings lack it, the pool keeps its default size (one thread per core)
+and ``threads`` reports that count (``threads_source``: "default").
+
+Quantized programs call ``quantized_decomposed::embedding_byte`` (the int8 token embedding);
+``import executorch.kernels.quantized`` registers those kernels with the runtime (an app links
+executorch's quantized kernel library for the same reason).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.runtime.base import CausalLM, greedy_decode
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pte"
+META_FILE = "executorch.json"
+EXTRA = "pip install 'edgeft[executorch]'"
+
+
+def import_runtime():
+    """``executorch.runtime.Runtime`` with the quantized kernels registered; one-line error when missing."""
+    try:
+        import executorch.kernels.quantized  # noqa: F401  (registers embedding_byte & co. with the runtime)
+        from executorch.runtime import Runtime
+    except ImportError as e:
+        raise UnsupportedError(f"running a .pte artifact needs ExecuTorch: {EXTRA} ({e})") from e
+    return Runtime
+
+
+def set_threads(threads: int | None) -> tuple[int, str]:
+    """Size ExecuTorch's threadpool; returns (thread count in use, "set" | "default")."""
+    try:
+        from executorch.extension.pybindings import portable_lib as pl
+    except ImportError as e:
+        raise UnsupportedError(f"running a .pte artifact needs ExecuTorch: {EXTRA} ({e})") from e
+    reset = getattr(pl, "_unsafe_reset_threadpool", None)
+    count = getattr(pl, "_threadpool_get_thread_count", None)
+    if threads and reset is not None:
+        reset(int(threads))
+        return (int(count()) if count else int(threads)), "set"
+    n = int(count()) if count else 0
+    if threads:
+        log.warning("executorch bindings cannot resize the threadpool: running at its default %d threads", n)
+    return n, "default"
+
+
+def pte_paths(path: Path) -> tuple[Path, dict]:
+    """``model.pte`` (the file, or inside the folder) and the ``executorch.json`` written next to it."""
+    path = Path(path)
+    model = path if path.is_file() else path / MODEL_FILE
+    if not model.is_file():
+        raise ModelSourceError(f"{path}: no {MODEL_FILE}; export with an executorch preset "
+                               "(`edgeft export MODEL --out DIR --preset executorch-8da4w`)")
+    meta_file = model.parent / META_FILE
+    if not meta_file.is_file():
+        raise ModelSourceError(f"{model.parent}: no {META_FILE} next to {model.name}; keep the files the export wrote")
+    return model, json.loads(meta_file.read_text())
+
+
+def _load_method(model: Path):
+    Runtime = import_runtime()
+    program = Runtime.get().load_program(model)
+    return program.load_method("forward")
+
+
+class ExecuTorchLM(CausalLM):
+    """A lowered decoder with a static KV cache, greedy decoding through :func:`greedy_decode`."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path, self.meta = pte_paths(path)
+        if self.meta.get("kind") != "causal-lm":
+            raise ModelSourceError(f"{self.path}: an ExecuTorch {self.meta.get('kind')} program, not a causal LM")
+        self.name = str(path)
+        self.threads, self.threads_source = set_threads(threads)
+        self.max_len = int(self.meta["max_cache_len"])
+        self.method = _load_method(self.path)
+
+    def _check_len(self, n: int) -> None:
+        if n > self.max_len:
+            raise ModelSourceError(f"{self.path}: {n} tokens do not fit the exported KV cache of {self.max_len}; "
+                                   "re-export with a larger max_cache_len (option of the executorch presets)")
+
+    def _run(self, ids: Sequence[int], start: int) -> np.ndarray:
+        """Logits [n, vocab] for ``ids`` at positions ``start..start+n-1`` (the cache holds what came before)."""
+        import torch
+
+        t = torch.as_tensor(np.asarray(ids, np.int64))[None, :]
+        out = self.method.execute((t, torch.arange(start, start + t.shape[1], dtype=torch.long)))
+        return out[0][0].numpy()
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        self._check_len(len(prompt) + new_tokens)
+        pos = [len(prompt)]
+
+        def step(token: int) -> np.ndarray:
+            row = self._run([token], pos[0])[-1]
+            pos[0] += 1
+            return row
+
+        return greedy_decode(lambda: self._run(list(prompt), 0)[-1], step, new_tokens, eos)
+
+    def logits(self, input_ids):
+        ids = [int(t) for t in np.asarray(input_ids).tolist()]
+        self._check_len(len(ids))
+        return self._run(ids, 0).astype(np.float32)
+
+    def generate(self, prompts, max_new_tokens, eos_ids):
+        """Greedy continuation, one prompt at a time (the cache holds one sequence)."""
+        eos = set(int(e) for e in eos_ids)
+        return [self._decode(list(p), max_new_tokens, eos)[0] for p in prompts]
+
+    def timed_generate(self, prompt, new_tokens):
+        _, ttft, steps = self._decode(list(prompt), new_tokens, None)
+        return ttft, steps
+
+
+class ExecuTorchClassifier:
+    """A lowered sequence classifier with a static ``1 x seq`` input."""
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        self.path, self.meta = pte_paths(path)
+        if self.meta.get("kind") != "classifier":
+            raise ModelSourceError(f"{self.path}: an ExecuTorch {self.meta.get('kind')} program, not a classifier")
+        self.threads, self.threads_source = set_threads(threads)
+        self.seq = int(self.meta["seq_len"])
+        self.method = _load_method(self.path)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits [1, labels] for one row of ``seq`` token ids and its mask."""
+        import torch
+
+        ids = torch.as_tensor(np.asarray(input_ids, np.int64)).reshape(1, self.seq)
+        mask = torch.as_tensor(np.asarray(attention_mask, np.int64)).reshape(1, self.seq)
+        return self.method.execute((ids, mask))[0].numpy()
+
+    def logits(self, tokenizer, texts: Sequence[str], max_length: int | None = None) -> np.ndarray:
+        """Logits [n, labels]; every text cut or padded to the program's ``seq`` (``max_length`` above it is
+        refused: the input shape is fixed at export)."""
+        if max_length is not None and max_length > self.seq:
+            raise UnsupportedError(f"{self.path}: texts of {max_length} tokens do not fit the static input of "
+                                   f"{self.seq}; re-export with export.static_shapes.seq >= {max_length}")
+        rows = []
+        for text in texts:
+            enc = tokenizer([str(text)], truncation=True, max_length=self.seq, padding="max_length",
+                            return_tensors="np")
+            rows.append(self(enc["input_ids"], enc["attention_mask"]))
+        return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
+
+    def timed_inference(self, batch: int = 1, seq: int | None = None) -> float:
+        """Seconds for one forward pass of a 1 x seq row (the exported shape; ``batch`` must be 1)."""
+        import time
+
+        if batch != 1 or (seq is not None and seq != self.seq):
+            raise UnsupportedError(f"{self.path}: the program's input is fixed at 1 x {self.seq} "
+                                   f"(asked for {batch} x {seq})")
+        ids = np.full((1, self.seq), 1, np.int64)
+        mask = np.ones((1, self.seq), np.int64)
+        t0 = time.perf_counter()
+        self(ids, mask)
+        return time.perf_counter() - t0
