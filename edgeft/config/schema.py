@@ -424,7 +424,7 @@ class DeviceProfile(Strict):
     cpu: CpuSpec
     memory: MemorySpec
     compute: ComputeSpec
-    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch", "tflite-micro"]] = Field(
+    formats: list[Literal["onnx", "torchscript", "gguf", "pytorch", "tflite", "tflite-micro"]] = Field(
         description="Artifact formats it runs."
     )
     precisions: list[Literal["fp32", "fp16", "int8", "int4"]] = Field(description="Weight precisions it runs.")
@@ -451,12 +451,13 @@ class DeviceProfile(Strict):
 class ExportPreset(Strict):
     name: str = Field(description="Preset name (matches the file name).")
     description: str = Field("", description="What this preset produces.")
-    format: Literal["onnx", "genai", "gguf", "torchscript"] = Field(
+    format: Literal["onnx", "genai", "gguf", "torchscript", "tflite"] = Field(
         description="Artifact format: onnx (optimum graph), genai (onnxruntime-genai model builder), gguf (llama.cpp), "
-                    "torchscript (traced PyTorch, model.pt).")
-    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch"] = Field(
+                    "torchscript (traced PyTorch, model.pt), tflite (LiteRT flatbuffer, model.tflite).")
+    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch", "litert"] = Field(
         description="Runtime that executes the artifact.")
     opset: int = Field(18, ge=11, description="ONNX opset.")
     with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")
     options: dict = Field(default_factory=dict,
-                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype).")
+                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype; "
+                                      "tflite: quantize, embeddings_outside, gelu, layernorm, ...).")
