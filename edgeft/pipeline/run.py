@@ -60,6 +60,10 @@ def _extra_artifact(name: str, preset, folder: Path):
         precision = opts.get("precision", "int4")
         return Artifact(name, folder, "onnx", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
+    if preset.format == "tflite":
+        q = opts.get("quantize", "none")
+        return Artifact(name, folder, "tflite", precision="fp32" if q == "none" else "int8",
+                        int8_mode={"none": None, "dynamic": "dynamic", "full": "full-integer"}.get(q))
     return Artifact(name, folder, preset.format)
 
 

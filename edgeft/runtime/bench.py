@@ -2,7 +2,7 @@
 
 ``measure(...)`` spawns ``python -m edgeft.runtime.bench`` and returns its JSON; the child loads
 the artifact with the requested thread count, runs warm-up generations, then timed ones.
-``measure_encoder(...)`` does the same for an ONNX encoder (``--kind encoder``): per-inference
+``measure_encoder(...)`` does the same for an ONNX or LiteRT encoder (``--kind encoder``): per-inference
 latency of one forward pass at a stated batch size and sequence length.
 """
 
@@ -73,17 +73,32 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
 
 
 def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int) -> dict:
-    """Per-inference latency of an ONNX encoder: ``warmup`` untimed passes, then ``repeats`` timed ones."""
+    """Per-inference latency of an ONNX or LiteRT encoder: ``warmup`` untimed passes, then ``repeats`` timed ones.
+
+    A LiteRT graph runs at its own fixed shape (one row of its sequence length); ``batch`` and ``seq``
+    must match it, so the numbers are never for a shape the graph did not run.
+    """
     import time
 
-    from edgeft.runtime.encoder import OrtEncoder
+    from edgeft.runtime.litert import LiteRTModel, is_litert
 
     t0 = time.perf_counter()
-    enc = OrtEncoder(Path(path), threads)
+    if is_litert(Path(path)):
+        lite = LiteRTModel(Path(path), threads)
+        if (batch, seq) != (1, lite.seq):
+            raise ValueError(f"{path}: the LiteRT graph runs 1 x {lite.seq}, not {batch} x {seq}")
+        run = lite.timed_inference
+    else:
+        from edgeft.runtime.encoder import OrtEncoder
+
+        enc = OrtEncoder(Path(path), threads)
+
+        def run() -> float:
+            return enc.timed_inference(batch, seq)
     load_s = time.perf_counter() - t0
     for _ in range(warmup):
-        enc.timed_inference(batch, seq)
-    samples = [enc.timed_inference(batch, seq) for _ in range(repeats)]
+        run()
+    samples = [run() for _ in range(repeats)]
     return {"kind": "encoder", "per_inference_ms_p50": 1e3 * _pct(samples, 50),
             "per_inference_ms_p95": 1e3 * _pct(samples, 95), "samples_ms": [round(1e3 * s, 3) for s in samples],
             "batch": batch, "seq_len": seq, "threads": threads, "warmup": warmup, "runs": len(samples),

@@ -25,7 +25,7 @@ __all__ = ["Artifact", "validate"]
 class Artifact:
     name: str
     path: Path
-    format: str  # onnx | pytorch
+    format: str  # onnx | pytorch | torchscript | gguf | tflite
     role: str = "artifact"  # base | reference | artifact
     precision: str = "fp32"
     int8_mode: str | None = None
@@ -38,8 +38,8 @@ def _size_bytes(a: Artifact) -> int:
     p = Path(a.path)
     if p.is_file():
         return p.stat().st_size
-    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl")}.get(
-        a.format, ("*.safetensors", "*.bin"))
+    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl"),
+            "tflite": ("*.tflite", "embeddings.safetensors")}.get(a.format, ("*.safetensors", "*.bin"))
     return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
 
 
@@ -59,6 +59,14 @@ def _add_onnx_info(info: dict, a: Artifact) -> None:
         from edgeft.validate import compat
 
         info["onnx"] = compat.inspect_onnx(find_onnx(Path(a.path)))
+
+
+def _add_tflite_info(info: dict, a: Artifact) -> None:
+    """Record a LiteRT graph's op types, input/output dtypes, shapes and quantization (from the export report)."""
+    f = Path(a.path) / "export_report.json"
+    if a.format == "tflite" and f.is_file():
+        g = json.loads(f.read_text()).get("graph") or {}
+        info["tflite"] = {k: g.get(k) for k in ("ops", "op_count", "float_ops", "inputs", "outputs")}
 
 
 def _add_quant_plan(info: dict, a: Artifact) -> None:
@@ -93,6 +101,10 @@ def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
 
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
     mask = enc["attention_mask"].astype(np.float32)
+    if a.format == "tflite":  # the graph's own fixed length; mean-pooled and normalized by the runtime
+        from edgeft.runtime.litert import embeddings
+
+        return embeddings(a.path, tok, texts, threads)
     if a.format == "onnx":
         import onnxruntime as ort
 
@@ -323,7 +335,11 @@ def _is_classifier_dir(path: Path) -> bool:
 
 
 def _fixed_shape(a: Artifact) -> tuple[int, int] | None:
-    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, else None."""
+    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed (a LiteRT graph's always is), else None."""
+    if a.format == "tflite":
+        from edgeft.runtime.litert import graph_seq
+
+        return 1, graph_seq(a.path)
     if a.format != "onnx":
         return None
     from edgeft.exporters.onnx_encoder import fixed_shape
@@ -344,6 +360,10 @@ def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], 
 
     if a.format == "onnx":
         return onnx_logits(a.path, tok, texts, max_length=max_length, threads=threads)
+    if a.format == "tflite":  # texts cut at the graph's own fixed length
+        from edgeft.runtime.litert import logits
+
+        return logits(a.path, tok, texts, threads=threads)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -389,7 +409,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
             logits = ref_logits if a is reference else _classifier_logits(a, reference, tok, texts, max_length,
                                                                           host_threads)
             s = scores(logits.argmax(-1), gold, len(index))
-            acc.update({"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "max_length": max_length,
+            own = shapes[a.name][1] if a.format == "tflite" else max_length
+            acc.update({"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "max_length": own,
                         **agreement(ref_logits, logits)})
         else:
             emb = ref_emb if a is reference else _embeddings(a, tok, texts, host_threads)
@@ -399,13 +420,14 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                 "precision": a.precision, "int8_mode": a.int8_mode, "scheme": a.scheme, "size_bytes": _size_bytes(a),
                 "path": str(a.path), "accuracy": acc, "latency": None, **a.extra}
         _add_onnx_info(info, a)
+        _add_tflite_info(info, a)
         rep_artifacts[a.name] = info
     lat_cfg = cfg.latency
     latency: dict[tuple[str, int], dict] = {}
     thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()} | {min(2, host_threads)})
     for a in artifacts:
-        if a.format != "onnx" or a.role == "base":
-            continue  # per-inference latency is measured on ONNX Runtime artifacts
+        if a.format not in ("onnx", "tflite") or a.role == "base":
+            continue  # per-inference latency is measured on ONNX Runtime and LiteRT artifacts
         batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
         for t in thread_counts:
             log.info("validate: per-inference latency of %s (batch %d x seq %d) with %d threads", a.name, batch, seq, t)
