@@ -8,13 +8,32 @@ import click
 @click.command("export")
 @click.argument("model", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--preset", default="onnx-kv", show_default=True, help="Export preset (export/*.yaml), e.g. onnx-kv, onnx-cls, torchscript, torchscript-mobile.")
+@click.option("--preset", default="onnx-kv", show_default=True, help="Export preset (export/*.yaml), e.g. onnx-kv, onnx-cls, torchscript, "
+              "torchscript-mobile, litert-fp32, litert-int8-full.")
 @click.option("--tolerance", type=float, default=2e-3, show_default=True, help="Max |diff| per output.")
-def export_cmd(model, out, preset, tolerance):
-    """Export the HF causal-LM folder MODEL and check every output against PyTorch."""
+@click.option("--calibration-texts", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Text file, one training text per line: calibration for a full-integer LiteRT preset "
+                   "(litert-int8-full).")
+def export_cmd(model, out, preset, tolerance, calibration_texts):
+    """Export the HF folder MODEL and check every output against PyTorch."""
+    from pathlib import Path
+
     from edgeft.exporters import export
 
-    rep = export(model, out, preset=preset, tolerance=tolerance)
+    kw = {}
+    if calibration_texts is not None:
+        from edgeft.config.loader import load_preset
+
+        if load_preset(preset).format != "tflite":
+            raise click.UsageError(f"--calibration-texts applies to LiteRT presets (litert-int8-full), not {preset}")
+        kw["calibration_texts"] = [t for t in Path(calibration_texts).read_text().splitlines() if t.strip()]
+    rep = export(model, out, preset=preset, tolerance=tolerance, **kw)
+    if rep.get("format") == "tflite":
+        vs = rep["vs_reference"]
+        click.echo(f"exported {out} ({rep['size_bytes'] / 2**20:.1f} MB, tflite {rep['graph']['op_count']} ops, "
+                   f"1 x {rep['seq']}); vs fp32 PyTorch on {vs['samples']} texts: "
+                   + ", ".join(f"{k} {v:.4g}" for k, v in vs.items() if k != "samples"))
+        return
     if "quality" in rep:  # genai / gguf: quantized while exporting, scored against the fp32 model
         q = rep["quality"]
         if "skipped" in q:

@@ -351,9 +351,9 @@ def export_litert(model_dir: Path, out_dir: Path, opts: LiteRTOptions, tolerance
     texts = list(sample_texts or SAMPLE_TEXTS)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     edge, hf, task = load_module(model_dir, opts)
-    if seq > edge.bert.config.max_position_embeddings:
-        raise ConfigError(f"export.static_shapes.seq {seq} exceeds the model's {edge.bert.config.max_position_embeddings}"
-                          " positions")
+    positions = edge.bert.config.max_position_embeddings
+    if seq > positions:
+        raise ConfigError(f"export.static_shapes.seq {seq} exceeds the model's {positions} positions")
     table = embedding_table(edge) if opts.embeddings_outside else None
     ids, mask = encode_rows(tok, texts, seq)
     inputs = graph_inputs(edge, opts, ids, mask, table)

@@ -141,13 +141,13 @@ def test_bad_value_in_profile(home):
 
 def test_literal_error_lists_choices(home):
     path = home / "devices" / "pi5.yaml"
-    path.write_text(path.read_text().replace("class: edge", "class: edgee").replace("[onnx, torchscript]", "[onnx, tflite]"))
+    path.write_text(path.read_text().replace("class: edge", "class: edgee").replace("[onnx, torchscript]", "[onnx, coreml]"))
     with pytest.raises(ConfigError) as e:
         load_device("pi5")
     msg = str(e.value)
     assert "class: 'edgee' is not a valid choice (did you mean 'edge'?); valid choices: mobile, tpu, edge, host" in msg
-    assert "formats.1: 'tflite' is not a valid choice" in msg
-    assert "valid choices: onnx, torchscript, gguf, pytorch, tflite-micro" in msg
+    assert "formats.1: 'coreml' is not a valid choice" in msg
+    assert "valid choices: onnx, torchscript, gguf, pytorch, tflite, tflite-micro" in msg
 
 
 def test_unknown_device_lists_choices(repo_cwd):

@@ -11,7 +11,7 @@ pytest.importorskip("litert_torch", reason="needs the litert extra: pip install 
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install 'edgeft[litert]'")
 pytest.importorskip("ai_edge_litert", reason="needs the litert extra: pip install 'edgeft[litert]'")
 
-from conftest import build_tiny_bert  # noqa: E402
+from conftest import REPO, build_tiny_bert  # noqa: E402
 from edgeft.config.schema import StaticShapes  # noqa: E402
 from edgeft.errors import ConfigError  # noqa: E402
 from edgeft.exporters import export  # noqa: E402
@@ -161,3 +161,23 @@ def test_timed_inference_at_thread_count(cls_dir, tmp_path):
     out = tmp_path / "t"
     export(cls_dir, out, preset="litert-fp32", sample_texts=TEXTS[:2], static_shapes=SEQ)
     assert LiteRTModel(out, threads=2).timed_inference() > 0
+
+
+def test_cli_export_full_integer_with_calibration_file(cls_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeft.cli import cli
+
+    texts = tmp_path / "calib.txt"
+    texts.write_text("\n".join(CALIB) + "\n")
+    preset = tmp_path / "litert-int8-full.yaml"  # the shipped preset; 6 default sample texts
+    preset.write_text((REPO / "export" / "litert-int8-full.yaml").read_text().replace("min_label_agreement: 0.9",
+                                                                                      "min_label_agreement: 0.5"))
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(cli, ["export", str(cls_dir), "--out", str(out), "--preset", str(preset),
+                                    "--calibration-texts", str(texts)])
+    assert res.exit_code == 0, res.output
+    assert "tflite" in res.output and "label_agreement" in res.output and (out / "model.tflite").is_file()
+    bad = CliRunner().invoke(cli, ["export", str(cls_dir), "--out", str(tmp_path / "o"), "--preset", "onnx-cls",
+                                    "--calibration-texts", str(texts)])
+    assert bad.exit_code != 0 and "applies to LiteRT presets" in bad.output
