@@ -66,13 +66,26 @@ def _torch_logits(model_dir, texts, seq):
         return tok, model(**enc).logits.numpy()
 
 
-@pytest.mark.parametrize("preset", ["litert-fp32", "litert-int8-dynamic", "litert-int8-full"])
-def test_preset_exports_and_runs(cls_dir, tmp_path, preset):
-    out = tmp_path / "art"
-    if preset == "litert-fp32":  # through the preset dispatch of edgeft.exporters.export
-        rep = export(cls_dir, out, preset=preset, sample_texts=TEXTS, calibration_texts=CALIB, static_shapes=SEQ)
-    else:
-        rep = _export(cls_dir, out, preset, min_label_agreement=0.75)
+PRESETS = ["litert-fp32", "litert-int8-dynamic", "litert-int8-full"]
+
+
+@pytest.fixture(scope="module")
+def exported(cls_dir, tmp_path_factory) -> dict:
+    """Each shipped preset exported once: name -> (folder, report)."""
+    out = {}
+    for preset in PRESETS:
+        d = tmp_path_factory.mktemp(preset) / "art"
+        if preset == "litert-fp32":  # through the preset dispatch of edgeft.exporters.export
+            rep = export(cls_dir, d, preset=preset, sample_texts=TEXTS, calibration_texts=CALIB, static_shapes=SEQ)
+        else:
+            rep = _export(cls_dir, d, preset, min_label_agreement=0.75)
+        out[preset] = (d, rep)
+    return out
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_exports_and_runs(cls_dir, exported, preset):
+    out, rep = exported[preset]
     assert (out / "model.tflite").is_file() and (out / "export_report.json").is_file()
     assert rep["format"] == "tflite" and rep["seq"] == 16
     tok, ref = _torch_logits(cls_dir, TEXTS, 16)
@@ -86,11 +99,10 @@ def test_preset_exports_and_runs(cls_dir, tmp_path, preset):
         assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
 
 
-def test_full_integer_graph_is_int8_and_static(cls_dir, tmp_path):
+def test_full_integer_graph_is_int8_and_static(exported):
     from ai_edge_litert.interpreter import Interpreter
 
-    out = tmp_path / "full"
-    rep = _export(cls_dir, out, "litert-int8-full", min_label_agreement=0.75)
+    out, rep = exported["litert-int8-full"]
     it = Interpreter(str(out / "model.tflite"))
     ins, outs = it.get_input_details(), it.get_output_details()
     assert [np.dtype(d["dtype"]) for d in ins + outs] == [np.int8] * 3
@@ -157,10 +169,15 @@ def test_unknown_option_lists_valid_ones():
         LiteRTOptions.parse({"gelu_form": "tanh"}, "export/x.yaml")
 
 
-def test_timed_inference_at_thread_count(cls_dir, tmp_path):
-    out = tmp_path / "t"
-    export(cls_dir, out, preset="litert-fp32", sample_texts=TEXTS[:2], static_shapes=SEQ)
+def test_timed_inference_at_thread_count(exported):
+    from edgeft.runtime.bench import run_encoder_inline
+
+    out, _ = exported["litert-int8-full"]
     assert LiteRTModel(out, threads=2).timed_inference() > 0
+    m = run_encoder_inline(str(out), threads=2, batch=1, seq=16, warmup=0, repeats=2)
+    assert m["runs"] == 2 and m["threads"] == 2 and m["per_inference_ms_p50"] > 0
+    with pytest.raises(ValueError, match="runs 1 x 16, not 1 x 32"):
+        run_encoder_inline(str(out), threads=1, batch=1, seq=32, warmup=0, repeats=1)
 
 
 def test_cli_export_full_integer_with_calibration_file(cls_dir, tmp_path):
