@@ -198,3 +198,14 @@ def test_cli_export_full_integer_with_calibration_file(cls_dir, tmp_path):
     bad = CliRunner().invoke(cli, ["export", str(cls_dir), "--out", str(tmp_path / "o"), "--preset", "onnx-cls",
                                     "--calibration-texts", str(texts)])
     assert bad.exit_code != 0 and "applies to LiteRT presets" in bad.output
+
+
+def test_missing_package_names_the_extra(monkeypatch):
+    import sys
+
+    from edgeft.errors import UnsupportedError
+    from edgeft.exporters.litert import require
+
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import of it raises ImportError
+    with pytest.raises(UnsupportedError, match=r"ai_edge_quantizer is missing.*pip install 'edgeft\[litert\]'"):
+        require()
