@@ -74,6 +74,7 @@ class LiteRTOptions:
     tolerance: float | None = None  # fp32 parity; None: the export tolerance
     min_label_agreement: float = 0.9  # int8 graphs vs the fp32 PyTorch model on the sample texts
     calibration_examples: int = 128  # training texts for full-integer calibration
+    algorithm: str = "min_max_uniform_quantize"  # ai-edge-quantizer AlgorithmName value for the int8 recipes
 
     @classmethod
     def parse(cls, options: dict, where: str) -> "LiteRTOptions":
@@ -86,6 +87,11 @@ class LiteRTOptions:
                              ("layernorm", ("native", "decomposed")), ("embeddings_dtype", ("float16", "float32"))):
             if getattr(o, field) not in valid:
                 raise ConfigError(f"{where}: options.{field} is {getattr(o, field)!r}; one of {', '.join(valid)}")
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+        algos = [a.value for a in AlgorithmName]
+        if o.algorithm not in algos:
+            raise ConfigError(f"{where}: options.algorithm is {o.algorithm!r}; one of {', '.join(algos)}")
         if not o.mask_value < 0:
             raise ConfigError(f"{where}: options.mask_value must be negative (got {o.mask_value})")
         return o
@@ -255,14 +261,16 @@ def quantize(float_path: Path, out_path: Path, opts: LiteRTOptions, calibration:
     """ai_edge_quantizer on the float graph: dynamic-range int8, or full integer calibrated on ``calibration``."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     q = quantizer.Quantizer(str(float_path))
+    algo = AlgorithmName(opts.algorithm)
     t0 = time.perf_counter()
     if opts.quantize == "dynamic":
-        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32(algorithm_key=algo))
         result = q.quantize()
     else:
-        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        q.load_quantization_recipe(recipe.static_wi8_ai8(algorithm_key=algo))
         sigs = Interpreter(str(float_path)).get_signature_list()
         key = next(iter(sigs))
         names = sigs[key]["inputs"]
@@ -271,7 +279,7 @@ def quantize(float_path: Path, out_path: Path, opts: LiteRTOptions, calibration:
         result = q.quantize(q.calibrate(data, num_threads=2))
     result.export_model(str(out_path), overwrite=True)
     recipe_name = "dynamic_wi8_afp32" if opts.quantize == "dynamic" else "static_wi8_ai8"
-    return {"recipe": recipe_name, "seconds": time.perf_counter() - t0, "calibration_rows": len(calibration)}
+    return {"recipe": recipe_name, "algorithm": opts.algorithm, "seconds": time.perf_counter() - t0, "calibration_rows": len(calibration)}
 
 
 def graph_info(path: Path) -> dict:

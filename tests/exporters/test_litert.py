@@ -209,3 +209,11 @@ def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import of it raises ImportError
     with pytest.raises(UnsupportedError, match=r"ai_edge_quantizer is missing.*pip install 'edgeft\[litert\]'"):
         require()
+
+
+def test_weight_only_algorithm_cannot_pass_as_full_integer(cls_dir, tmp_path):
+    """ai-edge-quantizer's MSE algorithm quantizes weights only: the graph check refuses the float activations."""
+    from edgeft.errors import ParityError
+
+    with pytest.raises(ParityError, match="not all int8.*float I/O: .*serving_default_x"):
+        _export(cls_dir, tmp_path / "mse", "litert-int8-full", algorithm="MSE", min_label_agreement=0.0)
