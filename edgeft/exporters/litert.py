@@ -75,6 +75,7 @@ class LiteRTOptions:
     min_label_agreement: float = 0.9  # int8 graphs vs the fp32 PyTorch model on the sample texts
     calibration_examples: int = 128  # training texts for full-integer calibration
     algorithm: str = "min_max_uniform_quantize"  # ai-edge-quantizer AlgorithmName value for the int8 recipes
+    calibration_update: str = "min_max"  # how per-row ranges merge: min_max | moving_average (the library's)
 
     @classmethod
     def parse(cls, options: dict, where: str) -> "LiteRTOptions":
@@ -84,7 +85,8 @@ class LiteRTOptions:
             raise ConfigError(f"{where}: unknown options {', '.join(bad)}; valid: {', '.join(sorted(known))}")
         o = cls(**options)
         for field, valid in (("quantize", ("none", "dynamic", "full")), ("gelu", ("erf", "tanh")),
-                             ("layernorm", ("native", "decomposed")), ("embeddings_dtype", ("float16", "float32"))):
+                             ("layernorm", ("native", "decomposed")), ("embeddings_dtype", ("float16", "float32")),
+                             ("calibration_update", ("min_max", "moving_average"))):
             if getattr(o, field) not in valid:
                 raise ConfigError(f"{where}: options.{field} is {getattr(o, field)!r}; one of {', '.join(valid)}")
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -276,10 +278,32 @@ def quantize(float_path: Path, out_path: Path, opts: LiteRTOptions, calibration:
         names = sigs[key]["inputs"]
         order = sorted(names, key=lambda n: n != "x")  # [x, attention_mask]
         data = {key: [{n: row[order.index(n)] for n in names} for row in calibration]}
-        result = q.quantize(q.calibrate(data, num_threads=2))
+        result = q.quantize(_calibrate(float_path, data, opts))
     result.export_model(str(out_path), overwrite=True)
     recipe_name = "dynamic_wi8_afp32" if opts.quantize == "dynamic" else "static_wi8_ai8"
-    return {"recipe": recipe_name, "algorithm": opts.algorithm, "seconds": time.perf_counter() - t0, "calibration_rows": len(calibration)}
+    return {"recipe": recipe_name, "algorithm": opts.algorithm, "calibration_update": opts.calibration_update,
+            "seconds": time.perf_counter() - t0, "calibration_rows": len(calibration)}
+
+
+def _calibrate(float_path: Path, data: dict, opts: LiteRTOptions) -> dict:
+    """Activation ranges of the float graph over ``data``, merged per ``options.calibration_update``.
+
+    ``Quantizer.calibrate`` always merges the per-row ranges with a 0.95 moving average, which for
+    one-row calibration steps shrinks every range toward the typical row (MiniLM's logits were
+    clipped to a third of their range); ``min_max`` keeps the true extremes over all rows. The
+    quantizer's own ``Calibrator`` and ``qsv_utils`` do the work; only the merge function is chosen.
+    """
+    from ai_edge_quantizer import calibrator, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.utils import qsv_utils
+
+    merge = {"min_max": qsv_utils.min_max_update, "moving_average": qsv_utils.moving_average_update}
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe.static_wi8_ai8(algorithm_key=AlgorithmName(opts.algorithm)))
+    calib = calibrator.Calibrator(Path(float_path).read_bytes(), num_threads=2,
+                                  qsv_update_func=merge[opts.calibration_update])
+    calib.calibrate(data, manager)
+    return calib.get_model_qsvs()
 
 
 def graph_info(path: Path) -> dict:
