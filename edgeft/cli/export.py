@@ -10,13 +10,25 @@ import click
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--preset", default="onnx-kv", show_default=True,
               help="Export preset (export/*.yaml), e.g. onnx-kv, onnx-cls, torchscript, torchscript-mobile, "
-                   "executorch-8da4w.")
+                   "executorch-8da4w, litert-fp32, litert-int8-full.")
 @click.option("--tolerance", type=float, default=2e-3, show_default=True, help="Max |diff| per output.")
-def export_cmd(model, out, preset, tolerance):
-    """Export the HF causal-LM (or classifier) folder MODEL and check every output against PyTorch."""
+@click.option("--calibration-texts", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Text file, one training text per line: calibration for a full-integer LiteRT preset "
+                   "(litert-int8-full).")
+def export_cmd(model, out, preset, tolerance, calibration_texts):
+    """Export the HF folder MODEL (causal LM or classifier) and check every output against PyTorch."""
+    from pathlib import Path
+
     from edgeft.exporters import export
 
-    rep = export(model, out, preset=preset, tolerance=tolerance)
+    kw = {}
+    if calibration_texts is not None:
+        from edgeft.config.loader import load_preset
+
+        if load_preset(preset).format != "tflite":
+            raise click.UsageError(f"--calibration-texts applies to LiteRT presets (litert-int8-full), not {preset}")
+        kw["calibration_texts"] = [t for t in Path(calibration_texts).read_text().splitlines() if t.strip()]
+    rep = export(model, out, preset=preset, tolerance=tolerance, **kw)
     if rep.get("format") == "pte":  # ExecuTorch: parity (fp32) or agreement (quantized) vs PyTorch
         click.echo(f"{rep['kind']} {rep['quantization']}: max |logit diff| {rep['max_abs_diff']:.3g}, top-1 agreement "
                    f"{rep['top1_agreement']:.3f} vs fp32 PyTorch")
@@ -25,6 +37,12 @@ def export_cmd(model, out, preset, tolerance):
             click.echo(f"perplexity {q['perplexity']:.3f} vs fp32 {q['perplexity_reference']:.3f} "
                        f"({q['ppl_increase_pct']:+.1f}%)")
         click.echo(f"exported {out} ({rep['size_bytes'] / 2**20:.1f} MB, pte) in {rep['export_seconds']:.0f} s")
+        return
+    if rep.get("format") == "tflite":
+        vs = rep["vs_reference"]
+        click.echo(f"exported {out} ({rep['size_bytes'] / 2**20:.1f} MB, tflite {rep['graph']['op_count']} ops, "
+                   f"1 x {rep['seq']}); vs fp32 PyTorch on {vs['samples']} texts: "
+                   + ", ".join(f"{k} {v:.4g}" for k, v in vs.items() if k != "samples"))
         return
     if "quality" in rep:  # genai / gguf: quantized while exporting, scored against the fp32 model
         q = rep["quality"]

@@ -470,14 +470,15 @@ class DeviceProfile(Strict):
 class ExportPreset(Strict):
     name: str = Field(description="Preset name (matches the file name).")
     description: str = Field("", description="What this preset produces.")
-    format: Literal["onnx", "genai", "gguf", "torchscript", "pte"] = Field(
+    format: Literal["onnx", "genai", "gguf", "torchscript", "pte", "tflite"] = Field(
         description="Artifact format: onnx (optimum graph), genai (onnxruntime-genai model builder), gguf (llama.cpp), "
-                    "torchscript (traced PyTorch, model.pt), pte (ExecuTorch program with the XNNPACK delegate).")
-    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch", "executorch"] = Field(
+                    "torchscript (traced PyTorch, model.pt), pte (ExecuTorch program with the XNNPACK delegate), "
+                    "tflite (LiteRT flatbuffer, model.tflite).")
+    runtime: Literal["onnxruntime", "onnxruntime-genai", "llama.cpp", "libtorch", "executorch", "litert"] = Field(
         description="Runtime that executes the artifact.")
     opset: int = Field(18, ge=11, description="ONNX opset.")
     with_past: bool = Field(True, description="Export the KV-cache (decoder with past) graph.")
     options: dict = Field(default_factory=dict,
-                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype), "
-                                      "checked against the options model of the format's exporter when the preset "
-                                      "loads.")
+                          description="Exporter options (genai: precision, accuracy_level, lm_head, ...; gguf: qtype; "
+                                      "tflite: quantize, embeddings_outside, gelu, layernorm, ...), checked against "
+                                      "the options model of the format's exporter when the preset loads.")

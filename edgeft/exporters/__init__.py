@@ -9,18 +9,21 @@ from edgeft.exporters import torchscript as _torchscript  # noqa: F401  (registe
 from edgeft.exporters import genai as _genai  # noqa: F401  (registers "genai")
 from edgeft.exporters import gguf as _gguf  # noqa: F401  (registers "gguf")
 from edgeft.exporters import executorch as _executorch  # registers "pte" (imports executorch lazily)
+from edgeft.exporters import litert as _litert  # registers "tflite" (imports the LiteRT packages lazily)
 
 
 def export(model_dir, out_dir, preset: str = "onnx-kv", **kwargs) -> dict:
     """Export with a named preset from ``export/``: TorchScript presets (decoders, encoders and classifiers)
     go to :mod:`edgeft.exporters.torchscript`, ExecuTorch ones (``pte``) to :mod:`edgeft.exporters.executorch`,
-    the rest to :func:`edgeft.exporters.onnx.export`."""
+    LiteRT ones (``tflite``) to :mod:`edgeft.exporters.litert`, the rest to :func:`edgeft.exporters.onnx.export`."""
     p = load_checked_preset(preset)
     if p.format == "torchscript":
         return _torchscript.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format == "pte":  # ExecuTorch: causal LMs (sample/quality ids) and classifiers (texts, static shapes)
         keep = ("tolerance", "sample_ids", "quality_ids", "sample_texts", "static_shapes")
         return _executorch.export_preset(model_dir, out_dir, p, **{k: kwargs[k] for k in keep if k in kwargs})
+    if p.format == "tflite":  # BERT-family classifiers and encoders; calibration_texts: training texts
+        return _litert.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format in ("genai", "gguf"):  # options come from the preset; quality_ids: held-out windows
         keep = {k: kwargs[k] for k in ("tolerance", "sample_ids", "quality_ids") if kwargs.get(k) is not None}
         return EXPORTERS.get(p.format, f"export preset {preset}: format")(

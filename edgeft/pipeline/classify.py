@@ -2,9 +2,10 @@
 
 The stage methods of :class:`edgeft.pipeline.run.Pipeline` hand over to these functions when the
 recipe trains a classifier: records are ``{"text", "label"}``; merge and export check logits on
-eval texts; quantize calibrates on *training* texts (disjoint from eval) and checks accuracy on
-the eval split; with ``export.static_shapes`` every quantized artifact gets the same fixed input
-shapes as the fp32 export.
+eval texts (``export.extra`` presets too; LiteRT full-integer ones calibrate on training texts);
+quantize calibrates on *training* texts (disjoint from eval) and checks accuracy on the eval split;
+with ``export.static_shapes`` every quantized artifact gets the same fixed input shapes as the fp32
+export.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ FIELDS = ("text", "label")
 CALIBRATION_EXAMPLES = 256  # training texts fed to static-int8 calibration (one [CLS] text [SEP] row each)
 CALIBRATION_TOKENS = 16  # their common length (SST-2 phrases: median 10 tokens, 99th percentile 44)
 SAMPLE_TEXTS = 8  # eval texts used by the merge/export parity checks
+EXTRA_SAMPLE_TEXTS = 64  # eval texts for the parity / label agreement of each export.extra preset
 
 
 def is_classifier(pipeline) -> bool:
@@ -112,15 +114,24 @@ def merge(pipeline, tmp: Path) -> dict:
 
 
 def export(pipeline, tmp: Path) -> dict:
+    """The main preset into the stage folder, each ``export.extra`` preset into ``<preset>/`` beside it.
+
+    Extra presets get more eval texts for their parity / label-agreement check (an int8 graph is
+    judged by agreement, which 8 texts measure too coarsely) and the training texts to calibrate on.
+    """
+    from edgeft.config.loader import load_preset
     from edgeft.exporters import export as export_model
 
     e = pipeline.recipe.export
-    texts = _texts(pipeline.records("eval", FIELDS), SAMPLE_TEXTS)
-    rep = export_model(pipeline.run.stage_dir("merge"), tmp, preset=e.preset, tolerance=e.tolerance,
-                       sample_texts=texts, static_shapes=e.static_shapes)
-    if e.extra:  # e.g. executorch-fp32: each in export/<preset>/, validated as its own artifact
-        rep["extra"] = {name: export_model(pipeline.run.stage_dir("merge"), tmp / name, preset=name,
-                                           tolerance=e.tolerance, sample_texts=texts, static_shapes=e.static_shapes)
+    merged = pipeline.run.stage_dir("merge")
+    ev = pipeline.records("eval", FIELDS)
+    rep = export_model(merged, tmp, preset=e.preset, tolerance=e.tolerance, sample_texts=_texts(ev, SAMPLE_TEXTS),
+                       static_shapes=e.static_shapes)
+    if e.extra:
+        calib = {"calibration_texts": _texts(pipeline.records("train", FIELDS), CALIBRATION_EXAMPLES)}
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=name, tolerance=e.tolerance,
+                                           sample_texts=_texts(ev, EXTRA_SAMPLE_TEXTS), static_shapes=e.static_shapes,
+                                           **(calib if load_preset(name).format == "tflite" else {}))
                         for name in e.extra}
     return rep
 

@@ -63,9 +63,16 @@ def _extra_artifact(name: str, preset, folder: Path):
         return Artifact(name, folder, "onnx", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
     if preset.format == "pte":  # ExecuTorch: 8da4w is int4 weights with int8 dynamic activations
-        q = opts.get("quantization", "none")
+        from edgeft.recipe import preset_options_model
+
+        q = preset_options_model("pte").of(preset.options).quantization
         precision, mode = {"8da4w": ("int4", "dynamic"), "8da8w": ("int8", "dynamic")}.get(q, ("fp32", None))
         return Artifact(name, folder, "pte", precision=precision, int8_mode=mode)
+    if preset.format == "tflite":
+        from edgeft.recipe import preset_options_model
+
+        o = preset_options_model("tflite").of(preset.options)
+        return Artifact(name, folder, "tflite", precision=o.precision, int8_mode=o.int8_mode)
     return Artifact(name, folder, preset.format)
 
 

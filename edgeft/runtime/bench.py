@@ -2,8 +2,8 @@
 
 ``measure(...)`` spawns ``python -m edgeft.runtime.bench`` and returns its JSON; the child loads
 the artifact with the requested thread count, runs warm-up generations, then timed ones.
-``measure_encoder(...)`` does the same for an ONNX encoder (``--kind encoder``): per-inference
-latency of one forward pass at a stated batch size and sequence length. The timing loops and
+``measure_encoder(...)`` does the same for an encoder (``--kind encoder``: ONNX, LiteRT or ExecuTorch):
+per-inference latency of one forward pass at a stated batch size and sequence length. The timing loops and
 statistics are :mod:`edgeft.runtime.ortcore`'s, the same the device runner reports.
 """
 
@@ -38,24 +38,43 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
 
 def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: int, repeats: int,
                        fmt: str = "onnx") -> dict:
-    """Per-inference latency of an ONNX (or ExecuTorch ``pte``) encoder: ``warmup`` untimed passes, then
-    ``repeats`` timed ones."""
+    """Per-inference latency of an ONNX, LiteRT or ExecuTorch (``pte``) encoder: ``warmup`` untimed passes,
+    then ``repeats`` timed ones. A LiteRT graph runs at its own fixed shape (one row of its sequence length);
+    ``batch`` and ``seq`` must match it, so the numbers are never for a shape the graph did not run."""
     import time
 
     t0 = time.perf_counter()
-    enc = _encoder_runner(Path(path), fmt, threads)
+    enc = _encoder_runner(Path(path), fmt, threads, batch, seq)
     out = timed_encoder_runs(enc, batch, seq, warmup, repeats, time.perf_counter() - t0)
     if getattr(enc, "threads_source", "set") != "set":
         out["threads_source"] = enc.threads_source
     return out
 
 
-def _encoder_runner(path: Path, fmt: str, threads: int):
+class _LiteRTRunner:
+    """A LiteRT graph behind the encoder runner interface (``timed_inference(batch, seq)``, ``threads``)."""
+
+    def __init__(self, path: Path, threads: int, batch: int, seq: int) -> None:
+        from edgeft.runtime.litert import LiteRTModel
+
+        self.model, self.threads = LiteRTModel(path, threads), threads
+        if (batch, seq) != (1, self.model.seq):
+            raise ValueError(f"{path}: the LiteRT graph runs 1 x {self.model.seq}, not {batch} x {seq}")
+
+    def timed_inference(self, batch: int, seq: int) -> float:
+        return self.model.timed_inference()
+
+
+def _encoder_runner(path: Path, fmt: str, threads: int, batch: int, seq: int):
     """The per-inference runner of an encoder/classifier artifact (``timed_inference(batch, seq)``)."""
+    from edgeft.runtime.litert import is_litert
+
     if fmt == "pte":
         from edgeft.runtime.executorch import ExecuTorchClassifier
 
         return ExecuTorchClassifier(path, threads)
+    if fmt == "tflite" or is_litert(path):
+        return _LiteRTRunner(path, threads, batch, seq)
     return OrtEncoder(path, threads)
 
 

@@ -25,7 +25,7 @@ __all__ = ["Artifact", "validate"]
 class Artifact:
     name: str
     path: Path
-    format: str  # onnx | pytorch | torchscript | gguf | pte
+    format: str  # onnx | pytorch | torchscript | gguf | pte | tflite
     role: str = "artifact"  # base | reference | artifact
     precision: str = "fp32"
     int8_mode: str | None = None
@@ -39,7 +39,7 @@ def _size_bytes(a: Artifact) -> int:
     if p.is_file():
         return p.stat().st_size
     pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl"),
-            "tflite": ("*.tflite",), "pte": ("*.pte",)}.get(
+            "tflite": ("*.tflite", "embeddings.safetensors"), "pte": ("*.pte",)}.get(
         a.format, ("*.safetensors", "*.bin"))
     return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
 
@@ -98,6 +98,10 @@ def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
 
     enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
     mask = enc["attention_mask"].astype(np.float32)
+    if a.format == "tflite":  # the graph's own fixed length; mean-pooled and normalized by the runtime
+        from edgeft.runtime.litert import embeddings
+
+        return embeddings(a.path, tok, texts, threads)
     if a.format == "onnx":
         import onnxruntime as ort
 
@@ -328,13 +332,17 @@ def _is_classifier_dir(path: Path) -> bool:
 
 
 def _fixed_shape(a: Artifact) -> tuple[int, int] | None:
-    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, or of an ExecuTorch classifier;
-    else None."""
+    """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, of an ExecuTorch classifier, or of a
+    LiteRT graph (always fixed); else None."""
     if a.format == "pte":
         from edgeft.runtime.executorch import pte_paths
 
         meta = pte_paths(Path(a.path))[1]
         return (1, int(meta["seq_len"])) if meta.get("kind") == "classifier" else None
+    if a.format == "tflite":
+        from edgeft.runtime.litert import graph_seq
+
+        return 1, graph_seq(a.path)
     if a.format != "onnx":
         return None
     from edgeft.exporters.onnx_encoder import fixed_shape
@@ -359,6 +367,10 @@ def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], 
         from edgeft.runtime.executorch import ExecuTorchClassifier
 
         return ExecuTorchClassifier(Path(a.path), threads).logits(tok, texts, max_length)
+    if a.format == "tflite":  # texts cut at the graph's own fixed length
+        from edgeft.runtime.litert import logits
+
+        return logits(a.path, tok, texts, threads=threads)
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -404,7 +416,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
             logits = ref_logits if a is reference else _classifier_logits(a, reference, tok, texts, max_length,
                                                                           host_threads)
             s = scores(logits.argmax(-1), gold, len(index))
-            acc.update({"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "max_length": max_length,
+            own = shapes[a.name][1] if a.format == "tflite" else max_length
+            acc.update({"accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "max_length": own,
                         **agreement(ref_logits, logits)})
         else:
             emb = ref_emb if a is reference else _embeddings(a, tok, texts, host_threads)
@@ -419,8 +432,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     latency: dict[tuple[str, int], dict] = {}
     thread_counts = sorted({min(d.cpu.threads, host_threads) for d in devices.values()} | {min(2, host_threads)})
     for a in artifacts:
-        if a.format not in ("onnx", "pte") or a.role == "base":
-            continue  # per-inference latency is measured on ONNX Runtime and ExecuTorch artifacts
+        if a.format not in ("onnx", "pte", "tflite") or a.role == "base":
+            continue  # per-inference latency is measured on ONNX Runtime, ExecuTorch and LiteRT artifacts
         batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
         for t in thread_counts:
             log.info("validate: per-inference latency of %s (batch %d x seq %d) with %d threads", a.name, batch, seq, t)
