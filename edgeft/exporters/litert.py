@@ -40,13 +40,11 @@ from edgeft.config.loader import check_options
 from edgeft.config.options import Options
 from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
+from edgeft.runtime.litert import META_FILE, MODEL_FILE, encode_rows, lookup, require
 from edgeft.exporters.parity import check_outputs
 
 log = logging.getLogger(__name__)
 
-EXTRA_HINT = "pip install 'edgeft[litert]'"
-MODEL_FILE = "model.tflite"
-META_FILE = "litert.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 DEFAULT_SEQ = 64
 BERT_TYPES = ("bert",)  # MiniLM checkpoints are BertModel
@@ -54,14 +52,7 @@ SAMPLE_TEXTS = ["a gripping , funny film", "dull and lifeless", "it is what it i
                 "a waste of two hours", "charming , if slight"]
 
 
-def require(what: str = "LiteRT export") -> None:
-    """Import check for the ``litert`` extra: one line naming it when a package is missing."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-        import ai_edge_quantizer  # noqa: F401
-        import litert_torch  # noqa: F401
-    except ImportError as e:
-        raise UnsupportedError(f"{what} needs the litert extra ({e.name} is missing): {EXTRA_HINT}") from e
+
 
 
 class LiteRTOptions(Options):
@@ -197,23 +188,12 @@ def load_module(model_dir: Path, opts: LiteRTOptions):
 # --------------------------------------------------------------------------- inputs
 
 
-def encode_rows(tokenizer, texts: Sequence[str], seq: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids int32, mask float32), each [n, seq]: texts cut and right-padded to ``seq`` tokens."""
-    enc = tokenizer(list(texts), truncation=True, max_length=seq, padding="max_length", return_tensors="np")
-    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.float32)
-
-
 def embedding_table(edge) -> dict[str, np.ndarray]:
     """The outside-graph lookup: ``word`` [vocab, hidden] and ``position_type`` [max_pos, hidden] (type 0 added)."""
     e = edge.bert.embeddings
     word = e.word_embeddings.weight.detach().float().numpy()
     pos = e.position_embeddings.weight.detach().float().numpy() + e.token_type_embeddings.weight[0].detach().numpy()
     return {"word": word, "position_type": pos}
-
-
-def lookup(table: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
-    """Float embedding sum [n, seq, hidden] for token ids [n, seq] (what the graph's first op would compute)."""
-    return (table["word"][ids].astype(np.float32) + table["position_type"][None, :ids.shape[1]].astype(np.float32))
 
 
 def graph_inputs(edge, opts: LiteRTOptions, ids: np.ndarray, mask: np.ndarray, table=None) -> list[np.ndarray]:

@@ -16,10 +16,32 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.errors import ModelSourceError
+from edgeft.errors import ModelSourceError, UnsupportedError
 
 MODEL_FILE = "model.tflite"
 META_FILE = "litert.json"
+EXTRA_HINT = "pip install 'edgeft[litert]'"
+
+
+def require(what: str = "LiteRT export") -> None:
+    """Import check for the ``litert`` extra: one line naming it when a package is missing."""
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+        import ai_edge_quantizer  # noqa: F401
+        import litert_torch  # noqa: F401
+    except ImportError as e:
+        raise UnsupportedError(f"{what} needs the litert extra ({e.name} is missing): {EXTRA_HINT}") from e
+
+
+def encode_rows(tokenizer, texts: Sequence[str], seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids int32, mask float32), each [n, seq]: texts cut and right-padded to ``seq`` tokens."""
+    enc = tokenizer(list(texts), truncation=True, max_length=seq, padding="max_length", return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.float32)
+
+
+def lookup(table: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Float embedding sum [n, seq, hidden] for token ids [n, seq] (what the graph's first op would compute)."""
+    return (table["word"][ids].astype(np.float32) + table["position_type"][None, :ids.shape[1]].astype(np.float32))
 
 
 def is_litert(path: Path) -> bool:
@@ -29,8 +51,6 @@ def is_litert(path: Path) -> bool:
 
 
 def _interpreter(path: Path, threads: int):
-    from edgeft.exporters.litert import require
-
     require("running a LiteRT model")
     from ai_edge_litert.interpreter import Interpreter
 
@@ -94,8 +114,6 @@ class LiteRTModel:
 
     def rows(self, tokenizer, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Graph inputs for ``texts``: tokenized to the graph's length, looked up when the table is outside."""
-        from edgeft.exporters.litert import encode_rows, lookup
-
         ids, mask = encode_rows(tokenizer, texts, self.seq)
         if self.takes_embeddings:
             if self.table is None:

@@ -181,7 +181,7 @@ def test_options_models_are_registered_next_to_their_code():
         model = SCHEMES.get(name).options_model
         assert issubclass(model, Options) and model.model_config["extra"] == "forbid", name
         assert all(f.description for f in model.model_fields.values()), name
-    for fmt in ("onnx", "genai", "gguf", "torchscript"):
+    for fmt in ("onnx", "genai", "gguf", "torchscript", "pte", "tflite"):
         model = EXPORTERS.options_of(fmt)
         assert issubclass(model, Options) and all(f.description for f in model.model_fields.values()), fmt
     assert SCHEMES.get("int4-rtn").options["block_size"][0] == 32  # (default, description) table from the model
@@ -244,7 +244,7 @@ def test_preset_schema_publishes_the_options_of_every_format(tmp_path):
     schema = json.loads(out.read_text())
     branch = {b["if"]["properties"]["format"]["const"]: b["then"]["properties"]["options"]["$ref"].split("/")[-1]
               for b in schema["allOf"]}
-    assert set(branch) == {"onnx", "genai", "gguf", "torchscript"}
+    assert set(branch) == {"onnx", "genai", "gguf", "torchscript", "pte", "tflite"}
     for f in (REPO / "export").glob("*.yaml"):
         p = yaml.safe_load(f.read_text())
         assert set(p.get("options", {})) <= set(schema["$defs"][branch[p["format"]]].get("properties", {})), f.name

@@ -131,9 +131,9 @@ def test_unknown_option_and_quantization_are_config_errors(tiny_lm_dir, tmp_path
     from edgeft.errors import ConfigError
     from edgeft.exporters.executorch import export_executorch
 
-    with pytest.raises(ConfigError, match="unknown option.*qtype"):
+    with pytest.raises(ConfigError, match="qtype: unknown option"):
         export_executorch(tiny_lm_dir, tmp_path / "o", qtype="Q4_0")
-    with pytest.raises(ConfigError, match="quantization='int3'.*8da4w"):
+    with pytest.raises(ConfigError, match="quantization: 'int3' is not a valid choice.*8da4w"):
         export_executorch(tiny_lm_dir, tmp_path / "o", quantization="int3")
 
 
@@ -232,4 +232,4 @@ def test_pipeline_validates_the_pte_artifact_on_phone_cpu(tiny_lm_dir, tmp_path)
     assert phone["compatible"], phone["reasons"]
     assert phone["passed"] is True, phone["gates"]
     host = rep["devices"]["host"]["results"]["executorch-8da4w"]
-    assert not host["compatible"] and any("format pte" in r for r in host["reasons"])
+    assert host["compatible"], host["reasons"]  # the host profile runs pte as well (devices/host.yaml formats)
