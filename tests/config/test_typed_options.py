@@ -117,6 +117,9 @@ def test_stage_commands_get_the_same_checks(in_tmp, command):
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "recipes").glob("*.yaml")))
 def test_every_shipped_recipe_validates(name, monkeypatch):
     monkeypatch.chdir(REPO)
+    needs_shared = "shared/data/" in (REPO / "recipes" / f"{name}.yaml").read_text()
+    if needs_shared and not (REPO.parent / "shared" / "data").is_dir():
+        pytest.skip(f"recipes/{name}.yaml reads ../shared/data, which is not beside this checkout")
     code, lines = validate_cli(f"recipes/{name}.yaml")
     assert code == 0, lines
 
