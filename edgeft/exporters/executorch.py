@@ -74,7 +74,8 @@ class ExecuTorchOptions(Options):
     owner: ClassVar[str] = "executorch export"
     quantization: Literal["none", "8da4w", "8da8w", "int8w"] = Field(
         "none", description="none (fp32), 8da4w (int8 dynamic activations, int4 grouped weights) or 8da8w (int8 "
-                            "dynamic activations, int8 weights per output channel); int8w is refused (see WEIGHT_ONLY_INT8)")
+                            "dynamic activations, int8 weights per output channel); int8w is refused "
+                            "(see WEIGHT_ONLY_INT8)")
     group_size: int = Field(32, gt=0, description="8da4w: input channels per int4 weight scale")
     embedding: Literal["int8", "fp32"] = Field("int8", description="quantized presets: token embedding int8 "
                                                                     "weight-only (per row) or fp32")
@@ -178,19 +179,10 @@ def lower(exported) -> tuple[bytes, dict]:
 def export_decoder_program(model, max_cache_len: int):
     """``torch.export`` of transformers' static-cache recipe with a dynamic sequence length."""
     import torch
-    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    model.config.use_cache = True
-    model.generation_config.use_cache = True
-    model.generation_config.cache_implementation = "static"
-    try:
-        recipe = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_cache_len)
-    except (AssertionError, ValueError) as e:
-        raise UnsupportedError(f"executorch export of {type(model).__name__}: transformers' static-cache export "
-                               f"recipe refuses it ({e})") from e
-    if not hasattr(recipe.model, "key_cache_0"):
-        raise UnsupportedError(f"executorch export of {type(model).__name__}: only models with one full-attention "
-                               "static cache are supported (sliding-window/hybrid caches are not)")
+    from edgeft.exporters.torchscript import static_cache_recipe
+
+    recipe = static_cache_recipe(model, max_cache_len, "executorch export")
     seq = torch.export.Dim("seq_len", min=1, max=max_cache_len)
     n = min(8, max_cache_len)
     with torch.no_grad():

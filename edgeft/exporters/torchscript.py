@@ -95,28 +95,36 @@ def _kv_names(n_layers: int) -> list[str]:
     return [f"present.{i}.{side}" for i in range(n_layers) for side in ("key", "value")]
 
 
-def trace_decoder(model, max_cache_len: int = 512, example_len: int = 8):
-    """Trace ``model`` (an eager HF causal LM, fp32 or dynamically quantized) into a ScriptModule with
-    ``prefill`` and ``forward`` (see the module docstring). ``model`` is modified (static-cache
-    generation settings, the traceable mask function)."""
-    import torch
+def static_cache_recipe(model, max_cache_len: int, what: str):
+    """transformers' static-cache export recipe around ``model`` (its generation settings switched to a static
+    cache), shared by the TorchScript and ExecuTorch decoder exports. ``what`` names the export in errors."""
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    if max_cache_len < example_len + 1:
-        raise UnsupportedError(f"max_cache_len {max_cache_len} is too small; use at least {example_len + 1}")
-    model.eval()
     model.config.use_cache = True
     model.generation_config.use_cache = True
     model.generation_config.cache_implementation = "static"
     try:
         recipe = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_cache_len)
     except (AssertionError, ValueError) as e:
-        raise UnsupportedError(f"TorchScript export of {type(model).__name__}: transformers' static-cache export "
+        raise UnsupportedError(f"{what} of {type(model).__name__}: transformers' static-cache export "
                                f"recipe refuses it ({e})") from e
-    static = recipe.model
-    if not hasattr(static, "key_cache_0"):
-        raise UnsupportedError(f"TorchScript export of {type(model).__name__}: only models with one full-attention "
+    if not hasattr(recipe.model, "key_cache_0"):
+        raise UnsupportedError(f"{what} of {type(model).__name__}: only models with one full-attention "
                                "static cache are supported (sliding-window/hybrid caches are not)")
+    return recipe
+
+
+def trace_decoder(model, max_cache_len: int = 512, example_len: int = 8):
+    """Trace ``model`` (an eager HF causal LM, fp32 or dynamically quantized) into a ScriptModule with
+    ``prefill`` and ``forward`` (see the module docstring). ``model`` is modified (static-cache
+    generation settings, the traceable mask function)."""
+    import torch
+
+    if max_cache_len < example_len + 1:
+        raise UnsupportedError(f"max_cache_len {max_cache_len} is too small; use at least {example_len + 1}")
+    model.eval()
+    recipe = static_cache_recipe(model, max_cache_len, "TorchScript export")
+    static = recipe.model
     n_layers = len(static.static_cache)
 
     class DecoderWithCache(torch.nn.Module):

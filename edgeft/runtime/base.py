@@ -20,8 +20,8 @@ import numpy as np
 from edgeft.errors import ModelSourceError
 from edgeft.runtime.ortcore import find_onnx, greedy_decode, head_dim_from_config, session_options
 
-__all__ = ["CausalLM", "RUNTIMES", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm", "runtime_class",
-           "session_options"]
+__all__ = ["CausalLM", "RUNTIMES", "SingleSequenceLM", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm",
+           "runtime_class", "session_options"]
 
 # Artifact format (as recipes, presets and `edgeft.validate.Artifact` name it) -> "module:Class" of its runtime.
 # The class is constructed as Class(path, threads). One line per format, kept in alphabetical order.
@@ -53,6 +53,23 @@ class CausalLM:
     def timed_generate(self, prompt: Sequence[int], new_tokens: int) -> tuple[float, list[float]]:
         """Generate exactly ``new_tokens`` tokens for one prompt; return (ttft_s, [per-token decode s])."""
         raise NotImplementedError
+
+
+class SingleSequenceLM(CausalLM):
+    """A runtime whose static KV cache holds one sequence: ``generate`` and ``timed_generate`` run prompts one at a
+    time through the subclass's ``_decode(prompt, new_tokens, eos) -> (tokens, ttft_s, [step_s])``."""
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        raise NotImplementedError
+
+    def generate(self, prompts, max_new_tokens, eos_ids):
+        """Greedy continuation, one prompt at a time (the cache holds one sequence)."""
+        eos = set(int(e) for e in eos_ids)
+        return [self._decode(list(p), max_new_tokens, eos)[0] for p in prompts]
+
+    def timed_generate(self, prompt, new_tokens):
+        _, ttft, steps = self._decode(list(prompt), new_tokens, None)
+        return ttft, steps
 
 
 def runtime_class(fmt: str, where: Path | str = "") -> type[CausalLM]:

@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError, UnsupportedError
-from edgeft.runtime.base import CausalLM, greedy_decode
+from edgeft.runtime.base import SingleSequenceLM, greedy_decode
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _load_method(model: Path):
     return program.load_method("forward")
 
 
-class ExecuTorchLM(CausalLM):
+class ExecuTorchLM(SingleSequenceLM):
     """A lowered decoder with a static KV cache, greedy decoding through :func:`greedy_decode`."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
@@ -127,15 +127,6 @@ class ExecuTorchLM(CausalLM):
         ids = [int(t) for t in np.asarray(input_ids).tolist()]
         self._check_len(len(ids))
         return self._run(ids, 0).astype(np.float32)
-
-    def generate(self, prompts, max_new_tokens, eos_ids):
-        """Greedy continuation, one prompt at a time (the cache holds one sequence)."""
-        eos = set(int(e) for e in eos_ids)
-        return [self._decode(list(p), max_new_tokens, eos)[0] for p in prompts]
-
-    def timed_generate(self, prompt, new_tokens):
-        _, ttft, steps = self._decode(list(prompt), new_tokens, None)
-        return ttft, steps
 
 
 class ExecuTorchClassifier:

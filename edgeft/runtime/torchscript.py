@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError
-from edgeft.runtime.base import CausalLM, greedy_decode
+from edgeft.runtime.base import SingleSequenceLM, greedy_decode
 
 MODEL_FILE = "model.pt"
 META_FILE = "torchscript.json"
@@ -33,7 +33,7 @@ def _paths(path: Path) -> tuple[Path, dict]:
     return model, json.loads(meta_file.read_text())
 
 
-class TorchScriptLM(CausalLM):
+class TorchScriptLM(SingleSequenceLM):
     """A traced decoder with a static KV cache (``edgeft.exporters.torchscript``), greedy decoding."""
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
@@ -97,15 +97,6 @@ class TorchScriptLM(CausalLM):
 
         with torch.inference_mode():
             return self._prefill(input_ids)[0].float().numpy().copy()
-
-    def generate(self, prompts, max_new_tokens, eos_ids):
-        """Greedy continuation, one prompt at a time (the cache holds one sequence)."""
-        eos = set(int(e) for e in eos_ids)
-        return [self._decode(list(p), max_new_tokens, eos)[0] for p in prompts]
-
-    def timed_generate(self, prompt, new_tokens):
-        _, ttft, steps = self._decode(list(prompt), new_tokens, None)
-        return ttft, steps
 
 
 class TorchScriptEncoder:
