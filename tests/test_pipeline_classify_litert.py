@@ -1,5 +1,6 @@
 """``edgeft.run`` on the tiny BERT classifier with ``export.extra: [litert-int8-full]``: the pipeline builds the
-full-integer .tflite (calibrated on training rows) and validate scores it and times it (litert extra needed)."""
+full-integer .tflite (calibrated on training rows), validate scores it, times it and passes it on the Edge TPU
+(every op mapped) and the phone NPU, and the bundle that ships it verifies (litert extra needed)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def run(tmp_path_factory):
     recipe["name"] = "tiny-cls-litert"
     recipe["export"]["extra"] = ["litert-int8-full"]
     recipe["quantize"] = recipe["quantize"][:1]  # one ONNX int8 artifact beside the tflite one
-    recipe["validate"]["devices"] = ["host"]
+    recipe["validate"]["devices"] = ["host", "edge-tpu", "phone-npu"]
+    recipe["validate"]["require"] = ["edge-tpu", "phone-npu"]  # only the tflite can pass these two
     return edgeft.run(write_recipe(root / "tiny-cls-litert.yaml", recipe), runs_root=root / "runs")
 
 
@@ -52,3 +54,26 @@ def test_validate_scores_and_times_the_tflite_artifact(run):
     assert a["latency"]["per_inference_ms_p50"] > 0 and a["latency"]["seq_len"] == 16
     assert a["size_bytes"] > (run.run_dir / "export" / "litert-int8-full" / "model.tflite").stat().st_size  # + table
     assert a["tflite"]["inputs"][0]["dtype"] == "int8" and a["tflite"]["float_ops"] == []
+
+
+def test_full_integer_tflite_passes_edge_tpu_with_every_op_mapped(run):
+    rep = read_json(run.run_dir / "validate" / "report.json")
+    tpu = rep["devices"]["edge-tpu"]["results"]["litert-int8-full"]
+    assert tpu["compatible"], tpu["reasons"]
+    plan = tpu["tflite"]["edge_tpu"]
+    assert plan["split"] is None and plan["ops_mapped"] == plan["ops_total"] > 0 and plan["mac_fraction"] == 1.0
+    assert "BATCH_MATMUL" not in rep["artifacts"]["litert-int8-full"]["tflite"]["op_counts"]
+    npu = rep["devices"]["phone-npu"]["results"]
+    assert npu["litert-int8-full"]["compatible"], npu["litert-int8-full"]["reasons"]
+    # the ONNX artifacts are refused by the Edge TPU by format, naming the fix
+    assert not rep["devices"]["edge-tpu"]["results"]["int8-dynamic"]["compatible"]
+
+
+def test_bundle_ships_the_tflite_and_its_embedding_table_and_verifies(run):
+    from edgeft.release import verify
+
+    res = verify(run.bundle)
+    paths = {e["path"] for e in res.manifest["files"]}
+    assert "artifacts/litert-int8-full/model.tflite" in paths
+    assert "artifacts/litert-int8-full/embeddings.safetensors" in paths
+    assert res.manifest["metrics"]["litert-int8-full"]["accuracy"] is not None

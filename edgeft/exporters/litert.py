@@ -15,6 +15,9 @@ the unchanged PyTorch model and written to the export report):
 - ``gelu: tanh``: the tanh-form GELU from elementary ops (MUL, ADD, LOGISTIC) instead of erf.
 - ``layernorm: decomposed``: LayerNorm from mean / sub / mul / rsqrt only (the converter's own
   lowering uses SQUARED_DIFFERENCE).
+- ``attention: mul-sum``: per head, the scores as a broadcast MUL of ``[s, 1, d]`` by ``[1, s, d]``
+  and a SUM over ``d``, the context as ``[s, s, 1] x [1, s, d]`` summed over keys: no BATCH_MATMUL
+  (not on Coral's list) and no tensor with more than 3 non-unit dimensions. Needs batch 1.
 - the attention mask is a static ``1 x seq`` input of 1/0 turned into ``(mask - 1) * -mask_value``
   inside the graph (a bounded additive mask: HF's float32-min mask would leave an int8 activation
   no resolution for the scores).
@@ -66,6 +69,9 @@ class LiteRTOptions(Options):
     gelu: Literal["erf", "tanh"] = Field("erf", description="GELU form: erf (exact) or tanh (Edge TPU friendly)")
     layernorm: Literal["native", "decomposed"] = Field(
         "native", description="LayerNorm as the converter writes it, or decomposed into mean/sub/mul/rsqrt")
+    attention: Literal["matmul", "mul-sum"] = Field(
+        "matmul", description="attention scores and context as BATCH_MATMUL (matmul), or per head as broadcast "
+                              "MUL + SUM with at most 3 non-unit dims (mul-sum: every op on the Edge TPU list)")
     mask_value: float = Field(-30.0, lt=0, description="additive attention-mask value for padded positions")
     embeddings_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of the outside-graph "
                                                                                    "embedding table")
@@ -119,6 +125,22 @@ def _edge_bert_class():
         # same function): the converter fuses the literal tanh spelling back into one GELU op
         return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
 
+    def mul_sum_attention(q, k, v, ext, nh: int):
+        """Attention of one row (batch 1) per head from broadcast MUL and SUM only (q already scaled).
+
+        ``q, k, v``: [1, s, nh * d]; ``ext``: the additive mask [1, 1, 1, s]. Every tensor keeps at
+        most 3 non-unit dimensions ([s, s, d] is the largest), as the Edge TPU requires.
+        """
+        _, s, width = q.shape
+        d = width // nh
+        mask = ext.reshape(1, s)
+        outs = []
+        for qh, kh, vh in zip(q.split(d, -1), k.split(d, -1), v.split(d, -1)):
+            scores = (qh.reshape(s, 1, d) * kh.reshape(1, s, d)).sum(-1) + mask  # [s, s]
+            p = scores.softmax(-1)
+            outs.append((p.reshape(s, s, 1) * vh.reshape(1, s, d)).sum(1))  # [s, d]
+        return torch.cat(outs, -1).reshape(1, s, width)
+
     class EdgeBert(nn.Module):
         """BERT's forward over an HF BERT model's own modules, with the surgery switches of :class:`LiteRTOptions`.
 
@@ -152,9 +174,12 @@ def _edge_bert_class():
                 def heads(t):
                     return t.view(b, s, nh, hd).transpose(1, 2)
 
-                q, k, v = heads(a.query(h)), heads(a.key(h)), heads(a.value(h))
-                scores = torch.matmul(q, k.transpose(-1, -2)) * (hd ** -0.5) + ext
-                ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, s, nh * hd)
+                if o.attention == "mul-sum":
+                    ctx = mul_sum_attention(a.query(h) * (hd ** -0.5), a.key(h), a.value(h), ext, nh)
+                else:
+                    q, k, v = heads(a.query(h)), heads(a.key(h)), heads(a.value(h))
+                    scores = torch.matmul(q, k.transpose(-1, -2)) * (hd ** -0.5) + ext
+                    ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, s, nh * hd)
                 h = layer_norm(layer.attention.output.LayerNorm, layer.attention.output.dense(ctx) + h, dec)
                 inner = gelu(layer.intermediate.dense(h), o.gelu)
                 h = layer_norm(layer.output.LayerNorm, layer.output.dense(inner) + h, dec)

@@ -116,8 +116,9 @@ def test_full_integer_graph_is_int8_and_static(exported):
                                                                 for d in ins}
 
 
-@pytest.mark.parametrize("opts", [{"embeddings_outside": True}, {"gelu": "tanh"}, {"layernorm": "decomposed"}],
-                         ids=["embeddings-outside", "gelu-tanh", "layernorm-decomposed"])
+@pytest.mark.parametrize("opts", [{"embeddings_outside": True}, {"gelu": "tanh"}, {"layernorm": "decomposed"},
+                                  {"attention": "mul-sum"}],
+                         ids=["embeddings-outside", "gelu-tanh", "layernorm-decomposed", "attention-mul-sum"])
 def test_surgery_fp32_parity_and_cost(cls_dir, tmp_path, opts):
     out = tmp_path / "s"
     rep = export_litert(cls_dir, out, LiteRTOptions(**opts), sample_texts=TEXTS, static_shapes=SEQ)
@@ -128,6 +129,12 @@ def test_surgery_fp32_parity_and_cost(cls_dir, tmp_path, opts):
         assert "SQUARED_DIFFERENCE" not in rep["graph"]["ops"]
     if opts.get("gelu") == "tanh":
         assert "GELU" not in rep["graph"]["ops"] and "LOGISTIC" in rep["graph"]["ops"]
+    if opts.get("attention") == "mul-sum":
+        from edgeft.validate.tflite_compat import inspect_tflite
+
+        assert "BATCH_MATMUL" not in rep["graph"]["ops"] and "SUM" in rep["graph"]["ops"]
+        info = inspect_tflite(out / "model.tflite")
+        assert max(t["non_unit_dims"] for t in info["tensors"]) <= 3  # the Edge TPU's rule
     tok, ref = _torch_logits(cls_dir, TEXTS, 16)
     assert np.abs(LiteRTModel(out).logits(tok, TEXTS) - ref).max() < 1e-2
 
@@ -209,6 +216,11 @@ def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)  # import of it raises ImportError
     with pytest.raises(UnsupportedError, match=r"ai_edge_quantizer is missing.*pip install 'edgeft\[litert\]'"):
         require()
+    monkeypatch.setitem(sys.modules, "litert_torch", None)
+    require("running a LiteRT model", run_only=True)  # the interpreter alone runs a graph (no torch imported)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    with pytest.raises(UnsupportedError, match=r"running a LiteRT model needs the litert extra"):
+        require("running a LiteRT model", run_only=True)
 
 
 def test_weight_only_algorithm_cannot_pass_as_full_integer(cls_dir, tmp_path):
