@@ -30,6 +30,7 @@ def run(tmp_path_factory):
     recipe = _recipe(model, tsv)
     recipe["name"] = "tiny-cls-litert"
     recipe["export"]["extra"] = ["litert-int8-full"]
+    recipe["export"]["budgets"] = {"litert-int8-full": {"accuracy": {"max_degradation": 0.4}}}  # its own gate
     recipe["quantize"] = recipe["quantize"][:1]  # one ONNX int8 artifact beside the tflite one
     recipe["validate"]["devices"] = ["host", "edge-tpu", "phone-npu"]
     recipe["validate"]["require"] = ["edge-tpu", "phone-npu"]  # only the tflite can pass these two
@@ -77,3 +78,9 @@ def test_bundle_ships_the_tflite_and_its_embedding_table_and_verifies(run):
     assert "artifacts/litert-int8-full/model.tflite" in paths
     assert "artifacts/litert-int8-full/embeddings.safetensors" in paths
     assert res.manifest["metrics"]["litert-int8-full"]["accuracy"] is not None
+
+
+def test_extra_artifact_is_gated_on_its_own_export_budget(run):
+    rep = read_json(run.run_dir / "validate" / "report.json")
+    limits = {g["artifact"]: g["limit"] for g in rep["gates"] if g["name"] == "accuracy max_degradation"}
+    assert limits["litert-int8-full"] == 0.4 and limits["int8-dynamic"] == 0.5  # validate.budgets for the rest

@@ -293,6 +293,17 @@ class ExportConfig(Strict):
                     "gguf-q4_0); each lands in export/<preset>/ and is validated as its own artifact.")
     static_shapes: Optional[StaticShapes] = Field(
         None, description="Encoders/classifiers: fix the input shapes of every ONNX artifact (NPUs, TPUs).")
+    budgets: dict[str, "Budgets"] = Field(
+        default_factory=dict,
+        description="Accuracy gates of an export.extra artifact, by preset name (default: validate.budgets).")
+
+    @model_validator(mode="after")
+    def _budgets_name_extras(self) -> "ExportConfig":
+        unknown = [k for k in self.budgets if k not in self.extra]
+        if unknown:
+            raise ValueError(f"export.budgets has {', '.join(map(repr, unknown))}, not in export.extra "
+                             f"({', '.join(self.extra) or 'empty'}); key each entry by an export.extra preset name")
+        return self
 
 
 class QuantizeSpec(Strict):
@@ -335,6 +346,7 @@ class Budgets(Strict):
 
 
 QuantizeSpec.model_rebuild()
+ExportConfig.model_rebuild()
 
 
 class LatencyConfig(Strict):

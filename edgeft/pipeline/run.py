@@ -333,7 +333,9 @@ class Pipeline:
         else:
             arts.append(Artifact("onnx-fp32", self.run.stage_dir("export"), "onnx"))
         for name in self.recipe.export.extra:
-            arts.append(_extra_artifact(name, load_preset(name), self.run.stage_dir("export") / name))
+            a = _extra_artifact(name, load_preset(name), self.run.stage_dir("export") / name)
+            a.budgets = self.recipe.export.budgets.get(name)
+            arts.append(a)
         for q in self.recipe.quantize:
             s = SCHEMES.get(q.scheme)
             arts.append(Artifact(q.name, self.run.stage_dir("quantize") / q.name, s.output_format,

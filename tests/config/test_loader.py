@@ -107,6 +107,17 @@ def test_misspelled_key_names_path_and_suggests(in_tmp):
     assert "(valid keys: method, objective, epochs," in line
 
 
+def test_export_budgets_must_name_an_extra_preset(in_tmp):
+    write(in_tmp / "recipes/q.yaml", MINIMAL + "export:\n  extra: [litert-int8-full]\n  budgets:\n"
+                                              "    litert-int8-ful: {accuracy: {max_degradation: 0.03}}\n")
+    (line,) = errors_of("recipes/q.yaml")
+    assert line.startswith("recipes/q.yaml: export: export.budgets has 'litert-int8-ful', not in export.extra "
+                           "(litert-int8-full)"), line
+    write(in_tmp / "recipes/r.yaml", MINIMAL + "export:\n  extra: [litert-int8-full]\n  budgets:\n"
+                                              "    litert-int8-full: {accuracy: {max_degradation: 0.03}}\n")
+    assert load_recipe(in_tmp / "recipes/r.yaml").export.budgets["litert-int8-full"].accuracy.max_degradation == 0.03
+
+
 def test_valid_keys_use_aliases(in_tmp):
     write(in_tmp / "recipes/q.yaml", MINIMAL + "validat:\n  devices: [host]\n")
     (line,) = errors_of("recipes/q.yaml")
