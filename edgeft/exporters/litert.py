@@ -1,5 +1,8 @@
 """LiteRT (.tflite) export of a BERT-family sequence classifier or encoder, for Android and Edge-TPU-style devices.
 
+(A LLaMA-family causal LM goes to :mod:`edgeft.exporters.litert_lm`, litert-torch's generative converter,
+with the same presets' ``quantize`` and the causal-LM options below.)
+
 PyTorch -> .tflite goes through ``litert_torch.convert``; int8 through ``ai_edge_quantizer`` (dynamic
 range: int8 weights, float activations; full integer: int8 weights and activations calibrated on
 training texts, int8 graph inputs and outputs with their scale / zero point recorded). Shapes are
@@ -83,6 +86,16 @@ class LiteRTOptions(Options):
                                                                    "int8 recipes")
     calibration_update: Literal["min_max", "moving_average"] = Field(
         "min_max", description="how per-row ranges merge: min_max, or the library's moving_average")
+    # causal LMs (litert-torch's generative converter; see edgeft.exporters.litert_lm)
+    weight_bits: Literal[8, 4] = Field(8, description="causal LM, quantize: dynamic: int8 or int4 weights")
+    block_size: Literal[32, 128] = Field(32, description="causal LM, weight_bits 4: input channels per int4 scale")
+    prefill_seq_len: int = Field(64, gt=0, description="causal LM: tokens per prefill call (the prefill "
+                                                        "signature's static length; prompts run in chunks)")
+    kv_cache_max_len: int = Field(512, gt=1, description="causal LM: tokens the KV cache holds (prompt + output)")
+    min_top1_agreement: float = Field(0.8, ge=0, le=1, description="causal LM, quantized: fail below this top-1 "
+                                                                   "agreement with fp32 on the held-out windows")
+    max_ppl_increase_pct: float = Field(25.0, description="causal LM: fail when held-out perplexity rises more "
+                                                          "than this (percent)")
 
     @classmethod
     def parse(cls, options: dict, where: str) -> "LiteRTOptions":
@@ -97,7 +110,9 @@ class LiteRTOptions(Options):
 
     @property
     def precision(self) -> str:
-        return "fp32" if self.quantize == "none" else "int8"
+        if self.quantize == "none":
+            return "fp32"
+        return "int4" if self.quantize == "dynamic" and self.weight_bits == 4 else "int8"
 
     @property
     def int8_mode(self) -> str | None:
@@ -200,7 +215,8 @@ def load_module(model_dir: Path, opts: LiteRTOptions):
 
     cfg = AutoConfig.from_pretrained(str(model_dir))
     if cfg.model_type not in BERT_TYPES:
-        raise UnsupportedError(f"{model_dir}: LiteRT export covers BERT-family encoders ({', '.join(BERT_TYPES)}); "
+        raise UnsupportedError(f"{model_dir}: LiteRT export covers BERT-family encoders ({', '.join(BERT_TYPES)}) "
+                               f"and LLaMA-family causal LMs; "
                                f"model type {cfg.model_type!r} is not one; use an ONNX preset")
     classifier = is_classifier(model_dir)
     cls = AutoModelForSequenceClassification if classifier else AutoModel
@@ -365,22 +381,32 @@ def surgery_cost(edge, hf, task: str, inputs: list[np.ndarray], ids: np.ndarray,
 @EXPORTERS.register("tflite", options=LiteRTOptions)
 def export_preset(model_dir: Path, out_dir: Path, preset, tolerance: float = 2e-3,
                   sample_texts: Sequence[str] | None = None, calibration_texts: Sequence[str] | None = None,
-                  static_shapes=None, **_) -> dict:
+                  static_shapes=None, sample_ids=None, quality_ids=None, **_) -> dict:
     """Export ``model_dir`` with a ``tflite`` preset into ``out_dir`` (written to a temp folder, then renamed)."""
     opts = LiteRTOptions.parse(dict(preset.options), f"export/{preset.name}.yaml")
     return export_litert(model_dir, out_dir, opts, tolerance=tolerance, sample_texts=sample_texts,
-                         calibration_texts=calibration_texts, static_shapes=static_shapes, preset_name=preset.name)
+                         calibration_texts=calibration_texts, static_shapes=static_shapes, preset_name=preset.name,
+                         sample_ids=sample_ids, quality_ids=quality_ids)
 
 
 def export_litert(model_dir: Path, out_dir: Path, opts: LiteRTOptions, tolerance: float = 2e-3,
                   sample_texts: Sequence[str] | None = None, calibration_texts: Sequence[str] | None = None,
-                  static_shapes=None, preset_name: str = "litert") -> dict:
+                  static_shapes=None, preset_name: str = "litert", sample_ids=None, quality_ids=None) -> dict:
     require()
     from transformers import AutoTokenizer
+
+    from edgeft.exporters.torchscript import model_kind
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    if model_kind(model_dir) == "causal-lm":
+        from edgeft.exporters.litert_lm import export_lm
+
+        if static_shapes is not None:
+            raise ConfigError("export.static_shapes applies to encoders/classifiers; a LiteRT causal LM takes "
+                              "prompts up to options.kv_cache_max_len in prefill_seq_len chunks")
+        return export_lm(model_dir, out_dir, opts, tolerance, sample_ids, quality_ids, preset_name)
     if static_shapes is not None and static_shapes.batch != 1:
         raise ConfigError(f"export.static_shapes.batch is {static_shapes.batch}; LiteRT graphs run one row (batch 1)")
     seq = static_shapes.seq if static_shapes is not None else DEFAULT_SEQ

@@ -31,6 +31,7 @@ RUNTIMES: dict[str, str] = {
     "onnx": "edgeft.runtime.lm:OrtLM",
     "pte": "edgeft.runtime.executorch:ExecuTorchLM",
     "pytorch": "edgeft.runtime.lm:TorchLM",
+    "tflite": "edgeft.runtime.litert:LiteRTLM",
     "torchscript": "edgeft.runtime.torchscript:TorchScriptLM",
 }
 

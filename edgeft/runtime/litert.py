@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.runtime.base import SingleSequenceLM, greedy_decode
 
 MODEL_FILE = "model.tflite"
 META_FILE = "litert.json"
@@ -165,3 +166,90 @@ def embeddings(path: Path, tokenizer, texts: Sequence[str], threads: int = 1) ->
 def graph_seq(path: Path) -> int:
     """The graph's fixed sequence length."""
     return LiteRTModel(path, 1).seq
+
+
+class LiteRTLM(SingleSequenceLM):
+    """A LiteRT causal LM (:mod:`edgeft.exporters.litert_lm`): ``prefill_<P>`` and ``decode`` signatures whose
+    K/V caches are inputs and outputs, carried here from call to call (one sequence at a time).
+
+    A prompt runs through ``prefill`` in chunks of ``P`` positions; the last chunk is right-padded, which
+    writes K/V for positions after the prompt that every later decode step overwrites before any query
+    can attend to it (the causal mask hides later slots). A chunk whose padding would run past the cache
+    runs token by token through ``decode`` instead. Greedy decoding through :func:`greedy_decode`.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        p = Path(path)
+        self.folder = p.parent if p.is_file() else p
+        self.model_path = p if p.is_file() else p / MODEL_FILE
+        meta_file = self.folder / META_FILE
+        if not self.model_path.is_file() or not meta_file.is_file():
+            raise ModelSourceError(f"{p}: no {MODEL_FILE} with its {META_FILE}; export the causal LM with a litert "
+                                   "preset (`edgeft export MODEL --out DIR --preset litert-lm-int8`)")
+        self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("task") != "causal-lm":
+            raise ModelSourceError(f"{p}: a LiteRT {self.meta.get('task')} graph, not a causal LM")
+        self.name, self.threads, self.threads_source = str(path), int(threads or 1), "set"
+        self.it = _interpreter(self.model_path, self.threads)
+        sigs = self.meta["signatures"]
+        self.prefill = self.it.get_signature_runner(sigs["prefill"])
+        self.decode = self.it.get_signature_runner(sigs["decode"])
+        self.P, self.max_len = int(self.meta["prefill_seq_len"]), int(self.meta["kv_cache_max_len"])
+        details = self.decode.get_input_details()
+        self.kv_spec = {k: (tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"])) for k, d in details.items()
+                        if k.startswith("kv_cache")}
+        self.kv = self._empty_cache()
+
+    def _empty_cache(self) -> dict:
+        return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.kv_spec.items()}
+
+    def _check_len(self, n: int) -> None:
+        if n > self.max_len:
+            raise ModelSourceError(f"{self.model_path}: {n} tokens do not fit the exported KV cache of {self.max_len}; "
+                                   "re-export with a larger options.kv_cache_max_len")
+
+    def _call(self, runner, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        out = runner(tokens=tokens.astype(np.int32), input_pos=pos.astype(np.int32), **self.kv)
+        self.kv = {k: out[k] for k in self.kv_spec}
+        return out["logits"][0].astype(np.float32)
+
+    def _run(self, ids: Sequence[int], start: int) -> np.ndarray:
+        """Logits [n, vocab] for ``ids`` at positions ``start..start+n-1`` (the cache holds what came before)."""
+        ids = [int(t) for t in ids]
+        self._check_len(start + len(ids))
+        rows, i = [], 0
+        while i < len(ids):
+            chunk = ids[i:i + self.P]
+            pos0 = start + i
+            if len(chunk) > 1 and pos0 + self.P <= self.max_len:
+                toks = np.zeros((1, self.P), np.int32)
+                toks[0, :len(chunk)] = chunk
+                rows.append(self._call(self.prefill, toks, np.arange(pos0, pos0 + self.P))[:len(chunk)])
+            else:  # one token, or a padded chunk would run past the cache
+                for j, t in enumerate(chunk):
+                    rows.append(self._call(self.decode, np.array([[t]]), np.array([pos0 + j]))[-1:])
+            i += len(chunk)
+        return np.concatenate(rows)
+
+    def logits_with_steps(self, ids: Sequence[int], n_prefill: int) -> np.ndarray:
+        """Logits of ``ids[:n_prefill]`` through prefill, then one cached ``decode`` call per remaining token."""
+        ids = [int(t) for t in ids]
+        out = [self._run(ids[:n_prefill], 0)]
+        for i in range(n_prefill, len(ids)):
+            out.append(self._call(self.decode, np.array([[ids[i]]]), np.array([i]))[-1:])
+        return np.concatenate(out)
+
+    def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        self._check_len(len(prompt) + new_tokens)
+        pos = [len(prompt)]
+
+        def step(token: int) -> np.ndarray:
+            row = self._call(self.decode, np.array([[token]]), np.array([pos[0]]))[-1]
+            pos[0] += 1
+            return row
+
+        return greedy_decode(lambda: self._run(list(prompt), 0)[-1], step, new_tokens, eos)
+
+    def logits(self, input_ids):
+        ids = [int(t) for t in np.asarray(input_ids).tolist()]
+        return self._run(ids, 0)
