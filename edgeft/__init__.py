@@ -15,6 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# edgeft's models are PyTorch: transformers must not pick up tensorflow (installed by the litert-lm extra, whose
+# converter imports it) and its Keras 3, which transformers refuses.
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_TORCH", "1")
 
 __all__ = ["run", "finetune", "merge", "export", "quantize", "validate", "package", "verify", "load_recipe",
            "load_device", "resolve_model", "generate"]

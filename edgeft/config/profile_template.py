@@ -54,7 +54,10 @@ _COMMENTED: dict[str, Any] = {
     "onchip_param_mb": 8,
     "per_inference_ms": 50,
     "tflite": {"runtime": "edgetpu", "op_allowlist": ["CONV_2D", "FULLY_CONNECTED", "ADD", "SOFTMAX"],
-               "innermost_dims": 3},
+               "innermost_dims": 3,
+               "op_limits": {"FULLY_CONNECTED": {"max_output_non_unit_dims": 1, "note": "output one-dimensional"},
+                             "SOFTMAX": {"max_input_non_unit_dims": 1, "max_input_elements": 16000,
+                                         "note": "1-D input, at most 16,000 elements"}}},
     "remote": {"ssh": "pi@raspberrypi.local", "python": "python3", "port": 22},
 }
 
@@ -89,9 +92,19 @@ def _is_model(tp: Any) -> bool:
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
 
 
+def _dict_of_model(tp: Any):
+    """The value model of a ``dict[str, Model]`` annotation, else None."""
+    if typing.get_origin(tp) is dict:
+        value = typing.get_args(tp)[1]
+        return value if _is_model(value) else None
+    return None
+
+
 def _scalar(value: Any) -> str:
     import yaml
 
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -147,6 +160,10 @@ def _render(model_cls, values: dict, indent: str = "", spaced: bool = False) -> 
         shown = _COMMENTED.get(key) if value is None else value
         if _is_model(field.annotation):
             lines = [f"{indent}{key}:"] + _render(_strip_optional(field.annotation), shown or {}, indent + "  ")
+        elif _dict_of_model(field.annotation) is not None and isinstance(shown, dict):  # name -> section
+            lines = [f"{indent}{key}:"]
+            for name, section in shown.items():
+                lines += [f"{indent}  {name}:"] + _render(_dict_of_model(field.annotation), section, indent + "    ")
         elif isinstance(shown, str) and len(shown) > 60:
             lines = [f"{indent}{key}: >-"] + textwrap.wrap(shown, width=_WIDTH, initial_indent=f"{indent}  ",
                                                            subsequent_indent=f"{indent}  ")

@@ -430,6 +430,15 @@ class RemoteSpec(Strict):
     port: int = Field(22, description="SSH port.")
 
 
+class TfliteOpLimit(Strict):
+    """A per-op limitation from a target's supported-operations table (its "known limitations" column)."""
+
+    max_output_non_unit_dims: Optional[int] = Field(None, ge=0, description="Most dims > 1 in the op's output.")
+    max_input_non_unit_dims: Optional[int] = Field(None, ge=0, description="Most dims > 1 in the op's first input.")
+    max_input_elements: Optional[int] = Field(None, ge=1, description="Most elements in the op's first input.")
+    note: str = Field("", description="The limitation as the target's table words it (shown in the reason).")
+
+
 class TfliteSpec(Strict):
     runtime: Literal["litert", "edgetpu", "tflite-micro"] = Field(
         "litert",
@@ -444,6 +453,8 @@ class TfliteSpec(Strict):
     innermost_dims: Optional[int] = Field(
         None, ge=1, description="Only this many innermost dims of an activation tensor may exceed 1 (null: any)."
     )
+    op_limits: dict[str, TfliteOpLimit] = Field(
+        default_factory=dict, description="Per-op limitations by TFLite builtin op name (an op past one does not map).")
 
 
 class DeviceProfile(Strict):

@@ -99,6 +99,19 @@ def _numel(dims) -> int:
     return n
 
 
+def readable_name(name: str) -> str:
+    """A converter's tensor name as a reader wants it in a reason: the most specific scope, each part without its
+    Python module path (``pkg.mod._f.<locals>.EdgeBert/torch.nn.modules.linear.Linear_query;2`` ->
+    ``EdgeBert/Linear_query;2``); short names (``x``, ``serving_default_x:0``) stay as they are."""
+    parts = [p for p in name.split(";") if p and not p.isdigit()]
+    if not parts or (len(parts) == 1 and "." not in parts[0] and "/" not in parts[0]):
+        return name
+    scope = max(parts, key=lambda p: p.count("/"))
+    comps = [c.rsplit(".", 1)[-1] if ("<locals>" in c or c.count(".") >= 2) else c for c in scope.split("/")]
+    tail = name.rsplit(";", 1)[-1]
+    return "/".join(comps) + (f";{tail}" if ";" in name and tail.isdigit() else "")
+
+
 def _tensor(model, t, dtypes) -> dict:
     shape = _vec(t.ShapeLength(), t.ShapeAsNumpy)
     sig = _vec(t.ShapeSignatureLength(), t.ShapeSignatureAsNumpy) or list(shape)
@@ -110,7 +123,8 @@ def _tensor(model, t, dtypes) -> dict:
     q = t.Quantization()
     scale = _vec(q.ScaleLength(), q.ScaleAsNumpy) if q is not None else []
     zero = _vec(q.ZeroPointLength(), q.ZeroPointAsNumpy) if q is not None else []
-    return {"name": t.Name().decode(errors="replace"), "dtype": dtype, "shape": shape, "shape_signature": sig,
+    full = t.Name().decode(errors="replace")
+    return {"name": readable_name(full), "full_name": full, "dtype": dtype, "shape": shape, "shape_signature": sig,
             "non_unit_dims": sum(1 for d in sig if d != 1), "constant": nbytes > 0 and not t.IsVariable(),
             "bytes": nbytes if nbytes else int(_numel(shape) * _ITEMSIZE.get(dtype, 4)),
             # per-tensor quantization: the scale and zero point; per-channel (weights): only the channel count
@@ -309,6 +323,33 @@ def _dims(t: dict) -> str:
     return "[" + ",".join(str(d) for d in t["shape_signature"]) + "]"
 
 
+def _limit_problems(op: dict, tensors: list, limit, label: str) -> list[tuple[str, str, str]]:
+    """The op's own limitations from the target's table (``tflite.op_limits``): (reason, fix, short why)."""
+    out = []
+    note = f" ({limit.note})" if limit.note else ""
+    outs = [tensors[i] for i in op["outputs"]]
+    ins = [tensors[i] for i in op["inputs"] if not tensors[i]["constant"]]
+    if limit.max_output_non_unit_dims is not None and outs and outs[0]["non_unit_dims"] > limit.max_output_non_unit_dims:
+        t = outs[0]
+        out.append((f"{label} output '{t['name']}' {_dims(t)} has {t['non_unit_dims']} non-unit dims; the op maps "
+                    f"with at most {limit.max_output_non_unit_dims}{note}",
+                    f"reshape so {op['op']}'s output has <= {limit.max_output_non_unit_dims} non-unit dim(s) (e.g. a "
+                    f"1x1 CONV_2D instead of FULLY_CONNECTED over a sequence)",
+                    f"output {_dims(t)} exceeds the op's limit"))
+    if ins and limit.max_input_non_unit_dims is not None and ins[0]["non_unit_dims"] > limit.max_input_non_unit_dims:
+        t = ins[0]
+        out.append((f"{label} input '{t['name']}' {_dims(t)} has {t['non_unit_dims']} non-unit dims; the op maps "
+                    f"with at most {limit.max_input_non_unit_dims}{note}",
+                    f"reshape {op['op']}'s input to <= {limit.max_input_non_unit_dims} non-unit dim(s)",
+                    f"input {_dims(t)} exceeds the op's limit"))
+    if ins and limit.max_input_elements is not None and _numel(ins[0]["shape"]) > limit.max_input_elements:
+        t = ins[0]
+        out.append((f"{label} input '{t['name']}' {_dims(t)} has {_numel(t['shape'])} elements; the op maps with at "
+                    f"most {limit.max_input_elements}{note}", f"split {op['op']}'s input",
+                    f"input {_dims(t)} has too many elements"))
+    return out
+
+
 def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
     """Why the Edge TPU compiler cannot map ``op``: (reason, fix, short why); empty when it maps."""
     tensors = info["tensors"]
@@ -318,6 +359,9 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
         out.append((f"{label} is not on the Edge TPU's supported operations",
                     f"replace {op['op']} with supported ops (it and every op after it run on the CPU)",
                     "not a supported operation"))
+    limit = (spec.op_limits or {}).get(op["op"])
+    if limit is not None:
+        out.extend(_limit_problems(op, tensors, limit, label))
     dtypes: list[str] = []  # "float32 input 'x'" phrases, one reason per op
     others: list[str] = []  # int32/int64/bool activations (token ids, indices): not quantizable
     graph_inputs = {t["name"] for t in info["inputs"]}

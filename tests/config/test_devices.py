@@ -283,8 +283,8 @@ def test_template_documents_every_field_and_loads(tmp_path):
             assert lines[at - 1].lstrip("# ").strip() and lines[at - 1].lstrip().startswith("#"), \
                 f"{key}: no comment above it"
             inner = _model_in(field.annotation)
-            if inner is not None:
-                check_documented(inner, indent + "  ")
+            if inner is not None:  # a section, or a name -> section mapping (one more key level)
+                check_documented(inner, indent + ("    " if typing.get_origin(field.annotation) is dict else "  "))
 
     check_documented(DeviceProfile)
     assert "tflite-micro" in text and "pte" in text and "Required." in text and "Optional; default: null." in text

@@ -220,6 +220,23 @@ def test_edge_tpu_four_non_unit_dims(tmp_path):
     assert check(art(ok), load_device("edge-tpu"))["compatible"]
 
 
+def test_edge_tpu_per_op_limits_from_the_table(tmp_path):
+    """FULLY_CONNECTED maps with a one-dimensional output only, SOFTMAX with a 1-D input (Coral's table)."""
+    tensors = [T("x", [1, 8, 16]), W("w", [4, 16]), W("b", [4], INT32), T("h", [1, 8, 4]), T("p", [1, 8, 4])]
+    ops = [("FULLY_CONNECTED", [0, 1, 2], [3]), ("SOFTMAX", [3], [4])]
+    res = check(art(write_tflite(tmp_path / "seq.tflite", tensors, ops, [0], [4])), load_device("edge-tpu"))
+    assert not res["compatible"]
+    plan = res["tflite"]["edge_tpu"]
+    assert plan["ops_mapped"] == 0 and plan["split"]["op"] == "FULLY_CONNECTED"
+    assert "FULLY_CONNECTED 'h' output 'h' [1,8,4] has 2 non-unit dims; the op maps with at most 1 (FullyConnected: " \
+           "output tensor is one-dimensional)" in " ".join(res["reasons"])
+    assert any(p["op"] == "SOFTMAX" and "Softmax: 1-D input" in p["what"] for p in plan["problems"])
+    # one row at a time is within both limits
+    row = [T("x", [1, 16]), W("w", [4, 16]), W("b", [4], INT32), T("h", [1, 4]), T("p", [1, 4])]
+    ok = write_tflite(tmp_path / "row.tflite", row, ops, [0], [4])
+    assert check(art(ok), load_device("edge-tpu"))["compatible"]
+
+
 def test_edge_tpu_float_op_in_an_int8_graph(tmp_path):
     # h (int8) -> DEQUANTIZE -> float LOGISTIC -> QUANTIZE -> FULLY_CONNECTED: the float op splits the graph
     tensors = [T("x", [1, 16]), W("w1", [32, 16]), W("b1", [32], INT32), T("h", [1, 32]),
@@ -421,3 +438,13 @@ def test_validate_records_the_tflite_summary(tmp_path):
     _add_onnx_info(info, a)
     assert info["tflite"]["path"] == str(path) and info["tflite"]["int8_mode"] == "full-integer"
     assert _size_bytes(a) == path.stat().st_size
+
+
+def test_reasons_name_nodes_readably():
+    from edgeft.validate.tflite_compat import readable_name
+
+    long = ("edgeft.exporters.litert._edge_bert_class.<locals>.EdgeBert;;edgeft.exporters.litert._edge_bert_class."
+            "<locals>.EdgeBert/torch.nn.modules.linear.Linear_query;2")
+    assert readable_name(long) == "EdgeBert/Linear_query;2"
+    assert [readable_name(n) for n in ("x", "serving_default_x:0", "model/dense_1/MatMul")] == [
+        "x", "serving_default_x:0", "model/dense_1/MatMul"]
