@@ -11,7 +11,8 @@ from pathlib import Path
 
 def generate(artifact: Path | str, prompt: str, system_prompt: str = "", max_new_tokens: int = 64,
              threads: int = 2, tokenizer: Path | str | None = None) -> str:
-    """Greedy chat completion of ``prompt`` with an ONNX, GGUF, ExecuTorch (.pte) or HF (PyTorch) folder."""
+    """Greedy chat completion of ``prompt`` with an ONNX, GGUF, ExecuTorch (.pte), LiteRT (.tflite) or HF
+    (PyTorch) folder."""
     from transformers import AutoTokenizer
 
     from edgeft.data.templates import prompt_ids, stop_ids
@@ -23,6 +24,8 @@ def generate(artifact: Path | str, prompt: str, system_prompt: str = "", max_new
         fmt = "gguf"  # llama.cpp (edgeft[bench]); a genai folder is an ONNX graph that OrtLM runs
     if path.suffix == ".pte" or (path.is_dir() and (path / "model.pte").is_file()):
         fmt = "pte"  # ExecuTorch (edgeft[executorch])
+    if path.suffix == ".tflite" or (path.is_dir() and (path / "model.tflite").is_file()):
+        fmt = "tflite"  # LiteRT causal LM (edgeft[litert])
     tok_dir = Path(tokenizer) if tokenizer else (path if path.is_dir() else path.parent)
     if not (tok_dir / "tokenizer.json").is_file() and (tok_dir.parent.parent / "tokenizer").is_dir():
         tok_dir = tok_dir.parent.parent / "tokenizer"  # inside a release bundle: artifacts/<name>/

@@ -122,3 +122,10 @@ def test_refusals_are_one_line(lm_dir, tmp_path, monkeypatch):
     with pytest.raises(UnsupportedError, match=r"imports tensorflow \(not installed\): pip install "
                                                r"'edgeft\[litert,litert-lm\]'"):
         _export(lm_dir, tmp_path / "x", "litert-fp32")
+
+
+def test_generate_command_detects_a_tflite_folder(lm_dir, fp32):
+    from edgeft.chat import generate
+
+    out, _ = fp32
+    assert generate(out, "set a timer", max_new_tokens=6) == generate(lm_dir, "set a timer", max_new_tokens=6)
