@@ -38,9 +38,7 @@ LAYERS = {
 }
 
 # Private names imported across subpackages that are known and not yet made public: (importer, "module:name").
-KNOWN_PRIVATE = {
-    ("edgeft.validate", "edgeft.models.sources:_kind_of"),
-}
+KNOWN_PRIVATE: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

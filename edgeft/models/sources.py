@@ -81,7 +81,6 @@ def kind_of(config: dict) -> str:
     return "encoder"
 
 
-_kind_of = kind_of  # the former private name, still imported by edgeft.validate
 
 
 def fix_chat_tokenizer(tok) -> list[str]:

@@ -135,7 +135,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.quantize import quality
     from edgeft.runtime.bench import measure
-    from edgeft.models.sources import _kind_of
+    from edgeft.models.sources import kind_of
     from edgeft.runtime.lm import load_lm
     from edgeft.validate import compat, gates
 
@@ -154,7 +154,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                          "pass exactly one, the merged model the others are compared with")
     reference = ref[0]
     ref_cfg = Path(reference.path) / "config.json"
-    kind = _kind_of(json.loads(ref_cfg.read_text())) if ref_cfg.is_file() else "causal-lm"
+    kind = kind_of(json.loads(ref_cfg.read_text())) if ref_cfg.is_file() else "causal-lm"
     if kind == "encoder":
         return _validate_encoders(artifacts, tok, records, out_dir, cfg, devices, required, recipe_name, console)
     if heldout_text is None:
