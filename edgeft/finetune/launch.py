@@ -2,14 +2,14 @@
 
 :func:`edgeft.finetune.finetune` calls :func:`launch` when ``finetune.processes > 1`` and it is not
 already inside a launched process. The records and settings go to ``work_dir/launch/``, then
-``accelerate launch`` starts ``processes`` copies of this module; each runs the same
+``accelerate launch`` starts ``processes`` copies of :mod:`edgeft.finetune.worker`; each runs the same
 :func:`edgeft.finetune.finetune` (the Trainer shards the batches, averages gradients, and only the
 main process writes the adapter and ``metrics.json``). Without a GPU the processes talk over gloo
 (``--multi_gpu`` is accelerate's name for its torchrun launcher; with ``use_cpu`` the Trainer
 selects the CPU backend). ``finetune.accelerate_config`` passes an accelerate config file through
 unchanged (``accelerate config`` writes one; DeepSpeed/FSDP/multi-node settings live there).
 
-Run by hand, the equivalent is ``accelerate launch --num_processes N -m edgeft.finetune.launch SPEC``.
+Run by hand, the equivalent is ``accelerate launch --num_processes N -m edgeft.finetune.worker SPEC``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def command(cfg, spec: Path) -> list[str]:
         cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if not torch.cuda.is_available():
             cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // cfg.processes))]
-    return cmd + ["-m", "edgeft.finetune.launch", str(spec)]
+    return cmd + ["-m", "edgeft.finetune.worker", str(spec)]
 
 
 def launch(model_path: Path, train: list[dict], eval: list[dict], out_dir: Path, cfg, system_prompt: str,
@@ -83,18 +83,3 @@ def launch(model_path: Path, train: list[dict], eval: list[dict], out_dir: Path,
     if not metrics_file.is_file():
         raise StageError(f"finetune: the launched processes wrote no {metrics_file}; see {d / 'launch.log'}")
     return json.loads(metrics_file.read_text())
-
-
-def main(spec_path: str) -> None:
-    from edgeft.config.schema import FinetuneConfig
-    from edgeft.data.readers import read_records
-    from edgeft.finetune import finetune
-
-    logging.basicConfig(level=logging.INFO, format="[rank %s] %%(message)s" % os.environ.get("RANK", "0"))
-    spec = json.loads(Path(spec_path).read_text())
-    finetune(Path(spec["model_path"]), read_records(spec["train"]), read_records(spec["eval"]), Path(spec["out_dir"]),
-             FinetuneConfig.model_validate(spec["cfg"]), spec["system_prompt"], work_dir=Path(spec["work_dir"]))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

@@ -19,7 +19,8 @@ def test_two_cpu_processes_train_together_and_write_one_adapter(tiny_lm_dir, tmp
     cfg = FinetuneConfig(objective="clm", processes=2, epochs=3, batch_size=4, max_seq_len=64, learning_rate=5e-3,
                          eval_examples=0, early_stopping=None)
     out, work = tmp_path / "out", tmp_path / "work"
-    assert "accelerate.commands.launch" in command(cfg, tmp_path / "spec.json")
+    cmd = command(cfg, tmp_path / "spec.json")
+    assert "accelerate.commands.launch" in cmd and cmd[-3:-1] == ["-m", "edgeft.finetune.worker"]
     m = finetune(tiny_lm_dir, [{"text": text}], [{"text": text[:1500]}], out, cfg, SYSTEM_PROMPT, work_dir=work)
 
     log = (work / "launch" / "launch.log").read_text()
