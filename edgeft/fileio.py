@@ -1,4 +1,4 @@
-"""Atomic file writes: a temp file in the target's folder, fsync, then os.replace.
+"""Atomic writes: a temp file (or folder) beside the target, then a rename onto it.
 
 A reader never sees a half-written file and a crash leaves the previous version intact.
 """
@@ -6,9 +6,11 @@ A reader never sees a half-written file and a crash leaves the previous version 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterator, TextIO
 
 
 def atomic_write(path: Path | str, write: Callable[[TextIO], None]) -> Path:
@@ -33,3 +35,21 @@ def atomic_write(path: Path | str, write: Callable[[TextIO], None]) -> Path:
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text))
+
+
+@contextmanager
+def staged_dir(out_dir: Path | str) -> Iterator[Path]:
+    """A fresh ``.<name>.tmp`` folder beside ``out_dir`` to build into; on success it replaces ``out_dir``, on any
+    failure it is removed (a failed export leaves nothing behind and the previous ``out_dir`` untouched)."""
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)

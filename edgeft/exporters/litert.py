@@ -46,6 +46,7 @@ from edgeft.config.loader import check_options
 from edgeft.config.options import Options
 from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
+from edgeft.fileio import staged_dir
 from edgeft.runtime.litert import META_FILE, MODEL_FILE, encode_rows, lookup, require
 from edgeft.exporters.parity import check_outputs
 
@@ -75,6 +76,13 @@ class LiteRTOptions(Options):
     attention: Literal["matmul", "mul-sum"] = Field(
         "matmul", description="attention scores and context as BATCH_MATMUL (matmul), or per head as broadcast "
                               "MUL + SUM with at most 3 non-unit dims (mul-sum: every op on the Edge TPU list)")
+    linear: Literal["fc", "conv1x1"] = Field(
+        "fc", description="per-token linear layers as FULLY_CONNECTED over the sequence (fc), or as a 1x1 CONV_2D "
+                          "over a [1, 1, seq, C] tensor (conv1x1: the Edge TPU maps FULLY_CONNECTED only with a "
+                          "one-dimensional output)")
+    softmax: Literal["native", "decomposed"] = Field(
+        "native", description="attention softmax as SOFTMAX (native), or from REDUCE_MAX, LOGISTIC, RSQRT, MUL and SUM "
+                              "(decomposed: the Edge TPU maps SOFTMAX only on a 1-D input)")
     mask_value: float = Field(-30.0, lt=0, description="additive attention-mask value for padded positions")
     embeddings_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of the outside-graph "
                                                                                    "embedding table")
@@ -140,7 +148,30 @@ def _edge_bert_class():
         # same function): the converter fuses the literal tanh spelling back into one GELU op
         return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
 
-    def mul_sum_attention(q, k, v, ext, nh: int):
+    def linear(lin: nn.Linear, x, form: str):
+        """``lin`` on [1, s, C]: as itself, or as a 1x1 convolution over [1, C, 1, s] (NHWC [1, 1, s, C] in the graph)."""
+        if form == "fc":
+            return lin(x)
+        b, s, c = x.shape
+        y = torch.nn.functional.conv2d(x.reshape(b, 1, s, c).permute(0, 3, 1, 2), lin.weight[:, :, None, None],
+                                       lin.bias)
+        return y.permute(0, 2, 3, 1).reshape(b, s, -1)
+
+    def softmax(x, form: str):
+        """Softmax over the last dim; decomposed: exp(z) = sigmoid(z) / (1 - sigmoid(z)) for z = x - max(x) <= 0 and
+        1/y = rsqrt(y)^2, so only MAX_POOL_2D, SUB, LOGISTIC, RSQRT, MUL and SUM appear (all on the Edge TPU list)."""
+        if form == "native":
+            return x.softmax(-1)
+        n = x.shape[-1]  # the row max as a 1 x n MAX_POOL_2D (REDUCE_MAX has no int8 kernel in ai-edge-quantizer)
+        m = torch.nn.functional.max_pool2d(x.reshape(1, 1, -1, n), kernel_size=(1, n)).reshape(*x.shape[:-1], 1)
+        z = x - m
+        sg = torch.sigmoid(z)
+        r = torch.rsqrt(1.0 - sg)
+        e = sg * (r * r)
+        t = torch.rsqrt(e.sum(-1, keepdim=True))
+        return e * (t * t)
+
+    def mul_sum_attention(q, k, v, ext, nh: int, softmax_form: str = "native"):
         """Attention of one row (batch 1) per head from broadcast MUL and SUM only (q already scaled).
 
         ``q, k, v``: [1, s, nh * d]; ``ext``: the additive mask [1, 1, 1, s]. Every tensor keeps at
@@ -152,7 +183,7 @@ def _edge_bert_class():
         outs = []
         for qh, kh, vh in zip(q.split(d, -1), k.split(d, -1), v.split(d, -1)):
             scores = (qh.reshape(s, 1, d) * kh.reshape(1, s, d)).sum(-1) + mask  # [s, s]
-            p = scores.softmax(-1)
+            p = softmax(scores, softmax_form)
             outs.append((p.reshape(s, s, 1) * vh.reshape(1, s, d)).sum(1))  # [s, d]
         return torch.cat(outs, -1).reshape(1, s, width)
 
@@ -189,15 +220,17 @@ def _edge_bert_class():
                 def heads(t):
                     return t.view(b, s, nh, hd).transpose(1, 2)
 
+                lf = o.linear
+                q, k, v = linear(a.query, h, lf), linear(a.key, h, lf), linear(a.value, h, lf)
                 if o.attention == "mul-sum":
-                    ctx = mul_sum_attention(a.query(h) * (hd ** -0.5), a.key(h), a.value(h), ext, nh)
+                    ctx = mul_sum_attention(q * (hd ** -0.5), k, v, ext, nh, o.softmax)
                 else:
-                    q, k, v = heads(a.query(h)), heads(a.key(h)), heads(a.value(h))
+                    q, k, v = heads(q), heads(k), heads(v)
                     scores = torch.matmul(q, k.transpose(-1, -2)) * (hd ** -0.5) + ext
-                    ctx = torch.matmul(scores.softmax(-1), v).transpose(1, 2).reshape(b, s, nh * hd)
-                h = layer_norm(layer.attention.output.LayerNorm, layer.attention.output.dense(ctx) + h, dec)
-                inner = gelu(layer.intermediate.dense(h), o.gelu)
-                h = layer_norm(layer.output.LayerNorm, layer.output.dense(inner) + h, dec)
+                    ctx = torch.matmul(softmax(scores, o.softmax), v).transpose(1, 2).reshape(b, s, nh * hd)
+                h = layer_norm(layer.attention.output.LayerNorm, linear(layer.attention.output.dense, ctx, lf) + h, dec)
+                inner = gelu(linear(layer.intermediate.dense, h, lf), o.gelu)
+                h = layer_norm(layer.output.LayerNorm, linear(layer.output.dense, inner, lf) + h, dec)
             if self.classifier_model is None:
                 return h  # encoder: last hidden state; the runtime mean-pools it under the mask
             pooled = torch.tanh(self.bert.pooler.dense(h[:, 0]))
@@ -422,18 +455,9 @@ def export_litert(model_dir: Path, out_dir: Path, opts: LiteRTOptions, tolerance
     ids, mask = encode_rows(tok, texts, seq)
     inputs = graph_inputs(edge, opts, ids, mask, table)
 
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as tmp:  # a failed export leaves nothing behind
         report = _build(tmp, model_dir, opts, tok, edge, hf, task, table, ids, mask, inputs, seq, tolerance,
                         calibration_texts, preset_name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     log.info("export %s: %s tflite, seq %d, %.1f MB, vs fp32 PyTorch %s", preset_name, opts.int8_mode or "fp32", seq,
              report["size_bytes"] / 2**20, report["vs_reference"])
     return report

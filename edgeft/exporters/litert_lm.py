@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ParityError, UnsupportedError
+from edgeft.fileio import staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,7 @@ def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids
     from edgeft.runtime.litert import META_FILE, LiteRTLM
 
     require_generative()
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_dir(out_dir) as tmp:  # a failed export leaves nothing behind
         copy_side_files(model_dir, tmp)
         path, sigs, seconds = convert(model_dir, opts, tmp)
         quant = converter_quantization(opts)
@@ -204,12 +202,6 @@ def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids
                   "max_abs_diff": parity["max_abs_diff"], "top1_agreement": quality["top1_agreement"],
                   "quality": quality}
         (tmp / "export_report.json").write_text(json.dumps(report, indent=2))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed export leaves nothing behind
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     log.info("export %s: causal-LM tflite (%s), %.1f MB in %.0f s, perplexity %+.1f%%, top-1 agreement %.3f",
              preset_name, quant, size / 2**20, seconds, quality.get("ppl_increase_pct", float("nan")),
              quality["top1_agreement"])

@@ -117,8 +117,9 @@ def test_full_integer_graph_is_int8_and_static(exported):
 
 
 @pytest.mark.parametrize("opts", [{"embeddings_outside": True}, {"gelu": "tanh"}, {"layernorm": "decomposed"},
-                                  {"attention": "mul-sum"}],
-                         ids=["embeddings-outside", "gelu-tanh", "layernorm-decomposed", "attention-mul-sum"])
+                                  {"attention": "mul-sum"}, {"linear": "conv1x1"}, {"softmax": "decomposed"}],
+                         ids=["embeddings-outside", "gelu-tanh", "layernorm-decomposed", "attention-mul-sum",
+                              "linear-conv1x1", "softmax-decomposed"])
 def test_surgery_fp32_parity_and_cost(cls_dir, tmp_path, opts):
     out = tmp_path / "s"
     rep = export_litert(cls_dir, out, LiteRTOptions(**opts), sample_texts=TEXTS, static_shapes=SEQ)
@@ -135,6 +136,10 @@ def test_surgery_fp32_parity_and_cost(cls_dir, tmp_path, opts):
         assert "BATCH_MATMUL" not in rep["graph"]["ops"] and "SUM" in rep["graph"]["ops"]
         info = inspect_tflite(out / "model.tflite")
         assert max(t["non_unit_dims"] for t in info["tensors"]) <= 3  # the Edge TPU's rule
+    if opts.get("linear") == "conv1x1":  # only the pooler and the classifier (one row each) stay FULLY_CONNECTED
+        assert rep["graph"]["ops"]["CONV_2D"] == 12 and rep["graph"]["ops"]["FULLY_CONNECTED"] == 2
+    if opts.get("softmax") == "decomposed":
+        assert "SOFTMAX" not in rep["graph"]["ops"] and "MAX_POOL_2D" in rep["graph"]["ops"]
     tok, ref = _torch_logits(cls_dir, TEXTS, 16)
     assert np.abs(LiteRTModel(out).logits(tok, TEXTS) - ref).max() < 1e-2
 
