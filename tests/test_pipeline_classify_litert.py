@@ -1,7 +1,7 @@
-"""``edgeft.run`` on the tiny BERT classifier with ``export.extra: [litert-int8-full]``: the pipeline builds the
-full-integer .tflite (calibrated on training rows), validate scores it, times it and passes it on the Edge TPU
-(every op mapped, the table's per-op limits included) and the phone NPU, and the bundle that ships it verifies
-(litert extra needed)."""
+"""``edgeft.run`` on the tiny BERT classifier with ``export.extra: [litert-int8-full, litert-int8-edgetpu]``: the
+pipeline builds both full-integer .tflite graphs (calibrated on training rows), validate scores and times them,
+the phone NPU passes the first and the Edge TPU the second (every op mapped, the table's per-op limits included),
+and the bundle that ships them verifies (litert extra needed)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def run(tmp_path_factory):
     tsv.write_text("sentence\tlabel\n" + "".join(f"{r['text']}\t{int(r['label'] == 'pos')}\n" for r in rows))
     recipe = _recipe(model, tsv)
     recipe["name"] = "tiny-cls-litert"
-    recipe["export"]["extra"] = ["litert-int8-full"]
+    recipe["export"]["extra"] = ["litert-int8-full", "litert-int8-edgetpu"]
     recipe["export"]["budgets"] = {"litert-int8-full": {"accuracy": {"max_degradation": 0.4}}}  # its own gate
     recipe["quantize"] = recipe["quantize"][:1]  # one ONNX int8 artifact beside the tflite one
     recipe["validate"]["devices"] = ["host", "edge-tpu", "phone-npu"]
@@ -60,16 +60,19 @@ def test_validate_scores_and_times_the_tflite_artifact(run):
 
 def test_full_integer_tflite_passes_edge_tpu_with_every_op_mapped(run):
     rep = read_json(run.run_dir / "validate" / "report.json")
-    tpu = rep["devices"]["edge-tpu"]["results"]["litert-int8-full"]
+    tpu = rep["devices"]["edge-tpu"]["results"]["litert-int8-edgetpu"]
     assert tpu["compatible"], tpu["reasons"]
     plan = tpu["tflite"]["edge_tpu"]
     assert plan["split"] is None and plan["ops_mapped"] == plan["ops_total"] > 0 and plan["mac_fraction"] == 1.0
-    ops = rep["artifacts"]["litert-int8-full"]["tflite"]["op_counts"]
+    ops = rep["artifacts"]["litert-int8-edgetpu"]["tflite"]["op_counts"]
     assert "BATCH_MATMUL" not in ops and "SOFTMAX" not in ops  # attention: mul-sum, softmax: decomposed
     assert ops["CONV_2D"] > 0 and ops.get("FULLY_CONNECTED", 0) == 2  # linear: conv1x1; pooler + classifier rows
     npu = rep["devices"]["phone-npu"]["results"]
     assert npu["litert-int8-full"]["compatible"], npu["litert-int8-full"]["reasons"]
-    # the ONNX artifacts are refused by the Edge TPU by format, naming the fix
+    # the CPU form splits at its first FULLY_CONNECTED over the sequence; ONNX is refused by format
+    cpu_form = rep["devices"]["edge-tpu"]["results"]["litert-int8-full"]
+    assert not cpu_form["compatible"] and cpu_form["tflite"]["edge_tpu"]["split"]["op"] == "FULLY_CONNECTED"
+    assert any("output tensor is one-dimensional" in r for r in cpu_form["reasons"])
     assert not rep["devices"]["edge-tpu"]["results"]["int8-dynamic"]["compatible"]
 
 
@@ -78,7 +81,7 @@ def test_bundle_ships_the_tflite_and_its_embedding_table_and_verifies(run):
 
     res = verify(run.bundle)
     paths = {e["path"] for e in res.manifest["files"]}
-    assert "artifacts/litert-int8-full/model.tflite" in paths
+    assert "artifacts/litert-int8-full/model.tflite" in paths and "artifacts/litert-int8-edgetpu/model.tflite" in paths
     assert "artifacts/litert-int8-full/embeddings.safetensors" in paths
     assert res.manifest["metrics"]["litert-int8-full"]["accuracy"] is not None
 

@@ -98,7 +98,7 @@ def test_report_has_accuracy_rows_and_device_verdicts(run):
     assert not npu["int8-dynamic"]["compatible"] and not npu["onnx-fp32"]["compatible"]
     tpu = rep["devices"]["edge-tpu"]["results"]["int8-static"]
     assert not tpu["compatible"] and tpu["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
-    assert any("litert-int8-full" in s for s in tpu["suggestions"])
+    assert any("litert-int8-edgetpu" in s for s in tpu["suggestions"])
     html = (run.run_dir / "validate" / "report.html").read_text()
     assert "accuracy" in html.lower()
 

@@ -316,7 +316,9 @@ def _precision_fix(device: DeviceProfile) -> str:
 def _format_fix(device: DeviceProfile) -> str:
     """How to produce an artifact the device loads, as a phrase."""
     if "tflite" in device.formats and set(device.int8_modes) <= {"full-integer", "static"}:
-        return f"export with litert-int8-full (full-integer int8 .tflite) for {device.name}"
+        preset = "litert-int8-edgetpu" if device.tflite is not None and device.tflite.runtime == "edgetpu" \
+            else "litert-int8-full"
+        return f"export with {preset} (full-integer int8 .tflite) for {device.name}"
     return f"export to {device.formats[0]} for {device.name}"
 
 

@@ -57,6 +57,7 @@ _WEIGHT_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL"
                "EMBEDDING_LOOKUP", "GATHER", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
 _INT8 = {"int8", "uint8"}
 _FIX_FULL_INT = "quantize with litert-int8-full (full-integer int8, calibrated)"
+_FIX_EDGE_TPU_INT = "quantize with litert-int8-edgetpu (full-integer int8, calibrated, Edge TPU ops)"
 _FIX_NOT_8BIT = ("compute these integer tensors (token ids, indices) before the graph and feed it 8-bit "
                  "tensors, e.g. look the embeddings up on the CPU")
 
@@ -334,13 +335,14 @@ def _limit_problems(op: dict, tensors: list, limit, label: str) -> list[tuple[st
         out.append((f"{label} output '{t['name']}' {_dims(t)} has {t['non_unit_dims']} non-unit dims; the op maps "
                     f"with at most {limit.max_output_non_unit_dims}{note}",
                     f"reshape so {op['op']}'s output has <= {limit.max_output_non_unit_dims} non-unit dim(s) (e.g. a "
-                    f"1x1 CONV_2D instead of FULLY_CONNECTED over a sequence)",
+                    f"1x1 CONV_2D instead of FULLY_CONNECTED over a sequence, as litert-int8-edgetpu does)",
                     f"output {_dims(t)} exceeds the op's limit"))
     if ins and limit.max_input_non_unit_dims is not None and ins[0]["non_unit_dims"] > limit.max_input_non_unit_dims:
         t = ins[0]
         out.append((f"{label} input '{t['name']}' {_dims(t)} has {t['non_unit_dims']} non-unit dims; the op maps "
                     f"with at most {limit.max_input_non_unit_dims}{note}",
-                    f"reshape {op['op']}'s input to <= {limit.max_input_non_unit_dims} non-unit dim(s)",
+                    f"reshape {op['op']}'s input to <= {limit.max_input_non_unit_dims} non-unit dim(s) (litert-int8-edgetpu "
+                    f"builds its softmax from MAX_POOL_2D, LOGISTIC and RSQRT)",
                     f"input {_dims(t)} exceeds the op's limit"))
     if ins and limit.max_input_elements is not None and _numel(ins[0]["shape"]) > limit.max_input_elements:
         t = ins[0]
@@ -386,7 +388,7 @@ def _op_problems(op: dict, info: dict, spec) -> list[tuple[str, str, str]]:
     if others:
         out.insert(0, (f"{label} has {', '.join(others)}", _FIX_NOT_8BIT, "not 8-bit: " + ", ".join(others)))
     if dtypes:
-        out.insert(0, (f"{label} has {', '.join(dtypes)}", _FIX_FULL_INT, "not 8-bit: " + ", ".join(dtypes)))
+        out.insert(0, (f"{label} has {', '.join(dtypes)}", _FIX_EDGE_TPU_INT, "not 8-bit: " + ", ".join(dtypes)))
     return list(dict.fromkeys(out))
 
 

@@ -66,7 +66,7 @@ def _torch_logits(model_dir, texts, seq):
         return tok, model(**enc).logits.numpy()
 
 
-PRESETS = ["litert-fp32", "litert-int8-dynamic", "litert-int8-full"]
+PRESETS = ["litert-fp32", "litert-int8-dynamic", "litert-int8-full", "litert-int8-edgetpu"]
 
 
 @pytest.fixture(scope="module")
