@@ -10,7 +10,9 @@ Usage (from the repository root; needs `pip install -e ".[executorch]"`)::
 size). The export runs in a child process so its peak RSS is its own. Quality: the export's own
 check (held-out windows of tinyshakespeare when ``shared/data`` has it, else the export's sample ids).
 Latency: :func:`edgeft.runtime.bench.measure` (fresh process per artifact, same prompt ids, exactly
-``--new-tokens`` greedy tokens). Prints one JSON object.
+``--new-tokens`` greedy tokens); with the default static layout the prompt (18 tokens) is one
+right-padded ``prefill`` chunk, each new token one call of the one-token ``forward``. Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--windows", type=int, default=8, help="held-out windows of 256 tokens for the quality check")
     p.add_argument("--skip-export", action="store_true", help="measure an existing --out")
     a = p.parse_args()
     from transformers import AutoTokenizer
@@ -70,16 +73,18 @@ def main() -> None:
     result: dict = {"model": model, "preset": a.preset, "threads": a.threads}
     if not a.skip_export:
         prompt = AutoTokenizer.from_pretrained(model)(PROMPT).input_ids
-        args = json.dumps({"model": model, "out": a.out, "preset": a.preset, "windows": heldout_windows(model),
+        args = json.dumps({"model": model, "out": a.out, "preset": a.preset, "windows": heldout_windows(model, n=a.windows),
                            "sample_ids": prompt})
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-c", CHILD, args], capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"export failed: {proc.stderr.strip().splitlines()[-3:]}")
         rep = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["export"] = {k: rep.get(k) for k in ("size_bytes", "export_seconds", "export_peak_rss_mb", "embedding",
-                                                  "quantization", "group_size", "max_cache_len", "top1_agreement",
+        result["export"] = {k: rep.get(k) for k in ("size_bytes", "export_seconds", "export_and_lower_seconds",
+                                                  "export_peak_rss_mb", "embedding", "quantization", "group_size",
+                                                  "max_cache_len", "shapes", "prefill_chunk", "top1_agreement",
                                                   "max_abs_diff", "quality")}
+        result["export"]["quantized"] = rep["executorch"]["quantized"]
         result["export"]["wall_seconds"] = time.perf_counter() - t0
         result["export"]["xnnpack_partitions"] = rep["executorch"]["xnnpack_partitions"]
     prompt = AutoTokenizer.from_pretrained(model)(PROMPT).input_ids

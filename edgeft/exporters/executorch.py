@@ -7,11 +7,21 @@ Pipeline: optional torchao ``quantize_`` on the eager model, ``torch.export``, t
 
 Causal LM: transformers' own export recipe, ``transformers.integrations.executorch.
 TorchExportableModuleForDecoderOnlyLM`` (a ``StaticCache`` of ``max_cache_len`` slots registered as
-module buffers; mask creation without ``vmap``), exported with a dynamic sequence length so one
-``forward(input_ids [1, n], cache_position [n])`` method serves the prefill (n tokens) and each
-decode step (1 token). The cache buffers become the program's mutable buffers and persist
-between calls. This is the code optimum-executorch wraps; optimum-executorch itself is not used
-because it pins transformers 5.0.0rc1 (this project runs transformers 4.57).
+module buffers; mask creation without ``vmap``). The cache buffers become the program's mutable
+buffers and persist between calls. This is the code optimum-executorch wraps; optimum-executorch
+itself is not used because it pins transformers 5.0.0rc1 (this project runs transformers 4.57).
+Two layouts (``shapes`` option):
+
+- ``static`` (default): two methods exported at static shapes from the same recipe and lowered
+  into one program, ``forward(input_ids [1, 1], cache_position [1])`` (a decode step) and
+  ``prefill(input_ids [1, C], cache_position [C])`` with C = ``prefill_chunk``. Memory planning
+  shares the cache buffers between them (``MemoryPlanningPass(share_mutable_buffers=True)``,
+  ``emit_mutable_buffer_names``); the weights are stored once. The runtime feeds a prompt through
+  ``prefill`` C tokens at a time (see :mod:`edgeft.runtime.executorch` for the padded last chunk).
+- ``dynamic``: one ``forward(input_ids [1, n], cache_position [n])`` with a dynamic ``seq_len``
+  serving prefill and decode. Each static method lowers faster than the dynamic one (no sympy
+  symbolic-shape work), but there are two: on SmolLM2-135M and the tiny test model the whole
+  lowering takes about as long either way (docs/benchmarks.md).
 
 Classifier (``*ForSequenceClassification``): ``forward(input_ids, attention_mask)`` -> logits at a
 static ``1 x seq`` shape (``export.static_shapes.seq`` or the ``seq_len`` option).
@@ -19,9 +29,10 @@ static ``1 x seq`` shape (``export.static_shapes.seq`` or the ``seq_len`` option
 Quantization (``quantization`` option), torchao 0.18 configs applied with ``quantize_``:
 
 - ``8da4w``: ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-  weight_granularity=PerGroup(group_size))`` on every ``nn.Linear`` (LM head included): int8
-  per-token dynamic activations, symmetric int4 weights in groups; XNNPACK runs them as its
-  QD8-QB4W GEMMs.
+  weight_granularity=PerGroup(group_size))`` on every ``nn.Linear`` (LM head included unless
+  ``lm_head`` says otherwise): int8 per-token dynamic activations, symmetric int4 weights in groups;
+  XNNPACK runs them as its QD8-QB4W GEMMs. ``int8_linears`` (Linear-name suffixes, e.g.
+  ``[v_proj, down_proj]``) puts those layers on the 8da8w config below instead.
 - ``8da8w`` (preset ``executorch-int8w``): ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
   weight_granularity=PerAxis(0))`` on every ``nn.Linear``: int8 weights per output channel with int8
   dynamic activations (XNNPACK's QD8-QC8W GEMMs). Weight-only int8 linears
@@ -81,8 +92,17 @@ class ExecuTorchOptions(Options):
                                                                     "weight-only (per row) or fp32")
     lm_head: Literal["same", "int8", "fp32"] = Field(
         "same", description="8da4w: LM head like the body (same), int8 weights with int8 dynamic activations, or fp32")
+    int8_linears: list[str] = Field(
+        default_factory=list, description="8da4w: Linear-name suffixes (e.g. [v_proj, down_proj]) quantized 8da8w "
+                                          "(int8 weights per output channel, int8 dynamic activations) instead of int4")
     max_cache_len: int = Field(512, gt=0, description="causal LM: tokens the static KV cache holds (prompt + "
                                                        "generated)")
+    shapes: Literal["static", "dynamic"] = Field(
+        "static", description="causal LM: static (a one-token forward for decode plus a prefill of prefill_chunk "
+                              "tokens, sharing the KV cache) or dynamic (one forward of any length up to "
+                              "max_cache_len, the older layout)")
+    prefill_chunk: int = Field(32, ge=2, description="causal LM, static shapes: tokens per prefill call (the prompt "
+                                                      "is fed in chunks, the last one right-padded); < max_cache_len")
     seq_len: int = Field(128, gt=0, description="classifier: static input length when export.static_shapes is not set")
     decode_steps: int = Field(4, ge=0, description="causal LM parity: cached one-token steps after the prefill")
     min_top1_agreement: float = Field(0.80, ge=0, le=1, description="quantized: fail below this top-1 (label) "
@@ -109,10 +129,29 @@ def _exir():
     return to_edge_transform_and_lower, XnnpackPartitioner, ExecutorchBackendConfig
 
 
-def quantize_model(model, quantization: str, group_size: int, embedding: str, lm_head: str = "same") -> dict:
+def int8_linear_names(model, suffixes: Sequence[str]) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` whose name ends in one of ``suffixes`` (a whole name
+    segment: ``v_proj`` matches ``model.layers.0.self_attn.v_proj``); a suffix matching none is a ConfigError."""
+    import torch
+
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    hit = {s: [n for n in linears if n == s or n.endswith("." + s)] for s in suffixes}
+    bad = [s for s, names in hit.items() if not names]
+    if bad:
+        last = sorted({n.rsplit(".", 1)[-1] for n in linears})
+        raise ConfigError(f"executorch option int8_linears: {', '.join(map(repr, bad))} matches no Linear of "
+                          f"{type(model).__name__} (Linear names end in: {', '.join(last)})")
+    return [n for n in linears if any(n in names for names in hit.values())]
+
+
+def quantize_model(model, quantization: str, group_size: int, embedding: str, lm_head: str = "same",
+                   int8_linears: Sequence[str] = ()) -> dict:
     """Apply the torchao config(s) for ``quantization`` to ``model`` in place; return what was done."""
     import torch
 
+    if int8_linears and quantization != "8da4w":
+        raise ConfigError(f"executorch option int8_linears applies to quantization 8da4w (int8 instead of int4 "
+                          f"for some linears); quantization is {quantization}")
     if quantization == "none":
         return {"linear": "fp32", "embedding": "fp32"}
     try:
@@ -130,17 +169,25 @@ def quantize_model(model, quantization: str, group_size: int, embedding: str, lm
         if bad:
             raise UnsupportedError(f"8da4w: group_size {group_size} does not divide the input width of {bad[0]} "
                                    f"({len(bad)} Linear layers); pick a group_size that divides every width")
+        int8 = "Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, PerAxis(0))"
+        named = int8_linear_names(model, int8_linears)  # before any quantize_: a bad suffix fails first
         head = getattr(model, "lm_head", None) if lm_head != "same" else None
         if head is not None and lm_head == "int8":
             quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
                                                                    weight_granularity=PerAxis(0)),
                       filter_fn=lambda m, _fqn: m is head)
-            done["lm_head"] = "Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, PerAxis(0))"
+            done["lm_head"] = int8
         elif head is not None:
             done["lm_head"] = "fp32"
+        if named:
+            keep = set(named)
+            quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8,
+                                                                   weight_granularity=PerAxis(0)),
+                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn in keep and m is not head)
+            done["int8_linears"] = {"config": int8, "suffixes": list(int8_linears), "names": named}
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                                weight_granularity=PerGroup(group_size)),
-                  filter_fn=lambda m, _fqn: isinstance(m, torch.nn.Linear) and m is not head)
+                  filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and m is not head and fqn not in named)
         done["linear"] = f"Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, PerGroup({group_size}))"
     else:
         quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0)))
@@ -162,33 +209,55 @@ def _op_name(target) -> str:
 
 
 def lower(exported) -> tuple[bytes, dict]:
-    """``ExportedProgram`` -> (.pte bytes, delegation summary) through XNNPACK."""
+    """``ExportedProgram`` (or ``{method: ExportedProgram}``) -> (.pte bytes, delegation summary) through XNNPACK.
+
+    Several methods are lowered into one program whose mutable buffers (the KV cache) are shared
+    between them (``share_mutable_buffers``) and left out of the input planning; constants are stored
+    once in the file (XNNPACK's weights go to the program's named data, keyed by content)."""
     to_edge_transform_and_lower, XnnpackPartitioner, ExecutorchBackendConfig = _exir()
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    calls = [n for n in edge.exported_program().graph.nodes if n.op == "call_function"]
+    if isinstance(exported, dict):
+        from executorch.exir.passes import MemoryPlanningPass
+
+        edge = to_edge_transform_and_lower(exported, partitioner={k: [XnnpackPartitioner()] for k in exported})
+        config = ExecutorchBackendConfig(
+            do_quant_fusion_and_const_prop=True, emit_mutable_buffer_names=True,
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True))
+        names = list(exported)
+    else:
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)
+        names = ["forward"]
+    calls = [n for name in names for n in edge.exported_program(name).graph.nodes if n.op == "call_function"]
     delegates = sum(1 for n in calls if "executorch_call_delegate" in str(n.target))
     portable = sorted({_op_name(n.target) for n in calls
                        if "delegate" not in str(n.target) and "getitem" not in str(n.target)})
-    program = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
+    program = edge.to_executorch(config)
     return program.buffer, {"xnnpack_partitions": delegates, "portable_ops": portable}
 
 
 # --------------------------------------------------------------------------- causal LM
 
 
-def export_decoder_program(model, max_cache_len: int):
-    """``torch.export`` of transformers' static-cache recipe with a dynamic sequence length."""
+def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None = None):
+    """``torch.export`` of transformers' static-cache recipe.
+
+    ``prefill_chunk`` set: ``{"forward": one token, "prefill": prefill_chunk tokens}``, both at static
+    shapes over the same cache buffers. ``None``: one ``ExportedProgram`` with a dynamic sequence length."""
     import torch
 
     from edgeft.exporters.torchscript import static_cache_recipe
 
     recipe = static_cache_recipe(model, max_cache_len, "executorch export")
+
+    def one(n: int, **kw):
+        with torch.no_grad():
+            return recipe.export(input_ids=torch.arange(3, 3 + n, dtype=torch.long)[None],
+                                 cache_position=torch.arange(n, dtype=torch.long), strict=True, **kw)
+
+    if prefill_chunk is not None:
+        return {"forward": one(1), "prefill": one(int(prefill_chunk))}
     seq = torch.export.Dim("seq_len", min=1, max=max_cache_len)
-    n = min(8, max_cache_len)
-    with torch.no_grad():
-        return recipe.export(input_ids=torch.arange(3, 3 + n, dtype=torch.long)[None],
-                             cache_position=torch.arange(n, dtype=torch.long),
-                             dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}}, strict=True)
+    return one(min(8, max_cache_len), dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
 
 
 def decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, tolerance: float, quantized: bool) -> dict:
@@ -233,16 +302,32 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
     from edgeft.runtime.executorch import ExecuTorchLM
 
     L = int(opts["max_cache_len"])
-    if L < 9:
+    static = opts["shapes"] == "static"
+    C = int(opts["prefill_chunk"]) if static else None
+    if static and C >= L:
+        raise ConfigError(f"executorch option prefill_chunk={C} must be < max_cache_len={L}")
+    if not static and L < 9:
         raise ConfigError(f"executorch option max_cache_len={L}: use at least 9")
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"], opts["lm_head"])
+    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"], opts["lm_head"],
+                           opts["int8_linears"])
     _clear_padding_idx(model)
-    buf, lowered = lower(export_decoder_program(model, L))
+    t_export = time.perf_counter()
+    buf, lowered = lower(export_decoder_program(model, L, C))
+    t_export = time.perf_counter() - t_export
     del model
-    meta = {"kind": "causal-lm", "max_cache_len": L, "methods": ["forward"],
-            "inputs": ["input_ids [1, n] int64", "cache_position [n] int64"], "outputs": ["logits [1, n, vocab]"]}
+    if static:
+        meta = {"kind": "causal-lm", "max_cache_len": L, "shapes": "static", "prefill_chunk": C,
+                "methods": ["forward", "prefill"],
+                "inputs": {"forward": ["input_ids [1, 1] int64", "cache_position [1] int64"],
+                           "prefill": [f"input_ids [1, {C}] int64", f"cache_position [{C}] int64"]},
+                "outputs": {"forward": ["logits [1, 1, vocab]"], "prefill": [f"logits [1, {C}, vocab]"]},
+                "shared_mutable_buffers": "KV cache (forward and prefill)"}
+    else:
+        meta = {"kind": "causal-lm", "max_cache_len": L, "shapes": "dynamic", "methods": ["forward"],
+                "inputs": ["input_ids [1, n] int64", "cache_position [n] int64"],
+                "outputs": ["logits [1, n, vocab]"]}
     _write_program(stage, buf, meta, opts, quant, lowered)
     total = time.perf_counter() - t0
     lm = ExecuTorchLM(stage, threads=2)
@@ -258,7 +343,8 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
                                    float(opts["min_top1_agreement"]) if quantized else 0.0,
                                    float(opts["max_ppl_increase_pct"]),
                                    max_abs_logit_diff=None if quantized else tolerance)
-    return {"kind": "causal-lm", "max_cache_len": L, "export_seconds": total,
+    return {"kind": "causal-lm", "max_cache_len": L, "shapes": opts["shapes"], "prefill_chunk": C,
+            "export_seconds": total, "export_and_lower_seconds": t_export,
             "parity": parity, "max_abs_diff": parity["max_abs_diff"], "top1_agreement": quality["top1_agreement"],
             "quality": quality, "threads": lm.threads, "threads_source": lm.threads_source}
 
@@ -280,7 +366,8 @@ def _export_classifier(model_dir: Path, stage: Path, opts: dict, tolerance: floa
     if seq > max_pos:
         raise UnsupportedError(f"executorch export: static seq {seq} exceeds the model's max_position_embeddings "
                                f"{max_pos}; set export.static_shapes.seq (or the seq_len option) to <= {max_pos}")
-    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"])
+    quant = quantize_model(model, opts["quantization"], int(opts["group_size"]), opts["embedding"],
+                           int8_linears=opts["int8_linears"])
     _clear_padding_idx(model)
 
     class Classifier(torch.nn.Module):

@@ -3,11 +3,20 @@
 Loaded with ``executorch.runtime`` (``Runtime.get().load_program(...)``, the Python bindings of the
 same C++ runtime an app links); the XNNPACK delegate runs the lowered parts of the graph.
 
-Causal LM (:class:`ExecuTorchLM`): one ``forward(input_ids [1, n], cache_position [n])`` method
-whose static KV cache lives in the program's mutable buffers, so it persists between calls of the
-loaded method: the prefill is one call with the prompt, each decode step one call with one token
-at the next position. The mask hides every slot after the last position, so a new sequence
-starts again at position 0 without a reset. At most ``max_cache_len`` tokens per sequence.
+Causal LM (:class:`ExecuTorchLM`): the static KV cache lives in the program's mutable buffers, so
+it persists between calls. The mask hides every slot after the last position, so a new sequence
+starts again at position 0 without a reset. At most ``max_cache_len`` tokens per sequence. Two
+layouts, told apart by ``executorch.json``:
+
+- ``shapes: static`` (the default export): ``forward(input_ids [1, 1], cache_position [1])`` for a
+  decode step and ``prefill(input_ids [1, C], cache_position [C])`` (``prefill_chunk`` C), two
+  methods of one program sharing the cache buffers. A prompt goes through ``prefill`` C tokens at a
+  time; the last partial chunk is right-padded, which writes K/V for the padding at the slots after
+  the prompt: harmless, since every later call writes its own positions before attending and the
+  causal mask hides the slots after them. When the padded chunk would run past ``max_cache_len``
+  the tail goes through ``forward`` one token at a time. Only the real tokens' logits are returned.
+- ``shapes: dynamic`` (or no ``shapes`` key: files written before the static layout): one
+  ``forward(input_ids [1, n], cache_position [n])`` taking the whole prompt, then one token per step.
 
 Classifier (:class:`ExecuTorchClassifier`): ``forward(input_ids [1, seq], attention_mask [1, seq])``
 -> logits, one text at a time, padded to the exported static ``seq``.
@@ -81,10 +90,35 @@ def pte_paths(path: Path) -> tuple[Path, dict]:
     return model, json.loads(meta_file.read_text())
 
 
-def _load_method(model: Path):
+def _load_methods(model: Path, names: Sequence[str] = ("forward",)) -> dict:
+    """``{name: loaded method}`` from one loaded program (so methods share the program's mutable buffers)."""
     Runtime = import_runtime()
     program = Runtime.get().load_program(model)
-    return program.load_method("forward")
+    have = set(program.method_names)
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise ModelSourceError(f"{model}: the program has no method {', '.join(missing)} (it has "
+                               f"{', '.join(sorted(have))}) although {META_FILE} lists it; re-export the folder")
+    return {n: program.load_method(n) for n in names}
+
+
+def _load_method(model: Path):
+    return _load_methods(model)["forward"]
+
+
+def decoder_layout(path: Path, meta: dict) -> tuple[str, int | None]:
+    """(``"static"`` | ``"dynamic"``, prefill chunk or None) from a causal LM's ``executorch.json``; a layout this
+    runtime does not know fails in one line."""
+    shapes = meta.get("shapes", "dynamic")  # files from before the static layout: one dynamic forward
+    methods = list(meta.get("methods") or ["forward"])
+    if shapes == "dynamic" and methods == ["forward"]:
+        return "dynamic", None
+    chunk = meta.get("prefill_chunk")
+    if shapes == "static" and sorted(methods) == ["forward", "prefill"] and isinstance(chunk, int) \
+            and 1 < chunk < int(meta["max_cache_len"]):
+        return "static", chunk
+    raise ModelSourceError(f"{path}: {META_FILE} describes an unknown program layout (shapes {shapes!r}, methods "
+                           f"{methods}, prefill_chunk {chunk!r}); re-export it with this version of edgeft")
 
 
 class ExecuTorchLM(SingleSequenceLM):
@@ -97,7 +131,9 @@ class ExecuTorchLM(SingleSequenceLM):
         self.name = str(path)
         self.threads, self.threads_source = set_threads(threads)
         self.max_len = int(self.meta["max_cache_len"])
-        self.method = _load_method(self.path)
+        self.shapes, self.chunk = decoder_layout(self.path, self.meta)
+        self.methods = _load_methods(self.path, ("forward", "prefill") if self.shapes == "static" else ("forward",))
+        self.method = self.methods["forward"]
 
     def _check_len(self, n: int) -> None:
         if n > self.max_len:
@@ -108,9 +144,28 @@ class ExecuTorchLM(SingleSequenceLM):
         """Logits [n, vocab] for ``ids`` at positions ``start..start+n-1`` (the cache holds what came before)."""
         import torch
 
-        t = torch.as_tensor(np.asarray(ids, np.int64))[None, :]
-        out = self.method.execute((t, torch.arange(start, start + t.shape[1], dtype=torch.long)))
-        return out[0][0].numpy()
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        n = len(ids)
+        self._check_len(start + n)
+
+        def call(method, chunk: np.ndarray, pos: int) -> np.ndarray:
+            t = torch.as_tensor(chunk)[None, :]
+            return method.execute((t, torch.arange(pos, pos + len(chunk), dtype=torch.long)))[0][0].numpy()
+
+        if self.shapes == "dynamic":
+            return call(self.method, ids, start)
+        C, rows, i = self.chunk, [], 0
+        while i < n:
+            k = min(C, n - i)
+            if k == 1:
+                rows.append(call(self.method, ids[i:i + 1], start + i))
+            elif start + i + C <= self.max_len:  # full chunk, or a right-padded tail that still fits the cache
+                padded = np.concatenate([ids[i:i + k], np.full(C - k, ids[i + k - 1], np.int64)])
+                rows.append(call(self.methods["prefill"], padded, start + i)[:k])
+            else:  # the padded tail would pass max_cache_len: one token at a time
+                rows.extend(call(self.method, ids[j:j + 1], start + j) for j in range(i, i + k))
+            i += k
+        return np.concatenate(rows)
 
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         self._check_len(len(prompt) + new_tokens)

@@ -1,8 +1,9 @@
 """ExecuTorch (.pte, XNNPACK) export of a tiny LLaMA and a tiny BERT classifier: every preset exports
-and passes its own check, the runtime reproduces PyTorch (logits, greedy tokens), bad input fails in
-one line, and a pipeline run validates the pte artifact on phone-cpu.
+and passes its own check, the runtime reproduces PyTorch (logits, greedy tokens) through the chunked
+prefill and the one-token decode, bad input and unknown metadata fail in one line, and a pipeline
+run validates the pte artifact on phone-cpu.
 
-Lowering through ``to_edge_transform_and_lower`` costs about a minute per program even for these
+Lowering through ``to_edge_transform_and_lower`` costs tens of seconds per program even for these
 tiny models (Python graph passes, 2 cores), so each program is exported once per module."""
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
     assert not any(p.name.endswith(".partial") for p in out.parent.iterdir())
     assert json.loads((out / "export_report.json").read_text()) == json.loads(json.dumps(rep))
     assert rep["format"] == "pte" and rep["kind"] == "causal-lm" and rep["max_cache_len"] == opts["max_cache_len"]
+    meta = json.loads((out / "executorch.json").read_text())
+    assert meta["shapes"] == "static" and meta["methods"] == ["forward", "prefill"] and meta["prefill_chunk"] == 32
+    assert rep["shapes"] == "static" and rep["prefill_chunk"] == 32
     assert rep["size_bytes"] == (out / "model.pte").stat().st_size > 0
     assert rep["export_seconds"] > 0 and rep["executorch"]["xnnpack_partitions"] > 0
     parity = rep["parity"]
@@ -63,25 +67,63 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
         assert rep["top1_agreement"] >= opts["min_top1_agreement"]
         assert rep["quality"]["top1_agreement"] >= opts["min_top1_agreement"]
         assert rep["max_abs_diff"] > 1e-5  # really quantized
+    quant = rep["executorch"]["quantized"]
     if preset == "executorch-8da4w":
-        assert rep["group_size"] == 32 and "PerGroup(32)" in rep["executorch"]["quantized"]["linear"]
+        assert rep["group_size"] == 32 and "PerGroup(32)" in quant["linear"]
+        assert "int8, PerAxis(0)" in quant["lm_head"]  # lm_head: int8
+        names = quant["int8_linears"]["names"]  # int8_linears: [v_proj, down_proj], two layers
+        assert quant["int8_linears"]["suffixes"] == ["v_proj", "down_proj"]
+        assert sorted(n.rsplit(".", 1)[-1] for n in names) == ["down_proj"] * 2 + ["v_proj"] * 2
+        assert "int8, PerAxis(0)" in quant["int8_linears"]["config"]
     if preset == "executorch-int8w":
-        assert "int8, PerAxis(0)" in rep["executorch"]["quantized"]["linear"]
-        assert "int8" in rep["executorch"]["quantized"]["embedding"]
+        assert "int8, PerAxis(0)" in quant["linear"]
+        assert "int8" in quant["embedding"]
 
 
-def test_8da4w_with_an_int8_lm_head(tiny_lm_dir, tmp_path):
+def test_int8_linears_get_int8_weights(tiny_lm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.exporters.executorch import quantize_model
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32).eval()
+    done = quantize_model(model, "8da4w", 32, "int8", "same", ["v_proj"])
+    assert done["int8_linears"]["names"] == ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]
+    mods = dict(model.named_modules())
+    bits = {n: str(getattr(mods[n].weight, "target_dtype", getattr(mods[n].weight, "dtype", "")))
+            for n in ("model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.q_proj")}
+    assert "int8" in bits["model.layers.0.self_attn.v_proj"] and "int4" in bits["model.layers.0.self_attn.q_proj"]
+
+
+def test_int8_linears_suffix_matching_nothing_fails_in_one_line(tiny_lm_dir, tmp_path):
+    from edgeft.errors import ConfigError
     from edgeft.exporters.executorch import export_executorch
 
-    rep = export_executorch(tiny_lm_dir, tmp_path / "o", quantization="8da4w", lm_head="int8", max_cache_len=64,
-                            sample_ids=SAMPLE)
-    assert "int8, PerAxis(0)" in rep["executorch"]["quantized"]["lm_head"]
-    assert rep["quality"]["top1_agreement"] >= 0.8
+    with pytest.raises(ConfigError) as e:
+        export_executorch(tiny_lm_dir, tmp_path / "o", quantization="8da4w", int8_linears=["v_proj", "vproj"])
+    msg = str(e.value)
+    assert "int8_linears" in msg and "'vproj'" in msg and "v_proj" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="int8_linears applies to quantization 8da4w"):
+        export_executorch(tiny_lm_dir, tmp_path / "o", quantization="none", int8_linears=["v_proj"])
+    with pytest.raises(ConfigError, match="prefill_chunk=64 must be < max_cache_len=64"):
+        export_executorch(tiny_lm_dir, tmp_path / "o", max_cache_len=64, prefill_chunk=64)
+    assert not (tmp_path / "o").exists()
 
 
 def test_quantized_programs_are_smaller(lm_exports):
     sizes = {p: lm_exports(p)[1]["size_bytes"] for p in PRESETS}
     assert sizes["executorch-8da4w"] < sizes["executorch-int8w"] < sizes["executorch-fp32"]
+
+
+def test_two_methods_store_the_weights_once(lm_exports, tiny_lm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out, rep = lm_exports("executorch-fp32")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32)
+    weights = sum(p.numel() * 4 for p in model.parameters())  # tied head counted once
+    kv = 2 * 2 * 512 * 2 * 16 * 4  # layers x (K, V) x slots x kv heads x head dim x fp32, if planned into the file
+    assert rep["size_bytes"] < 1.3 * (2 * weights) + kv  # two copies would be ~2x (head and embedding untied)
 
 
 def test_fp32_runtime_matches_pytorch_logits_and_greedy_tokens(lm_exports, tiny_lm_dir):
@@ -107,13 +149,105 @@ def test_generate_command_detects_a_pte_folder(lm_exports, tiny_lm_dir):
     assert generate(out, "set a timer", max_new_tokens=6) == generate(tiny_lm_dir, "set a timer", max_new_tokens=6)
 
 
-def test_prompt_longer_than_cache_is_refused(lm_exports):
+# chunked prefill: a small program (cache 36, chunks of 8) so prompts span several chunks and the last
+# chunk's padding can pass the end of the cache (36 is not a multiple of 8)
+CACHE, CHUNK = 36, 8
+
+
+@pytest.fixture(scope="module")
+def chunked(tiny_lm_dir, tmp_path_factory) -> Path:
+    from edgeft.exporters.executorch import export_executorch
+
+    out = tmp_path_factory.mktemp("chunked") / "pte"
+    rep = export_executorch(tiny_lm_dir, out, max_cache_len=CACHE, prefill_chunk=CHUNK, sample_ids=SAMPLE)
+    assert rep["prefill_chunk"] == CHUNK and rep["max_abs_diff"] <= 2e-3
+    return out
+
+
+class _Spy:
+    """Wraps a loaded method, recording the length of every call."""
+
+    def __init__(self, method, calls: list, name: str):
+        self.method, self.calls, self.name = method, calls, name
+
+    def execute(self, args):
+        self.calls.append((self.name, int(args[0].shape[1]), int(args[1][0])))
+        return self.method.execute(args)
+
+
+def _spied(path: Path):
+    from edgeft.runtime.executorch import ExecuTorchLM
+
+    lm, calls = ExecuTorchLM(path, threads=2), []
+    lm.methods = {k: _Spy(m, calls, k) for k, m in lm.methods.items()}
+    lm.method = lm.methods["forward"]
+    return lm, calls
+
+
+def test_chunked_prefill_then_decode_matches_pytorch(chunked, tiny_lm_dir):
+    from edgeft.runtime.lm import TorchLM
+
+    lm, calls = _spied(chunked)
+    ref = TorchLM(tiny_lm_dir)
+    ids = [int(t) for t in (np.arange(21) * 7 + 3) % 60]  # 21 tokens: chunks of 8, 8 and 5 (padded to 8)
+    want = ref.logits(np.asarray(ids, np.int64))
+    got = [lm._run(ids[:16 + 1], 0)]  # 17 = 8 + 8 + 1: the 1-token tail goes through forward
+    assert [c[:2] for c in calls] == [("prefill", 8), ("prefill", 8), ("forward", 1)]
+    calls.clear()
+    got = [lm._run(ids[:13], 0)]
+    assert [c[:2] for c in calls] == [("prefill", 8), ("prefill", 8)]  # 13 = 8 + 5 padded: logits of 5 kept
+    got += [lm._run([ids[i]], i) for i in range(13, 21)]  # cached decode steps over the padded slots 13..15
+    got = np.concatenate(got)
+    assert got.shape == want.shape and np.max(np.abs(got - want)) < 1e-3
+    assert np.max(np.abs(lm.logits(np.asarray(ids)) - want)) < 1e-3
+    prompts, eos = [ids[:11], ids[2:20]], [0]
+    assert lm.generate(prompts, 10, eos) == ref.generate(prompts, 10, eos)
+
+
+def test_padded_chunk_past_the_cache_runs_the_tail_one_token_at_a_time(chunked, tiny_lm_dir):
+    from edgeft.runtime.lm import TorchLM
+
+    lm, calls = _spied(chunked)
+    ids = np.asarray((np.arange(CACHE - 1) * 5 + 1) % 60, np.int64)  # 35: 4 chunks of 8, tail of 3 at 32
+    got = lm.logits(ids)
+    assert [c[:2] for c in calls] == [("prefill", 8)] * 4 + [("forward", 1)] * 3  # 32 + 8 > 36
+    assert np.max(np.abs(got - TorchLM(tiny_lm_dir).logits(ids))) < 1e-3
+    assert len(lm.generate([ids.tolist()], 1, [])[0]) == 1  # 35 + 1 fills the cache exactly
+
+
+def test_prompt_longer_than_cache_is_refused(chunked):
     from edgeft.errors import ModelSourceError
     from edgeft.runtime.executorch import ExecuTorchLM
 
-    out, rep = lm_exports("executorch-fp32")
+    lm = ExecuTorchLM(chunked)
     with pytest.raises(ModelSourceError, match="max_cache_len"):
-        ExecuTorchLM(out).logits(np.arange(rep["max_cache_len"] + 1) % 50)
+        lm.logits(np.arange(CACHE + 1) % 50)
+    with pytest.raises(ModelSourceError, match="max_cache_len"):
+        lm.generate([list(range(CACHE - 2))], 3, [])
+
+
+def test_runtime_reads_the_layout_from_the_metadata(chunked, tmp_path):
+    import shutil
+
+    from edgeft.errors import ModelSourceError
+    from edgeft.runtime.executorch import ExecuTorchLM
+
+    folder = tmp_path / "pte"
+    shutil.copytree(chunked, folder)
+    meta_file = folder / "executorch.json"
+    meta = json.loads(meta_file.read_text())
+    lm = ExecuTorchLM(folder)
+    assert (lm.shapes, lm.chunk, sorted(lm.methods)) == ("static", CHUNK, ["forward", "prefill"])
+    old = {k: v for k, v in meta.items() if k not in ("shapes", "prefill_chunk")}
+    meta_file.write_text(json.dumps(dict(old, methods=["forward"])))  # a file written before the static layout
+    lm = ExecuTorchLM(folder)
+    assert (lm.shapes, lm.chunk, list(lm.methods)) == ("dynamic", None, ["forward"])
+    for bad in ({"shapes": "static"}, {"shapes": "static", "prefill_chunk": CACHE}, {"shapes": "ragged"},
+                {"shapes": "static", "prefill_chunk": CHUNK, "methods": ["forward", "decode"]}):
+        meta_file.write_text(json.dumps({**old, "methods": ["forward", "prefill"], **bad}))
+        with pytest.raises(ModelSourceError) as e:
+            ExecuTorchLM(folder)
+        assert "unknown program layout" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_not_an_hf_folder_fails_in_one_line(tmp_path):
