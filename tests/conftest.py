@@ -18,6 +18,10 @@ import pytest
 # from 151 s to 37 s. Set before torch is first imported; the processes the tests start (CLI,
 # latency runs) inherit it. An explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# As edgeft itself sets on import: transformers must not pick up the tensorflow that the litert-lm extra installs
+# (its Keras 3 is refused), also in tests that import transformers before edgeft.
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_TORCH", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
