@@ -75,7 +75,7 @@ def test_report_shows_base_merged_and_quantized(quickstart_run):
     assert {"phone-cpu", "pi5", "edge-tpu"} == set(report["devices"])
     tpu = report["devices"]["edge-tpu"]["results"]["int4"]
     assert not tpu["compatible"] and tpu["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
-    assert any("litert-int8-full" in s for s in tpu["suggestions"])
+    assert any("litert-int8-edgetpu" in s for s in tpu["suggestions"])
     assert "base" in proc.stdout and "int4" in proc.stdout  # the summary table was printed
 
 
