@@ -83,7 +83,7 @@ def test_report_lists_artifacts_and_devices(first):
     assert not tpu["results"]["int4"]["compatible"]
     # the Edge TPU runs full-integer .tflite only: an ONNX artifact is refused for its format, with the export fix
     assert tpu["results"]["int4"]["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
-    assert any("litert-int8-full" in s for s in tpu["results"]["int4"]["suggestions"])
+    assert any("litert-int8-edgetpu" in s for s in tpu["results"]["int4"]["suggestions"])
 
 
 def test_bundle_verifies(first):
