@@ -21,6 +21,12 @@ the unchanged PyTorch model and written to the export report):
 - ``attention: mul-sum``: per head, the scores as a broadcast MUL of ``[s, 1, d]`` by ``[1, s, d]``
   and a SUM over ``d``, the context as ``[s, s, 1] x [1, s, d]`` summed over keys: no BATCH_MATMUL
   (not on Coral's list) and no tensor with more than 3 non-unit dimensions. Needs batch 1.
+- ``linear: conv1x1``: each per-token linear as a 1x1 CONV_2D over ``[1, 1, s, C]`` (Coral maps
+  FULLY_CONNECTED only with a one-dimensional output).
+- ``softmax: decomposed``: the attention softmax from MAX_POOL_2D (row max), SUB, LOGISTIC, RSQRT,
+  MUL and SUM, using exp(z) = sigmoid(z) / (1 - sigmoid(z)) and 1/y = rsqrt(y)^2 (Coral maps SOFTMAX
+  only on a 1-D input). ``litert-int8-edgetpu`` turns on all of these; ``litert-int8-full`` keeps
+  the CPU-friendly ops for phone NPUs and CPUs.
 - the attention mask is a static ``1 x seq`` input of 1/0 turned into ``(mask - 1) * -mask_value``
   inside the graph (a bounded additive mask: HF's float32-min mask would leave an int8 activation
   no resolution for the scores).
