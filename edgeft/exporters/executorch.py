@@ -74,7 +74,7 @@ from pydantic import Field
 from edgeft.config.options import Options, option_table
 from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
-from edgeft.exporters.parity import check_outputs
+from edgeft.exporters.parity import cached_decoder_parity, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -260,40 +260,6 @@ def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None 
     return one(min(8, max_cache_len), dynamic_shapes={"input_ids": {1: seq}, "cache_position": {0: seq}})
 
 
-def decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, tolerance: float, quantized: bool) -> dict:
-    """Prefill ``ids[:-steps]`` then ``steps`` cached one-token calls (teacher-forced) vs eager fp32 PyTorch.
-
-    fp32 programs are gated on max |logit diff|; for quantized ones the diff and top-1 agreement are
-    reported here and the agreement gate is :func:`quality_vs_reference` on the held-out windows (a
-    handful of sample tokens is too few to gate an agreement on)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    ids = [int(t) for t in ids]
-    steps = max(1, min(steps, len(ids) - 1))
-    ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    with torch.inference_mode():
-        ref = ref_model(input_ids=torch.as_tensor(ids)[None]).logits[0].float().numpy()
-    n = len(ids) - steps
-    cand = [lm._run(ids[:n], 0)]
-    for i in range(n, len(ids)):
-        cand.append(lm._run([ids[i]], i))
-    got = np.concatenate(cand)
-    stage = "executorch export"
-    per = {"logits (prefill)": (ref[:n], got[:n]), "logits (cached decode steps)": (ref[n:], got[n:])}
-    diffs = {k: float(np.max(np.abs(r - c))) for k, (r, c) in per.items()}
-    agree = float(np.mean(ref.argmax(-1) == got.argmax(-1)))
-    out = {"tokens": len(ids), "prefill_tokens": n, "decode_steps": steps, "max_abs_diff": max(diffs.values()),
-           "per_output": diffs, "top1_agreement": agree}
-    if not quantized:
-        checks = check_outputs(stage, {k: r for k, (r, _) in per.items()}, {k: c for k, (_, c) in per.items()},
-                               tolerance)
-        out.update({"tolerance": tolerance, "checks": [c.to_dict() for c in checks]})
-    log.info("%s parity: max |logit diff| %.3g, top-1 agreement %.3f over %d tokens", stage, out["max_abs_diff"],
-             agree, len(ids))
-    return out
-
-
 def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, sample_ids, quality_ids) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
@@ -337,7 +303,8 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
     if len(ids) < 2:
         raise UnsupportedError(f"executorch export parity needs at least 2 sample tokens, got {len(ids)}")
     quantized = opts["quantization"] != "none"
-    parity = decoder_parity(model_dir, lm, ids, int(opts["decode_steps"]), tolerance, quantized)
+    parity = cached_decoder_parity(model_dir, lm, ids, int(opts["decode_steps"]), tolerance, quantized,
+                                   "executorch export")
     wins = [w[:L] for w in export_quality_windows(ids if sample_ids is not None else None, quality_ids)]
     quality = quality_vs_reference(model_dir, lm, wins, f"executorch export ({opts['quantization']})",
                                    float(opts["min_top1_agreement"]) if quantized else 0.0,

@@ -29,9 +29,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 
 from edgeft.errors import ParityError, UnsupportedError
 from edgeft.fileio import staged_dir
@@ -139,36 +137,11 @@ def convert(model_dir: Path, opts, tmp: Path) -> tuple[Path, dict, float]:
     return path, {"prefill": f"prefill_{P}", "decode": "decode"}, time.perf_counter() - t0
 
 
-def decoder_parity(model_dir: Path, lm, ids: Sequence[int], tolerance: float, quantized: bool) -> dict:
-    """Prefill then cached one-token steps (teacher-forced) vs eager fp32 PyTorch on ``ids``."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from edgeft.exporters.parity import check_outputs
-
-    ids = [int(t) for t in ids]
-    ref_model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    with torch.inference_mode():
-        ref = ref_model(input_ids=torch.as_tensor(ids)[None]).logits[0].float().numpy()
-    steps = max(1, min(4, len(ids) - 1))
-    n = len(ids) - steps
-    got = lm.logits_with_steps(ids, n)
-    per = {"logits (prefill)": (ref[:n], got[:n]), "logits (cached decode steps)": (ref[n:], got[n:])}
-    out = {"tokens": len(ids), "prefill_tokens": n, "decode_steps": steps,
-           "per_output": {k: float(np.max(np.abs(r - c))) for k, (r, c) in per.items()},
-           "top1_agreement": float(np.mean(ref.argmax(-1) == got.argmax(-1)))}
-    out["max_abs_diff"] = max(out["per_output"].values())
-    if not quantized:
-        checks = check_outputs("litert export", {k: r for k, (r, _) in per.items()},
-                               {k: c for k, (_, c) in per.items()}, tolerance)
-        out.update({"tolerance": tolerance, "checks": [c.to_dict() for c in checks]})
-    return out
-
-
 def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids, quality_ids,
               preset_name: str) -> dict:
     """Convert, check and write ``out_dir`` (model.tflite, litert.json, tokenizer/config, export_report.json)."""
     from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
+    from edgeft.exporters.parity import cached_decoder_parity
     from edgeft.exporters.torchscript import copy_side_files
     from edgeft.runtime.litert import META_FILE, LiteRTLM
 
@@ -188,7 +161,7 @@ def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids
         if len(ids) < 2:
             raise UnsupportedError(f"LiteRT causal-LM export parity needs at least 2 sample tokens, got {len(ids)}")
         quantized = quant != "none"
-        parity = decoder_parity(model_dir, lm, ids, tolerance, quantized)
+        parity = cached_decoder_parity(model_dir, lm, ids, 4, tolerance, quantized, "litert export")
         wins = [w[: int(opts.kv_cache_max_len)] for w in export_quality_windows(
             ids if sample_ids is not None else None, quality_ids)]
         quality = quality_vs_reference(model_dir, lm, wins, f"litert export ({quant})",

@@ -231,14 +231,6 @@ class LiteRTLM(SingleSequenceLM):
             i += len(chunk)
         return np.concatenate(rows)
 
-    def logits_with_steps(self, ids: Sequence[int], n_prefill: int) -> np.ndarray:
-        """Logits of ``ids[:n_prefill]`` through prefill, then one cached ``decode`` call per remaining token."""
-        ids = [int(t) for t in ids]
-        out = [self._run(ids[:n_prefill], 0)]
-        for i in range(n_prefill, len(ids)):
-            out.append(self._call(self.decode, np.array([[ids[i]]]), np.array([i]))[-1:])
-        return np.concatenate(out)
-
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         self._check_len(len(prompt) + new_tokens)
         pos = [len(prompt)]
