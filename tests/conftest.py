@@ -216,3 +216,56 @@ def build_tiny_bert(out: Path) -> Path:
                                  initializer_range=0.2))
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+# --------------------------------------------------------------------------- image classifiers
+
+IMAGE_CLASSES = ("horizontal", "vertical", "diagonal")
+
+
+def build_tiny_cnn(out: Path, size: int = 32) -> Path:
+    """A tiny random EfficientNet-Lite (3 stages, 8-16 channels, 1000-way head) saved as an edgeft folder."""
+    import torch
+
+    from edgeft.models.vision import LiteConfig, Preprocessing, lite_class, save_image_classifier
+
+    torch.manual_seed(0)
+    cfg = LiteConfig(stages=((1, 3, 1, 8, 1), (2, 3, 2, 12, 1), (2, 3, 2, 16, 2)), stem=8, head=32, num_classes=1000,
+                     preprocessing=Preprocessing(size=size, crop_pct=1.0))
+    model = lite_class()(cfg).eval()
+    save_image_classifier(model, out)
+    return out
+
+
+def build_tiny_vit(out: Path, size: int = 32) -> Path:
+    """A tiny random ViT image classifier (2 layers, hidden 32, patch 8) with its preprocessor config."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=size, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, num_labels=5)
+    ViTForImageClassification(cfg).save_pretrained(str(out))
+    ViTImageProcessor(size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        str(out))
+    return out
+
+
+def write_image_folder(root: Path, per_class: int, seed: int = 0, size: int = 40) -> Path:
+    """``root/<class>/<n>.png``: striped images (horizontal / vertical / diagonal stripes, random phase, colour
+    and noise), a task a tiny CNN learns in a few steps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for c, name in enumerate(IMAGE_CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            period, phase = rng.integers(5, 9), rng.integers(0, 8)
+            coord = (yy, xx, xx + yy)[c]
+            stripes = ((coord + phase) // (period // 2)) % 2
+            colour = rng.integers(120, 256, 3)
+            img = stripes[..., None] * colour + rng.normal(0, 20, (size, size, 3))
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root

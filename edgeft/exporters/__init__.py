@@ -17,6 +17,12 @@ def export(model_dir, out_dir, preset: str = "onnx-kv", **kwargs) -> dict:
     go to :mod:`edgeft.exporters.torchscript`, ExecuTorch ones (``pte``) to :mod:`edgeft.exporters.executorch`,
     LiteRT ones (``tflite``) to :mod:`edgeft.exporters.litert`, the rest to :func:`edgeft.exporters.onnx.export`."""
     p = load_checked_preset(preset)
+    from edgeft.models.vision import is_image_classifier
+
+    if is_image_classifier(model_dir):  # pixels in, logits out: one exporter module for every format
+        from edgeft.exporters import image
+
+        return image.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format == "torchscript":
         return _torchscript.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format == "pte":  # ExecuTorch: causal LMs (sample/quality ids) and classifiers (texts, static shapes)

@@ -29,6 +29,7 @@ from edgeft.finetune.objectives import clm as _clm  # noqa: F401,E402
 from edgeft.finetune.objectives import dpo as _dpo  # noqa: F401,E402
 from edgeft.finetune.objectives import distill as _distill  # noqa: F401,E402
 from edgeft.finetune.objectives import multitask as _multitask  # noqa: F401,E402
+from edgeft.finetune.objectives import image_classify as _image_classify  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     cfg = cfg or FinetuneConfig()
     method = METHODS.get(cfg.method, "finetune.method")
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
+    if objective.task == "image-cls":  # records {image, label}: a PyTorch loop of its own, no tokenizer
+        return _image_classify.finetune_images(model_path, train, eval, out_dir, cfg, work_dir)
     if cfg.padding_free and not method.padding_free:
         # virtual tokens are prepended per row: packed examples would share them and attend to each other
         log.info("method %s: batching with padding (finetune.padding_free ignored)", method.name)

@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Optional
 
 from edgeft.registry import Registry
 
-TASKS = ("causal-lm", "seq-cls")
+TASKS = ("causal-lm", "seq-cls", "image-cls")
 
 
 def _no_callbacks(model, cfg) -> list:

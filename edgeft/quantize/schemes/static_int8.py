@@ -74,6 +74,9 @@ class FullIntegerOptions(Options):
     weight_matmuls_only: bool = Field(True, description="quantize only MatMuls with a weight (initializer) input; "
                                                         "false also quantizes attention QK^T and scores x V")
     nodes_to_exclude: list[str] = Field(default_factory=list, description="node names left in fp32")
+    reduce_range: bool = Field(False, description="7-bit weight range: avoids the int16 accumulation saturation of "
+                                                  "ORT's u8s8/s8s8 convolution kernels on x86 CPUs without VNNI "
+                                                  "(AVX2, pre-Cascade Lake AVX-512); the graph runs the same elsewhere")
     preprocess: bool = Field(True, description="run ORT's quant_pre_process (shape inference + constant folding) "
                                                "first")
     output_margin: float = Field(0.1, ge=0, description="full_integer: widen each output's calibrated range by this "
@@ -166,6 +169,37 @@ class WindowReader:
 
     def rewind(self) -> None:
         self._next = 0
+
+
+class ImageReader:
+    """``CalibrationDataReader`` over preprocessed images (``N x 3 x H x W``), one image per call, fed to the
+    graph's single float input (an image classifier's ``pixel_values``)."""
+
+    def __init__(self, onnx_path: Path, images: np.ndarray) -> None:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        names = [v.name for v in model.graph.input if v.name not in inits]
+        if len(names) != 1:
+            raise ConfigError(f"{onnx_path}: image calibration feeds one input; this graph has {', '.join(names)}")
+        self.name, self.windows, self._next = names[0], [np.asarray(x, np.float32) for x in images], 0
+
+    def get_next(self):
+        if self._next >= len(self.windows):
+            return None
+        self._next += 1
+        return {self.name: self.windows[self._next - 1][None]}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _reader(src: Path, calibration):
+    """Images (a 4-D float array) or token windows: the matching calibration reader."""
+    if isinstance(calibration, np.ndarray) and calibration.ndim == 4:
+        return ImageReader(src, calibration)
+    return WindowReader(src, calibration)
 
 
 FLOAT_TYPES = (1, 10, 16, 11)  # TensorProto FLOAT, FLOAT16, BFLOAT16, DOUBLE
@@ -297,8 +331,8 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
     o = StaticInt8Options.of(opts, **options)
     method, act = o.calibrate_method, o.activation_type
     op_types_to_quantize, nodes_to_exclude, full_integer = o.op_types_to_quantize, o.nodes_to_exclude, o.full_integer
-    if not calibration:
-        raise ConfigError("int8-static needs calibration windows (token ids); none were given")
+    if calibration is None or not len(calibration):
+        raise ConfigError("int8-static needs calibration windows (token ids) or images; none were given")
     in_onnx, out_onnx = Path(in_onnx), Path(out_onnx)
     if full_integer:
         blockers = _full_integer_blockers(in_onnx)
@@ -349,7 +383,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
             if name not in excluded:
                 excluded.append(name)
                 auto_excluded[name] = why
-        reader = WindowReader(src, calibration)
+        reader = _reader(src, calibration)
         cache = None
         t = time.perf_counter()
         printed = io.StringIO()  # ORT's histogram calibrators print progress to stdout
@@ -373,6 +407,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
                             op_types_to_quantize=list(op_types_to_quantize), per_channel=o.per_channel,
                             activation_type=qtypes[act], weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
                             use_external_data_format=large, calibrate_method=methods[method], extra_options=extra,
+                            reduce_range=o.reduce_range,
                             calibration_cache_path=str(cache) if cache else None)
         if printed.getvalue().strip():
             log.debug("onnxruntime calibration: %s", printed.getvalue().strip())
@@ -391,14 +426,16 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
     targets = [n for n in nodes if n.op_type in op_types_to_quantize]
     quantized = [n.name for n in targets if any(i in dq_out for i in n.input)]
     kept = [n.name for n in targets if not any(i in dq_out for i in n.input)]
-    return {"per_channel": o.per_channel, "activation_type": act, "activation_symmetric": o.activation_symmetric,
+    return {"per_channel": o.per_channel, "reduce_range": o.reduce_range, "activation_type": act, "activation_symmetric": o.activation_symmetric,
             "calibrate_method": method, **({"percentile": o.percentile} if method == "percentile" else {}),
             **({"entropy_bins": ENTROPY_BINS} if method == "entropy" else {}),
             "op_types_to_quantize": list(op_types_to_quantize), "weight_matmuls_only": o.weight_matmuls_only,
             "nodes_to_exclude": list(nodes_to_exclude), "auto_excluded": auto_excluded,
             "preprocess": o.preprocess, "full_integer": full_integer,
             **({"quantized_outputs": outputs_q, "output_margin": o.output_margin} if full_integer else {}),
-            "calibration_windows": len(reader.windows), "calibration_tokens": int(sum(len(w) for w in reader.windows)),
+            **({"calibration_images": len(reader.windows)} if isinstance(reader, ImageReader) else
+               {"calibration_windows": len(reader.windows),
+                "calibration_tokens": int(sum(len(w) for w in reader.windows))}),
             "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
             "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
             "quantized_nodes": len(quantized), "fp32_nodes": len(kept), "fp32_node_names": kept[:20], **timings}

@@ -1,0 +1,231 @@
+"""Pipeline stages for image classifiers (objective ``image-classify``, task ``image-cls``).
+
+The stage methods of :class:`edgeft.pipeline.run.Pipeline` hand over to these functions when the
+recipe trains an image classifier:
+
+- data: ``data.images`` (the embedded digit scans, an image folder, or a CSV/JSONL of path,label)
+  split by a seeded shuffle into train and a held-out eval split; the last ``finetune`` validation
+  slice (``VAL_IMAGES``) of the training split picks the best epoch and drives early stopping, so
+  the eval split is never seen before validate. The embedded set is written as PNG files under
+  ``data/images/``; records hold paths relative to the data stage folder.
+- merge: a LoRA adapter folded into the weights (max |logit diff| adapter vs merged on eval images),
+  or the whole trained model copied and reloaded (the same check).
+- export: the main preset and each ``export.extra`` preset, parity-checked on eval images; LiteRT
+  full-integer presets calibrate on training images.
+- quantize: ONNX int8 static QDQ (per-channel weights, MinMax / Entropy / Percentile activation
+  ranges) calibrated on training images, then top-1 on the eval split vs its input.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgeft.errors import ConfigError, DataError, ParityError
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("image", "label")
+SAMPLE_IMAGES = 64  # eval images for the merge / export parity checks
+CALIBRATION_IMAGES = 200  # training images for int8 calibration
+VAL_IMAGES = 200  # tail of the training split used to pick the best epoch (never the eval split)
+IMAGE_OP_TYPES = ["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "ReduceMean", "AveragePool"]
+
+
+def is_image(pipeline) -> bool:
+    import edgeft.finetune  # noqa: F401 - registers the objectives
+    from edgeft.finetune.registry import OBJECTIVES
+
+    return OBJECTIVES.get(pipeline.recipe.finetune.objective, "finetune.objective").task == "image-cls"
+
+
+def data(pipeline, tmp: Path) -> tuple[list[dict], list[dict], dict]:
+    """(train, eval, source) image records; the embedded set is written under ``tmp/images``."""
+    from edgeft.data import images
+
+    d = pipeline.recipe.data.images
+    if d is None:
+        raise ConfigError("objective image-classify needs data.images (embedded: digits, or train: a folder / file)")
+    base = pipeline.base_dir
+
+    def path(rel: str) -> Path:
+        return Path(rel) if Path(rel).is_absolute() else base / rel
+
+    if d.embedded is not None:
+        rows = images.digits_records(tmp / "images")
+        for r in rows:  # relative to the data stage folder, which tmp becomes
+            r["image"] = str(Path(r["image"]).relative_to(tmp.resolve()))
+        source = {"embedded": d.embedded, "images": len(rows)}
+    else:
+        rows = images.records(path(d.train), d.image_field, d.label_field)
+        source = {"train": d.train, "images": len(rows)}
+    if d.eval is not None:
+        ev = images.records(path(d.eval), d.image_field, d.label_field)
+        train = rows[:d.n_train] if d.n_train else rows
+        source["eval"] = d.eval
+    else:
+        order = list(range(len(rows)))
+        random.Random(d.seed).shuffle(order)
+        k = d.n_eval if d.n_eval is not None else max(1, round(len(rows) * d.eval_fraction))
+        if k >= len(rows):
+            raise DataError(f"data.images: holding out {k} eval images leaves none of the {len(rows)} for training")
+        ev = [rows[i] for i in order[:k]]
+        train = [rows[i] for i in order[k:]]
+        train = train[:d.n_train] if d.n_train else train
+        source["split"] = {"n_eval": len(ev), "n_train": len(train), "seed": d.seed}
+    for split, recs in (("train", train), ("eval", ev)):
+        resolved = [{**r, "image": str(tmp / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]}
+                    for r in recs]
+        images.check_images(resolved, f"data.images ({split} split)")
+    return train, ev, source
+
+
+def records(pipeline, split: str) -> list[dict]:
+    """A split's records with absolute image paths."""
+    root = pipeline.run.stage_dir("data")
+    return [{**r, "image": str(root / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]}
+            for r in pipeline.records(split, FIELDS)]
+
+
+def finetune(pipeline, tmp: Path, work: Path) -> dict:
+    from edgeft.finetune import finetune as run_finetune
+
+    train = records(pipeline, "train")
+    n_val = min(VAL_IMAGES, max(1, len(train) // 10))
+    fit, val = train[:-n_val], train[-n_val:]
+    metrics = run_finetune(pipeline.model().path, fit, val, tmp, pipeline.recipe.finetune, work_dir=work)
+    metrics["validation_split"] = {"images": len(val), "from": "the last images of the training split"}
+    return metrics
+
+
+def pixels(model_dir: Path, recs: list[dict]) -> np.ndarray:
+    from edgeft.data.images import batch
+    from edgeft.models.vision import preprocessing
+
+    return batch([r["image"] for r in recs], preprocessing(model_dir))
+
+
+def merge(pipeline, tmp: Path) -> dict:
+    """Fold a LoRA adapter into the weights, or copy the whole trained model; check logits on eval images."""
+    import torch
+
+    from edgeft.finetune.objectives.image_classify import load_adapter_model, predict
+    from edgeft.models.vision import load_image_classifier, save_image_classifier
+
+    ft = pipeline.run.stage_dir("finetune")
+    tol = pipeline.recipe.merge.tolerance
+    ev = records(pipeline, "eval")[:SAMPLE_IMAGES]
+    if (ft / "adapter").is_dir():
+        peft_model, labels = load_adapter_model(ft / "adapter", pipeline.model().path)
+        x = pixels_for_adapter(peft_model, ev)
+        before = predict(peft_model, x)
+        merged = peft_model.merge_and_unload().eval()
+        save_image_classifier(merged, tmp, labels)
+        how = "lora adapter folded into the weights"
+    else:
+        model_dir = ft / "model"
+        for f in model_dir.iterdir():
+            if f.is_file() and f.name != "edgeft_method.json":
+                shutil.copy2(f, tmp / f.name)
+        x = pixels(tmp, ev)
+        before = predict(load_image_classifier(model_dir), x)
+        how = "whole model copied"
+    with torch.inference_mode():
+        after = predict(load_image_classifier(tmp), x)
+    diff = float(np.abs(after - before).max())
+    if diff > tol:
+        raise ParityError(f"merge: max |logit diff| trained vs merged model {diff:.3g} on {len(x)} eval images, over "
+                          f"merge.tolerance {tol:g}")
+    log.info("merge (image classifier): %s; max |logit diff| %.3g on %d eval images", how, diff, len(x))
+    return {"how": how, "max_abs_diff": diff, "tolerance": tol, "images": int(len(x)),
+            "label_agreement": float((after.argmax(-1) == before.argmax(-1)).mean())}
+
+
+def pixels_for_adapter(peft_model, recs: list[dict]) -> np.ndarray:
+    """Eval pixels at the adapter's base model's preprocessing (its input size as trained)."""
+    from edgeft.data.images import batch
+
+    base = peft_model.get_base_model()
+    if not hasattr(base, "_blocks"):
+        raise ConfigError("merge: LoRA adapters of image classifiers are merged for EfficientNet-Lite models; for an "
+                          "HF image model use method full, freeze or bitfit")
+    return batch([r["image"] for r in recs], base.config.preprocessing)
+
+
+def export(pipeline, tmp: Path) -> dict:
+    from edgeft.config.loader import load_preset
+    from edgeft.exporters import export as export_model
+
+    e = pipeline.recipe.export
+    merged = pipeline.run.stage_dir("merge")
+    sample = pixels(merged, records(pipeline, "eval")[:SAMPLE_IMAGES])
+    calib = None
+    if any(load_preset(n).format == "tflite" for n in e.extra):
+        calib = pixels(merged, records(pipeline, "train")[:CALIBRATION_IMAGES])
+    rep = export_model(merged, tmp, preset=e.preset, tolerance=e.tolerance, sample_images=sample)
+    if e.extra:
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=name, tolerance=e.tolerance,
+                                           sample_images=sample, calibration_images=calib) for name in e.extra}
+    return rep
+
+
+def quantize(pipeline, tmp: Path) -> dict:
+    """Each ONNX scheme on the exported graph, calibrated on training images; top-1 on eval vs its input."""
+    from edgeft.finetune.objectives.classify import label_ids
+    from edgeft.quantize import SCHEMES, scheme_options
+    from edgeft.runtime.vision import ImageRuntime, read_meta
+
+    src = pipeline.run.stage_dir("export")
+    meta = read_meta(src)
+    if meta["format"] != "onnx":
+        raise ConfigError(f"quantize: image schemes quantize an ONNX export; export.preset is {meta.get('preset')} "
+                          f"({meta['format']}); use onnx-image, and export.extra for LiteRT int8")
+    merged = pipeline.run.stage_dir("merge")
+    ev = records(pipeline, "eval")
+    x_eval = pixels(merged, ev)
+    gold = np.asarray(label_ids(ev, meta["labels"], "eval"))
+    calib = pixels(merged, records(pipeline, "train")[:CALIBRATION_IMAGES])
+    ref = ImageRuntime(src, "onnx", 2).logits(x_eval)
+    ref_acc = float((ref.argmax(-1) == gold).mean())
+    out = {}
+    for q in pipeline.recipe.quantize:
+        s = SCHEMES.get(q.scheme, "quantize.scheme")
+        if s.input_format != "onnx" or s.int8_mode not in ("static", "full-integer"):
+            raise ConfigError(f"quantize.{q.name}: scheme {q.scheme} does not apply to image classifiers; use "
+                              "int8-static (QDQ, calibrated on training images)")
+        options = dict(q.options)
+        options.setdefault("op_types_to_quantize", IMAGE_OP_TYPES)
+        options.setdefault("weight_matmuls_only", False)
+        opts = scheme_options(q.scheme, options)
+        dest = tmp / q.name
+        dest.mkdir()
+        info = s.apply(src / "model.onnx", dest / "model.onnx", calib, opts)
+        (dest / "image.json").write_text(json.dumps({**meta, "scheme": q.scheme}, indent=2))
+        got = ImageRuntime(dest, "onnx", 2).logits(x_eval)
+        acc = float((got.argmax(-1) == gold).mean())
+        rep = {"scheme": q.scheme, "options": opts.model_dump(), "info": info,
+               "size_bytes": (dest / "model.onnx").stat().st_size,
+               "input_size_bytes": (src / "model.onnx").stat().st_size,
+               "accuracy": {"input": ref_acc, "output": acc, "drop": ref_acc - acc, "images": int(len(ev)),
+                            "label_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())}}
+        (dest / "quantize_report.json").write_text(json.dumps(rep, indent=2))
+        log.info("quantize %s (%s): top-1 %.4f vs %.4f input, %.1f MB", q.name, q.scheme, acc, ref_acc,
+                 rep["size_bytes"] / 2**20)
+        if ref_acc - acc > q.max_accuracy_drop:
+            raise ParityError(f"quantize.{q.name}: top-1 fell {ref_acc - acc:.3f} ({ref_acc:.3f} -> {acc:.3f}) on "
+                              f"{len(ev)} eval images, over max_accuracy_drop {q.max_accuracy_drop}")
+        out[q.name] = rep
+    return out
+
+
+def validate(pipeline, tmp: Path) -> dict:
+    from edgeft.validate.vision import validate_images
+
+    report = validate_images(pipeline.artifacts(), records(pipeline, "eval"), tmp, pipeline.recipe.validate_,
+                             recipe_name=pipeline.recipe.name)
+    return {"passed": report["passed"], "flags": report["flags"]}

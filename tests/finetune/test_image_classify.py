@@ -1,0 +1,98 @@
+"""Objective image-classify on a tiny random EfficientNet-Lite and a tiny ViT: every method trains what it says,
+learns the striped-images task, keeps the best epoch, and writes what the merge stage expects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import IMAGE_CLASSES, build_tiny_cnn, build_tiny_vit, write_image_folder
+from edgeft.config.schema import FinetuneConfig
+from edgeft.data.images import folder_records
+from edgeft.errors import UnsupportedError
+from edgeft.finetune import finetune
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    train = folder_records(write_image_folder(root / "train", 24, seed=0))
+    ev = folder_records(write_image_folder(root / "eval", 8, seed=1))
+    return train, ev
+
+
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    return build_tiny_cnn(tmp_path_factory.mktemp("cnn") / "model")
+
+
+def _cfg(method: str, **kw) -> FinetuneConfig:
+    return FinetuneConfig(**{"method": method, "objective": "image-classify", "epochs": 4, "batch_size": 8,
+                             "learning_rate": 1e-2, "warmup_ratio": 0.0, "threads": 2, "early_stopping": None,
+                             "image": {"flip": False, "crop_scale": (0.8, 1.0)}, **kw})
+
+
+def _run(model, data, tmp_path, cfg):
+    train, ev = data
+    return finetune(model, train, ev, tmp_path / "out", cfg, work_dir=tmp_path / "work")
+
+
+def test_full_learns_and_writes_a_labelled_model(cnn, data, tmp_path):
+    m = _run(cnn, data, tmp_path, _cfg("full"))
+    assert m["labels"] == sorted(IMAGE_CLASSES) and m["output"] == "model"
+    assert m["eval"]["top1"] >= 0.6  # chance is 1/3
+    assert m["trainable_params"] == m["total_params"] and len(m["history"]) == 4
+    assert set(m["eval"]) >= {"top1", "top5", "macro_f1", "per_class_f1"} and m["eval"]["topk"] == 3
+    cfg = json.loads((tmp_path / "out" / "model" / "config.json").read_text())
+    assert cfg["num_classes"] == 3 and cfg["id2label"] == {"0": "diagonal", "1": "horizontal", "2": "vertical"}
+    assert json.loads((tmp_path / "out" / "model" / "edgeft_method.json").read_text())["task"] == "image-cls"
+
+
+def test_methods_train_the_parameters_they_name(cnn, data, tmp_path):
+    counts = {}
+    for method, extra in (("freeze", {"freeze": {"top_blocks": 0}}), ("bitfit", {}), ("gradual-unfreeze", {}),
+                          ("full", {})):
+        m = _run(cnn, data, tmp_path / method, _cfg(method, epochs=1, **extra))
+        counts[method] = m["trainable_params"]
+    head = 32 * 3 + 3  # the new 3-way head over 32 features
+    assert counts["freeze"] == head  # linear probe: the head alone
+    assert head < counts["bitfit"] < counts["full"]
+    assert counts["gradual-unfreeze"] == head  # trainable at the start; blocks join as training goes
+
+
+def test_lora_writes_an_adapter_that_folds_into_the_weights(cnn, data, tmp_path):
+    import torch
+
+    from edgeft.finetune.objectives.image_classify import load_adapter_model
+
+    m = _run(cnn, data, tmp_path, _cfg("lora", lora={"r": 4, "alpha": 8}))
+    assert m["output"] == "adapter" and m["trainable_params"] < m["total_params"]
+    model, labels = load_adapter_model(tmp_path / "out" / "adapter")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(x)
+        merged = model.merge_and_unload()
+        assert torch.allclose(before, merged(x), atol=1e-4) and labels == sorted(IMAGE_CLASSES)
+
+
+def test_vit_trains_through_the_same_objective(data, tmp_path):
+    vit = build_tiny_vit(tmp_path / "vit")
+    m = _run(vit, data, tmp_path, _cfg("full", epochs=2, learning_rate=3e-3))
+    assert m["output"] == "model" and m["eval"]["topk"] == 3
+    assert (tmp_path / "out" / "model" / "preprocessor_config.json").is_file()
+
+
+def test_resume_from_the_last_epoch_checkpoint(cnn, data, tmp_path, caplog):
+    first = _run(cnn, data, tmp_path, _cfg("full", epochs=1))
+    with caplog.at_level("INFO", logger="edgeft.finetune.objectives.image_classify"):
+        again = _run(cnn, data, tmp_path, _cfg("full", epochs=2))  # same work_dir: epoch 1 is not trained again
+    assert "resuming at epoch 1 (step 9)" in caplog.text
+    assert again["history"][0] == first["history"][0] and len(again["history"]) == 2 and again["steps"] == 18
+
+
+def test_text_only_methods_are_refused(cnn, data, tmp_path):
+    with pytest.raises(UnsupportedError, match="not available for objective image-classify"):
+        _run(cnn, data, tmp_path, _cfg("ia3"))
