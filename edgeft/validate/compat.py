@@ -318,7 +318,7 @@ def _format_fix(device: DeviceProfile) -> str:
     if "tflite" in device.formats and set(device.int8_modes) <= {"full-integer", "static"}:
         preset = "litert-int8-edgetpu" if device.tflite is not None and device.tflite.runtime == "edgetpu" \
             else "litert-int8-full"
-        return f"export with {preset} (full-integer int8 .tflite) for {device.name}"
+        return f"export with {preset} (full-integer int8 .tflite; litert-image-int8 for an image model) for {device.name}"
     return f"export to {device.formats[0]} for {device.name}"
 
 

@@ -56,8 +56,9 @@ _CONVERT_OPS = {"QUANTIZE", "DEQUANTIZE"}
 _WEIGHT_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D",
                "EMBEDDING_LOOKUP", "GATHER", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
 _INT8 = {"int8", "uint8"}
-_FIX_FULL_INT = "quantize with litert-int8-full (full-integer int8, calibrated)"
-_FIX_EDGE_TPU_INT = "quantize with litert-int8-edgetpu (full-integer int8, calibrated, Edge TPU ops)"
+_FIX_FULL_INT = "quantize with litert-int8-full (full-integer int8, calibrated; litert-image-int8 for an image model)"
+_FIX_EDGE_TPU_INT = ("quantize with litert-int8-edgetpu (full-integer int8, calibrated, Edge TPU ops; "
+                     "litert-image-int8 for an image model)")
 _FIX_NOT_8BIT = ("compute these integer tensors (token ids, indices) before the graph and feed it 8-bit "
                  "tensors, e.g. look the embeddings up on the CPU")
 

@@ -230,7 +230,7 @@ def test_mcu_takes_full_integer_tflite_only(repo_cwd):
     for fmt in ("onnx", "torchscript", "pytorch"):
         res = check(_onnx_artifact(format=fmt, size_bytes=512 * 1024, est_ram_mb=0.5), mcu)
         assert res["reasons"] == [f"format {fmt} is not supported on mcu (formats: tflite)"]
-        assert res["suggestions"] == ["export with litert-int8-full (full-integer int8 .tflite) for mcu"]
+        assert res["suggestions"] == ["export with litert-int8-full (full-integer int8 .tflite; litert-image-int8 for an image model) for mcu"]
 
 
 def test_phone_npu_rejects_weight_only_int8(repo_cwd):

@@ -258,7 +258,7 @@ def onnx_tpu():
 def test_onnx_on_the_shipped_edge_tpu_names_the_tflite_export(tmp_path):
     res = check(artifact(qlinear(tmp_path, TensorProto.UINT8), "int8-full"), load_device("edge-tpu"))
     assert res["reasons"] == ["format onnx is not supported on edge-tpu (formats: tflite)"]
-    assert res["suggestions"] == ["export with litert-int8-edgetpu (full-integer int8 .tflite) for edge-tpu"]
+    assert res["suggestions"] == ["export with litert-int8-edgetpu (full-integer int8 .tflite; litert-image-int8 for an image model) for edge-tpu"]
 
 
 def test_int4_refused_on_onnx_tpu_with_suggestion(tmp_path):

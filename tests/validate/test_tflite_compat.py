@@ -251,7 +251,7 @@ def test_edge_tpu_float_op_in_an_int8_graph(tmp_path):
     assert plan["ops_mapped"] == 1 and plan["split"]["op"] == "DEQUANTIZE" and plan["split"]["name"] == "h_f"
     assert plan["cpu_ops"] == ["h_f", "gate", "gate_q", "logits"]
     assert "LOGISTIC 'gate' has float32 input 'h_f', float32 output 'gate': quantize with litert-int8-edgetpu " \
-           "(full-integer int8, calibrated, Edge TPU ops)" in res["reasons"]
+           "(full-integer int8, calibrated, Edge TPU ops; litert-image-int8 for an image model)" in res["reasons"]
     assert 0 < plan["mac_fraction"] < 1
     # phone-npu and mcu refuse a partly float graph naming the float op
     npu = check(art(info["path"]), load_device("phone-npu"))
@@ -306,7 +306,7 @@ def test_onnx_on_edge_tpu_is_refused_for_its_format():
     res = check({"name": "m", "format": "onnx", "precision": "int8", "int8_mode": "full-integer",
                  "size_bytes": 1 << 20, "est_ram_mb": None, "onnx": None}, load_device("edge-tpu"))
     assert res == {"compatible": False, "reasons": ["format onnx is not supported on edge-tpu (formats: tflite)"],
-                   "suggestions": ["export with litert-int8-edgetpu (full-integer int8 .tflite) for edge-tpu"],
+                   "suggestions": ["export with litert-int8-edgetpu (full-integer int8 .tflite; litert-image-int8 for an image model) for edge-tpu"],
                    "warnings": []}
 
 
