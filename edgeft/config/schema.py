@@ -243,6 +243,16 @@ class ImageTrainConfig(Strict):
     crop_scale: tuple[float, float] = Field(
         (0.5, 1.0), description="Random resized crop: the fraction of the image area kept, min and max.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    width: Optional[float] = Field(
+        None, gt=0, lt=1, description="EfficientNet-Lite only: train a width-reduced student from random weights, "
+                                      "every channel count scaled by this factor (multiples of 8), e.g. for a "
+                                      "microcontroller; the base model's pretrained weights are not used.")
+    teacher: Optional[str] = Field(
+        None, description="Distil from this image classifier folder (e.g. another run's merge/, relative to the "
+                          "recipe file): its softened logits on the training images are the student's targets.")
+    distill_temperature: float = Field(2.0, gt=0, description="With teacher: softmax temperature T (KL scaled by T^2).")
+    distill_alpha: float = Field(
+        0.5, ge=0, le=1, description="With teacher: weight of the hard-label cross-entropy (1 - alpha on the KL term).")
 
 
 class FinetuneConfig(Strict):

@@ -89,6 +89,17 @@ class LiteConfig:
                                    "edgeft (save_image_classifier)") from e
 
 
+def scaled(cfg: LiteConfig, width: float) -> LiteConfig:
+    """``cfg`` with every channel count (stem, stages, head) times ``width``, rounded to a multiple of 8 (min 8)."""
+    def ch(c: int) -> int:
+        return max(8, int(round(c * width / 8)) * 8)
+
+    from dataclasses import replace
+
+    return replace(cfg, stem=ch(cfg.stem), head=ch(cfg.head),
+                   stages=tuple((e, k, s, ch(c), r) for e, k, s, c, r in cfg.stages))
+
+
 def _build_module_classes():
     import torch
     from torch import nn

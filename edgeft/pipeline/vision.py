@@ -98,7 +98,11 @@ def finetune(pipeline, tmp: Path, work: Path) -> dict:
     train = records(pipeline, "train")
     n_val = min(VAL_IMAGES, max(1, len(train) // 10))
     fit, val = train[:-n_val], train[-n_val:]
-    metrics = run_finetune(pipeline.model().path, fit, val, tmp, pipeline.recipe.finetune, work_dir=work)
+    cfg = pipeline.recipe.finetune
+    if cfg.image.teacher and not Path(cfg.image.teacher).is_absolute():  # relative to the recipe file
+        cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
+            update={"teacher": str(pipeline.base_dir / cfg.image.teacher)})})
+    metrics = run_finetune(pipeline.model().path, fit, val, tmp, cfg, work_dir=work)
     metrics["validation_split"] = {"images": len(val), "from": "the last images of the training split"}
     return metrics
 

@@ -96,3 +96,20 @@ def test_resume_from_the_last_epoch_checkpoint(cnn, data, tmp_path, caplog):
 def test_text_only_methods_are_refused(cnn, data, tmp_path):
     with pytest.raises(UnsupportedError, match="not available for objective image-classify"):
         _run(cnn, data, tmp_path, _cfg("ia3"))
+
+
+def test_width_reduced_student_distils_from_a_teacher(cnn, data, tmp_path):
+    teacher = _run(cnn, data, tmp_path / "teacher", _cfg("full"))
+    student = _run(cnn, data, tmp_path / "student", _cfg("full", image={
+        "flip": False, "width": 0.5, "teacher": str(tmp_path / "teacher" / "out" / "model"), "distill_alpha": 0.3}))
+    assert student["student_width"] == 0.5 and student["teacher"].endswith("model")
+    assert student["total_params"] < teacher["total_params"] / 2
+    cfg = json.loads((tmp_path / "student" / "out" / "model" / "config.json").read_text())
+    assert (cfg["stem"], cfg["head"], [s[3] for s in cfg["stages"]]) == (8, 16, [8, 8, 8])
+
+
+def test_teacher_with_other_labels_is_refused(cnn, data, tmp_path):
+    from edgeft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distil from a teacher trained on the same labels"):
+        _run(cnn, data, tmp_path, _cfg("full", image={"teacher": str(cnn)}))  # the 1000-way base

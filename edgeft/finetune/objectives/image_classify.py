@@ -200,6 +200,14 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     gold_eval = np.asarray(label_ids(eval, labels, "eval"), np.int64)
     model = load_image_classifier(model_path)
     pp = preprocessing(model_path)
+    if cfg.image.width is not None:  # a width-reduced student, from random weights
+        if not hasattr(model, "_blocks"):
+            raise UnsupportedError("finetune.image.width: only EfficientNet-Lite models are width-scaled; remove it")
+        from dataclasses import replace
+
+        from edgeft.models.vision import lite_class, scaled
+
+        model = lite_class()(scaled(replace(model.config, preprocessing=replace(pp)), cfg.image.width)).eval()
     size = cfg.image.size or pp.size
     if size != pp.size:
         if not hasattr(model, "_blocks"):
@@ -241,6 +249,7 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
         best = {"epoch": int(saved["best_epoch"]), "eval_loss": float(saved["best_loss"]), "state": saved["best"]}
         log.info("image-classify: resuming at epoch %d (step %d)", start_epoch, step)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.image.label_smoothing)
+    soft = _teacher_targets(cfg.image, train, labels, images) if cfg.image.teacher else None
     patience = cfg.early_stopping.patience if cfg.early_stopping else None
     bad = 0
     for epoch in range(start_epoch, epochs):
@@ -273,6 +282,10 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
                 x = torch.from_numpy(_pixels([train[j] for j in idx], images, pp, rng, cfg.image))
                 logits = model(x)
             loss = loss_fn(logits, y)
+            if soft is not None:  # distillation: KL to the teacher's softened distribution, T^2-scaled
+                t = cfg.image.distill_temperature
+                kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), soft[idx], reduction="batchmean")
+                loss = cfg.image.distill_alpha * loss + (1 - cfg.image.distill_alpha) * t * t * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
@@ -316,12 +329,36 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
              else _evaluate(model, eval_x, gold_eval, len(labels)))
     target = _save(model, method, out_dir, labels, model_path)
     metrics = {"objective": "image-classify", "method": method, "labels": labels, "image_size": size,
+               **({"student_width": cfg.image.width} if cfg.image.width else {}),
+               **({"teacher": str(cfg.image.teacher)} if cfg.image.teacher else {}),
                "trainable_params": n_trainable, "total_params": params_total, "steps": step,
                "best_epoch": best["epoch"] if best else None, "history": history,
                "eval": {k: v for k, v in final.items()}, "seconds": round(time.perf_counter() - t0, 1),
                "n_train": len(train), "n_eval": len(eval), "base_model": str(model_path), "output": target.name}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _teacher_targets(image_cfg, train: list[dict], labels: list[str], images: dict):
+    """The teacher's softened class distribution per training image (its own preprocessing, no augmentation)."""
+    import torch
+
+    from edgeft.data.images import to_input
+    from edgeft.models.vision import labels as model_labels, load_image_classifier, preprocessing
+
+    teacher = Path(image_cfg.teacher)
+    if not (teacher / "config.json").is_file():
+        raise ConfigError(f"finetune.image.teacher: {teacher} is not an image classifier folder; run the teacher's "
+                          "recipe first (its merge/ folder is the teacher)")
+    if model_labels(teacher) != labels:
+        raise ConfigError(f"finetune.image.teacher: {teacher} predicts {model_labels(teacher)[:10]}, the training "
+                          f"split has {labels[:10]}; distil from a teacher trained on the same labels")
+    model, pp = load_image_classifier(teacher), preprocessing(teacher)
+    x = np.stack([to_input(images[r["image"]], pp) for r in train])
+    logits = torch.from_numpy(predict(model, x))
+    log.info("image-classify: distilling from %s (T=%g, alpha=%g) on %d training images", teacher,
+             image_cfg.distill_temperature, image_cfg.distill_alpha, len(train))
+    return torch.softmax(logits / image_cfg.distill_temperature, -1)
 
 
 def _save(model, method: str, out_dir: Path, labels: list[str], base: Path) -> Path:
