@@ -516,12 +516,25 @@ def device_matrix(artifacts, rep_artifacts: dict, latency: dict, devices: dict, 
             if remote is not None and dev.remote is not None and c["compatible"] and a.format == "onnx":
                 device_lat = remote(dev, a)
             speed = device_lat or (dict(host_lat, label="measured-host") if host_lat else None)
+            tflm = (c.get("tflite") or {}).get("tflite_micro") or {}
+            macs = (info.get("tflite") or {}).get("macs")
+            projected = None
+            if device_lat is None and tflm.get("ran") and macs:
+                # a microcontroller is nothing like this host: its latency is the graph's int8 ops (2 per MAC)
+                # at the profile's sustained int8 rate, not a host measurement
+                projected = {"label": "projected", "per_inference_ms_p50": 2 * macs / (dev.compute.int8_gops * 1e6),
+                             "macs": int(macs), "int8_gops": dev.compute.int8_gops}
+                speed = projected
             g = []
             if c["compatible"]:
                 if speed:
                     g += [x.to_dict() for x in gates.latency_gates(
                         dev, a.name, {"label": speed["label"], "per_inference_ms_p50": speed["per_inference_ms_p50"]})]
-                if host_lat:
+                if tflm.get("ran") and tflm.get("arena_used_bytes"):
+                    # a microcontroller's RAM is the TFLite Micro tensor arena the graph used, not a host process
+                    g += [x.to_dict() for x in gates.latency_gates(
+                        dev, a.name, {"label": "measured-tflite-micro", "peak_rss_mb": tflm["arena_used_bytes"] / 2**20})]
+                elif host_lat:
                     g += [x.to_dict() for x in gates.latency_gates(
                         dev, a.name, {"label": "measured-host", "peak_rss_mb": host_lat["peak_rss_mb"]})]
                 g += [x.to_dict() for x in gates.latency_gates(
@@ -533,7 +546,7 @@ def device_matrix(artifacts, rep_artifacts: dict, latency: dict, devices: dict, 
                                "gated_on": speed["label"] if speed else None,
                                "latency": {"measured-host": {k: host_lat.get(k) for k in keep if k in host_lat}
                                            if host_lat else None,
-                                           "projected": None,
+                                           "projected": projected,
                                            "measured-device": ({k: device_lat.get(k) for k in keep if k in device_lat}
                                                                if device_lat else None)}}
         rep_devices[dname] = _device_entry(dev, t, dname in required, results, rep_artifacts)
