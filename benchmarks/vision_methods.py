@@ -78,6 +78,7 @@ def main() -> None:
             gold = np.asarray(label_ids(ev, m["labels"], "eval"))
             top1 = float((ImageRuntime(model_dir, "pytorch", 2).logits(x).argmax(-1) == gold).mean())
             row = {"method": method, "top1": round(top1, 4), "trainable_params": m["trainable_params"],
+                   "trainable_params_end": m.get("trainable_params_end", m["trainable_params"]),
                    "total_params": m["total_params"], "seconds": round(seconds, 1), "steps": m["steps"],
                    "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "n_train": len(fit), "n_eval": len(ev)}
             print(json.dumps(row), flush=True)
@@ -85,7 +86,8 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads; recipe {a.recipe}")
     print("| method | held-out top-1 | trainable params | epochs | time (s) |\n|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['top1']:.3f} | {r['trainable_params']:,} of {r['total_params']:,} | "
+        grew = (f" → {r['trainable_params_end']:,}" if r["trainable_params_end"] != r["trainable_params"] else "")
+        print(f"| {r['method']} | {r['top1']:.3f} | {r['trainable_params']:,}{grew} of {r['total_params']:,} | "
               f"{r['epochs']:g} | {r['seconds']:.0f} |")
 
 

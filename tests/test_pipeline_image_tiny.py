@@ -31,7 +31,7 @@ def _recipe(model_dir, images) -> dict:
                    "extra": ["torchscript", "executorch-fp32", "litert-image-fp32", "litert-image-int8"]},
         "quantize": [{"name": "int8", "scheme": "int8-static", "max_accuracy_drop": 0.5,
                       "options": {"reduce_range": True, "activation_type": "quint8"}}],
-        "validate": {"devices": ["host", "phone-npu", "edge-tpu"], "require": ["edge-tpu", "phone-npu"],
+        "validate": {"devices": ["host", "phone-npu", "edge-tpu", "mcu"], "require": ["edge-tpu", "phone-npu", "mcu"],
                      "eval_examples": 24, "latency": {"warmup": 0, "repeats": 2},
                      "budgets": {"accuracy": {"max_degradation": 0.5}}},
         "package": {"tarball": False, "intended_use": "tests", "limitations": "toy data"},
@@ -90,6 +90,13 @@ def test_validate_scores_every_artifact_and_the_int8_tflite_maps_to_the_edge_tpu
     assert not rep["devices"]["edge-tpu"]["results"]["litert-image-fp32"]["compatible"]
     assert rep["devices"]["phone-npu"]["results"]["int8"]["compatible"]
     assert "litert-image-int8" in rep["devices"]["phone-npu"]["deployable"]
+    mcu = rep["devices"]["mcu"]["results"]["litert-image-int8"]  # ran in TFLite Micro: arena and projection gates
+    assert mcu["passed"] and mcu["tflite"]["tflite_micro"]["ran"]
+    gates = {g["name"]: g for g in mcu["gates"]}
+    assert gates["ram_mb (measured-tflite-micro)"]["value"] == mcu["tflite"]["tflite_micro"]["arena_used_bytes"] / 2**20
+    proj = mcu["latency"]["projected"]
+    assert proj["per_inference_ms_p50"] == pytest.approx(2 * proj["macs"] / (proj["int8_gops"] * 1e6))
+    assert "per_inference_ms (projected)" in gates
 
 
 def test_bundle_ships_graphs_with_their_preprocessing_and_verifies(run):

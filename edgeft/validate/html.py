@@ -116,7 +116,7 @@ def _is_encoder(report: dict) -> bool:
 
 
 def _is_classifier(report: dict) -> bool:
-    return _is_encoder(report) and report.get("task") == "classification"
+    return _is_encoder(report) and report.get("task") in ("classification", "image-classification")
 
 
 def _title(report: dict) -> str:

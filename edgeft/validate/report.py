@@ -331,7 +331,7 @@ def _sections(report: dict) -> list:
             style = "bold red" if "ERASED" in str(flag).upper() else "yellow"
             out.append(Text(f"  {flag}", style=style))
 
-    if report.get("kind") == "encoder" and report.get("task") == "classification":
+    if report.get("kind") == "encoder" and report.get("task") in ("classification", "image-classification"):
         out.append(Text("classifier metrics (accuracy / macro-F1 on the eval split; label agreement vs the reference; "
                         "per-inference latency, measured-host):", style="bold"))
         for art, a in (report.get("artifacts") or {}).items():

@@ -52,15 +52,16 @@ def test_full_learns_and_writes_a_labelled_model(cnn, data, tmp_path):
 
 
 def test_methods_train_the_parameters_they_name(cnn, data, tmp_path):
-    counts = {}
+    counts, ends = {}, {}
     for method, extra in (("freeze", {"freeze": {"top_blocks": 0}}), ("bitfit", {}), ("gradual-unfreeze", {}),
                           ("full", {})):
         m = _run(cnn, data, tmp_path / method, _cfg(method, epochs=1, **extra))
-        counts[method] = m["trainable_params"]
+        counts[method], ends[method] = m["trainable_params"], m["trainable_params_end"]
     head = 32 * 3 + 3  # the new 3-way head over 32 features
     assert counts["freeze"] == head  # linear probe: the head alone
     assert head < counts["bitfit"] < counts["full"]
     assert counts["gradual-unfreeze"] == head  # trainable at the start; blocks join as training goes
+    assert head < ends["gradual-unfreeze"] <= counts["full"] and ends["freeze"] == head
 
 
 def test_lora_writes_an_adapter_that_folds_into_the_weights(cnn, data, tmp_path):
@@ -71,6 +72,16 @@ def test_lora_writes_an_adapter_that_folds_into_the_weights(cnn, data, tmp_path)
     m = _run(cnn, data, tmp_path, _cfg("lora", lora={"r": 4, "alpha": 8}))
     assert m["output"] == "adapter" and m["trainable_params"] < m["total_params"]
     model, labels = load_adapter_model(tmp_path / "out" / "adapter")
+    # the reloaded adapter scores what the trained model scored: nothing of the base (BatchNorm statistics
+    # included) changed outside the adapter file
+    from edgeft.data.images import batch
+    from edgeft.finetune.objectives.image_classify import predict
+    from edgeft.models.vision import preprocessing
+
+    ev = data[1]
+    gold = [labels.index(r["label"]) for r in ev]
+    pred = predict(model, batch([r["image"] for r in ev], preprocessing(cnn))).argmax(-1)
+    assert float((pred == gold).mean()) == m["eval"]["top1"]
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         before = model(x)

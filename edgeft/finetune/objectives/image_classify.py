@@ -219,7 +219,10 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     images = {r["image"]: open_image(r["image"]) for r in [*train, *eval]}
     eval_x = _pixels(eval, images, pp, None, cfg.image)
     params_total = parameter_count(model)
-    state = _set_trainable(model, method, cfg) if method != "lora" else {"frozen_norm": [], "blocks": []}
+    if method == "lora":  # the base stays frozen, BatchNorm statistics too: the adapter file holds no buffers
+        state = {"frozen_norm": [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)], "blocks": []}
+    else:
+        state = _set_trainable(model, method, cfg)
     if method == "lora":
         model = _lora_wrap(model, cfg)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -332,6 +335,8 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
                **({"student_width": cfg.image.width} if cfg.image.width else {}),
                **({"teacher": str(cfg.image.teacher)} if cfg.image.teacher else {}),
                "trainable_params": n_trainable, "total_params": params_total, "steps": step,
+               # gradual-unfreeze: what was trainable when training ended (blocks joined on the way)
+               "trainable_params_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "best_epoch": best["epoch"] if best else None, "history": history,
                "eval": {k: v for k, v in final.items()}, "seconds": round(time.perf_counter() - t0, 1),
                "n_train": len(train), "n_eval": len(eval), "base_model": str(model_path), "output": target.name}
