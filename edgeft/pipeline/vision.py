@@ -116,49 +116,51 @@ def pixels(model_dir: Path, recs: list[dict]) -> np.ndarray:
 
 def merge(pipeline, tmp: Path) -> dict:
     """Fold a LoRA adapter into the weights, or copy the whole trained model; check logits on eval images."""
-    import torch
-
-    from edgeft.finetune.objectives.image_classify import load_adapter_model, predict
-    from edgeft.models.vision import load_image_classifier, save_image_classifier
-
     ft = pipeline.run.stage_dir("finetune")
-    tol = pipeline.recipe.merge.tolerance
     ev = records(pipeline, "eval")[:SAMPLE_IMAGES]
+    tol = pipeline.recipe.merge.tolerance
     if (ft / "adapter").is_dir():
-        peft_model, labels = load_adapter_model(ft / "adapter", pipeline.model().path)
-        x = pixels_for_adapter(peft_model, ev)
-        before = predict(peft_model, x)
-        merged = peft_model.merge_and_unload().eval()
-        save_image_classifier(merged, tmp, labels)
-        how = "lora adapter folded into the weights"
-    else:
-        model_dir = ft / "model"
-        for f in model_dir.iterdir():
-            if f.is_file() and f.name != "edgeft_method.json":
-                shutil.copy2(f, tmp / f.name)
-        x = pixels(tmp, ev)
-        before = predict(load_image_classifier(model_dir), x)
-        how = "whole model copied"
-    with torch.inference_mode():
-        after = predict(load_image_classifier(tmp), x)
+        return merge_adapter(ft / "adapter", pipeline.model().path, tmp, ev, tol)
+    return copy_model(ft / "model", tmp, ev, tol)
+
+
+def _check_merge(before: np.ndarray, after: np.ndarray, tol: float, how: str) -> dict:
     diff = float(np.abs(after - before).max())
     if diff > tol:
-        raise ParityError(f"merge: max |logit diff| trained vs merged model {diff:.3g} on {len(x)} eval images, over "
-                          f"merge.tolerance {tol:g}")
-    log.info("merge (image classifier): %s; max |logit diff| %.3g on %d eval images", how, diff, len(x))
-    return {"how": how, "max_abs_diff": diff, "tolerance": tol, "images": int(len(x)),
+        raise ParityError(f"merge: max |logit diff| trained vs merged model {diff:.3g} on {len(before)} eval images, "
+                          f"over merge.tolerance {tol:g}")
+    log.info("merge (image classifier): %s; max |logit diff| %.3g on %d eval images", how, diff, len(before))
+    return {"how": how, "max_abs_diff": diff, "tolerance": tol, "images": int(len(before)),
             "label_agreement": float((after.argmax(-1) == before.argmax(-1)).mean())}
 
 
-def pixels_for_adapter(peft_model, recs: list[dict]) -> np.ndarray:
-    """Eval pixels at the adapter's base model's preprocessing (its input size as trained)."""
+def merge_adapter(adapter: Path, base: Path, out: Path, recs: list[dict], tol: float) -> dict:
+    """LoRA adapter + its base -> one folder of merged weights (EfficientNet-Lite or HF image model)."""
     from edgeft.data.images import batch
+    from edgeft.finetune.objectives.image_classify import _copy_preprocessor, load_adapter_model, predict
+    from edgeft.models.vision import load_image_classifier, preprocessing, save_image_classifier
 
-    base = peft_model.get_base_model()
-    if not hasattr(base, "_blocks"):
-        raise ConfigError("merge: LoRA adapters of image classifiers are merged for EfficientNet-Lite models; for an "
-                          "HF image model use method full, freeze or bitfit")
-    return batch([r["image"] for r in recs], base.config.preprocessing)
+    peft_model, labels = load_adapter_model(adapter, base)
+    inner = peft_model.get_base_model()
+    pp = inner.config.preprocessing if hasattr(inner, "_blocks") else preprocessing(base)  # Lite: the trained size
+    x = batch([r["image"] for r in recs], pp)
+    before = predict(peft_model, x)
+    save_image_classifier(peft_model.merge_and_unload().eval(), out, labels)
+    _copy_preprocessor(base, out)
+    return _check_merge(before, predict(load_image_classifier(out), x), tol, "lora adapter folded into the weights")
+
+
+def copy_model(model_dir: Path, out: Path, recs: list[dict], tol: float) -> dict:
+    """A whole trained model copied as the merged model (reloaded from the copy for the check)."""
+    from edgeft.finetune.objectives.image_classify import predict
+    from edgeft.models.vision import load_image_classifier
+
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "edgeft_method.json":
+            shutil.copy2(f, out / f.name)
+    x = pixels(out, recs)
+    return _check_merge(predict(load_image_classifier(model_dir), x), predict(load_image_classifier(out), x), tol,
+                        "whole model copied")
 
 
 def export(pipeline, tmp: Path) -> dict:

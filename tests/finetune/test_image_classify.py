@@ -124,3 +124,16 @@ def test_teacher_with_other_labels_is_refused(cnn, data, tmp_path):
 
     with pytest.raises(ConfigError, match="distil from a teacher trained on the same labels"):
         _run(cnn, data, tmp_path, _cfg("full", image={"teacher": str(cnn)}))  # the 1000-way base
+
+
+def test_vit_lora_merges_into_an_hf_folder(data, tmp_path):
+    from edgeft.models.vision import is_image_classifier, labels
+    from edgeft.pipeline.vision import merge_adapter
+
+    vit = build_tiny_vit(tmp_path / "vit")
+    m = _run(vit, data, tmp_path, _cfg("lora", epochs=1, learning_rate=3e-3, lora={"r": 4, "alpha": 8}))
+    assert m["output"] == "adapter" and m["trainable_params"] < m["total_params"]
+    rep = merge_adapter(tmp_path / "out" / "adapter", vit, tmp_path / "merged", data[1], 1e-4)
+    assert rep["max_abs_diff"] <= 1e-4 and rep["label_agreement"] == 1.0
+    assert is_image_classifier(tmp_path / "merged") and labels(tmp_path / "merged") == sorted(IMAGE_CLASSES)
+    assert (tmp_path / "merged" / "preprocessor_config.json").is_file()
