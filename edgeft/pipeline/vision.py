@@ -137,7 +137,7 @@ def _check_merge(before: np.ndarray, after: np.ndarray, tol: float, how: str) ->
 def merge_adapter(adapter: Path, base: Path, out: Path, recs: list[dict], tol: float) -> dict:
     """LoRA adapter + its base -> one folder of merged weights (EfficientNet-Lite or HF image model)."""
     from edgeft.data.images import batch
-    from edgeft.finetune.objectives.image_classify import _copy_preprocessor, load_adapter_model, predict
+    from edgeft.finetune.objectives.image_classify import copy_preprocessor, load_adapter_model, predict
     from edgeft.models.vision import load_image_classifier, preprocessing, save_image_classifier
 
     peft_model, labels = load_adapter_model(adapter, base)
@@ -146,7 +146,7 @@ def merge_adapter(adapter: Path, base: Path, out: Path, recs: list[dict], tol: f
     x = batch([r["image"] for r in recs], pp)
     before = predict(peft_model, x)
     save_image_classifier(peft_model.merge_and_unload().eval(), out, labels)
-    _copy_preprocessor(base, out)
+    copy_preprocessor(base, out)
     return _check_merge(before, predict(load_image_classifier(out), x), tol, "lora adapter folded into the weights")
 
 

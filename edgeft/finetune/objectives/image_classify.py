@@ -380,14 +380,14 @@ def _save(model, method: str, out_dir: Path, labels: list[str], base: Path) -> P
     else:
         target = out_dir / "model"
         save_image_classifier(model, target, labels)
-        _copy_preprocessor(base, target)
+        copy_preprocessor(base, target)
     (target / MARKER).write_text(json.dumps({"method": method, "produces": target.name,
                                              "merge": "merge" if method == "lora" else "copy",
                                              "task": "image-cls"}, indent=2))
     return target
 
 
-def _copy_preprocessor(base: Path, target: Path) -> None:
+def copy_preprocessor(base: Path, target: Path) -> None:
     import shutil
 
     pp = Path(base) / "preprocessor_config.json"
