@@ -8,6 +8,8 @@ is closed.
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from pathlib import Path
 
 from edgeft.errors import VerifyError
@@ -40,6 +42,10 @@ def build(bundle_path: Path | str, device: str | None = None, concurrency: int |
         raise
 
 
+def _exit_after_shutdown(signum, frame) -> None:
+    sys.exit(0)
+
+
 def serve(bundle_path: Path | str, host: str = "127.0.0.1", port: int = 8000, echo=print, **kw) -> None:
     """Run the server in the foreground (see :func:`build` for the options)."""
     import uvicorn
@@ -53,6 +59,10 @@ def serve(bundle_path: Path | str, host: str = "127.0.0.1", port: int = 8000, ec
              f"{s.queue}, timeout {s.timeout_s:g}s; http://{host}:{port}")
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                 timeout_graceful_shutdown=int(s.timeout_s) + 5, lifespan="on")
+        # uvicorn re-raises the signal that stopped it once every request is finished; the handler it restores
+        # first (this one) makes that a clean exit 0: a graceful shutdown is not a failure
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _exit_after_shutdown)
         uvicorn.Server(config).run()
     finally:
         bundle.close()

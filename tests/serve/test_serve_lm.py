@@ -277,10 +277,10 @@ def test_graceful_shutdown_finishes_requests_in_flight(bundle):
     rc, err = s.stop(signal.SIGTERM)
     for t in threads:
         t.join(60)
-    assert rc == 0, err
     for status, lines in results:
         assert status == 200 and lines[-1] == "data: [DONE]"
         assert not any('"error"' in x for x in lines)
+    assert rc == 0, err
 
 
 # --------------------------------------------------------------------------- verification at start-up
