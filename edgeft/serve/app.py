@@ -178,11 +178,13 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
         metrics.latency.labels(endpoint).observe(time.monotonic() - t0)
         return JSONResponse(body)
 
-    def check_model(req, endpoint_kind: str) -> None:
-        if kind not in endpoint_kind.split("|"):
+    def check_kind(endpoint_kind: str) -> None:
+        if kind != endpoint_kind:
             hint = {"causal-lm": "/v1/chat/completions or /v1/completions", "classifier": "/v1/classify",
                     "encoder": "/v1/embeddings"}[kind]
             raise HTTPError(404, f"this server serves a {kind} ({bundle.model_id}); use {hint}", kind="not_found")
+
+    def check_model(req) -> None:
         if req.model is not None and req.model not in names:
             raise HTTPError(404, f"model {req.model!r} is not served here; this server serves {bundle.model_id!r} "
                                  "(GET /v1/models)", kind="not_found", param="model")
@@ -209,8 +211,9 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
         t0 = time.monotonic()
         deadline = t0 + settings.timeout_s
         try:
+            check_kind("causal-lm")
             req = await read_body(request, schemas.ChatRequest if chat else schemas.CompletionRequest)
-            check_model(req, "causal-lm")
+            check_model(req)
             if chat:
                 ids = engine.chat_ids([m.model_dump() for m in req.messages])
                 user = next((m for m in reversed(req.messages) if m.role == "user"), None)
@@ -353,8 +356,9 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
         t0 = time.monotonic()
         deadline = t0 + settings.timeout_s
         try:
+            check_kind(want)
             req = await read_body(request, model)
-            check_model(req, want)
+            check_model(req)
             texts = [req.input] if isinstance(req.input, str) else list(req.input)
             if not texts:
                 raise HTTPError(400, "input: give at least one text", param="input")

@@ -96,7 +96,7 @@ def encoder_bundle(tmp_path_factory):
     main_export(str(model), output=str(root / "onnx"), task="feature-extraction", opset=18, do_validation=False)
     records = sentiment_records(64, seed=2)
     cfg = ValidateConfig(devices=["host"], require=["host"], eval_examples=16,
-                         latency={"warmup": 0, "repeats": 2},
+                         latency={"warmup": 0, "repeats": 2, "seq_len": 16},
                          budgets={"embedding_cosine": {"threshold": 0.9}})
     arts = [Artifact("merged", model, "pytorch", role="reference"), Artifact("onnx-fp32", root / "onnx", "onnx")]
     report = validate(arts, model, records[:16], root / "validate", cfg, recipe_name="tiny-enc")
