@@ -282,6 +282,13 @@ def monitor(log_dir: Path | str, bundle: Path | str, out_dir: Path | str | None 
     scores = [uncertainty(r, kind) for r in rows] if by == "confidence" else drift_scores
     for row, d in zip(review_rows, drift_scores):
         row["drift_score"] = round(d, 4)
+    best: dict[str, int] = {}  # one row per distinct input (its highest score): a repeated request is reviewed once
+    for i, row in enumerate(review_rows):
+        j = best.get(row[key])
+        if j is None or scores[i] > scores[j]:
+            best[row[key]] = i
+    keep = sorted(best.values())
+    review_rows, scores = [review_rows[i] for i in keep], [scores[i] for i in keep]
     out.mkdir(parents=True, exist_ok=True)
     picked = write_ranked(review_rows, scores, out / "review.jsonl", top_k,
                           "entropy" if by == "confidence" else "drift", "served", str(report["name"]) + "/" + artifact,

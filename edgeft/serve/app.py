@@ -167,6 +167,14 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
     app.state.workers = workers
     app.state.metrics = metrics
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, e: Exception):  # a bug, not bad input: one line, logged, still JSON
+        endpoint = request.url.path.rsplit("/", 1)[-1] or "root"
+        log.error("%s: %s: %s", request.url.path, type(e).__name__, e)
+        metrics.requests.labels(endpoint, "500").inc()
+        metrics.errors.labels(endpoint, "internal").inc()
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}", "server_error"), status_code=500)
+
     def fail(endpoint: str, e: HTTPError) -> JSONResponse:
         metrics.requests.labels(endpoint, str(e.status)).inc()
         metrics.errors.labels(endpoint, {429: "queue_full", 503: "timeout", 504: "timeout"}.get(

@@ -91,7 +91,8 @@ class LMEngine:
 
     # ------------------------------------------------------------------ prompts
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        msgs = [{"role": m["role"], "content": _content(m)} for m in messages]
+        # "developer" is the newer OpenAI name of the system role
+        msgs = [{"role": "system" if m["role"] == "developer" else m["role"], "content": _content(m)} for m in messages]
         if self.system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": self.system_prompt})
         if not getattr(self.tok, "chat_template", None):

@@ -348,6 +348,7 @@ def test_request_log_then_monitor(server, bundle, tmp_path):
     review = [json.loads(x) for x in (tmp_path / "mon" / "review.jsonl").read_text().splitlines()]
     assert len(review) == 5 and {"prompt", "response", "score", "rank"} <= set(review[0])
     assert [x["score"] for x in review] == sorted((x["score"] for x in review), reverse=True)
+    assert len({x["prompt"] for x in review}) == len(review)  # a repeated request is reviewed once
 
 
 def test_request_log_rotates_by_size(bundle, tmp_path):
