@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=24, help="requests per concurrency level")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--queue", type=int, default=None, help="the server's --queue (default: its own, 4 x concurrency)")
+    ap.add_argument("--no-direct", action="store_true", help="skip the direct-runtime comparison")
     args = ap.parse_args()
     import httpx
     from serve_support import free_port
@@ -97,7 +99,8 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen([sys.executable, "-c", "from edgeft.cli import main; main()", "serve", str(args.bundle),
-                               "--port", str(port)], stderr=subprocess.PIPE, text=True)
+                               "--port", str(port), *(["--queue", str(args.queue)] if args.queue is not None else [])],
+                              stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):
             try:
@@ -114,8 +117,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(60)
-    d = direct(args.bundle, texts[: max(args.requests, 8) + 1], args.max_tokens)
-    overhead = rows[0]["p50_ms"] / d["p50_ms"] - 1 if rows and rows[0]["concurrency"] == 1 else None
+    d = None if args.no_direct else direct(args.bundle, texts[: max(args.requests, 8) + 1], args.max_tokens)
+    overhead = rows[0]["p50_ms"] / d["p50_ms"] - 1 if d and rows and rows[0]["concurrency"] == 1 else None
     cmd = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
     if args.markdown:

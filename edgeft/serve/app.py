@@ -169,7 +169,8 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
 
     @app.exception_handler(Exception)
     async def internal(request: Request, e: Exception):  # a bug, not bad input: one line, logged, still JSON
-        endpoint = request.url.path.rsplit("/", 1)[-1] or "root"
+        endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/classify": "classify",
+                    "/v1/embeddings": "embeddings"}.get(request.url.path, "other")
         log.error("%s: %s: %s", request.url.path, type(e).__name__, e)
         metrics.requests.labels(endpoint, "500").inc()
         metrics.errors.labels(endpoint, "internal").inc()
