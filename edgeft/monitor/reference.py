@@ -109,7 +109,7 @@ def reference_stats(kind: str, tokenizer_dir: Path, train: list[dict], eval_: li
             continue
         if fmt != "onnx":
             continue  # the server runs ONNX classifiers/encoders only
-        from edgeft.runtime.encoder import TextEncoder
+        from edgeft.runtime.encoder import TextEncoder, label_names
 
         enc = TextEncoder(Path(path), tok, threads)
         stats["embedding"][name] = embedding_stats(enc(texts))
@@ -122,16 +122,3 @@ def reference_stats(kind: str, tokenizer_dir: Path, train: list[dict], eval_: li
             stats["artifacts"][name] = {"score": [float(p) for p in probs.max(1)],
                                         "predicted": {k: v / max(len(held), 1) for k, v in sorted(pred.items())}}
     return stats
-
-
-def label_names(*folders: Path) -> list[str]:
-    """A classifier's labels in logit order, from the first config.json with ``id2label``."""
-    import json
-
-    for d in folders:
-        f = Path(d) / "config.json"
-        if f.is_file():
-            id2label = json.loads(f.read_text()).get("id2label") or {}
-            if id2label:
-                return [str(id2label[k]) for k in sorted(id2label, key=int)]
-    return []

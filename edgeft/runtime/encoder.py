@@ -14,7 +14,8 @@ from pathlib import Path
 from edgeft.errors import ModelSourceError
 from edgeft.runtime.ortcore import ENCODER_INPUTS, OrtEncoder, encoder_feeds, find_onnx
 
-__all__ = ["ENCODER_INPUTS", "OrtEncoder", "TextEncoder", "encoder_feeds", "graph_input_names", "is_encoder"]
+__all__ = ["ENCODER_INPUTS", "OrtEncoder", "TextEncoder", "encoder_feeds", "graph_input_names", "is_encoder",
+           "label_names"]
 
 
 def graph_input_names(path: Path) -> list[str]:
@@ -94,3 +95,16 @@ class TextEncoder:
             pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
             out.append((pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32))
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def label_names(*folders: Path) -> list[str]:
+    """A classifier's labels in logit order, from the first ``config.json`` among ``folders`` with ``id2label``."""
+    import json
+
+    for d in folders:
+        f = Path(d) / "config.json"
+        if f.is_file():
+            id2label = json.loads(f.read_text()).get("id2label") or {}
+            if id2label:
+                return [str(id2label[k]) for k in sorted(id2label, key=int)]
+    return []

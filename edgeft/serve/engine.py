@@ -185,7 +185,7 @@ class TextEngine:
         self.centroid = np.asarray(emb["centroid"], np.float32) if emb.get("centroid") else None
 
     def _labels(self) -> list[str]:
-        from edgeft.monitor.reference import label_names
+        from edgeft.runtime.encoder import label_names
 
         return label_names(self.bundle.artifact_dir, self.bundle.tokenizer_dir)
 
