@@ -13,13 +13,13 @@ import click
                    "on every required device (else on any required device).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--concurrency", type=int, default=None,
+@click.option("--concurrency", type=click.IntRange(min=1), default=None,
               help="Requests computed at once. Default: the device profile's threads.")
-@click.option("--queue", type=int, default=None, help="Requests waiting beyond those (then 429). Default: 4 x concurrency.")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+@click.option("--queue", type=click.IntRange(min=0), default=None, help="Requests waiting beyond those (then 429). Default: 4 x concurrency.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds per request, queue wait included (503 in the queue, 504 while computing).")
-@click.option("--threads", type=int, default=None, help="Runtime threads. Default: the device profile's threads.")
-@click.option("--max-tokens", type=int, default=256, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads. Default: the device profile's threads.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Completion length when a request sets no max_tokens.")
 @click.option("--log", "log_dir", type=click.Path(file_okay=False), default=None,
               help="Write a JSONL request log (inputs, outputs, latency, confidence) into this folder; off by default. "

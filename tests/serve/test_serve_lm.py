@@ -174,6 +174,7 @@ LONG = " ".join(["lights"] * 400)  # far past the tiny model's 256-token context
 BAD = {
     "malformed JSON": (b'{"messages": [', 400, "malformed JSON"),
     "invalid UTF-8": (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, "UTF-8"),
+    "lone surrogate escape": (b'{"messages": [{"role": "user", "content": "a\\ud800b"}]}', 400, "malformed JSON"),
     "empty body": (b"", 400, "empty body"),
     "not an object": (b"[1, 2]", 400, "Input should be"),
     "missing messages": (b'{"max_tokens": 4}', 400, "messages"),
