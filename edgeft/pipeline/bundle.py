@@ -59,7 +59,9 @@ def package_run(pipeline, out_dir: Path):
                 files[f"tokenizer/{f}"] = merged / f
     files["report.json"] = run.stage_dir("validate") / "report.json"
     scratch = Path(tempfile.mkdtemp(prefix="edgeft-reference-"))
-    files["reference_stats.json"] = _reference_stats(pipeline, report, ship, scratch)
+    stats = _reference_stats(pipeline, report, ship, scratch)
+    if stats is not None:
+        files["reference_stats.json"] = stats
     if (run.stage_dir("validate") / "report.html").is_file():
         files["report.html"] = run.stage_dir("validate") / "report.html"
     if pipeline.recipe_path:
@@ -108,9 +110,13 @@ def package_run(pipeline, out_dir: Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _reference_stats(pipeline, report: dict, ship: list[str], folder: Path) -> Path:
-    """Write the training data's reference statistics for ``edgeft monitor`` (see edgeft.monitor.reference)."""
+def _reference_stats(pipeline, report: dict, ship: list[str], folder: Path) -> Path | None:
+    """Write the training data's reference statistics for ``edgeft monitor`` (see edgeft.monitor.reference);
+    None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
     import os
+
+    if report.get("task") == "image-classification":
+        return None
 
     from edgeft.fileio import atomic_write_text
     from edgeft.monitor.reference import reference_stats

@@ -46,7 +46,9 @@ class ServedBundle:
 
     @property
     def kind(self) -> str:
-        """``causal-lm``, ``classifier`` or ``encoder``."""
+        """``causal-lm``, ``classifier``, ``encoder`` or ``image-classifier`` (not served yet)."""
+        if self.report.get("task") == "image-classification":
+            return "image-classifier"
         if self.report.get("kind") == "encoder":
             return "classifier" if self.report.get("task") == "classification" else "encoder"
         return "causal-lm"

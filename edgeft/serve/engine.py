@@ -227,4 +227,7 @@ def load_engine(bundle):
     """The engine for the bundle's kind, with the chosen artifact loaded once."""
     if bundle.kind == "causal-lm":
         return LMEngine(bundle)
+    if bundle.kind == "image-classifier":
+        raise UnsupportedError(f"{bundle.source}: serving image classifiers is not supported yet (text models only: "
+                               "causal LMs, text classifiers and encoders)")
     return TextEngine(bundle)
