@@ -36,8 +36,8 @@ _LAZY = {
     "load_device": ("edgeft.config.loader", "load_device"),
     "resolve_model": ("edgeft.models", "resolve_model"),
     "generate": ("edgeft.chat", "generate"),
-    "serve": ("edgeft.serve.server", "serve"),
-    "monitor": ("edgeft.monitor.drift", "monitor"),
+    "serve": ("edgeft.serve", "serve"),
+    "monitor": ("edgeft.monitor", "monitor"),
 }
 
 
