@@ -89,6 +89,13 @@ def input_text(row: dict) -> str:
     return str(inp.get("prompt", inp.get("text", "")))
 
 
+QUANTILES = (5, 25, 50, 75, 95)
+
+
+def _quantiles(xs: list[float]) -> list[float] | None:
+    return [float(q) for q in np.percentile(xs, QUANTILES)] if xs else None
+
+
 def _ks(feature: str, ref, got, alpha: float, min_samples: int, note: str = "") -> dict:
     from scipy.stats import ks_2samp
 
@@ -96,7 +103,7 @@ def _ks(feature: str, ref, got, alpha: float, min_samples: int, note: str = "") 
     got = [float(x) for x in got if x is not None and math.isfinite(float(x))]
     out = {"feature": feature, "test": "ks", "n_reference": len(ref), "n_log": len(got), "threshold": alpha,
            "reference_mean": float(np.mean(ref)) if ref else None, "log_mean": float(np.mean(got)) if got else None,
-           "note": note}
+           "reference_quantiles": _quantiles(ref), "log_quantiles": _quantiles(got), "note": note}
     if len(got) < min_samples or len(ref) < 2:
         return {**out, "tested": False, "drift": False, "statistic": None, "p_value": None,
                 "note": f"{len(got)} log rows, {len(ref)} reference values: too few to test"}

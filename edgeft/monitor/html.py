@@ -74,6 +74,20 @@ def render_drift_html(report: dict) -> str:
             f"<td><span class=\"res {res[1]}\">{res[0]}</span></td><td class=\"wrap small\">{escape(f.get('note') or '')}"
             "</td></tr>")
     body.append("</table>")
+    numeric = [f for f in report.get("features") or [] if f.get("reference_quantiles") or f.get("log_quantiles")]
+    if numeric:
+        from edgeft.monitor.drift import QUANTILES
+
+        head = "".join(f"<th>p{q}</th>" for q in QUANTILES)
+        body += ["<h2>Distributions</h2>", '<p class="muted small">Percentiles of each numeric feature, reference '
+                 "(training data, or the artifact on held-out inputs) above the log.</p>",
+                 f"<table><tr><th>Feature</th><th></th>{head}</tr>"]
+        for f in numeric:
+            for label, key in (("reference", "reference_quantiles"), ("log", "log_quantiles")):
+                cells = "".join(f'<td class="num">{_num(v)}</td>' for v in (f.get(key) or [None] * len(QUANTILES)))
+                name = escape(f.get("feature")) if label == "reference" else ""
+                body.append(f"<tr><td>{name}</td><td>{label}</td>{cells}</tr>")
+        body.append("</table>")
     rv = report.get("review") or {}
     if rv:
         body += ["<h2>Review file</h2>", f"<p><code>{escape(rv.get('file'))}</code>: {escape(rv.get('rows'))} "

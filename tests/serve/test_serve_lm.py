@@ -346,6 +346,7 @@ def test_request_log_then_monitor(server, bundle, tmp_path):
                                                        "output_length"}
     html = (tmp_path / "mon" / "drift.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "input_length" in html and "<script" not in html
+    assert "<h2>Distributions</h2>" in html and "://" not in html
     review = [json.loads(x) for x in (tmp_path / "mon" / "review.jsonl").read_text().splitlines()]
     assert len(review) == 5 and {"prompt", "response", "score", "rank"} <= set(review[0])
     assert [x["score"] for x in review] == sorted((x["score"] for x in review), reverse=True)
