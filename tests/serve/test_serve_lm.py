@@ -229,23 +229,33 @@ def test_metrics_count_requests_errors_and_tokens(server):
 # --------------------------------------------------------------------------- load, timeouts, shutdown
 
 
-async def _burst(url: str, n: int, max_tokens: int) -> list[httpx.Response]:
+async def _burst(url: str, n: int, prompt: str, max_tokens: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=120) as c:
         return await asyncio.gather(*[
-            c.post(url + "/v1/completions", json={"prompt": f"request {i}", "max_tokens": max_tokens})
-            for i in range(n)])
+            c.post(url + "/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens}) for _ in range(n)])
+
+
+def _long_prompt(url: str, max_tokens: int) -> str:
+    """A prompt the random model answers without ever ending its turn (so every request decodes max_tokens)."""
+    for i in range(40):
+        r = httpx.post(url + "/v1/completions", json={"prompt": f"request {i}", "max_tokens": max_tokens},
+                       timeout=120).json()
+        if r["choices"][0]["finish_reason"] == "length":
+            return f"request {i}"
+    raise AssertionError("the tiny model ended its turn early on every candidate prompt")
 
 
 def test_overload_gets_429_with_retry_after_and_nothing_is_lost(bundle):
     with Server(bundle, "--concurrency", "1", "--queue", "1") as s:
-        rs = asyncio.run(_burst(s.url, 12, 200))
+        prompt = _long_prompt(s.url, 200)
+        rs = asyncio.run(_burst(s.url, 16, prompt, 200))
         codes = [r.status_code for r in rs]
         assert set(codes) <= {200, 429} and codes.count(200) >= 2 and codes.count(429) >= 1, codes
         for r in rs:
             if r.status_code == 429:
                 assert int(r.headers["Retry-After"]) >= 1 and "busy" in r.json()["error"]["message"]
             else:
-                assert r.json()["usage"]["completion_tokens"] >= 1
+                assert r.json()["usage"]["completion_tokens"] == 200
         assert httpx.get(s.url + "/health").json()["in_flight"] == 0
 
 
@@ -258,11 +268,12 @@ def test_request_timeout(bundle):
 
 def test_graceful_shutdown_finishes_requests_in_flight(bundle):
     s = Server(bundle, "--concurrency", "1", "--queue", "8")
+    prompt = _long_prompt(s.url, 200)  # each request decodes 200 tokens: the later ones are queued at the signal
     results: list = [None] * 4
     first_chunk = threading.Event()
 
     def stream(i: int) -> None:
-        body = {"prompt": f"request {i}", "max_tokens": 150, "stream": True}
+        body = {"prompt": prompt, "max_tokens": 200, "stream": True}
         with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=120) as r:
             lines = []
             for line in r.iter_lines():
@@ -281,6 +292,7 @@ def test_graceful_shutdown_finishes_requests_in_flight(bundle):
     for status, lines in results:
         assert status == 200 and lines[-1] == "data: [DONE]"
         assert not any('"error"' in x for x in lines)
+        assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] == "length"  # decoded to the end
     assert rc == 0, err
 
 
