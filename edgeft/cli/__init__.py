@@ -19,6 +19,8 @@ COMMANDS = {
     "validate": ("edgeft.cli.stages", "validate_cmd", "Validate a recipe's artifacts against device profiles."),
     "package": ("edgeft.cli.stages", "package_cmd", "Package a recipe's validated artifacts as a release bundle."),
     "verify": ("edgeft.cli.verify", "verify_cmd", "Re-hash a release bundle (folder or .tar.gz)."),
+    "serve": ("edgeft.cli.serve", "serve_cmd", "Serve a verified bundle over HTTP (OpenAI-compatible API, metrics)."),
+    "monitor": ("edgeft.cli.monitor", "monitor_cmd", "Drift report and review file from a served bundle's request log."),
     "generate": ("edgeft.cli.generate", "generate_cmd", "Chat with an artifact (ONNX or HF folder)."),
     "devices": ("edgeft.cli.devices", "devices_grp", "List and show device profiles."),
     "recipes": ("edgeft.cli.recipes", "recipes_grp", "List, show and validate recipes; print their JSON Schema."),

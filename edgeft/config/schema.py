@@ -106,6 +106,12 @@ class DataConfig(Strict):
         "Parse the request into JSON.", description="System message put before every prompt by the chat template."
     )
     metric: Literal["exact_match"] = Field("exact_match", description="Task metric computed on the eval split.")
+    extra_train: list[str] = Field(
+        default_factory=list,
+        description="Files of extra training rows (JSONL/CSV/TSV, paths relative to the recipe) appended to the train "
+                    "split, e.g. `edgeft monitor`'s review.jsonl once its answers are corrected; only the fields the "
+                    "objective reads are kept (prompt/response, or text/label).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -106,6 +106,23 @@ def score_answer(model, tokenizer, texts: Sequence[str], strategy: str, system_p
     return out
 
 
+def write_ranked(rows: Sequence[dict], scores: Sequence[float], out: Path, top_k: int, strategy: str, scope: str,
+                 model: str, field: str = "prompt", key: str = "prompt") -> list[dict]:
+    """Write the ``top_k`` highest-scoring rows to ``out`` (JSONL, atomically), most uncertain first.
+
+    Each record: ``{key: row[field], "score", "rank", "strategy", "scope", "model", ...the row's other fields}``;
+    ties keep the input order. Shared by :func:`select` and ``edgeft monitor``'s review file.
+    """
+    from edgeft.data.readers import write_jsonl
+
+    order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))[:top_k]
+    records = [{key: rows[i][field], "score": scores[i], "rank": r + 1, "strategy": strategy, "scope": scope,
+                "model": model, **{k: v for k, v in rows[i].items() if k not in (field, key)}}
+               for r, i in enumerate(order)]
+    write_jsonl(out, records)
+    return records
+
+
 def select(model_spec: str, pool: Path, out: Path, top_k: int = 20, strategy: str = "entropy",
            scope: Literal["next-token", "answer"] = "next-token", field: str = "prompt", system_prompt: str = "",
            template: bool = True, max_new_tokens: int = 32, limit: int | None = None) -> dict:
@@ -114,7 +131,6 @@ def select(model_spec: str, pool: Path, out: Path, top_k: int = 20, strategy: st
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from edgeft.data.augment import read_inputs
-    from edgeft.data.readers import write_jsonl
     from edgeft.models import resolve_model
 
     if strategy not in STRATEGIES:
@@ -138,10 +154,8 @@ def select(model_spec: str, pool: Path, out: Path, top_k: int = 20, strategy: st
             scores = score_answer(model, tok, texts, strategy, system_prompt, use_template, max_new_tokens)
         else:
             scores = score_next_token(model, tok, texts, strategy, system_prompt, use_template)
-    order = sorted(range(len(rows)), key=lambda i: (-scores[i], i))[:top_k]
-    records = [{"prompt": texts[i], "score": scores[i], "rank": r + 1, "strategy": strategy, "scope": scope,
-                "model": m.name, **{k: v for k, v in rows[i].items() if k != field}} for r, i in enumerate(order)]
-    write_jsonl(out, records)
+    records = write_ranked([{**r, field: texts[i]} for i, r in enumerate(rows)], scores, out, top_k, strategy, scope,
+                           m.name, field)
     finite = [s for s in scores if math.isfinite(s)]
     log.info("select: %d of %d inputs by %s (%s) -> %s", len(records), len(rows), strategy, scope, out)
     return {"out": str(out), "pool": len(rows), "selected": len(records), "strategy": strategy, "scope": scope,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
@@ -56,6 +58,10 @@ def package_run(pipeline, out_dir: Path):
             if (merged / f).is_file():
                 files[f"tokenizer/{f}"] = merged / f
     files["report.json"] = run.stage_dir("validate") / "report.json"
+    scratch = Path(tempfile.mkdtemp(prefix="edgeft-reference-"))
+    stats = _reference_stats(pipeline, report, ship, scratch)
+    if stats is not None:
+        files["reference_stats.json"] = stats
     if (run.stage_dir("validate") / "report.html").is_file():
         files["report.html"] = run.stage_dir("validate") / "report.html"
     if pipeline.recipe_path:
@@ -96,9 +102,37 @@ def package_run(pipeline, out_dir: Path):
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
              "validation_passed": report["passed"], "flags": report["flags"],
              "target_devices": {d: v["deployable"] for d, v in report["devices"].items()}}
-    return package(recipe.name, recipe.version, out_dir, files, extra, card,
-                   LICENSE_NOTICE.format(base=extra["base_model"], license=recipe.package.license),
-                   tarball=recipe.package.tarball)
+    try:
+        return package(recipe.name, recipe.version, out_dir, files, extra, card,
+                       LICENSE_NOTICE.format(base=extra["base_model"], license=recipe.package.license),
+                       tarball=recipe.package.tarball)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _reference_stats(pipeline, report: dict, ship: list[str], folder: Path) -> Path | None:
+    """Write the training data's reference statistics for ``edgeft monitor`` (see edgeft.monitor.reference);
+    None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
+    import os
+
+    if report.get("task") == "image-classification":
+        return None
+
+    from edgeft.fileio import atomic_write_text
+    from edgeft.monitor.reference import reference_stats
+    from edgeft.pipeline import classify
+
+    if report.get("kind") == "encoder":
+        kind, fields = ("classifier", classify.FIELDS) if report.get("task") == "classification" else ("encoder",
+                                                                                                       ("text",))
+    else:
+        kind, fields = "causal-lm", (("text",) if pipeline.raw_text else ("prompt",))
+    arts = {n: (Path(report["artifacts"][n]["path"]), report["artifacts"][n]["format"]) for n in ship}
+    stats = reference_stats(kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
+                            pipeline.records("eval", fields), arts, pipeline.recipe.data.system_prompt,
+                            threads=min(2, os.cpu_count() or 1),
+                            max_new_tokens=pipeline.recipe.validate_.max_new_tokens)
+    return atomic_write_text(folder / "reference_stats.json", json.dumps(stats, indent=1) + "\n")
 
 
 def _data_description(recipe, fm) -> str:

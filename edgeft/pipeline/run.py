@@ -102,7 +102,8 @@ class Pipeline:
         r = self.recipe
         v = r.validate_
         return {
-            "data": {"model": r.model, "data": r.data.model_dump(),
+            # extra_train only when set: recipes without it keep the keys (and the finished stages) they had
+            "data": {"model": r.model, "data": r.data.model_dump(exclude=set() if r.data.extra_train else {"extra_train"}),
                      **({"objective": r.finetune.objective} if r.finetune.objective != "sft" else {}),
                      **({"multitask": r.finetune.multitask.model_dump()} if r.finetune.multitask else {})},
             "finetune": r.finetune.model_dump(exclude=self._unused_finetune_keys()),
@@ -212,6 +213,14 @@ class Pipeline:
             g = d.generated
             train, ev = GENERATORS.get(g.generator, "data.generated.generator")(g.n_train, g.n_eval, g.seed)
             source = {"generator": g.generator, "seed": g.seed}
+        if d.extra_train:  # reviewed rows (edgeft monitor): the objective's fields only, appended to train
+            extra = []
+            for rel in d.extra_train:
+                p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
+                cols = classify.FIELDS if classify.is_classifier(self) else fields
+                extra += [{k: str(r[k]) for k in cols} for r in read_records(p, list(cols))]
+            train = train + extra
+            source = {**source, "extra_train": list(d.extra_train), "n_extra_train": len(extra)}
         for split, recs in (("train", train), ("eval", ev)):
             splits.check_fields(recs, fields, f"data ({split} split, {source})", objective)
         write_jsonl(tmp / "train.jsonl", train)

@@ -489,6 +489,22 @@ def render_model_card(ctx: dict) -> str:
         f"edgeft verify {name}-{version}" if name != _NA and version != _NA else "edgeft verify BUNDLE",
         "```",
         "",
+        "## Serving and monitoring",
+        "",
+        "```bash",
+        f"edgeft serve {name}-{version}" if name != _NA and version != _NA else "edgeft serve BUNDLE",
+        "```",
+        "",
+        "serves the fastest artifact that passed validation (OpenAI-compatible API; it refuses to start on a bundle "
+        "that does not verify). `reference_stats.json` holds aggregate statistics of the training inputs (length "
+        "distribution, token and label frequencies, embedding centroid and spread, the model's confidence on "
+        "held-out inputs) for `edgeft monitor`; it stores no training text.",
+        "",
+        "Privacy: with `--log DIR` the server writes every request's input and output verbatim, with its latency "
+        "and the model's confidence, to `DIR/requests.jsonl` (rotated by size). Those logs are user data: keep them "
+        "under the same access and retention rules as the inputs they record, and leave `--log` off where that is "
+        "not possible. Without `--log` nothing about a request is stored.",
+        "",
         "## License",
         "",
         f"{_text(ctx.get('license'))}. See `LICENSE`.",

@@ -55,6 +55,18 @@ class CausalLM:
         """Generate exactly ``new_tokens`` tokens for one prompt; return (ttft_s, [per-token decode s])."""
         raise NotImplementedError
 
+    def logit_stream(self, prompt: Sequence[int], max_new_tokens: int):
+        """A generator of logits rows for a decode whose tokens the caller picks: it yields the row after the
+        prompt, then the row after each token passed in with ``send(token)`` (at most ``max_new_tokens`` rows).
+
+        This default re-runs :meth:`logits` over the whole sequence for every row (any runtime that scores a
+        sequence can serve with it); runtimes with a KV cache override it (``OrtLM``)."""
+        ids = [int(t) for t in prompt]
+        token = yield np.asarray(self.logits(np.asarray(ids, np.int64)))[-1]
+        for _ in range(max_new_tokens - 1):
+            ids.append(int(token))
+            token = yield np.asarray(self.logits(np.asarray(ids, np.int64)))[-1]
+
 
 class SingleSequenceLM(CausalLM):
     """A runtime whose static KV cache holds one sequence: ``generate`` and ``timed_generate`` run prompts one at a

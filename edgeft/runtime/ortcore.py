@@ -211,8 +211,10 @@ class OrtDecoder:
             return _SharedKVDecoder(self, prompt, capacity)
         return _ChainedKVDecoder(self, prompt, capacity)
 
-    def decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
-        """Greedy decode of one prompt; returns (tokens, ttft_s, per-step seconds)."""
+    def _loop(self, prompt: Sequence[int], new_tokens: int) -> tuple[Callable[[], np.ndarray], Callable[[int], np.ndarray]]:
+        """``(prefill, step)`` for one sequence of up to ``new_tokens`` new tokens: ``prefill()`` runs the prompt and
+        returns the logits row after it, ``step(token)`` feeds one token and returns the next row. Each call of
+        ``_loop`` has its own cache, so several sequences may decode at once (from several threads) on one session."""
         ids = np.asarray(prompt, np.int64)[None, :]
         if not self.io_binding:
             state = {"mask": np.ones_like(ids), "past": self.empty_past(1)}
@@ -225,14 +227,28 @@ class OrtDecoder:
                 state["mask"] = np.concatenate([state["mask"], np.ones((1, 1), np.int64)], axis=1)
                 return run(np.asarray([[token]], np.int64))
 
-            return greedy_decode(lambda: run(ids), step, new_tokens, eos)
+            return (lambda: run(ids)), step
         bound = {}
 
         def prefill() -> np.ndarray:
             bound["dec"] = self._bound(ids, ids.shape[1] + new_tokens)
             return bound["dec"].prefill()
 
-        return greedy_decode(prefill, lambda token: bound["dec"].next(token), new_tokens, eos)
+        return prefill, lambda token: bound["dec"].next(token)
+
+    def decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
+        """Greedy decode of one prompt; returns (tokens, ttft_s, per-step seconds)."""
+        prefill, step = self._loop(prompt, new_tokens)
+        return greedy_decode(prefill, step, new_tokens, eos)
+
+    def logit_stream(self, prompt: Sequence[int], max_new_tokens: int):
+        """The logits rows of a decode whose tokens the caller picks (sampling, stop strings, streaming): a
+        generator that yields the row after the prompt, then, for each token passed in with ``send(token)``, the
+        row after it; at most ``max_new_tokens`` rows. KV-cached (see :meth:`_loop`)."""
+        prefill, step = self._loop(prompt, max_new_tokens)
+        token = yield prefill()
+        for _ in range(max_new_tokens - 1):
+            token = yield step(int(token))
 
     # ------------------------------------------------------------------ CausalLM methods
     def logits(self, input_ids: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from edgeft.fileio import atomic_write_text
 from edgeft.validate.report import _num, _ordered_artifacts
 
-__all__ = ["render_html", "write_html"]
+__all__ = ["escape", "render_html", "render_page", "write_html"]
 
 MB = 1024 * 1024
 _DASH = "–"
@@ -1163,10 +1163,21 @@ def render_html(report: dict) -> str:
         _incompat_section(report),
         _artifact_details(report),
     ]
+    return render_page(title, body)
+
+
+def render_page(title: str, sections: Sequence[str]) -> str:
+    """A self-contained page in this report's style around ``sections`` (HTML already escaped); other
+    reports (``edgeft monitor``'s drift report) use it so they look and read the same."""
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+            + "\n".join(sections) + "\n</body>\n</html>\n")
+
+
+def escape(value: Any) -> str:
+    """Text escaped for the page (see :func:`render_page`); no URL-looking string survives."""
+    return _esc(value)
 
 
 def write_html(path: Union[str, os.PathLike], report: dict) -> Path:

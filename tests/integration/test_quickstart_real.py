@@ -79,6 +79,33 @@ def test_report_shows_base_merged_and_quantized(quickstart_run):
     assert "base" in proc.stdout and "int4" in proc.stdout  # the summary table was printed
 
 
+def test_served_bundle_answers_the_openai_client_as_validated(quickstart_run, tmp_path):
+    """`edgeft serve` on the bundle (before the next test flips a byte in it): the openai client gets the greedy
+    answer validate scored; the request log feeds `edgeft monitor`."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from openai import OpenAI
+    from serve_support import Server
+
+    from edgeft.chat import generate
+    from edgeft.data.intents import generate as intents
+
+    run_dir, _ = quickstart_run
+    bundle = run_dir / "package" / "quickstart-0.1.0"
+    _, ev = intents(160, 16, seed=0)
+    with Server(bundle, "--log", str(tmp_path / "log")) as s:
+        client = OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        model = client.models.list().data[0]
+        assert model.model_extra["artifact"] in ("int8", "int4")
+        for r in ev[:4]:
+            got = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": r["prompt"]}],
+                                                 max_tokens=48).choices[0].message.content
+            want = generate(bundle / "artifacts" / model.model_extra["artifact"], r["prompt"],
+                            "Parse the request into JSON.", 48, threads=2, tokenizer=bundle / "tokenizer")
+            assert got.strip() == want
+    rep = edgeft("monitor", str(tmp_path / "log"), "--bundle", str(bundle), cwd=REPO)
+    assert "4 requests" in rep.stdout and (tmp_path / "log" / "monitor" / "drift.html").is_file()
+
+
 def test_bundle_verifies_and_rejects_a_flipped_byte(quickstart_run, tmp_path):
     run_dir, _ = quickstart_run
     bundle = run_dir / "package" / "quickstart-0.1.0"
