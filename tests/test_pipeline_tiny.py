@@ -258,6 +258,7 @@ def test_failed_gate_exits_7_and_ships_nothing(first, clone, tiny_recipe_module)
          "validate.budgets.exact_match.threshold=1.01"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 7, proc.stderr[-2000:]
     assert "gates failed" in proc.stderr and "report.json" in proc.stderr
+    assert "overall: FAIL" in proc.stdout  # the table of what failed comes before the error line
     report = json.loads((run_dir / "validate" / "report.json").read_text())
     assert report["passed"] is False
     assert any(not g["passed"] and g["name"] == "exact_match threshold" for g in report["gates"])

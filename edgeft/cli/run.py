@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from edgeft.cli.options import console, recipe_arg, runs_opt, set_opt
+from edgeft.errors import BudgetError
 from edgeft.pipeline.rundir import STAGES
 
 
@@ -52,7 +55,15 @@ def run_cmd(recipe, overrides, from_stage, dry_run, runs_root):
     def on_stage(stage, status):
         con.print(f"[bold]{stage:>9}[/bold]  {status}")
 
-    res = run(recipe, overrides, from_stage=from_stage, dry_run=dry_run, runs_root=runs_root, console=con,
-              on_stage=on_stage)
+    try:
+        res = run(recipe, overrides, from_stage=from_stage, dry_run=dry_run, runs_root=runs_root, console=con,
+                  on_stage=on_stage)
+    except BudgetError as e:  # show what failed before the one-line error
+        report = getattr(e, "report", None)
+        if report is not None and report.is_file():
+            from edgeft.validate.report import print_summary
+
+            print_summary(json.loads(report.read_text()), con)
+        raise
     if not dry_run:
         print_result(con, res)

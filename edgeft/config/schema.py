@@ -242,6 +242,16 @@ class MultitaskConfig(Strict):
     tasks: list[TaskSpec] = Field(min_length=1, description="Tasks mixed into one training set by weight.")
 
 
+class ImageQatConfig(Strict):
+    epochs: float = Field(1, gt=0, description="Quantization-aware epochs after the float fine-tune (int8 fake "
+                                               "quantization of weights and activations).")
+    learning_rate: Optional[float] = Field(
+        None, gt=0, description="Peak learning rate of the QAT epochs (default: a tenth of finetune.learning_rate).")
+    weight_bits: Literal[8, 7] = Field(
+        8, description="Simulated weight grid: 8 (int8 [-127, 127], the full-integer LiteRT / Edge TPU graphs) or 7 "
+                       "([-64, 63], ONNX int8-static with reduce_range).")
+
+
 class ImageTrainConfig(Strict):
     size: Optional[int] = Field(
         None, ge=32, le=1024, description="Square input size (EfficientNet-Lite only; default: the model's own).")
@@ -259,6 +269,10 @@ class ImageTrainConfig(Strict):
     distill_temperature: float = Field(2.0, gt=0, description="With teacher: softmax temperature T (KL scaled by T^2).")
     distill_alpha: float = Field(
         0.5, ge=0, le=1, description="With teacher: weight of the hard-label cross-entropy (1 - alpha on the KL term).")
+    qat: Optional[ImageQatConfig] = Field(
+        None, description="Method full: quantization-aware fine-tuning after the float epochs, for when post-training "
+                          "int8 costs more than a point: PyTorch 2 export QAT with the int8 grid of the full-integer "
+                          "targets (per-channel symmetric weights, per-tensor activations, BatchNorm folded).")
 
 
 class FinetuneConfig(Strict):

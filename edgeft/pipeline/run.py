@@ -410,6 +410,13 @@ class Pipeline:
                                    f"{method.merge_note}; or run only `edgeft finetune RECIPE`")
 
     # ---------------------------------------------------------------- driver
+    def _gates_failed(self, note: str) -> BudgetError:
+        """The error a failed validate raises; its report.json goes with it, so the CLI can show the table first."""
+        report = self.run.stage_dir("validate") / "report.json"
+        err = BudgetError(f"validate: gates failed{note}; see {report}")
+        err.report = report
+        return err
+
     def execute(self, from_stage: str | None = None, dry_run: bool = False, only: Sequence[str] | None = None,
                 on_stage: Callable[[str, str], None] | None = None) -> RunResult:
         if from_stage is not None and from_stage not in STAGES:
@@ -447,8 +454,7 @@ class Pipeline:
                 if on_stage:
                     on_stage(stage, "up to date, skipped")
                 if stage == "validate" and not self.run.record(stage)["metrics"]["passed"]:
-                    raise BudgetError(f"validate: gates failed (unchanged since the last run); see "
-                                      f"{self.run.stage_dir('validate') / 'report.json'}")
+                    raise self._gates_failed(" (unchanged since the last run)")
                 continue
             if on_stage:
                 on_stage(stage, "running")
@@ -466,7 +472,7 @@ class Pipeline:
             if on_stage:
                 on_stage(stage, f"done in {seconds:.1f}s")
             if stage == "validate" and not metrics["passed"]:
-                raise BudgetError(f"validate: gates failed; see {self.run.stage_dir('validate') / 'report.json'}")
+                raise self._gates_failed("")
         if not dry_run:
             rep = self.run.stage_dir("validate") / "report.json"
             res.report = json.loads(rep.read_text()) if rep.is_file() else None

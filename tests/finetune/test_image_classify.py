@@ -137,3 +137,26 @@ def test_vit_lora_merges_into_an_hf_folder(data, tmp_path):
     assert rep["max_abs_diff"] <= 1e-4 and rep["label_agreement"] == 1.0
     assert is_image_classifier(tmp_path / "merged") and labels(tmp_path / "merged") == sorted(IMAGE_CLASSES)
     assert (tmp_path / "merged" / "preprocessor_config.json").is_file()
+
+
+def test_qat_trains_under_fake_quantization_and_returns_float_weights(cnn, data, tmp_path):
+    import torch
+
+    from edgeft.models.vision import load_image_classifier
+
+    plain = _run(cnn, data, tmp_path / "plain", _cfg("full", epochs=2))
+    m = _run(cnn, data, tmp_path / "qat", _cfg("full", epochs=2, image={"flip": False, "crop_scale": (0.8, 1.0),
+                                                                          "qat": {"epochs": 1}}))
+    q = m["qat"]
+    assert q["steps"] == 9 and len(q["history"]) == 1 and q["kept_epoch"] in (0, 1)
+    assert 0 <= q["top1_fake_quant_before"] <= 1 and q["top1_float_before"] == plain["eval"]["top1"]
+    a = load_image_classifier(tmp_path / "plain" / "out" / "model").state_dict()
+    b = load_image_classifier(tmp_path / "qat" / "out" / "model").state_dict()
+    assert set(a) == set(b)
+    if q["kept_epoch"]:  # the QAT epoch's weights were kept: they differ from the float run's
+        assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def test_qat_is_refused_for_methods_other_than_full(cnn, data, tmp_path):
+    with pytest.raises(UnsupportedError, match="finetune.image.qat"):
+        _run(cnn, data, tmp_path, _cfg("bitfit", image={"qat": {"epochs": 1}}))

@@ -19,6 +19,13 @@ crop and (``finetune.image.flip``) horizontal flip on the training images, the m
 crop on the eval split. Each epoch is evaluated (top-1, top-5, per-class F1, loss); the best epoch's
 weights are kept, early stopping watches the eval loss, and an interrupted run resumes from its last
 epoch checkpoint in ``work_dir``.
+
+``finetune.image.qat`` (method ``full``) adds quantization-aware epochs after the float ones: the model
+is captured with ``torch.export``, prepared by torchao's ``prepare_qat_pt2e`` with the XNNPACK
+quantizer's int8 configuration (the full-integer targets' grid: per-channel symmetric weights,
+per-tensor affine activations, BatchNorm folded into the convolutions as it will be on the device), and
+trained on; each QAT epoch is scored with the fake-quantized model. The float weights that came out of
+it go on to the export and quantize stages like any other, which calibrate their own int8 graphs.
 """
 
 from __future__ import annotations
@@ -184,6 +191,10 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     from edgeft.models.vision import load_image_classifier, parameter_count, preprocessing
 
     method = cfg.method
+    if cfg.image.qat is not None and method != "full":
+        raise UnsupportedError(f"finetune.image.qat: quantization-aware epochs are built for method full (every "
+                               f"weight trains under fake quantization), not {method!r}; use method: full or remove "
+                               "finetune.image.qat")
     if method not in METHODS_SUPPORTED:
         raise UnsupportedError(f"finetune.method {method!r} is not available for objective image-classify; "
                                f"use one of: {', '.join(METHODS_SUPPORTED)}")
@@ -328,6 +339,9 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     if best is not None:
         model.load_state_dict(best["state"])
     model.eval()
+    qat = None
+    if cfg.image.qat is not None:
+        qat = _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, len(labels), loss_fn, soft)
     final = (topk_scores(model.head_module()(feats_eval).detach().numpy(), gold_eval, len(labels)) if probe
              else _evaluate(model, eval_x, gold_eval, len(labels)))
     target = _save(model, method, out_dir, labels, model_path)
@@ -338,10 +352,108 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
                # gradual-unfreeze: what was trainable when training ended (blocks joined on the way)
                "trainable_params_end": sum(p.numel() for p in model.parameters() if p.requires_grad),
                "best_epoch": best["epoch"] if best else None, "history": history,
+               **({"qat": qat} if qat is not None else {}),
                "eval": {k: v for k, v in final.items()}, "seconds": round(time.perf_counter() - t0, 1),
                "n_train": len(train), "n_eval": len(eval), "base_model": str(model_path), "output": target.name}
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_labels, loss_fn, soft) -> dict:
+    """Quantization-aware epochs on ``model`` (in place): PT2E fake quantization, the best QAT epoch's weights kept.
+
+    Returns what was done: the per-epoch history (fake-quantized eval loss and top-1), the float and the
+    fake-quantized top-1 before QAT, and which epoch was kept.
+    """
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    q = cfg.image.qat
+    t0 = time.perf_counter()
+    size = pp.size
+    example = (torch.from_numpy(eval_x[:2]) if len(eval_x) >= 2 else torch.zeros(2, 3, size, size),)
+    model.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)  # training and eval batches of any size
+    graph = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
+    wmax = 2 ** (q.weight_bits - 1) - 1  # 8 bits: [-127, 127] (LiteRT); 7 bits: [-64, 63] (ORT reduce_range)
+    wmin = -wmax if q.weight_bits == 8 else -wmax - 1
+    grid = get_symmetric_quantization_config(is_per_channel=True, is_qat=True, weight_qmin=wmin, weight_qmax=wmax)
+    quantizer = XNNPACKQuantizer().set_global(grid)
+    prepared = prepare_qat_pt2e(graph, quantizer)
+    names = set(model.state_dict())
+    lost = sorted(k for k in names if k not in prepared.state_dict() and not k.endswith("num_batches_tracked"))
+    if lost:  # the trained weights could not be carried back: fail before spending the epochs
+        raise UnsupportedError(f"finetune.image.qat: the exported graph renames {len(lost)} weights of this model "
+                               f"(e.g. {lost[0]}); QAT is not available for it, remove finetune.image.qat")
+    move_exported_model_to_eval(prepared)
+    float_top1 = _evaluate(model, eval_x, gold_eval, n_labels)["top1"]
+    before = _scores_of(prepared, eval_x, gold_eval, n_labels)
+    log.info("image-classify QAT: top-1 float %.4f, fake-quantized int8 %.4f before QAT", float_top1, before["top1"])
+    lr0 = q.learning_rate or cfg.learning_rate / 10
+    params = [p for p in prepared.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr0, weight_decay=0.0)
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = max(1, math.ceil(q.epochs * per_epoch))
+    history, step = [], 0
+    best = {"epoch": 0, "eval_loss": before["eval_loss"], "state": None}
+    for epoch in range(math.ceil(total / per_epoch)):
+        move_exported_model_to_train(prepared)
+        order = list(range(len(train)))
+        random.Random(cfg.seed + 1000 + epoch).shuffle(order)
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            idx = order[i:i + cfg.batch_size]
+            x = torch.from_numpy(_pixels([train[j] for j in idx], images, pp, rng, cfg.image))
+            logits = prepared(x)
+            loss = loss_fn(logits, torch.from_numpy(gold_train[idx]))
+            if soft is not None:
+                t = cfg.image.distill_temperature
+                kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), soft[idx], reduction="batchmean")
+                loss = cfg.image.distill_alpha * loss + (1 - cfg.image.distill_alpha) * t * t * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            for g in opt.param_groups:
+                g["lr"] = lr0 * _schedule(step, total, 0)
+            opt.step()
+            step += 1
+            losses.append(loss.item())
+        move_exported_model_to_eval(prepared)
+        ev = _scores_of(prepared, eval_x, gold_eval, n_labels)
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
+                        "eval_loss": ev["eval_loss"], "top1_fake_quant": ev["top1"]})
+        log.info("image-classify QAT epoch %d: train loss %.4f, fake-quantized eval loss %.4f, top-1 %.4f", epoch + 1,
+                 history[-1]["train_loss"] or float("nan"), ev["eval_loss"], ev["top1"])
+        if ev["eval_loss"] < best["eval_loss"]:
+            best = {"epoch": epoch + 1, "eval_loss": ev["eval_loss"],
+                    "state": {k: v.detach().clone() for k, v in prepared.state_dict().items() if k in names}}
+        if step >= total:
+            break
+    if best["state"] is not None:
+        missing, _ = model.load_state_dict(best["state"], strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing:
+            raise UnsupportedError(f"finetune.image.qat: {len(missing)} weights did not come back from the QAT graph "
+                                   f"(e.g. {missing[0]})")
+    model.eval()
+    return {"epochs": q.epochs, "learning_rate": lr0, "weight_bits": q.weight_bits, "steps": step, "kept_epoch": best["epoch"],
+            "top1_float_before": float_top1, "top1_fake_quant_before": before["top1"],
+            "top1_fake_quant": history[best["epoch"] - 1]["top1_fake_quant"] if best["epoch"] else before["top1"],
+            "history": history, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _scores_of(graph_module, x: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
+    """Eval loss and top-k of an exported (fake-quantized) graph module, already in eval mode."""
+    import torch
+
+    logits = predict(graph_module, x)
+    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(gold)))
+    return {"eval_loss": loss, **topk_scores(logits, gold, n_labels)}
 
 
 def _teacher_targets(image_cfg, train: list[dict], labels: list[str], images: dict):
