@@ -126,6 +126,12 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
                     f"{source}: data.files.{field}: file not found: {display_path(base / rel)} "
                     f"(paths are relative to the recipe file)"
                 )
+    general = recipe.validate_.perplexity.general
+    if general is not None and general.text != "python-docs" and recipe_path is not None:
+        path = Path(general.text) if Path(general.text).is_absolute() else recipe_path.resolve().parent / general.text
+        if not path.is_file():
+            problems.append(f"{source}: validate.perplexity.general.text: file not found: {display_path(path)} "
+                            "(paths are relative to the recipe file; or use python-docs)")
     return problems
 
 

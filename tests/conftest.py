@@ -131,10 +131,11 @@ def tiny_recipe_dict(model_dir: Path, name: str = "tiny") -> dict:
             "require": ["host"],
             "eval_examples": 8,
             "max_new_tokens": 24,
-            "perplexity": {"text": "eval-split", "max_tokens": 256, "seq_len": 64, "stride": 64},
+            "perplexity": {"text": "eval-split", "max_tokens": 256, "seq_len": 64, "stride": 64,
+                           "general": {"text": "python-docs", "max_tokens": 128, "seq_len": 64, "stride": 64}},
             "latency": {"new_tokens": 4, "warmup": 0, "repeats": 2},
             "budgets": {"exact_match": {"threshold": 0.0}, "perplexity": {"percent_max_degradation": 1000},
-                        "erased_margin": 0.0},
+                        "perplexity_general": {"percent_max_degradation": 1000}, "erased_margin": 0.0},
         },
         "package": {"tarball": True, "intended_use": "tests", "limitations": "random weights"},
     }

@@ -72,6 +72,10 @@ def test_report_lists_artifacts_and_devices(first):
     for name in ARTIFACTS:
         acc = rep["artifacts"][name]["accuracy"]
         assert 0.0 <= acc["exact_match"] <= 1.0 and acc["perplexity"] > 1.0
+        assert acc["perplexity_general"] > 1.0 and acc["perplexity_general"] != acc["perplexity"]
+    assert rep["protocol"]["perplexity_general"]["windows"] == 2
+    general_gates = [g for g in rep["gates"] if g["name"].startswith("perplexity_general")]
+    assert {g["artifact"] for g in general_gates} == {"onnx-fp32", "int8", "int4"}
     for name in ("int8", "int4"):
         a = rep["artifacts"][name]
         assert a["size_bytes"] < rep["artifacts"]["onnx-fp32"]["size_bytes"]

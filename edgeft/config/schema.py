@@ -55,6 +55,18 @@ class FileData(Strict):
         return self
 
 
+class GeneralTextConfig(Strict):
+    text: str = Field(
+        "python-docs", description="'python-docs' (English prose of the Python language reference, shipped with every "
+                                   "Python as pydoc_data) or a UTF-8 text file path, relative to the recipe file.")
+    start_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Start this far into the text (e.g. 0.9: its last tenth, disjoint from a "
+                                     "calibration slice taken from the start).")
+    seq_len: int = Field(256, ge=8, description="Window length in tokens.")
+    stride: int = Field(256, ge=1, description="Window stride in tokens.")
+    max_tokens: int = Field(4096, ge=16, description="Evaluate at most this many tokens of the text.")
+
+
 class PerplexityConfig(Strict):
     text: str = Field(
         "eval-split",
@@ -63,6 +75,9 @@ class PerplexityConfig(Strict):
     seq_len: int = Field(256, ge=8, description="Window length in tokens.")
     stride: int = Field(256, ge=1, description="Window stride in tokens (stride == seq_len: disjoint windows).")
     max_tokens: int = Field(4096, ge=16, description="Evaluate at most this many tokens of the text.")
+    general: Optional[GeneralTextConfig] = Field(
+        None, description="A second, general-text held-out check next to the task's: shows what a fine-tune or a "
+                          "quantizer cost outside the task (gate: budgets.perplexity_general).")
 
 
 class TextData(Strict):
@@ -398,6 +413,9 @@ class Goal(Strict):
 class Budgets(Strict):
     exact_match: Goal = Field(default_factory=lambda: Goal(max_degradation=0.05), description="Task metric goal.")
     perplexity: Goal = Field(default_factory=lambda: Goal(percent_max_degradation=25.0), description="Perplexity goal.")
+    perplexity_general: Goal = Field(
+        default_factory=Goal, description="Perplexity on validate.perplexity.general's text vs merged (default: "
+                                          "reported, not gated).")
     accuracy: Goal = Field(
         default_factory=lambda: Goal(max_degradation=0.01),
         description="Classifiers: accuracy on the eval split (fraction correct) vs the merged model.",

@@ -58,6 +58,27 @@ def read_text(path: PathLike, *, allow_empty: bool = False) -> str:
     return text
 
 
+def general_text(cfg, base_dir: PathLike = ".") -> str:
+    """The text of a ``validate.perplexity.general`` check, from ``start_fraction`` on (cut at a line break).
+
+    ``python-docs`` is the Python language reference's prose as CPython ships it (``pydoc_data.topics``,
+    topics in name order): general English that every install has and no fine-tune trains on. Any
+    other value is a UTF-8 file, relative to ``base_dir`` (the recipe's folder).
+    """
+    if cfg.text == "python-docs":
+        from pydoc_data.topics import topics
+
+        text = "\n\n".join(topics[k] for k in sorted(topics))
+    else:
+        p = Path(cfg.text)
+        text = read_text(p if p.is_absolute() else Path(base_dir) / p)
+    if cfg.start_fraction:
+        cut = int(len(text) * cfg.start_fraction)
+        nl = text.find("\n", cut)
+        text = text[nl + 1 if nl >= 0 else cut:]
+    return text
+
+
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"

@@ -109,7 +109,7 @@ class Pipeline:
             "finetune": r.finetune.model_dump(exclude=self._unused_finetune_keys()),
             "merge": r.merge.model_dump(),
             "export": r.export.model_dump(),
-            "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump()],
+            "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump(exclude={"general"})],
             # per-artifact budgets live on the quantize specs; they change the verdict, so they key validate
             "validate": {**v.model_dump(), **({"artifact_budgets": {q.name: q.budgets.model_dump() for q in r.quantize
                                                                   if q.budgets is not None}}
@@ -161,6 +161,15 @@ class Pipeline:
 
         p = Path(spec)
         return read_text(p if p.is_absolute() else self.base_dir / p)
+
+    def general_text(self) -> str | None:
+        """validate.perplexity.general's text (None when the recipe has no general-text check)."""
+        g = self.recipe.validate_.perplexity.general
+        if g is None:
+            return None
+        from edgeft.data.readers import general_text
+
+        return general_text(g, self.base_dir)
 
     def heldout_windows(self, tokenizer_dir: Path):
         from transformers import AutoTokenizer
@@ -385,7 +394,7 @@ class Pipeline:
             ev = self.records("eval")
         report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
-                          recipe_name=self.recipe.name)
+                          recipe_name=self.recipe.name, general_text=self.general_text())
         return {"passed": report["passed"], "flags": report["flags"]}
 
     def stage_package(self, tmp: Path) -> dict:

@@ -126,8 +126,13 @@ def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
 
 
 def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: list[dict], out_dir: Path, cfg=None,
-             system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None) -> dict:
-    """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json."""
+             system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None,
+             general_text: str | None = None) -> dict:
+    """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json.
+
+    ``general_text`` (``cfg.perplexity.general``'s text) adds a second perplexity per artifact,
+    ``perplexity_general``, gated by ``budgets.perplexity_general``.
+    """
     from transformers import AutoTokenizer
 
     from edgeft.config.loader import load_device
@@ -162,6 +167,11 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     ppl_cfg = cfg.perplexity
     wins = quality.windows(tok(heldout_text, add_special_tokens=False).input_ids, ppl_cfg.seq_len, ppl_cfg.stride,
                            ppl_cfg.max_tokens)
+    general_wins = None
+    if general_text is not None and ppl_cfg.general is not None:
+        g = ppl_cfg.general
+        general_wins = quality.windows(tok(general_text, add_special_tokens=False).input_ids, g.seq_len, g.stride,
+                                       g.max_tokens)
     host_threads = os.cpu_count() or 1
     latency_prompt = prompt_ids(tok, system_prompt, cfg.latency.prompt)
     config_json = {}
@@ -178,6 +188,8 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
         lm = load_lm(a.path, a.format, host_threads)
         acc = _task_metrics(lm, tok, records, system_prompt, cfg.max_new_tokens)
         acc["perplexity"] = quality.perplexity(lm, wins)
+        if general_wins:
+            acc["perplexity_general"] = quality.perplexity(lm, general_wins)
         if a.role == "reference":
             ref_logits = [lm.logits(w) for w in agree_wins]
             acc.update({"top1_agreement": 1.0, "kl": 0.0})
@@ -257,6 +269,10 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                                        budgets.exact_match, higher_is_better=True)
         res += gates.evaluate_goal("perplexity", a.name, acc["perplexity"], ref_acc["perplexity"],
                                    budgets.perplexity, higher_is_better=False)
+        if general_wins:
+            res += gates.evaluate_goal("perplexity_general", a.name, acc["perplexity_general"],
+                                       ref_acc["perplexity_general"], budgets.perplexity_general,
+                                       higher_is_better=False)
         acc_gates += [g.to_dict() for g in res]
         if base_em is not None:
             msg = gates.erased_flag(a.name, acc["exact_match"], base_em, ref_acc["exact_match"], budgets.erased_margin)
@@ -312,9 +328,12 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
     report = {"schema_version": 1, "recipe": recipe_name, "reference": reference.name, "passed": passed,
               "protocol": {"eval_examples": len(records), "max_new_tokens": cfg.max_new_tokens,
-                           "perplexity": {**ppl_cfg.model_dump(), "windows": len(wins),
+                           "perplexity": {**ppl_cfg.model_dump(exclude={"general"}), "windows": len(wins),
                                           "tokens": int(sum(len(w) for w in wins)),
                                           "text": ppl_cfg.text, "tokenizer": str(tokenizer_dir)},
+                           **({"perplexity_general": {**ppl_cfg.general.model_dump(), "windows": len(general_wins),
+                                                      "tokens": int(sum(len(w) for w in general_wins))}}
+                              if general_wins else {}),
                            "agreement_windows": len(agree_wins),
                            "latency": {**cfg.latency.model_dump(), "prompt_tokens": len(latency_prompt),
                                        "host_cpus": host_threads}},

@@ -545,7 +545,9 @@ def _artifact_table(report: dict) -> str:
         g = _d(g)
         if not g.get("passed"):
             failed_acc[str(g.get("artifact"))].append(_gate_short(g.get("name")))
+    general = any("perplexity_general" in _d(_d(a).get("accuracy")) for a in arts.values())
     head = ("artifact", "format / precision", "size MB", "exact match (Δ)", "JSON valid", "perplexity (Δ%)",
+            *(("general-text perplexity (Δ%)",) if general else ()),
             "top-1 agr.", "KL", "decode tok/s", "TTFT p50 / p95 ms", "peak RAM MB", "latency label")
     rows = []
     for n in _ordered_artifacts(report) if arts else []:
@@ -556,7 +558,8 @@ def _artifact_table(report: dict) -> str:
         extra = " ".join(str(x) for x in (a.get("int8_mode"), a.get("scheme")) if x)
         bad = failed_acc.get(n)
         em_cls = ' worse' if bad and any("exact_match" in b or "erased" in b for b in bad) else ""
-        ppl_cls = ' worse' if bad and any("perplexity" in b for b in bad) else ""
+        ppl_cls = ' worse' if bad and any(b.startswith("perplexity") and "general" not in b for b in bad) else ""
+        gen_cls = ' worse' if bad and any("perplexity_general" in b for b in bad) else ""
         role = a.get("role")
         name_cell = f"<b>{_esc(n)}</b>" if is_ref else _esc(n)
         if role and role != "artifact":
@@ -577,6 +580,9 @@ def _artifact_table(report: dict) -> str:
             f'<td class="num">{_fmt(acc.get("json_valid"))}</td>',
             f'<td class="num{ppl_cls}">{_fmt(acc.get("perplexity"))}'
             f'{ppl_delta}</td>',
+            *([f'<td class="num{gen_cls}">{_fmt(acc.get("perplexity_general"))}'
+               + ("" if is_ref else _delta(acc.get("perplexity_general"), ref_acc.get("perplexity_general"),
+                                           percent=True, higher_is_better=False)) + "</td>"] if general else []),
             f'<td class="num">{_fmt(acc.get("top1_agreement"))}</td>',
             f'<td class="num">{_fmt(acc.get("kl"))}</td>',
             f'<td class="num">{_fmt(lat.get("decode_tok_s"), 1)}</td>',

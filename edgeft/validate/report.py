@@ -30,7 +30,8 @@ Artifact entry:
 - ``scheme`` (str or null): quantization scheme name.
 - ``size_bytes`` (int): size on storage.
 - ``path`` (str): where the artifact lives.
-- ``accuracy`` (object): ``exact_match``, ``json_valid``, ``perplexity``, ``top1_agreement``,
+- ``accuracy`` (object): ``exact_match``, ``json_valid``, ``perplexity``, ``perplexity_general`` (with
+  ``validate.perplexity.general``), ``top1_agreement``,
   ``kl`` (float or null each; agreement and KL are vs the reference's logits).
 - ``latency`` (object or null): ``label`` (``measured-host`` | ``projected`` |
   ``measured-device``), ``threads`` (int), ``ttft_ms_p50``, ``ttft_ms_p95``, ``decode_tok_s``,
@@ -231,7 +232,11 @@ def summary_table(report: dict, *, compact: bool = False, devices: bool = True):
         caption=f"deltas vs {ref_name}" + ("; * required device; n/a: incompatible (reasons below)" if devs else ""),
     )
     # "fold" everywhere: a too narrow terminal wraps a cell (at its spaces first), never hides digits
-    for header, short, justify in _COLUMNS:
+    general = any("perplexity_general" in ((a or {}).get("accuracy") or {}) for a in arts.values())
+    columns = list(_COLUMNS)
+    if general:  # validate.perplexity.general: the general-text check next to the task's perplexity
+        columns.insert(6, ("general ppl", "general\nppl", "right"))
+    for header, short, justify in columns:
         table.add_column(short if compact else header, justify=justify, overflow="fold")
     for dev, d in devs.items():
         table.add_column(_device_header(dev, d, compact), justify="center", overflow="fold")
@@ -249,6 +254,8 @@ def summary_table(report: dict, *, compact: bool = False, devices: bool = True):
             Text(_with_delta(acc.get("exact_match"), None if is_ref else ref_acc.get("exact_match"), False, sep)),
             Text(_plain(acc.get("json_valid"), 3)),
             Text(_with_delta(acc.get("perplexity"), None if is_ref else ref_acc.get("perplexity"), True, sep)),
+            *([Text(_with_delta(acc.get("perplexity_general"),
+                                None if is_ref else ref_acc.get("perplexity_general"), True, sep))] if general else []),
             Text(_plain(lat.get("decode_tok_s"))),
             Text(_plain(lat.get("ttft_ms_p50"), 0)),
             Text(_plain(lat.get("peak_rss_mb"), 0)),
