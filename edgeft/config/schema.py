@@ -376,7 +376,8 @@ class ExportConfig(Strict):
         None, description="Encoders/classifiers: fix the input shapes of every ONNX artifact (NPUs, TPUs).")
     budgets: dict[str, "Budgets"] = Field(
         default_factory=dict,
-        description="Accuracy gates of an export.extra artifact, by preset name (default: validate.budgets).")
+        description="Accuracy gates of an export.extra artifact, by preset name (the goals named replace "
+                    "validate.budgets').")
 
     @model_validator(mode="after")
     def _budgets_name_extras(self) -> "ExportConfig":
@@ -399,7 +400,9 @@ class QuantizeSpec(Strict):
     max_accuracy_drop: float = Field(
         0.05, ge=0, description="Classifiers: stage sanity bound on the eval accuracy drop vs the input (fraction)."
     )
-    budgets: Optional["Budgets"] = Field(None, description="Accuracy gates for this artifact (default: validate.budgets).")
+    budgets: Optional["Budgets"] = Field(
+        None, description="Accuracy gates for this artifact: the goals it names replace validate.budgets' (the rest "
+                          "stay as validate.budgets sets them).")
 
 
 class Goal(Strict):

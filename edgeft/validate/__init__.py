@@ -261,7 +261,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     for a in artifacts:
         if a.role != "artifact":
             continue
-        budgets = a.budgets or cfg.budgets
+        budgets = gates.artifact_budgets(a.budgets, cfg.budgets)
         acc = rep_artifacts[a.name]["accuracy"]
         res = []
         if records:  # no task examples (raw-text runs): perplexity is the accuracy gate
@@ -467,7 +467,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     for a in artifacts:
         if a.role != "artifact":
             continue
-        budgets = a.budgets or cfg.budgets
+        budgets = gates.artifact_budgets(a.budgets, cfg.budgets)
         acc = rep_artifacts[a.name]["accuracy"]
         if not classifier:
             acc_gates += [g.to_dict() for g in gates.evaluate_goal(

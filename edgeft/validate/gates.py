@@ -214,3 +214,14 @@ def erased_flag(
         f"FINE-TUNE ERASED: {artifact} {metric} {value:.2f} is within {margin:.2f} of the base model's "
         f"{base:.2f} (merged: {tuned:.2f})"
     )
+
+
+def artifact_budgets(own, default):
+    """An artifact's gates: the fields its own ``budgets`` sets, over the recipe's ``validate.budgets``.
+
+    A quantize entry or export extra that names one goal (say ``perplexity_general``) keeps every other goal
+    the recipe sets, rather than falling back to the schema's defaults.
+    """
+    if own is None:
+        return default
+    return default.model_copy(update={k: getattr(own, k) for k in own.model_fields_set})

@@ -78,7 +78,7 @@ def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_n
     for a in scored:
         if a.role != "artifact":
             continue
-        budgets = a.budgets or cfg.budgets
+        budgets = gates.artifact_budgets(a.budgets, cfg.budgets)
         acc_gates += [g.to_dict() for g in gates.evaluate_goal(
             "accuracy", a.name, rep_artifacts[a.name]["accuracy"]["accuracy"], ref_acc, budgets.accuracy,
             higher_is_better=True)]

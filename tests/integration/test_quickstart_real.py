@@ -29,6 +29,7 @@ SHORT = [
     "finetune.eval_examples=4",
     "validate.eval_examples=16",
     "validate.perplexity.max_tokens=512",
+    "validate.perplexity.general.max_tokens=512",
     "validate.latency.new_tokens=8",
     "validate.latency.repeats=2",
     "validate.latency.warmup=0",
@@ -69,6 +70,7 @@ def test_report_shows_base_merged_and_quantized(quickstart_run):
     for name in ("onnx-fp32", "int8", "int4"):
         acc = arts[name]["accuracy"]
         assert acc["perplexity"] > 1 and 0 <= acc["top1_agreement"] <= 1
+        assert acc["perplexity_general"] > 1  # the recipe's general-text check (python-docs)
     # fp32 ONNX is the merged model in another runtime: same greedy answers.
     assert abs(arts["onnx-fp32"]["accuracy"]["exact_match"] - merged_em) <= 1 / 16 + 1e-9
     assert arts["int4"]["size_bytes"] < 0.5 * arts["onnx-fp32"]["size_bytes"]

@@ -169,3 +169,15 @@ def test_erased_flag_not_raised():
     assert erased_flag("int8", 0.03, 0.02, 0.03, 0.1) is None
     assert erased_flag("int8", None, 0.02, 0.96, 0.1) is None
     assert erased_flag("int8", 0.06, None, 0.96, 0.1) is None
+
+
+def test_an_artifacts_own_budgets_override_only_the_goals_they_name():
+    from edgeft.config.schema import Budgets
+    from edgeft.validate.gates import artifact_budgets
+
+    recipe = Budgets(exact_match=Goal(max_degradation=0.35), perplexity=Goal(percent_max_degradation=40))
+    own = Budgets(perplexity_general=Goal(percent_max_degradation=1))
+    b = artifact_budgets(own, recipe)
+    assert b.perplexity_general.percent_max_degradation == 1
+    assert b.exact_match.max_degradation == 0.35 and b.perplexity.percent_max_degradation == 40
+    assert artifact_budgets(None, recipe) is recipe
