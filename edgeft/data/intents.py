@@ -91,14 +91,16 @@ def generate(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list
     r = random.Random(seed)
     seen: set[str] = set()
     out: list[dict] = []
-    attempts = 0
+    misses = 0  # draws in a row that gave no new prompt: the generator's space is nearly used up
     while len(out) < n_train + n_eval:
-        attempts += 1
-        if attempts > 200 * (n_train + n_eval):
-            raise ValueError(f"cannot generate {n_train + n_eval} distinct intent examples; lower n_train/n_eval")
         u, obj = r.choice(INTENTS)(r)
         if u in seen:
+            misses += 1
+            if misses > 5000:
+                raise ValueError(f"cannot generate {n_train + n_eval} distinct intent examples (found {len(out)}); "
+                                 "lower n_train/n_eval")
             continue
+        misses = 0
         seen.add(u)
         out.append({"prompt": u, "response": answer_text(obj)})
     r.shuffle(out)
