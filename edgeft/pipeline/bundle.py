@@ -73,6 +73,8 @@ def package_run(pipeline, out_dir: Path):
         acc = a.get("accuracy") or {}
         row = {"artifact": name, "exact_match": acc.get("exact_match"), "perplexity": acc.get("perplexity"),
                "size_mb": round(a["size_bytes"] / 2**20, 1)}
+        if acc.get("perplexity_general") is not None:
+            row["perplexity_general"] = acc["perplexity_general"]
         if acc.get("n_examples") == 0:  # raw-text (clm) runs: perplexity only
             row.pop("exact_match")
         if "accuracy" in acc:  # classifiers

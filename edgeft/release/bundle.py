@@ -366,7 +366,7 @@ def package(
 # --------------------------------------------------------------------------- model card
 
 _NA = "n/a"
-_STD_COLUMNS = ("artifact", "exact_match", "perplexity", "size_mb")
+_STD_COLUMNS = ("artifact", "exact_match", "perplexity", "perplexity_general", "size_mb")
 
 
 def _text(value: Any) -> str:
@@ -403,6 +403,8 @@ def _metrics_table(rows: Any, devices: list[str]) -> str:
     cls = any("accuracy" in r for r in rows)
     metric_keys, metric_names = ((("accuracy", ".4f"), ("macro_f1", ".4f")), ("Accuracy", "Macro-F1")) if cls else (
         (("exact_match", ".3f"), ("perplexity", ".2f")), ("Exact match", "Perplexity"))
+    if not cls and any("perplexity_general" in r for r in rows):  # validate.perplexity.general
+        metric_keys, metric_names = (*metric_keys, ("perplexity_general", ".2f")), (*metric_names, "General-text ppl")
     std = ("artifact", *(k for k, _ in metric_keys), "size_mb")
     device_cols = list(devices)
     for r in rows:  # devices present in rows but not listed still get a column
@@ -410,7 +412,7 @@ def _metrics_table(rows: Any, devices: list[str]) -> str:
             if k not in std and k not in _STD_COLUMNS and k not in device_cols:
                 device_cols.append(k)
     header = ["Artifact", *metric_names, "Size (MB)", *device_cols]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * 3 + [":---:"] * len(device_cols)) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(metric_keys) + 1) + [":---:"] * len(device_cols)) + "|"]
     for r in rows:
         cells = [
             _cell(r.get("artifact")),
@@ -468,8 +470,9 @@ def render_model_card(ctx: dict) -> str:
         "",
         "## Evaluation",
         "",
-        "Exact match and perplexity on the held-out eval split; per-device columns show whether the "
-        "artifact met that device's budgets (see report.json / report.html).",
+        "Exact match and perplexity on the held-out eval split (general-text perplexity, where shown, on "
+        "validate.perplexity.general's text); per-device columns show whether the artifact met that device's "
+        "budgets (see report.json / report.html).",
         "",
         _metrics_table(ctx.get("metrics_table"), devices),
         "",

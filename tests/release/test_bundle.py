@@ -598,3 +598,12 @@ def test_model_card_tolerates_missing_keys() -> None:
         assert section in card
     assert card.count("n/a") >= 7
     assert render_model_card({"metrics_table": [{"artifact": "int8"}]}).count("| int8 | n/a | n/a | n/a |") == 1
+
+
+def test_model_card_shows_the_general_text_perplexity_when_validated() -> None:
+    card = render_model_card({"devices": ["pi5"], "metrics_table": [
+        {"artifact": "int8", "exact_match": 0.9, "perplexity": 4.1, "perplexity_general": 31.42, "size_mb": 146.0,
+         "pi5": "pass"}]})
+    assert "| Artifact | Exact match | Perplexity | General-text ppl | Size (MB) | pi5 |" in card
+    assert "|---|---:|---:|---:|---:|:---:|" in card
+    assert "| int8 | 0.900 | 4.10 | 31.42 | 146.0 | pass |" in card
