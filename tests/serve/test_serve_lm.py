@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import threading
+import time
 
 import httpx
 import pytest
@@ -299,6 +300,14 @@ def test_graceful_shutdown_finishes_requests_in_flight(bundle):
     for t in threads:
         t.start()
     assert first_chunk.wait(60)
+    deadline = time.monotonic() + 60  # every request accepted (one decoding, three queued) before the signal
+    while time.monotonic() < deadline:
+        h = httpx.get(s.url + "/health", timeout=10).json()
+        if h["in_flight"] + h["queued"] + sum(r is not None for r in results) >= 4:
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"the server never held all 4 requests: {h}")
     rc, err = s.stop(signal.SIGTERM)
     for t in threads:
         t.join(60)
