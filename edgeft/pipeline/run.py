@@ -109,7 +109,9 @@ class Pipeline:
             "finetune": r.finetune.model_dump(exclude=self._unused_finetune_keys()),
             "merge": r.merge.model_dump(),
             "export": r.export.model_dump(),
-            "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize] + [v.perplexity.model_dump(exclude={"general"})],
+            # the general-text check is validate's alone: adding it does not re-quantize
+            "quantize": [q.model_dump(exclude={"budgets"}) for q in r.quantize]
+                        + [v.perplexity.model_dump(exclude={"general"})],
             # per-artifact budgets live on the quantize specs; they change the verdict, so they key validate
             "validate": {**v.model_dump(), **({"artifact_budgets": {q.name: q.budgets.model_dump() for q in r.quantize
                                                                   if q.budgets is not None}}

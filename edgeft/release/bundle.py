@@ -412,7 +412,8 @@ def _metrics_table(rows: Any, devices: list[str]) -> str:
             if k not in std and k not in _STD_COLUMNS and k not in device_cols:
                 device_cols.append(k)
     header = ["Artifact", *metric_names, "Size (MB)", *device_cols]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(metric_keys) + 1) + [":---:"] * len(device_cols)) + "|"]
+    align = ["---"] + ["---:"] * (len(metric_keys) + 1) + [":---:"] * len(device_cols)  # metrics and size: right
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for r in rows:
         cells = [
             _cell(r.get("artifact")),

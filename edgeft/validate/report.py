@@ -235,7 +235,7 @@ def summary_table(report: dict, *, compact: bool = False, devices: bool = True):
     general = any("perplexity_general" in ((a or {}).get("accuracy") or {}) for a in arts.values())
     columns = list(_COLUMNS)
     if general:  # validate.perplexity.general: the general-text check next to the task's perplexity
-        columns.insert(6, ("general ppl", "general\nppl", "right"))
+        columns.insert([c[0] for c in columns].index("perplexity") + 1, ("general ppl", "general\nppl", "right"))
     for header, short, justify in columns:
         table.add_column(short if compact else header, justify=justify, overflow="fold")
     for dev, d in devs.items():

@@ -164,14 +164,32 @@ def predict(model, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
 
 
 def _evaluate(model, x: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
-    import torch
-
     was = model.training
     model.eval()
-    logits = predict(model, x)
+    scores = _scores(model, x, gold, n_labels)
     model.train(was)
+    return scores
+
+
+def _scores(model, x: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
+    """Eval loss and top-k of ``model`` as it is (an exported QAT graph cannot be switched with ``.eval()``)."""
+    import torch
+
+    logits = predict(model, x)
     loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(gold)))
     return {"eval_loss": loss, **topk_scores(logits, gold, n_labels)}
+
+
+def _train_loss(logits, y, idx, loss_fn, soft, image_cfg):
+    """Cross-entropy on the labels; with a teacher, mixed with the KL to its softened distribution (T^2-scaled)."""
+    import torch
+
+    loss = loss_fn(logits, y)
+    if soft is None:
+        return loss
+    t = image_cfg.distill_temperature
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), soft[idx], reduction="batchmean")
+    return image_cfg.distill_alpha * loss + (1 - image_cfg.distill_alpha) * t * t * kl
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -295,11 +313,7 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
             else:
                 x = torch.from_numpy(_pixels([train[j] for j in idx], images, pp, rng, cfg.image))
                 logits = model(x)
-            loss = loss_fn(logits, y)
-            if soft is not None:  # distillation: KL to the teacher's softened distribution, T^2-scaled
-                t = cfg.image.distill_temperature
-                kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), soft[idx], reduction="batchmean")
-                loss = cfg.image.distill_alpha * loss + (1 - cfg.image.distill_alpha) * t * t * kl
+            loss = _train_loss(logits, y, idx, loss_fn, soft, cfg.image)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.max_grad_norm)
@@ -390,7 +404,7 @@ def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_la
                                f"(e.g. {lost[0]}); QAT is not available for it, remove finetune.image.qat")
     move_exported_model_to_eval(prepared)
     float_top1 = _evaluate(model, eval_x, gold_eval, n_labels)["top1"]
-    before = _scores_of(prepared, eval_x, gold_eval, n_labels)
+    before = _scores(prepared, eval_x, gold_eval, n_labels)
     log.info("image-classify QAT: top-1 float %.4f, fake-quantized int8 %.4f before QAT", float_top1, before["top1"])
     lr0 = q.learning_rate or cfg.learning_rate / 10
     params = [p for p in prepared.parameters() if p.requires_grad]
@@ -410,11 +424,7 @@ def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_la
             idx = order[i:i + cfg.batch_size]
             x = torch.from_numpy(_pixels([train[j] for j in idx], images, pp, rng, cfg.image))
             logits = prepared(x)
-            loss = loss_fn(logits, torch.from_numpy(gold_train[idx]))
-            if soft is not None:
-                t = cfg.image.distill_temperature
-                kl = torch.nn.functional.kl_div(torch.log_softmax(logits / t, -1), soft[idx], reduction="batchmean")
-                loss = cfg.image.distill_alpha * loss + (1 - cfg.image.distill_alpha) * t * t * kl
+            loss = _train_loss(logits, torch.from_numpy(gold_train[idx]), idx, loss_fn, soft, cfg.image)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -424,7 +434,7 @@ def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_la
             step += 1
             losses.append(loss.item())
         move_exported_model_to_eval(prepared)
-        ev = _scores_of(prepared, eval_x, gold_eval, n_labels)
+        ev = _scores(prepared, eval_x, gold_eval, n_labels)
         history.append({"epoch": epoch + 1, "step": step, "train_loss": float(np.mean(losses)) if losses else None,
                         "eval_loss": ev["eval_loss"], "top1_fake_quant": ev["top1"]})
         log.info("image-classify QAT epoch %d: train loss %.4f, fake-quantized eval loss %.4f, top-1 %.4f", epoch + 1,
@@ -441,19 +451,11 @@ def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_la
             raise UnsupportedError(f"finetune.image.qat: {len(missing)} weights did not come back from the QAT graph "
                                    f"(e.g. {missing[0]})")
     model.eval()
-    return {"epochs": q.epochs, "learning_rate": lr0, "weight_bits": q.weight_bits, "steps": step, "kept_epoch": best["epoch"],
+    return {"epochs": q.epochs, "learning_rate": lr0, "weight_bits": q.weight_bits, "steps": step,
+            "kept_epoch": best["epoch"],
             "top1_float_before": float_top1, "top1_fake_quant_before": before["top1"],
             "top1_fake_quant": history[best["epoch"] - 1]["top1_fake_quant"] if best["epoch"] else before["top1"],
             "history": history, "seconds": round(time.perf_counter() - t0, 1)}
-
-
-def _scores_of(graph_module, x: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
-    """Eval loss and top-k of an exported (fake-quantized) graph module, already in eval mode."""
-    import torch
-
-    logits = predict(graph_module, x)
-    loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(gold)))
-    return {"eval_loss": loss, **topk_scores(logits, gold, n_labels)}
 
 
 def _teacher_targets(image_cfg, train: list[dict], labels: list[str], images: dict):
