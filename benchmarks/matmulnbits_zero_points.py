@@ -31,7 +31,8 @@ def _session(k: int, n: int, zero_points: str, accuracy_level: int, threads: int
     elif zero_points == "float":
         inits.append(numpy_helper.from_array(rng.random((n, kb), dtype=np.float32) * 8, "Z"))
     weights = [i.name for i in inits]
-    inits += [numpy_helper.from_array(np.array(v, np.int64), name) for v, name in (([0], "st"), ([k], "en"), ([-1], "ax"))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), name)
+              for v, name in (([0], "st"), ([k], "en"), ([-1], "ax"))]
     nodes, prev = [], "x"
     for i in range(20):  # each output sliced back to K columns feeds the next MatMul
         nodes.append(helper.make_node("MatMulNBits", [prev, *weights], [f"y{i}"], domain="com.microsoft", K=k, N=n,
@@ -40,7 +41,8 @@ def _session(k: int, n: int, zero_points: str, accuracy_level: int, threads: int
         prev = f"s{i}"
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, k])],
                               [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), so)
@@ -64,7 +66,8 @@ def main() -> None:
             t = time.perf_counter()
             for _ in range(a.runs):
                 s.run(None, {"x": x})
-            print(f"  zero points {zero_points:5s} accuracy level {level}: {(time.perf_counter() - t) / a.runs / 20 * 1e6:.1f}")
+            us = (time.perf_counter() - t) / a.runs / 20 * 1e6
+            print(f"  zero points {zero_points:5s} accuracy level {level}: {us:.1f}")
 
 
 if __name__ == "__main__":
