@@ -11,6 +11,11 @@ requests one after another (prompts from the quickstart's held-out intent uttera
 ``--requests`` have been sent in all; every request is accounted for (200, 429 or error). Then the
 same prompts run directly on the runtime (the engine the server uses, in this process, one at a time):
 the serving overhead at concurrency 1 is served p50 / direct p50 - 1.
+
+``--llamacpp FILE.gguf`` runs the same levels against llama.cpp's own OpenAI-compatible server
+(``python -m llama_cpp.server``, from the ``bench`` extra) on a GGUF of the same model, with the
+same thread count, as the anchor: build the file with ``edgeft export runs/quickstart/merge --out
+runs/gguf-q4_0 --preset gguf-q4_0``.
 """
 
 from __future__ import annotations
@@ -83,6 +88,41 @@ def direct(bundle: Path, texts: list[str], max_tokens: int) -> dict:
     return {"p50_ms": 1e3 * statistics.median(lat), "artifact": b.artifact, "threads": b.threads}
 
 
+def wait_ready(url: str, tries: int = 600) -> None:
+    import httpx
+
+    for _ in range(tries):
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url}: the server did not come up")
+
+
+def llamacpp_rows(gguf: Path, threads: int, args, texts: list[str]) -> dict:
+    """The same load levels against ``python -m llama_cpp.server`` serving ``gguf``."""
+    import llama_cpp
+    from serve_support import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_threads", str(threads), "--n_threads_batch", str(threads),
+                               "--n_ctx", "2048", "--model_alias", "anchor"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url + "/v1/models")
+        asyncio.run(level(url, "anchor", 1, 2, texts, args.max_tokens))  # warm-up
+        rows = [asyncio.run(level(url, "anchor", int(c), args.requests, texts, args.max_tokens))
+                for c in args.concurrency.split(",")]
+    finally:
+        server.terminate()
+        server.wait(60)
+    return {"rows": rows, "version": llama_cpp.__version__, "threads": threads, "gguf": str(gguf)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -92,6 +132,8 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--queue", type=int, default=None, help="the server's --queue (default: its own, 4 x concurrency)")
     ap.add_argument("--no-direct", action="store_true", help="skip the direct-runtime comparison")
+    ap.add_argument("--llamacpp", type=Path,
+                    help="also load llama.cpp's server with this GGUF (same model) as the anchor")
     args = ap.parse_args()
     import httpx
     from serve_support import free_port
@@ -102,12 +144,7 @@ def main() -> None:
                                "--port", str(port), *(["--queue", str(args.queue)] if args.queue is not None else [])],
                               stderr=subprocess.PIPE, text=True)
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_ready(url + "/health")
         info = httpx.get(url + "/v1/models").json()["data"][0]
         health = httpx.get(url + "/health").json()
         texts = prompts(48)
@@ -117,6 +154,9 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(60)
+    anchor = None
+    if args.llamacpp:
+        anchor = llamacpp_rows(args.llamacpp, int(info["threads"]), args, texts)
     d = None if args.no_direct else direct(args.bundle, texts[: max(args.requests, 8) + 1], args.max_tokens)
     overhead = rows[0]["p50_ms"] / d["p50_ms"] - 1 if d and rows and rows[0]["concurrency"] == 1 else None
     cmd = "python benchmarks/serve_load.py " + " ".join(sys.argv[1:])
@@ -130,6 +170,19 @@ def main() -> None:
         for r in rows:
             print(f"| {r['concurrency']} | {r['req_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
                   f"| {r['tok_s']:.1f} | {r['mean_tokens']:.1f} | {r['http_429']} | {r['errors']} | {r['lost']} |")
+        if anchor is not None:
+            print(f"\nllama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python {anchor['version']}, "
+                  f"{anchor['threads']} threads) on `{args.llamacpp.name}`, same prompts and settings:\n")
+            print("| clients | req/s | p50 ms | p95 ms | p99 ms | tok/s | mean tokens | 429 | errors | lost |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in anchor["rows"]:
+                print(f"| {r['concurrency']} | {r['req_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
+                      f"{r['p99_ms']:.0f} | {r['tok_s']:.1f} | {r['mean_tokens']:.1f} | {r['http_429']} | "
+                      f"{r['errors']} "
+                      f"| {r['lost']} |")
+            ratios = [f"{r['concurrency']} client(s) {e['req_s'] / r['req_s']:.2f}x"
+                      for e, r in zip(rows, anchor["rows"]) if r["req_s"] > 0]
+            print(f"\nedgeft serve req/s vs llama.cpp's server: {', '.join(ratios)}.")
         if overhead is not None:
             print(f"\nDirect runtime (same engine, in process, one at a time): p50 {d['p50_ms']:.0f} ms; serving "
                   f"overhead at 1 client: {100 * overhead:+.1f}%.")
@@ -137,7 +190,7 @@ def main() -> None:
         import json
 
         print(json.dumps({"rows": rows, "direct": d, "overhead_c1": overhead, "model": info, "command": cmd,
-                          "machine": machine}, indent=2))
+                          "machine": machine, "llamacpp": anchor}, indent=2))
 
 
 if __name__ == "__main__":

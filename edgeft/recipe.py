@@ -60,11 +60,16 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
             unknown = unknown_choice("quantize scheme", spec.scheme, SCHEMES.names())
             problems.append(f"{source}: {where}: {unknown}{override_origin(where, origins)}")
             continue
-        model = SCHEMES.get(spec.scheme).options_model
+        sch = SCHEMES.get(spec.scheme)
         try:
-            check_options(model, spec.options, source, f"quantize.{i}.options", f"scheme {spec.scheme}", origins)
+            check_options(sch.options_model, spec.options, source, f"quantize.{i}.options", f"scheme {spec.scheme}",
+                          origins)
         except ConfigError as e:
             problems.extend(str(e).splitlines())
+        if sch.needs_adapter and recipe.finetune.method not in ("lora", "qlora"):
+            problems.append(f"{source}: quantize.{i}.scheme: scheme {spec.scheme} keeps the LoRA adapter unmerged, and "
+                            f"finetune.method {recipe.finetune.method} trains no LoRA adapter; use lora or qlora, or "
+                            "scheme int4-gptq/auto")
     return problems
 
 

@@ -23,7 +23,8 @@ def _parse_opts(opts):
 @click.argument("onnx_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--scheme", required=True,
-              help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq (ONNX input); bnb-nf4, "
+              help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq, int4-lora (ONNX input); "
+                   "bnb-nf4, "
                    "bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
               help="Scheme option (repeatable), checked against the scheme's options before any work "
@@ -32,7 +33,9 @@ def _parse_opts(opts):
 @click.option("--max-tokens", type=int, default=2048, show_default=True, help="Tokens of --text to score.")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="Calibration text for static/GPTQ schemes (keep it disjoint from --text).")
-def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+              help="The fine-tune's LoRA adapter folder (finetune/adapter), for int4-lora.")
+def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration, adapter):
     """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input.
 
     PyTorch-input schemes (bnb-*, torch-dynamic-int8, gptqmodel) take the merged HF model folder
@@ -60,7 +63,7 @@ def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration):
 
         tok = AutoTokenizer.from_pretrained(onnx_dir)
         calib = windows(tok(Path(calibration).read_text(), add_special_tokens=False).input_ids, 128, 128, 2048)
-    rep = quantize(onnx_dir, out, scheme, options, quality_ids=wins, calibration_ids=calib)
+    rep = quantize(onnx_dir, out, scheme, options, quality_ids=wins, calibration_ids=calib, adapter_dir=adapter)
     line = f"{scheme}: {rep['size_bytes'] / 2**20:.1f} MB ({rep['size_ratio']:.2f}x input)"
     if "perplexity" in rep:
         line += (f", perplexity {rep['perplexity_input']:.3f} -> {rep['perplexity']:.3f} "

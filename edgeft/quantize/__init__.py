@@ -16,6 +16,7 @@ from edgeft.quantize.schemes import bnb as _bnb  # noqa: F401  (registers)
 from edgeft.quantize.schemes import dynamic_int8 as _dyn  # noqa: F401  (registers)
 from edgeft.quantize.schemes import gptq as _gptq  # noqa: F401  (registers)
 from edgeft.quantize.schemes import gptqmodel as _gptqmodel  # noqa: F401  (registers)
+from edgeft.quantize.schemes import lora_int4 as _lora_int4  # noqa: F401  (registers)
 from edgeft.quantize.schemes import matmulnbits as _nbits  # noqa: F401  (registers)
 from edgeft.quantize.schemes import static_int8 as _static  # noqa: F401  (registers)
 from edgeft.quantize.schemes import torch_dynamic as _torch_dynamic  # noqa: F401  (registers)
@@ -54,7 +55,8 @@ def _artifact_size(d: Path, fmt: str) -> int:
 def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = None,
              quality_ids: Sequence[Sequence[int]] | None = None, max_ppl_increase_pct: float = 100.0,
              threads: int = 2, calibration_ids: Sequence[Sequence[int]] | None = None,
-             labeled: Sequence[dict] | None = None, max_accuracy_drop: float = 0.05) -> dict:
+             labeled: Sequence[dict] | None = None, max_accuracy_drop: float = 0.05,
+             adapter_dir: Path | None = None) -> dict:
     """Quantize the ONNX model in ``in_dir`` into ``out_dir`` and report size and quality vs the input.
 
     A scheme with ``input_format == "pytorch"`` reads an HF folder instead (the merged model) and
@@ -79,6 +81,9 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     if sch.needs_calibration and not calibration_ids:
         raise ConfigError(f"quantize scheme {scheme} needs calibration data (token windows of text disjoint from the "
                           "evaluation text): recipes draw it from the training split; on the CLI pass --calibration FILE")
+    if sch.needs_adapter and (adapter_dir is None or not Path(adapter_dir).is_dir()):
+        raise ConfigError(f"quantize scheme {scheme} needs the fine-tune's LoRA adapter folder (finetune/adapter): "
+                          "recipes pass it when finetune.method is lora or qlora; on the CLI pass --adapter DIR")
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if labeled and sch.input_format != "onnx":
         from edgeft.errors import UnsupportedError
@@ -102,10 +107,10 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
             shutil.copy2(f, out_dir / f.name)
     dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()
+    extra = {"adapter": Path(adapter_dir)} if sch.needs_adapter else {}
     if sch.needs_calibration:
-        done = sch.apply(src, dest, calibration=[list(map(int, w)) for w in calibration_ids], opts=opts)
-    else:
-        done = sch.apply(src, dest, opts=opts)
+        extra["calibration"] = [list(map(int, w)) for w in calibration_ids]
+    done = sch.apply(src, dest, opts=opts, **extra)
     seconds = time.perf_counter() - t0
     report = {"scheme": scheme, "precision": sch.precision, "int8_mode": sch.int8_mode, "options": done,
               "quantize_seconds": seconds, "input_size_bytes": _artifact_size(in_dir, sch.input_format),
