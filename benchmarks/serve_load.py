@@ -123,6 +123,14 @@ def llamacpp_rows(gguf: Path, threads: int, args, texts: list[str]) -> dict:
     return {"rows": rows, "version": llama_cpp.__version__, "threads": threads, "gguf": str(gguf)}
 
 
+def print_rows(rows: list[dict]) -> None:
+    print("| clients | req/s | p50 ms | p95 ms | p99 ms | tok/s | mean tokens | 429 | errors | lost |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['req_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
+              f"| {r['tok_s']:.1f} | {r['mean_tokens']:.1f} | {r['http_429']} | {r['errors']} | {r['lost']} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundle", type=Path)
@@ -165,21 +173,11 @@ def main() -> None:
         print(f"Served `{info['id']}` ({info['format']} {info['precision']}, {info['threads']} threads, server "
               f"concurrency {health['concurrency']}, queue {health['queue']}); greedy chat, max_tokens "
               f"{args.max_tokens}, {args.requests} requests per level. Command: `{cmd}`. Machine: {machine}.\n")
-        print("| clients | req/s | p50 ms | p95 ms | p99 ms | tok/s | mean tokens | 429 | errors | lost |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['concurrency']} | {r['req_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} "
-                  f"| {r['tok_s']:.1f} | {r['mean_tokens']:.1f} | {r['http_429']} | {r['errors']} | {r['lost']} |")
+        print_rows(rows)
         if anchor is not None:
             print(f"\nllama.cpp's server (`python -m llama_cpp.server`, llama-cpp-python {anchor['version']}, "
                   f"{anchor['threads']} threads) on `{args.llamacpp.name}`, same prompts and settings:\n")
-            print("| clients | req/s | p50 ms | p95 ms | p99 ms | tok/s | mean tokens | 429 | errors | lost |")
-            print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for r in anchor["rows"]:
-                print(f"| {r['concurrency']} | {r['req_s']:.2f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-                      f"{r['p99_ms']:.0f} | {r['tok_s']:.1f} | {r['mean_tokens']:.1f} | {r['http_429']} | "
-                      f"{r['errors']} "
-                      f"| {r['lost']} |")
+            print_rows(anchor["rows"])
             ratios = [f"{r['concurrency']} client(s) {e['req_s'] / r['req_s']:.2f}x"
                       for e, r in zip(rows, anchor["rows"]) if r["req_s"] > 0]
             print(f"\nedgeft serve req/s vs llama.cpp's server: {', '.join(ratios)}.")

@@ -24,8 +24,7 @@ def _parse_opts(opts):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--scheme", required=True,
               help="A registered scheme, e.g. int8-weight, int8-dynamic, int4-rtn, int4-hqq, int4-lora (ONNX input); "
-                   "bnb-nf4, "
-                   "bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
+                   "bnb-nf4, bnb-int8, torch-dynamic-int8, gptqmodel (PyTorch input: pass the merged HF folder)")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE",
               help="Scheme option (repeatable), checked against the scheme's options before any work "
                    "(edgeft recipes schema lists them).")

@@ -335,21 +335,10 @@ class Pipeline:
             pytorch_input = sch.input_format == "pytorch"
             out[q.name] = quantize(self.run.stage_dir("merge") if pytorch_input else src, tmp / q.name, q.scheme,
                                    q.options, quality_ids=wins, max_ppl_increase_pct=q.max_ppl_increase_pct,
-                                   calibration_ids=calib,
-                                   adapter_dir=self.adapter_dir(q) if sch.needs_adapter else None)
+                                   calibration_ids=calib,  # and the fine-tune's adapter (loading checked there is one)
+                                   adapter_dir=(self.run.stage_dir("finetune") / "adapter") if sch.needs_adapter
+                                   else None)
         return out
-
-    def adapter_dir(self, q) -> Path:
-        """The fine-tune's PEFT adapter, for schemes that keep it unmerged (int4-lora)."""
-        from edgeft.errors import ConfigError
-        from edgeft.finetune import METHODS
-
-        method = METHODS.get(self.recipe.finetune.method, "finetune.method")
-        if method.produces != "adapter":
-            raise ConfigError(f"{self.recipe_path}: quantize {q.name!r} uses scheme {q.scheme}, which needs a LoRA "
-                              f"adapter, and finetune.method {self.recipe.finetune.method} trains the whole model; "
-                              "use method lora or qlora, or scheme int4-gptq/auto")
-        return self.run.stage_dir("finetune") / method.produces
 
     def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
         """Calibration text: the *training* split (rendered conversations or raw text), disjoint from the eval text."""

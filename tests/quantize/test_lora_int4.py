@@ -5,8 +5,9 @@ the input, float step and offset: GGUF Q4_1's form, as the embedded SmolLM2 ship
 adapter with random A and B is merged into it. The scheme must recover the grid exactly and rebuild
 the merged model: with an fp32 side path and fp32 activations the logits match the merged export's
 to float rounding; with the default int8 side path they stay close, while int4-rtn on the same
-merged weights does measurably worse. Measured here: fp32 side path max |logit diff| ~2e-5, int8
-side path KL ~1e-6, int4-rtn KL ~1e-3.
+merged weights does measurably worse. Measured here (`pytest -s`, 2026-12-04): fp32 side path max
+|logit diff| 4.8e-7; KL vs the merged export over 128 held-out positions, int8 side path 4.4e-7,
+int4-rtn (asymmetric, b32) 8.1e-5.
 """
 
 from __future__ import annotations
