@@ -255,7 +255,7 @@ def _onnx_lm_scheme_names():
 
 
 @pytest.mark.parametrize("scheme", _onnx_lm_scheme_names())
-def test_quantize_scheme(scheme, exported, quality_windows, tmp_path):
+def test_quantize_scheme(scheme, exported, finetuned, quality_windows, tmp_path):
     from edgeft.quantize import SCHEMES, quantize
     from edgeft.runtime.lm import OrtLM
 
@@ -263,7 +263,9 @@ def test_quantize_scheme(scheme, exported, quality_windows, tmp_path):
     out = tmp_path / scheme
     s = SCHEMES.get(scheme)
     calibration = quality_windows[::-1] if s.needs_calibration else None  # mechanics only: any windows will do
-    rep = quantize(exported["dir"], out, scheme, quality_ids=quality_windows, calibration_ids=calibration)
+    adapter = finetuned["out"] / "adapter" if s.needs_adapter else None  # the LoRA adapter this export was merged from
+    rep = quantize(exported["dir"], out, scheme, quality_ids=quality_windows, calibration_ids=calibration,
+                   adapter_dir=adapter)
     assert rep["scheme"] == scheme and rep["precision"] == s.precision
     assert rep["precision"] in ("int4", "int8")
     assert 0 < rep["size_bytes"] < rep["input_size_bytes"], rep
