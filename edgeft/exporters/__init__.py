@@ -31,7 +31,8 @@ def export(model_dir, out_dir, preset: str = "onnx-kv", **kwargs) -> dict:
     if p.format == "tflite":  # BERT-family classifiers and encoders; calibration_texts: training texts
         return _litert.export_preset(model_dir, out_dir, p, **kwargs)
     if p.format in ("genai", "gguf"):  # options come from the preset; quality_ids: held-out windows
-        keep = {k: kwargs[k] for k in ("tolerance", "sample_ids", "quality_ids") if kwargs.get(k) is not None}
+        names = ("tolerance", "sample_ids", "quality_ids") + (("calibration_ids",) if p.format == "gguf" else ())
+        keep = {k: kwargs[k] for k in names if kwargs.get(k) is not None}
         return EXPORTERS.get(p.format, f"export preset {preset}: format")(
             model_dir, out_dir, opset=p.opset, with_past=p.with_past, **keep, **p.options)
     return _onnx.export(model_dir, out_dir, preset=preset, **kwargs)

@@ -1,11 +1,19 @@
-"""GGUF export (llama.cpp) of LLaMA-family models, written with the ``gguf`` package.
+"""GGUF export (llama.cpp) of LLaMA-family models.
 
-Tensor names, the Q/K row permutation and the tokenizer metadata follow llama.cpp's
-``convert_hf_to_gguf.py`` for ``LlamaForCausalLM`` (that script is not installable as a library;
-the ``gguf`` package ships its writer, name constants and numpy quantizers, which are used here).
-Quantization is llama.cpp's block formats through ``gguf.quants``: the body's 2-D weights in the
-preset's ``qtype`` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the token embedding (the tied LM head) in Q8_0
-unless the qtype is already 8-bit or wider, as llama.cpp's own quantizer keeps it, norms in F32.
+Conversion is edgeft's, written with the ``gguf`` package: tensor names, the Q/K row permutation and
+the tokenizer metadata follow llama.cpp's ``convert_hf_to_gguf.py`` for ``LlamaForCausalLM`` (that
+script is not installable as a library; the ``gguf`` package ships its writer and name constants).
+
+Quantization is llama.cpp's own quantizer, ``llama_model_quantize`` from llama-cpp-python, whenever
+it is installed: edgeft writes an F32 GGUF and llama.cpp quantizes it to the preset's ``qtype``, with
+its per-tensor mixes (Q4_K_M keeps some attn_v/ffn_down in Q6_K; rows whose length is not a multiple
+of 256, the 576-wide ones of SmolLM2, fall back to a 32-block type) and every k-quant and IQ type.
+With calibration windows (recipes take them from the training split) edgeft computes the importance
+matrix llama.cpp's ``llama-imatrix`` tool would (the mean of x² per input column of every linear
+layer, from PyTorch forward hooks) and hands it to the quantizer through the bindings' ``imatrix``
+field. Without llama-cpp-python the ``gguf`` package's numpy quantizers (``gguf.quants``) write the
+types they implement (Q8_0, Q5_x, Q4_x), the token embedding / tied LM head in Q8_0 for 4/5-bit
+bodies, as llama.cpp keeps it; k-quant and IQ types then fail with the install line.
 
 Validation: when llama-cpp-python is installed the file is loaded and scored against the fp32
 model (perplexity, top-1 agreement; :func:`edgeft.exporters.genai.quality_vs_reference`);
@@ -29,17 +37,31 @@ from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
 
-QType = Literal["F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
+QType = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1",
+                "Q4_0", "IQ4_NL", "IQ4_XS", "Q3_K_L", "Q3_K_M", "Q3_K_S", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS",
+                "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ1_M", "IQ1_S"]
 QTYPES = get_args(QType)
+# What the gguf package's numpy quantizers write (the fallback without llama-cpp-python).
+GGUF_PY_QTYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0")
+# File types whose tensors llama.cpp refuses to quantize without an importance matrix (llama-quant.cpp's
+# tensor_requires_imatrix: the IQ1/IQ2/IQ3_XXS grids, and Q2_K inside a Q2_K_S file).
+NEEDS_IMATRIX = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ1_M", "IQ1_S", "Q2_K_S")
 
 
 class GgufOptions(Options):
     """Options of gguf presets."""
 
     owner: ClassVar[str] = "gguf export"
-    qtype: QType = Field("Q8_0", description=f"block format of the 2-D weights: {', '.join(QTYPES)}")
+    qtype: QType = Field("Q8_0", description="llama.cpp file type (LLAMA_FTYPE_MOSTLY_*): " + ", ".join(QTYPES))
     embedding_qtype: Union[Literal["auto"], QType] = Field(
-        "auto", description="token embedding / LM head format (auto: Q8_0 for 4/5-bit bodies, else qtype)")
+        "auto", description="token embedding / LM head tensor type (auto: llama.cpp's own choice for the file "
+                            "type; with the gguf-py quantizer Q8_0 for 4/5-bit bodies, else qtype)")
+    quantizer: Literal["auto", "llama.cpp", "gguf-py"] = Field(
+        "auto", description="auto: llama.cpp's llama_model_quantize when llama-cpp-python is installed, else the "
+                            "gguf package's numpy quantizers (Q8_0, Q5_x, Q4_x only)")
+    imatrix: bool = Field(True, description="compute an importance matrix from the calibration windows and give it "
+                                            "to llama.cpp's quantizer (ignored for F32/F16/BF16/Q8_0)")
+    threads: int = Field(2, ge=1, description="llama.cpp quantizer threads")
     tokenizer_pre: str = Field("auto", description="llama.cpp pre-tokenizer name (auto: read from tokenizer.json)")
     min_top1_agreement: float = Field(0.80, ge=0, description="fail below this top-1 agreement with the fp32 model")
     max_ppl_increase_pct: float = Field(25.0, description="fail when perplexity rises more than this vs the fp32 "
@@ -53,6 +75,12 @@ class GgufOptions(Options):
 
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q5_1": "MOSTLY_Q5_1",
                "Q5_0": "MOSTLY_Q5_0", "Q4_1": "MOSTLY_Q4_1", "Q4_0": "MOSTLY_Q4_0"}
+
+
+def precision_of(qtype: str) -> str:
+    """Device-check precision of a GGUF file type: block formats below 8 bits (Q6_K down to IQ1) need the same
+    sub-byte kernels as int4 weights, so they count as int4."""
+    return {"F32": "fp32", "F16": "fp16", "BF16": "fp16", "Q8_0": "int8"}.get(qtype, "int4")
 
 # HF parameter name (inside model.layers.N.) -> GGUF name (inside blk.N.), per convert_hf_to_gguf.
 _LAYER_NAMES = {
@@ -142,17 +170,22 @@ def _quantize(gguf, name: str, w: np.ndarray, qtype: str) -> tuple[np.ndarray, o
 
 def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_qtype: str = "auto",
                tokenizer_pre: str = "auto") -> dict:
-    """Write ``out_file`` from the HF LLaMA-family folder ``model_dir``; returns what was written."""
+    """Write ``out_file`` from the HF LLaMA-family folder ``model_dir`` with the gguf package's quantizers (the
+    types in :data:`GGUF_PY_QTYPES`); returns what was written. :func:`export_gguf` writes F32 here and hands
+    the file to llama.cpp's quantizer when it is installed."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf = _import_gguf()
-    if qtype not in QTYPES:
-        raise ConfigError(f"gguf option qtype={qtype!r}: must be one of {', '.join(QTYPES)}")
+    if qtype not in GGUF_PY_QTYPES:
+        raise UnsupportedError(f"gguf option qtype={qtype!r}: the gguf package's quantizers write "
+                               f"{', '.join(GGUF_PY_QTYPES)}; {qtype} needs llama.cpp's quantizer: "
+                               "pip install 'edgeft[bench]' (llama-cpp-python)")
     if embedding_qtype == "auto":
         embedding_qtype = "Q8_0" if qtype in ("Q4_0", "Q4_1", "Q5_0", "Q5_1") else qtype
-    if embedding_qtype not in QTYPES:
-        raise ConfigError(f"gguf option embedding_qtype={embedding_qtype!r}: must be auto or one of {', '.join(QTYPES)}")
+    if embedding_qtype not in GGUF_PY_QTYPES:
+        raise UnsupportedError(f"gguf option embedding_qtype={embedding_qtype!r}: the gguf package's quantizers "
+                               f"write {', '.join(GGUF_PY_QTYPES)}; use auto or install llama-cpp-python")
     cfg = AutoConfig.from_pretrained(str(model_dir))
     if cfg.model_type not in ("llama",) or "LlamaForCausalLM" not in (cfg.architectures or ["LlamaForCausalLM"]):
         raise UnsupportedError(f"GGUF export handles LlamaForCausalLM (model_type llama); {model_dir} is "
@@ -220,11 +253,122 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
             "types": sorted({t["type"] for t in written.values()})}
 
 
+def _llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise UnsupportedError(f"llama.cpp's quantizer needs llama-cpp-python: pip install 'edgeft[bench]' "
+                               f"({e})") from e
+    return llama_cpp
+
+
+def importance_matrix(model_dir: Path, windows: Sequence[Sequence[int]]) -> tuple[dict[str, np.ndarray], int]:
+    """llama-imatrix's statistic from PyTorch: for every linear layer, the mean over calibration tokens of x_j^2
+    per input column j, under the layer's GGUF tensor name. The Q/K row permutation reorders outputs, not
+    inputs, so the statistic needs no permuting. Returns (name -> float32 vector, tokens seen)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    names = {}
+    for i, layer in enumerate(model.model.layers):
+        for hf, gg in _LAYER_NAMES.items():
+            mod = layer.get_submodule(hf.rsplit(".", 1)[0])
+            if isinstance(mod, torch.nn.Linear):
+                names[mod] = f"blk.{i}.{gg}"
+    if not getattr(model.config, "tie_word_embeddings", False):
+        names[model.lm_head] = "output.weight"
+    sums = {n: torch.zeros(m.in_features, dtype=torch.float64) for m, n in names.items()}
+
+    def hook(mod, args):
+        x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+        sums[names[mod]] += (x * x).sum(0)
+
+    handles = [m.register_forward_pre_hook(hook) for m in names]
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for w in windows:
+                ids = torch.as_tensor([list(w)], dtype=torch.long)
+                model(input_ids=ids, use_cache=False)
+                tokens += ids.shape[1]
+    finally:
+        for h in handles:
+            h.remove()
+    if tokens == 0:
+        raise ConfigError("importance matrix: no calibration tokens")
+    return {n: (v / tokens).float().numpy() for n, v in sums.items()}, tokens
+
+
+def llama_quantize(f32_file: Path, out_file: Path, qtype: str, embedding_qtype: str = "auto",
+                   imatrix: dict[str, np.ndarray] | None = None, threads: int = 2) -> dict:
+    """``llama_model_quantize`` (llama.cpp's own quantizer, through llama-cpp-python) from ``f32_file`` to
+    ``out_file`` (written to a temp name, then renamed); returns the tensor types it chose."""
+    import ctypes
+
+    gguf = _import_gguf()
+    lc = _llama_cpp()
+    ftype = getattr(lc, f"LLAMA_FTYPE_MOSTLY_{qtype}", None) if qtype != "F32" else lc.LLAMA_FTYPE_ALL_F32
+    if ftype is None:
+        raise UnsupportedError(f"gguf option qtype={qtype}: llama-cpp-python {lc.__version__} has no "
+                               f"LLAMA_FTYPE_MOSTLY_{qtype}")
+    if qtype in NEEDS_IMATRIX and not imatrix:
+        raise ConfigError(f"gguf option qtype={qtype}: llama.cpp quantizes {qtype} only with an importance matrix; "
+                          "give calibration text (recipes: the training split; CLI: --calibration-texts FILE) "
+                          "and keep imatrix: true")
+    params = lc.llama_model_quantize_default_params()
+    params.nthread = threads
+    params.ftype = ftype
+    if embedding_qtype != "auto":
+        t = int(gguf.GGMLQuantizationType[embedding_qtype])
+        params.token_embedding_type = t
+        params.output_tensor_type = t
+    keep = []  # the C side reads these buffers during the call
+    if imatrix:
+        entries = (lc.llama_model_imatrix_data * (len(imatrix) + 1))()  # NULL-name terminated
+        for e, (name, vec) in zip(entries, imatrix.items()):
+            arr = np.ascontiguousarray(vec, dtype=np.float32)
+            keep += [name.encode(), arr]
+            e.name, e.size = keep[-2], arr.size
+            e.data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        params.imatrix = entries
+        keep.append(entries)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    try:
+        rc = lc.llama_model_quantize(str(f32_file).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
+            raise ModelSourceError(f"llama_model_quantize({f32_file.name} -> {qtype}) failed with code {rc}; "
+                                   "its log above says why")
+        tmp.replace(out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    types: dict[str, int] = {}
+    for t in gguf.GGUFReader(str(out_file)).tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return {"tensor_types": dict(sorted(types.items())), "types": sorted(types)}
+
+
+def _use_llama_cpp(o: "GgufOptions") -> bool:
+    if o.quantizer == "gguf-py":
+        return False
+    import importlib.util
+
+    have = importlib.util.find_spec("llama_cpp") is not None
+    if o.quantizer == "llama.cpp" and not have:
+        _llama_cpp()  # raises the install line
+    if not have and o.qtype not in GGUF_PY_QTYPES:
+        raise UnsupportedError(f"gguf qtype {o.qtype} is written by llama.cpp's quantizer: pip install "
+                               f"'edgeft[bench]' (llama-cpp-python); without it: {', '.join(GGUF_PY_QTYPES)}")
+    return have
+
+
 @EXPORTERS.register("gguf", options=GgufOptions)
 def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
                 sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
-                opts: GgufOptions | None = None, **options) -> dict:
-    """Write ``out_dir/model-<qtype>.gguf`` and score it against the fp32 model when llama.cpp is installed."""
+                calibration_ids: Sequence[Sequence[int]] | None = None, opts: GgufOptions | None = None,
+                **options) -> dict:
+    """Write ``out_dir/model-<qtype>.gguf`` (llama.cpp's quantizer when installed, with an importance matrix from
+    ``calibration_ids``, token windows disjoint from ``quality_ids``) and score it against the fp32 model."""
     from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
 
     o = GgufOptions.of(opts, **options)
@@ -233,7 +377,36 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
         raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
     out = out_dir / f"model-{o.qtype.lower()}.gguf"
     t0 = time.perf_counter()
-    info = write_gguf(model_dir, out, o.qtype, o.embedding_qtype, o.tokenizer_pre)
+    if not _use_llama_cpp(o):
+        info = write_gguf(model_dir, out, o.qtype, o.embedding_qtype, o.tokenizer_pre)
+        info["quantizer"] = "gguf-py (gguf.quants)"
+    else:
+        lc = _llama_cpp()
+        f32 = out_dir / f".{out.stem}.f32.gguf"
+        try:
+            conv = write_gguf(model_dir, f32, "F32", "F32", o.tokenizer_pre)
+            if o.qtype == "F32":
+                f32.replace(out)
+                info = {**conv, "quantizer": "none (F32)"}
+            else:
+                imat, imat_info = None, {"used": False}
+                if o.qtype in ("F16", "BF16", "Q8_0"):
+                    imat_info["reason"] = f"{o.qtype} does not use one"
+                elif not o.imatrix:
+                    imat_info["reason"] = "imatrix: false"
+                elif not calibration_ids:
+                    imat_info["reason"] = "no calibration windows given"
+                else:
+                    t1 = time.perf_counter()
+                    imat, n_tok = importance_matrix(model_dir, calibration_ids)
+                    imat_info = {"used": True, "tensors": len(imat), "tokens": n_tok, "windows": len(calibration_ids),
+                                 "seconds": time.perf_counter() - t1}
+                q = llama_quantize(f32, out, o.qtype, o.embedding_qtype, imat, o.threads)
+                info = {"tensors": conv["tensors"], "qtype": o.qtype, "embedding_qtype": o.embedding_qtype,
+                        "tied_lm_head": conv["tied_lm_head"], **q, "imatrix": imat_info,
+                        "quantizer": f"llama.cpp llama_model_quantize (llama-cpp-python {lc.__version__})"}
+        finally:
+            f32.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json",
                  "generation_config.json", "chat_template.jinja"):

@@ -55,7 +55,9 @@ def _extra_artifact(name: str, preset, folder: Path):
 
         opts = preset_options_model(preset.format).of(preset.options)
     if preset.format == "gguf":
-        precision = {"F32": "fp32", "F16": "fp16", "Q8_0": "int8"}.get(opts.qtype, "int4")
+        from edgeft.exporters.gguf import precision_of
+
+        precision = precision_of(opts.qtype)
         return Artifact(name, folder / f"model-{opts.qtype.lower()}.gguf", "gguf", precision=precision,
                         int8_mode="weight-only" if precision == "int8" else None)
     if preset.format == "genai":
@@ -309,9 +311,15 @@ class Pipeline:
         rep = export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
                      sample_ids=ids)
         if self.recipe.export.extra:  # more artifacts from the merged model, each in export/<preset>/
+            from edgeft.exporters import load_checked_preset
+
             wins = self.heldout_windows(merged)
+            # GGUF presets: llama.cpp's importance matrix from the training split (disjoint from the held-out text)
+            gguf = [n for n in self.recipe.export.extra if load_checked_preset(n).format == "gguf"]
+            calib = {"calibration_ids": self.calibration_windows(merged)} if gguf else {}
             rep["extra"] = {name: export(merged, tmp / name, preset=name, tolerance=self.recipe.export.tolerance,
-                                         sample_ids=ids, quality_ids=wins) for name in self.recipe.export.extra}
+                                         sample_ids=ids, quality_ids=wins, **(calib if name in gguf else {}))
+                            for name in self.recipe.export.extra}
         return rep
 
     def stage_quantize(self, tmp: Path) -> dict:

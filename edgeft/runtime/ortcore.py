@@ -139,6 +139,61 @@ def greedy_decode(prefill: Callable[[], np.ndarray], step: Callable[[int], np.nd
     return out, ttft, steps
 
 
+def lookup_draft(history: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Prompt-lookup draft: the (up to) ``k`` tokens that followed the latest earlier occurrence of the longest
+    trailing n-gram of ``history`` (n from ``max_ngram`` down to 1); empty when no n-gram recurs."""
+    n_hist = len(history)
+    if k <= 0:
+        return []
+    for n in range(min(max_ngram, n_hist - 1), 0, -1):
+        tail = list(history[n_hist - n:])
+        for start in range(n_hist - n - 1, -1, -1):
+            if history[start] == tail[0] and list(history[start:start + n]) == tail:
+                return list(history[start + n:start + n + k])
+    return []
+
+
+def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]], np.ndarray],
+                  drop: Callable[[int], None], prompt: Sequence[int], new_tokens: int, eos: set[int] | None,
+                  k: int, max_ngram: int = 3) -> tuple[list[int], float, list[float], dict]:
+    """Greedy decoding with prompt-lookup speculation, token for token the same as :func:`greedy_decode`.
+
+    Each pass feeds the last token plus up to ``k`` draft tokens (:func:`lookup_draft` over prompt and output)
+    in one forward pass; ``feed(tokens)`` returns one logits row per fed token (row i: the prediction after
+    token i). Drafts are accepted while they equal the model's own argmax; the first mismatch is replaced
+    by the argmax, and ``drop(n)`` removes the rejected drafts from the KV cache. A pass's time is spread
+    evenly over the tokens it emitted, so ``steps`` has one entry per token after the first, as in
+    :func:`greedy_decode`. Returns (tokens, ttft_s, steps, stats: passes, drafted, accepted)."""
+    hist = [int(t) for t in prompt]
+    out: list[int] = []
+    steps: list[float] = []
+    stats = {"passes": 0, "drafted": 0, "accepted": 0}
+    t0 = time.perf_counter()
+    nxt = int(prefill().argmax())
+    ttft = time.perf_counter() - t0
+    while eos is None or nxt not in eos:
+        out.append(nxt)
+        hist.append(nxt)
+        if len(out) >= new_tokens:
+            break
+        t = time.perf_counter()
+        draft = lookup_draft(hist, min(k, new_tokens - len(out) - 1), max_ngram)
+        preds = feed([nxt] + draft).argmax(-1)
+        ok = 0
+        while ok < len(draft) and int(preds[ok]) == draft[ok] and (eos is None or draft[ok] not in eos):
+            ok += 1
+        if len(draft) > ok:
+            drop(len(draft) - ok)
+        out.extend(draft[:ok])
+        hist.extend(draft[:ok])
+        nxt = int(preds[ok])
+        steps.extend([(time.perf_counter() - t) / (ok + 1)] * (ok + 1))
+        stats["passes"] += 1
+        stats["drafted"] += len(draft)
+        stats["accepted"] += ok
+    return out, ttft, steps, stats
+
+
 class OrtDecoder:
     """A decoder graph with KV cache: input_ids, attention_mask, [position_ids], past_key_values.N.key/value.
 
@@ -155,10 +210,18 @@ class OrtDecoder:
     what measured faster (docs/benchmarks.md, "Decode speed vs llama.cpp"): bound for
     GroupQueryAttention graphs (+7%), plain for optimum graphs (the chained OrtValues were ~6% slower).
     ``shared_kv`` says whether the graph is a GroupQueryAttention one; ``None`` reads the graph (onnx).
+
+    ``lookahead=k`` (> 0) decodes with prompt-lookup speculation (:func:`lookup_decode`): up to ``k`` tokens
+    copied from earlier in the prompt or output are verified in one forward pass; the tokens are exactly
+    greedy's. ``last_stats`` holds the last decode's passes, drafted and accepted counts.
     """
 
     def __init__(self, path: Path, threads: int = 1, io_binding: bool | None = None, spinning: bool | None = None,
-                 opt_level: str = "all", shared_kv: bool | None = None) -> None:
+                 opt_level: str = "all", shared_kv: bool | None = None, lookahead: int = 0,
+                 lookup_ngram: int = 3) -> None:
+        self.lookahead = int(lookahead)
+        self.lookup_ngram = int(lookup_ngram)
+        self.last_stats: dict = {}
         self.path = find_onnx(path)
         self.name = str(path)
         self.threads = threads
@@ -236,8 +299,43 @@ class OrtDecoder:
 
         return prefill, lambda token: bound["dec"].next(token)
 
+    def _multi_loop(self, prompt: Sequence[int], new_tokens: int):
+        """``(prefill, feed, drop)`` for :func:`lookup_decode`: ``feed(tokens)`` runs several tokens in one pass and
+        returns their logits rows, ``drop(n)`` forgets the last ``n`` of them (the plain loop slices its numpy
+        cache; the shared-KV buffer moves its length back; the chained loop re-slices its OrtValues)."""
+        ids = np.asarray(prompt, np.int64)[None, :]
+        if not self.io_binding:
+            state = {"mask": np.ones_like(ids), "past": self.empty_past(1)}
+
+            def run(tokens: np.ndarray) -> np.ndarray:
+                logits, state["past"] = self.step(tokens, state["mask"], state["past"])
+                return logits[0]
+
+            def feed(tokens: list[int]) -> np.ndarray:
+                state["mask"] = np.ones((1, state["mask"].shape[1] + len(tokens)), np.int64)
+                return run(np.asarray([tokens], np.int64))
+
+            def drop(n: int) -> None:
+                state["mask"] = state["mask"][:, :-n]
+                state["past"] = {k: v[:, :, :-n] for k, v in state["past"].items()}
+
+            return (lambda: run(ids)[-1]), feed, drop
+        bound = {}
+
+        def prefill() -> np.ndarray:
+            bound["dec"] = self._bound(ids, ids.shape[1] + new_tokens)
+            return bound["dec"].prefill()
+
+        return prefill, (lambda tokens: bound["dec"].feed(tokens)), (lambda n: bound["dec"].drop(n))
+
     def decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
-        """Greedy decode of one prompt; returns (tokens, ttft_s, per-step seconds)."""
+        """Greedy decode of one prompt (with prompt-lookup speculation when ``lookahead`` > 0); returns
+        (tokens, ttft_s, per-token seconds)."""
+        if self.lookahead > 0:
+            prefill, feed, drop = self._multi_loop(prompt, new_tokens)
+            tokens, ttft, steps, self.last_stats = lookup_decode(prefill, feed, drop, prompt, new_tokens, eos,
+                                                                 self.lookahead, self.lookup_ngram)
+            return tokens, ttft, steps
         prefill, step = self._loop(prompt, new_tokens)
         return greedy_decode(prefill, step, new_tokens, eos)
 
@@ -330,6 +428,21 @@ class _SharedKVDecoder(_BoundDecoder):
         self._bind_array("input_ids", self.token)
         return logits[0] if all_positions else logits[0, -1]
 
+    def feed(self, tokens: list[int]) -> np.ndarray:
+        n = len(tokens)
+        if self.total + n > self.capacity:
+            raise GraphError(f"{self.lm.path}: KV buffer of {self.capacity} tokens is full")
+        ids = np.asarray([tokens], np.int64)
+        rows = np.empty((1, n, self.lm.vocab), np.float32)
+        self._bind_tokens(ids, self.total)
+        self._bind_array("logits", rows, output=True)
+        self._run()
+        self.total += n
+        return rows[0]
+
+    def drop(self, n: int) -> None:
+        self.total -= n  # the stale rows past the length are masked out and overwritten by the next pass
+
     def next(self, token: int) -> np.ndarray:
         if self.total >= self.capacity:
             raise GraphError(f"{self.lm.path}: KV buffer of {self.capacity} tokens is full")
@@ -365,6 +478,21 @@ class _ChainedKVDecoder(_BoundDecoder):
         outs = self.io.get_outputs()
         self.past = dict(zip(self.present_of, outs[1:]))
         return outs
+
+    def feed(self, tokens: list[int]) -> np.ndarray:
+        ids = np.asarray([tokens], np.int64)
+        self._bind_tokens(ids, self.total)
+        self.io.bind_output("logits", "cpu")
+        outs = self._run_step()
+        self.total += len(tokens)
+        return outs[0].numpy()[0]
+
+    def drop(self, n: int) -> None:
+        import onnxruntime as ort
+
+        self.total -= n
+        self.past = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :self.total]))
+                     for k, v in self.past.items()}
 
     def prefill(self, all_positions: bool = False) -> np.ndarray:
         self._bind_tokens(self.prompt, 0)

@@ -179,3 +179,95 @@ def test_presets_and_pipeline_artifact(written, tmp_path):
     assert (art.format, art.precision, art.path.name) == ("gguf", "int4", "model-q4_0.gguf")
     assert _extra_artifact("gguf-q8_0", q8, folder).int8_mode == "weight-only"
     assert ExportConfig(preset="onnx-kv", extra=["genai-int4", "gguf-q4_0"]).extra == ["genai-int4", "gguf-q4_0"]
+
+
+def test_importance_matrix_is_the_mean_square_input_of_every_linear(tiny_lm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.exporters.gguf import importance_matrix
+
+    wins = [WINDOW[:24], WINDOW[24:40]]
+    imat, tokens = importance_matrix(tiny_lm_dir, wins)
+    m = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), torch_dtype=torch.float32).eval()
+    cfg = m.config
+    assert tokens == 40
+    assert len(imat) == 7 * cfg.num_hidden_layers  # q k v o gate up down per block; tied head: no output.weight
+    assert imat["blk.1.ffn_down.weight"].shape == (cfg.intermediate_size,)
+    assert imat["blk.0.attn_q.weight"].shape == (cfg.hidden_size,)
+    seen = []  # the input of layer 1's down projection, recomputed independently
+    h = m.model.layers[1].mlp.down_proj.register_forward_hook(
+        lambda mod, a, out: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.inference_mode():
+        for w in wins:
+            m(input_ids=torch.tensor([w]), use_cache=False)
+    h.remove()
+    x = torch.cat(seen)
+    np.testing.assert_allclose(imat["blk.1.ffn_down.weight"], (x * x).mean(0).numpy(), rtol=1e-5, atol=1e-9)
+    assert all(np.isfinite(v).all() and (v >= 0).all() for v in imat.values())
+
+
+def test_without_llama_cpp_k_quants_say_how_to_install_and_q4_0_still_writes(monkeypatch, tiny_lm_dir, tmp_path):
+    import importlib.util
+
+    from edgeft.errors import UnsupportedError
+    from edgeft.exporters.gguf import export_gguf
+
+    import builtins
+
+    real_spec, real_import = importlib.util.find_spec, builtins.__import__
+
+    def no_llama(name, *a, **k):
+        if name == "llama_cpp":
+            raise ImportError("No module named 'llama_cpp'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llama_cpp" else real_spec(name, *a))
+    monkeypatch.setattr(builtins, "__import__", no_llama)
+    with pytest.raises(UnsupportedError, match=r"Q4_K_M .*llama.cpp's quantizer.*llama-cpp-python"):
+        export_gguf(tiny_lm_dir, tmp_path / "k", qtype="Q4_K_M")
+    assert not (tmp_path / "k" / "model-q4_k_m.gguf").exists()
+    with pytest.raises(UnsupportedError, match="llama-cpp-python"):
+        export_gguf(tiny_lm_dir, tmp_path / "k", qtype="Q4_0", quantizer="llama.cpp")
+    rep = export_gguf(tiny_lm_dir, tmp_path / "q", qtype="Q4_0")  # auto: the gguf package's Q4_0
+    assert rep["quantizer"].startswith("gguf-py") and "Q4_0" in rep["types"]
+    assert "llama-cpp-python" in rep["quality"]["skipped"]
+
+
+@NEEDS_LLAMA_CPP
+def test_llama_cpp_quantizer_writes_k_quants_with_the_importance_matrix(tiny_lm_dir, tmp_path):
+    import gguf
+
+    from edgeft.exporters.gguf import export_gguf
+
+    calib = [list(range(70, 134)), list(range(140, 204))]  # disjoint from the scored window
+    rep = export_gguf(tiny_lm_dir, tmp_path / "k", qtype="Q4_K_M", quality_ids=[WINDOW], calibration_ids=calib,
+                      min_top1_agreement=0.5, max_ppl_increase_pct=50.0)
+    assert rep["quantizer"].startswith("llama.cpp llama_model_quantize")
+    assert rep["imatrix"]["used"] and rep["imatrix"]["tokens"] == 128
+    assert rep["quality"]["passed"], rep["quality"]
+    r = gguf.GGUFReader(str(tmp_path / "k" / "model-q4_k_m.gguf"))
+    assert r.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    # 64-wide rows are not a multiple of 256: llama.cpp falls back from its k-quants to a 32-block type
+    body = {t.tensor_type.name for t in r.tensors if t.name.startswith("blk.") and len(t.shape) == 2}
+    assert body and not body & {"F32", "F16"}, body
+    assert not list((tmp_path / "k").glob("*.tmp")) and not list((tmp_path / "k").glob(".*.f32.gguf"))
+    # the importance matrix reaches the quantizer: the same type without it writes different codes
+    plain = export_gguf(tiny_lm_dir, tmp_path / "p", qtype="IQ4_NL", imatrix=False, quality_ids=[WINDOW],
+                        min_top1_agreement=0.0, max_ppl_increase_pct=1e9)
+    imat = export_gguf(tiny_lm_dir, tmp_path / "i", qtype="IQ4_NL", calibration_ids=calib, quality_ids=[WINDOW],
+                       min_top1_agreement=0.0, max_ppl_increase_pct=1e9)
+    assert plain["imatrix"] == {"used": False, "reason": "imatrix: false"} and imat["imatrix"]["used"]
+    a, b = (tmp_path / d / "model-iq4_nl.gguf" for d in ("p", "i"))
+    assert a.read_bytes() != b.read_bytes()
+
+
+@NEEDS_LLAMA_CPP
+def test_types_that_need_an_importance_matrix_refuse_without_calibration(tiny_lm_dir, tmp_path):
+    from edgeft.errors import ConfigError
+    from edgeft.exporters.gguf import export_gguf
+
+    with pytest.raises(ConfigError, match="IQ2_XXS.*importance matrix.*calibration"):
+        export_gguf(tiny_lm_dir, tmp_path, qtype="IQ2_XXS")
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.gguf"))

@@ -119,3 +119,37 @@ def test_shared_kv_buffer_full_is_an_error(gqa_dir):
     dec.next(5)
     with pytest.raises(ModelSourceError, match="KV buffer of 4 tokens is full"):
         dec.next(6)
+
+
+def test_lookup_draft_copies_what_followed_the_latest_longest_match():
+    from edgeft.runtime.ortcore import lookup_draft
+
+    assert lookup_draft([1, 2, 3, 4, 9, 1, 2, 3], 2) == [4, 9]  # trigram 1 2 3 seen before: 4 9 followed it
+    assert lookup_draft([1, 2, 3, 4, 9, 1, 2, 3], 5) == [4, 9, 1, 2, 3]
+    assert lookup_draft([5, 7, 1, 6, 2, 5, 8, 2, 5], 2, max_ngram=3) == [8, 2]  # bigram "2 5": latest is at 4
+    assert lookup_draft([1, 2, 3], 4) == []  # nothing recurs
+    assert lookup_draft([4, 4], 3) == [4]
+    assert lookup_draft([1, 2, 1], 0) == []
+
+
+@pytest.mark.parametrize("graph,io_binding", [("optimum", False), ("optimum", True), ("gqa", True), ("gqa", False)])
+def test_lookup_decoding_gives_greedys_tokens_in_fewer_passes(graph, io_binding, optimum_dir, gqa_dir):
+    from edgeft.runtime.lm import OrtLM
+
+    path = optimum_dir if graph == "optimum" else gqa_dir
+    plain = OrtLM(path, threads=1, io_binding=False)
+    spec = OrtLM(path, threads=1, io_binding=io_binding, lookahead=4)
+    prompts = PROMPTS + [[7, 8, 9, 10, 7, 8, 9, 10, 7, 8]]
+    accepted = passes = 0
+    for p in prompts:
+        ref = plain.generate([p], 32, [])[0]
+        got, ttft, steps = spec.decode(p, 32, None)
+        assert got == ref, (p, got, ref)
+        assert len(steps) == 31 and ttft > 0
+        accepted += spec.last_stats["accepted"]
+        passes += spec.last_stats["passes"]
+        assert spec.last_stats["passes"] + spec.last_stats["accepted"] == 31
+        # an EOS inside the continuation stops both loops at the same place
+        stop = ref[len(ref) // 2]
+        assert spec.generate([p], 32, [stop])[0] == plain.generate([p], 32, [stop])[0]
+    assert accepted > 0 and passes < 31 * len(prompts)  # the random model repeats itself: drafts were verified
