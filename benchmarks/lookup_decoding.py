@@ -4,7 +4,7 @@ Usage (from the repository root, after the quickstart run)::
 
     OMP_NUM_THREADS=2 flock /tmp/edgeft-heavy.lock python benchmarks/lookup_decoding.py \\
         runs/quickstart/quantize/int4 --run runs/quickstart --lookahead 0,2,4,8 --rounds 3 \\
-        [--llamacpp runs/anchors/q4_k_m/model-q4_k_m.gguf]
+        [--train-drafts] [--llamacpp runs/anchors/q4_k_m/model-q4_k_m.gguf]
 
 Every eval prompt of the run (chat-formatted with the recipe's system prompt, as validate does) is
 decoded greedily to its stop token with each lookahead k (0 = the plain loop), the settings taking
@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--llamacpp", type=Path, default=None)
+    ap.add_argument("--train-drafts", action="store_true",
+                    help="also draft from n-grams of the run's training answers (NgramDrafts) when the prompt and "
+                         "output have no repeat")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
 
@@ -58,7 +61,15 @@ def main() -> None:
     prompts = [prompt_ids(tok, system, r["prompt"]) for r in records]
     eos = set(stop_ids(tok))
     ks = [int(k) for k in a.lookahead.split(",")]
-    lms = {k: OrtLM(a.artifact, a.threads, lookahead=k, lookup_ngram=a.ngram) for k in ks}
+    drafts = None
+    if a.train_drafts:
+        from edgeft.runtime.ortcore import NgramDrafts
+
+        train = [json.loads(x) for x in (a.run / "data" / "train.jsonl").read_text().splitlines() if x.strip()]
+        end = stop_ids(tok)[:1]  # the answer ends with the turn-end token
+        drafts = NgramDrafts([tok(r["response"], add_special_tokens=False).input_ids + end for r in train])
+        print(f"n-gram drafts from {len(train)} training answers ({len(drafts.next)} contexts)")
+    lms = {k: OrtLM(a.artifact, a.threads, lookahead=k, lookup_ngram=a.ngram, drafts=drafts) for k in ks}
     runners = {f"k={k}": lms[k] for k in ks}
     if a.llamacpp:
         from edgeft.runtime.llamacpp import LlamaCppLM

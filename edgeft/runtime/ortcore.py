@@ -153,9 +153,42 @@ def lookup_draft(history: Sequence[int], k: int, max_ngram: int = 3) -> list[int
     return []
 
 
+class NgramDrafts:
+    """Draft tokens from reference sequences (a task's training answers, say): for the last 3, 2 or 1 tokens
+    of the history (the longest context seen in the references first), the token that followed them most
+    often, chained up to ``k`` tokens. A unigram context must have been seen ``min_count`` times."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], max_ngram: int = 3, min_count: int = 2) -> None:
+        from collections import Counter
+
+        self.max_ngram, self.min_count = max_ngram, min_count
+        counts: dict[tuple, Counter] = {}
+        for seq in sequences:
+            seq = [int(t) for t in seq]
+            for n in range(1, max_ngram + 1):
+                for i in range(len(seq) - n):
+                    counts.setdefault(tuple(seq[i:i + n]), Counter())[seq[i + n]] += 1
+        self.next = {key: c.most_common(1)[0] for key, c in counts.items()}
+
+    def draft(self, history: Sequence[int], k: int) -> list[int]:
+        hist = [int(t) for t in history[-self.max_ngram:]]
+        out: list[int] = []
+        while len(out) < k:
+            for n in range(min(self.max_ngram, len(hist)), 0, -1):
+                hit = self.next.get(tuple(hist[len(hist) - n:]))
+                if hit and (n > 1 or hit[1] >= self.min_count):
+                    out.append(hit[0])
+                    hist = hist[1:] + [hit[0]] if len(hist) >= self.max_ngram else hist + [hit[0]]
+                    break
+            else:
+                break
+        return out
+
+
 def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]], np.ndarray],
                   drop: Callable[[int], None], prompt: Sequence[int], new_tokens: int, eos: set[int] | None,
-                  k: int, max_ngram: int = 3) -> tuple[list[int], float, list[float], dict]:
+                  k: int, max_ngram: int = 3,
+                  drafts: NgramDrafts | None = None) -> tuple[list[int], float, list[float], dict]:
     """Greedy decoding with prompt-lookup speculation, token for token the same as :func:`greedy_decode`.
 
     Each pass feeds the last token plus up to ``k`` draft tokens (:func:`lookup_draft` over prompt and output)
@@ -163,7 +196,8 @@ def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
     token i). Drafts are accepted while they equal the model's own argmax; the first mismatch is replaced
     by the argmax, and ``drop(n)`` removes the rejected drafts from the KV cache. A pass's time is spread
     evenly over the tokens it emitted, so ``steps`` has one entry per token after the first, as in
-    :func:`greedy_decode`. Returns (tokens, ttft_s, steps, stats: passes, drafted, accepted)."""
+    :func:`greedy_decode`. When the history has no repeat, ``drafts`` (:class:`NgramDrafts`), if given,
+    proposes the draft. Returns (tokens, ttft_s, steps, stats: passes, drafted, accepted)."""
     hist = [int(t) for t in prompt]
     out: list[int] = []
     steps: list[float] = []
@@ -177,7 +211,10 @@ def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
         if len(out) >= new_tokens:
             break
         t = time.perf_counter()
-        draft = lookup_draft(hist, min(k, new_tokens - len(out) - 1), max_ngram)
+        budget = min(k, new_tokens - len(out) - 1)
+        draft = lookup_draft(hist, budget, max_ngram)
+        if not draft and drafts is not None:
+            draft = drafts.draft(hist, budget)
         preds = feed([nxt] + draft).argmax(-1)
         ok = 0
         while ok < len(draft) and int(preds[ok]) == draft[ok] and (eos is None or draft[ok] not in eos):
@@ -213,13 +250,15 @@ class OrtDecoder:
 
     ``lookahead=k`` (> 0) decodes with prompt-lookup speculation (:func:`lookup_decode`): up to ``k`` tokens
     copied from earlier in the prompt or output are verified in one forward pass; the tokens are exactly
-    greedy's. ``last_stats`` holds the last decode's passes, drafted and accepted counts.
+    greedy's; ``drafts`` (:class:`NgramDrafts`, e.g. from the task's training answers) drafts when the
+    history has no repeat. ``last_stats`` holds the last decode's passes, drafted and accepted counts.
     """
 
     def __init__(self, path: Path, threads: int = 1, io_binding: bool | None = None, spinning: bool | None = None,
                  opt_level: str = "all", shared_kv: bool | None = None, lookahead: int = 0,
-                 lookup_ngram: int = 3) -> None:
+                 lookup_ngram: int = 3, drafts: "NgramDrafts | None" = None) -> None:
         self.lookahead = int(lookahead)
+        self.drafts = drafts
         self.lookup_ngram = int(lookup_ngram)
         self.last_stats: dict = {}
         self.path = find_onnx(path)
@@ -334,7 +373,7 @@ class OrtDecoder:
         if self.lookahead > 0:
             prefill, feed, drop = self._multi_loop(prompt, new_tokens)
             tokens, ttft, steps, self.last_stats = lookup_decode(prefill, feed, drop, prompt, new_tokens, eos,
-                                                                 self.lookahead, self.lookup_ngram)
+                                                                 self.lookahead, self.lookup_ngram, self.drafts)
             return tokens, ttft, steps
         prefill, step = self._loop(prompt, new_tokens)
         return greedy_decode(prefill, step, new_tokens, eos)

@@ -153,3 +153,26 @@ def test_lookup_decoding_gives_greedys_tokens_in_fewer_passes(graph, io_binding,
         stop = ref[len(ref) // 2]
         assert spec.generate([p], 32, [stop])[0] == plain.generate([p], 32, [stop])[0]
     assert accepted > 0 and passes < 31 * len(prompts)  # the random model repeats itself: drafts were verified
+
+
+def test_ngram_drafts_chain_the_most_frequent_next_token_longest_context_first():
+    from edgeft.runtime.ortcore import NgramDrafts
+
+    d = NgramDrafts([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4], [9, 3, 7]])
+    assert d.draft([8, 1, 2], 3) == [3, 4]  # "1 2" -> 3; "1 2 3" -> 4 (twice vs once); then "2 3 4" ends
+    assert d.draft([9, 3], 2) == [7]  # the bigram "9 3" beats the unigram "3" (-> 4)
+    assert d.draft([0, 0, 3], 1) == [4]  # unigram "3": seen 4 times, most often followed by 4
+    assert d.draft([0, 0, 7], 2) == []  # unigram "7" ends a sequence: nothing follows it
+    assert NgramDrafts([[5, 6]], min_count=2).draft([5], 2) == []  # a unigram seen once is not trusted
+
+
+def test_lookup_decoding_with_ngram_drafts_stays_lossless(optimum_dir):
+    from edgeft.runtime.lm import OrtLM
+    from edgeft.runtime.ortcore import NgramDrafts
+
+    plain = OrtLM(optimum_dir, threads=1, io_binding=False)
+    refs = [plain.generate([p], 24, [])[0] for p in PROMPTS]
+    # drafts from the model's own continuations (accepted) mixed with unrelated sequences (rejected)
+    spec = OrtLM(optimum_dir, threads=1, lookahead=4, drafts=NgramDrafts(refs[:2] + [list(range(200, 260))]))
+    for p, ref in zip(PROMPTS, refs):
+        assert spec.generate([p], 24, [])[0] == ref
