@@ -31,7 +31,7 @@ def main(out: Path) -> None:
     from edgeft.config.schema import ValidateConfig
 
     report = edgeft.validate(arts, out / "merged", ev, out / "validate", ValidateConfig(devices=["host"]), system)
-    print("exact match:", {n: a["accuracy"]["exact_match"] for n, a in report["artifacts"].items()})
+    print("exact match:", {n: a.accuracy.exact_match for n, a in report.artifacts.items()})
     print(edgeft.generate(out / "int4", "turn off the porch lights", system))
 
 

@@ -80,7 +80,7 @@ def test_quantize_reports_accuracy_vs_input(run):
 
 
 def test_report_has_accuracy_rows_and_device_verdicts(run):
-    rep = run.report
+    rep = run.report.to_dict()
     assert rep["task"] == "classification" and rep["passed"] is True, rep["gates"]
     assert list(rep["artifacts"]) == ["base", "merged", "onnx-fp32", *QUANTIZED]
     merged = rep["artifacts"]["merged"]["accuracy"]

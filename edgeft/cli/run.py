@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from edgeft.cli.options import console, recipe_arg, runs_opt, set_opt
@@ -61,9 +59,9 @@ def run_cmd(recipe, overrides, from_stage, dry_run, runs_root):
     except BudgetError as e:  # show what failed before the one-line error
         report = getattr(e, "report", None)
         if report is not None and report.is_file():
-            from edgeft.validate.report import print_summary
+            from edgeft.validate.report import ValidationReport, print_summary
 
-            print_summary(json.loads(report.read_text()), con)
+            print_summary(ValidationReport.load(report), con)
         raise
     if not dry_run:
         print_result(con, res)

@@ -65,12 +65,10 @@ def finetune_cmd(recipe, overrides, runs_root, processes, method):
 @runs_opt
 def validate_cmd(recipe, overrides, runs_root):
     """Validate RECIPE's artifacts (needs merge/export/quantize done); exit 7 when a gate fails."""
-    from edgeft.validate.report import print_summary
+    from edgeft.validate.report import ValidationReport, print_summary
 
     p, res, con = _stage(recipe, overrides, runs_root, ["validate"])
-    import json
-
-    print_summary(json.loads((p.run.stage_dir("validate") / "report.json").read_text()), con)
+    print_summary(ValidationReport.load(p.run.stage_dir("validate") / "report.json"), con)
 
 
 @click.command("package")

@@ -7,6 +7,10 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeft.validate.report import ValidationReport
 
 IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -21,35 +25,36 @@ report, model card) are provided under the same terms as the weights.
 
 def package_run(pipeline, out_dir: Path):
     from edgeft.release import package, render_model_card
+    from edgeft.validate.report import ClassifierAccuracy, ImageClassifierReport, LMAccuracy, ValidationReport
 
     recipe = pipeline.recipe
     run = pipeline.run
-    report = json.loads((run.stage_dir("validate") / "report.json").read_text())
+    report = ValidationReport.load(run.stage_dir("validate") / "report.json")
     if recipe.package.artifacts is not None:
         ship = list(recipe.package.artifacts)
-        unknown = [n for n in ship if n not in report["artifacts"] or report["artifacts"][n]["role"] != "artifact"]
+        unknown = [n for n in ship if n not in report.artifacts or report.artifacts[n].role != "artifact"]
         if unknown:
             from edgeft.errors import ConfigError
 
-            valid = [n for n, a in report["artifacts"].items() if a["role"] == "artifact"]
+            valid = [n for n, a in report.artifacts.items() if a.role == "artifact"]
             raise ConfigError(f"package.artifacts: unknown artifact(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     else:
-        required = [d for d in report["devices"].values() if d["required"]]
-        ship = [n for n, a in report["artifacts"].items()
-                if a["role"] == "artifact" and any(n in d["deployable"] for d in required)]
+        required = [d for d in report.devices.values() if d.required]
+        ship = [n for n, a in report.artifacts.items()
+                if a.role == "artifact" and any(n in d.deployable for d in required)]
     if not ship:
         from edgeft.errors import StageError
 
         raise StageError("package: no artifact passed validation on a required device; nothing to ship")
     files: dict[str, Path] = {}
     for name in ship:
-        src = Path(report["artifacts"][name]["path"])
+        src = Path(report.artifacts[name].path)
         # An artifact is a file (GGUF) or a self-contained folder: ship every file in it (graph + external
         # data, genai_config.json, TorchScript .pt, safetensors + config, tokenizer, stage reports).
         for f in [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file()):
             files[f"artifacts/{name}/{f.name}"] = f
     merged = run.stage_dir("merge")
-    if report.get("task") == "image-classification":  # no tokenizer: the model config (labels, preprocessing)
+    if isinstance(report, ImageClassifierReport):  # no tokenizer: the model config (labels, preprocessing)
         for f in IMAGE_MODEL_FILES:
             if (merged / f).is_file():
                 files[f"model/{f}"] = merged / f
@@ -69,21 +74,23 @@ def package_run(pipeline, out_dir: Path):
     ft = run.record("finetune") or {}
     fm = ft.get("metrics", {})
     rows = []
-    for name, a in report["artifacts"].items():
-        acc = a.get("accuracy") or {}
-        row = {"artifact": name, "exact_match": acc.get("exact_match"), "perplexity": acc.get("perplexity"),
-               "size_mb": round(a["size_bytes"] / 2**20, 1)}
-        if acc.get("perplexity_general") is not None:
-            row["perplexity_general"] = acc["perplexity_general"]
-        if acc.get("n_examples") == 0:  # raw-text (clm) runs: perplexity only
+    for name, a in report.artifacts.items():
+        acc = a.accuracy
+        row = {"artifact": name, "exact_match": acc.exact_match, "perplexity": acc.perplexity,
+               "size_mb": round(a.size_bytes / 2**20, 1)}
+        if isinstance(acc, LMAccuracy) and acc.perplexity_general is not None:
+            row["perplexity_general"] = acc.perplexity_general
+        if acc.n_examples == 0:  # raw-text (clm) runs: perplexity only
             row.pop("exact_match")
-        if "accuracy" in acc:  # classifiers
-            row = {"artifact": name, "accuracy": acc["accuracy"], "macro_f1": acc.get("macro_f1"),
-                   "size_mb": row["size_mb"]}
-        for dev, d in report["devices"].items():
-            r = d["results"].get(name)
-            row[dev] = "n/a" if r is None else ("PASS" if r["passed"] else
-                                                ("incompatible" if not r["compatible"] else "FAIL"))
+        if isinstance(acc, ClassifierAccuracy):
+            row = {"artifact": name, "accuracy": acc.accuracy, "macro_f1": acc.macro_f1, "size_mb": row["size_mb"]}
+        elif isinstance(acc, LMAccuracy) and acc.accuracy is not None:
+            # a multitask LM with an accuracy-scored task has always had this row (macro-F1: n/a)
+            row = {"artifact": name, "accuracy": acc.accuracy, "macro_f1": None, "size_mb": row["size_mb"]}
+        for dev, d in report.devices.items():
+            r = d.results.get(name)
+            row[dev] = "n/a" if r is None else ("PASS" if r.passed else
+                                                ("incompatible" if not r.compatible else "FAIL"))
         rows.append(row)
     recipe_text = (run.root / "recipe.yaml").read_text()
     card = render_model_card({
@@ -93,17 +100,17 @@ def package_run(pipeline, out_dir: Path):
         "data": _data_description(recipe, fm),
         "intended_use": recipe.package.intended_use or recipe.description,
         "limitations": recipe.package.limitations,
-        "license": recipe.package.license, "metrics_table": rows, "devices": list(report["devices"]),
+        "license": recipe.package.license, "metrics_table": rows, "devices": list(report.devices),
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
     keys = {"classification": ("accuracy", "macro_f1"), "image-classification": ("accuracy", "top5", "macro_f1")}.get(
-        report.get("task"), ("exact_match", "json_valid", "perplexity"))
-    metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in keys} for n, a in report["artifacts"].items()}
+        report.task, ("exact_match", "json_valid", "perplexity"))
+    metrics = {n: {k: getattr(a.accuracy, k) for k in keys} for n, a in report.artifacts.items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
-             "validation_passed": report["passed"], "flags": report["flags"],
-             "target_devices": {d: v["deployable"] for d, v in report["devices"].items()}}
+             "validation_passed": report.passed, "flags": report.flags,
+             "target_devices": {d: v.deployable for d, v in report.devices.items()}}
     try:
         return package(recipe.name, recipe.version, out_dir, files, extra, card,
                        LICENSE_NOTICE.format(base=extra["base_model"], license=recipe.package.license),
@@ -112,24 +119,22 @@ def package_run(pipeline, out_dir: Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _reference_stats(pipeline, report: dict, ship: list[str], folder: Path) -> Path | None:
+def _reference_stats(pipeline, report: ValidationReport, ship: list[str], folder: Path) -> Path | None:
     """Write the training data's reference statistics for ``edgeft monitor`` (see edgeft.monitor.reference);
     None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
     import os
 
-    if report.get("task") == "image-classification":
+    if report.variant == "image-classifier":
         return None
 
     from edgeft.fileio import atomic_write_text
     from edgeft.monitor.reference import reference_stats
     from edgeft.pipeline import classify
 
-    if report.get("kind") == "encoder":
-        kind, fields = ("classifier", classify.FIELDS) if report.get("task") == "classification" else ("encoder",
-                                                                                                       ("text",))
-    else:
-        kind, fields = "causal-lm", (("text",) if pipeline.raw_text else ("prompt",))
-    arts = {n: (Path(report["artifacts"][n]["path"]), report["artifacts"][n]["format"]) for n in ship}
+    kind = report.variant  # causal-lm, classifier or encoder: the statistics edgeft monitor compares
+    fields = {"classifier": classify.FIELDS, "encoder": ("text",)}.get(
+        kind, ("text",) if pipeline.raw_text else ("prompt",))
+    arts = {n: (Path(report.artifacts[n].path), report.artifacts[n].format) for n in ship}
     stats = reference_stats(kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
                             pipeline.records("eval", fields), arts, pipeline.recipe.data.system_prompt,
                             threads=min(2, os.cpu_count() or 1),

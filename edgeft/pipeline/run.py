@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import itertools
 
-import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgeft.config.schema import Recipe
 from edgeft.errors import BudgetError, ConfigError, StageError
 from edgeft.pipeline import classify, vision
 from edgeft.pipeline.rundir import STAGES, RunDir, stable_hash
+
+if TYPE_CHECKING:
+    from edgeft.validate.report import ValidationReport
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ class RunResult:
     recipe: Recipe
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-    report: dict | None = None
+    report: ValidationReport | None = None
     bundle: Path | None = None
     tarball: Path | None = None
 
@@ -408,7 +410,7 @@ class Pipeline:
         report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
                           recipe_name=self.recipe.name, general_text=self.general_text())
-        return {"passed": report["passed"], "flags": report["flags"]}
+        return {"passed": report.passed, "flags": report.flags}
 
     def stage_package(self, tmp: Path) -> dict:
         from edgeft.pipeline.bundle import package_run
@@ -496,8 +498,10 @@ class Pipeline:
             if stage == "validate" and not metrics["passed"]:
                 raise self._gates_failed("")
         if not dry_run:
+            from edgeft.validate.report import ValidationReport
+
             rep = self.run.stage_dir("validate") / "report.json"
-            res.report = json.loads(rep.read_text()) if rep.is_file() else None
+            res.report = ValidationReport.load(rep) if rep.is_file() else None
             pk = self.run.record("package")
             if pk:
                 res.bundle = self.run.stage_dir("package") / pk["metrics"]["bundle"]

@@ -234,4 +234,4 @@ def validate(pipeline, tmp: Path) -> dict:
 
     report = validate_images(pipeline.artifacts(), records(pipeline, "eval"), tmp, pipeline.recipe.validate_,
                              recipe_name=pipeline.recipe.name)
-    return {"passed": report["passed"], "flags": report["flags"]}
+    return {"passed": report.passed, "flags": report.flags}

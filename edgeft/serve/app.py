@@ -425,8 +425,8 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
         info = bundle.artifact_info
         return {"object": "list", "data": [{
             "id": bundle.model_id, "object": "model", "created": _created(bundle.manifest), "owned_by": "edgeft",
-            "kind": kind, "artifact": bundle.artifact, "format": info.get("format"),
-            "precision": info.get("precision"), "bundle": bundle.manifest.get("name"),
+            "kind": kind, "artifact": bundle.artifact, "format": info.format,
+            "precision": info.precision, "bundle": bundle.manifest.get("name"),
             "version": bundle.manifest.get("version"), "manifest_sha256": manifest_hash,
             "device": bundle.device, "threads": bundle.threads, "selected_because": bundle.why}]}
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeft.errors import ConfigError, VerifyError
+from edgeft.validate.report import ArtifactEntry, ValidationReport
 
 REFERENCE_STATS = "reference_stats.json"
 
@@ -35,9 +36,9 @@ class ServedBundle:
     source: Path  # what was given (folder or tarball)
     root: Path  # the bundle folder (inside ``workdir`` for a tarball)
     manifest: dict
-    report: dict
+    report: ValidationReport
     artifact: str
-    artifact_info: dict
+    artifact_info: ArtifactEntry
     device: str | None  # the profile the artifact was chosen for (None: required devices)
     threads: int
     why: str  # one line: how the artifact was chosen
@@ -47,11 +48,7 @@ class ServedBundle:
     @property
     def kind(self) -> str:
         """``causal-lm``, ``classifier``, ``encoder`` or ``image-classifier`` (not served yet)."""
-        if self.report.get("task") == "image-classification":
-            return "image-classifier"
-        if self.report.get("kind") == "encoder":
-            return "classifier" if self.report.get("task") == "classification" else "encoder"
-        return "causal-lm"
+        return self.report.variant
 
     @property
     def artifact_dir(self) -> Path:
@@ -104,42 +101,43 @@ def verified_root(path: Path) -> tuple[Path, Path | None, dict]:
     return root, tmp, manifest
 
 
-def _speed(report: dict, name: str, device: str | None) -> float:
+def _speed(report: ValidationReport, name: str, device: str | None) -> float:
     """Seconds-like cost of an artifact on a device: lower is faster; inf when nothing was measured."""
-    rows = []
+    figures = []
     if device is not None:
-        r = report["devices"][device]["results"].get(name) or {}
-        lat = (r.get("latency") or {}).get(r.get("gated_on") or "") or {}
-        rows.append(lat)
-    rows.append(report["artifacts"][name].get("latency") or {})
-    for lat in rows:
-        for key in ("per_token_ms_p50", "per_inference_ms_p50"):
-            if isinstance(lat.get(key), (int, float)):
-                return float(lat[key])
+        r = report.devices[device].results.get(name)
+        figures.append(r.gated_latency() if r is not None else None)
+    figures.append(report.artifacts[name].latency)
+    for lat in figures:
+        if lat is not None and lat.step_ms_p50 is not None:
+            return float(lat.step_ms_p50)
     return float("inf")
 
 
-def choose_artifact(report: dict, shipped: list[str], device: str | None = None) -> tuple[str, str | None, str]:
-    """(artifact, device profile or None, why) by the rules in the module docstring; ConfigError when none fits."""
-    devices = report.get("devices") or {}
+def choose_artifact(report: ValidationReport | dict, shipped: list[str],
+                    device: str | None = None) -> tuple[str, str | None, str]:
+    """(artifact, device profile or None, why) by the rules in the module docstring; ConfigError when none fits.
+    ``report``: a report, or a mapping that parses as one."""
+    report = ValidationReport.parse(report)
+    devices = report.devices
     if device is not None:
         if device not in devices:
             raise ConfigError(f"--device {device}: not a device of this bundle's report "
                               f"(validated for: {', '.join(devices) or 'none'})")
-        ok = [n for n in devices[device]["deployable"] if n in shipped]
+        ok = [n for n in devices[device].deployable if n in shipped]
         if not ok:
             raise ConfigError(f"--device {device}: no shipped artifact passed validation on it "
                               f"(shipped: {', '.join(shipped)}); pick another --device")
         best = min(ok, key=lambda n: _speed(report, n, device))
         return best, device, f"fastest of {', '.join(ok)} that passed on {device}"
     if "host" in devices:
-        ok = [n for n in devices["host"]["deployable"] if n in shipped]
+        ok = [n for n in devices["host"].deployable if n in shipped]
         if ok:
             best = min(ok, key=lambda n: _speed(report, n, "host"))
             return best, "host", f"fastest of {', '.join(ok)} that passed on host"
-    required = [d for d, v in devices.items() if v.get("required")]
-    every = [n for n in shipped if required and all(n in devices[d]["deployable"] for d in required)]
-    ok = every or [n for n in shipped if any(n in devices[d]["deployable"] for d in required)]
+    required = [d for d, v in devices.items() if v.required]
+    every = [n for n in shipped if required and all(n in devices[d].deployable for d in required)]
+    ok = every or [n for n in shipped if any(n in devices[d].deployable for d in required)]
     if not ok:
         raise ConfigError("no shipped artifact passed validation on host or on a required device; "
                           "pick one with --device NAME")
@@ -155,7 +153,7 @@ def open_bundle(path: Path | str, device: str | None = None, threads: int | None
 
     root, tmp, manifest = verified_root(Path(path))
     try:
-        report = json.loads((root / "report.json").read_text())
+        report = ValidationReport.load(root / "report.json")
         shipped = sorted({e["path"].split("/")[1] for e in manifest["files"]
                           if e["path"].startswith("artifacts/") and e["path"].count("/") >= 2})
         if not shipped:
@@ -164,7 +162,7 @@ def open_bundle(path: Path | str, device: str | None = None, threads: int | None
         if threads is None:
             threads = _threads(report, dev)
         recipe = yaml.safe_load((root / "recipe.yaml").read_text()) if (root / "recipe.yaml").is_file() else {}
-        return ServedBundle(Path(path), root, manifest, report, name, report["artifacts"][name], dev, threads, why,
+        return ServedBundle(Path(path), root, manifest, report, name, report.artifacts[name], dev, threads, why,
                             tmp, recipe or {})
     except BaseException:
         if tmp is not None:
@@ -172,12 +170,12 @@ def open_bundle(path: Path | str, device: str | None = None, threads: int | None
         raise
 
 
-def _threads(report: dict, device: str | None) -> int:
+def _threads(report: ValidationReport, device: str | None) -> int:
     """The device profile's threads (capped at this machine's CPUs); the host profile's when no device is named."""
     cpus = os.cpu_count() or 1
-    d = (report.get("devices") or {}).get(device or "")
-    if d and d.get("threads_profile"):
-        return max(1, min(int(d["threads_profile"]), cpus))
+    d = report.devices.get(device or "")
+    if d is not None and d.threads_profile:
+        return max(1, min(d.threads_profile, cpus))
     from edgeft.config.loader import load_device
 
     return max(1, min(load_device("host").cpu.threads, cpus))

@@ -70,7 +70,7 @@ class LMEngine:
         from edgeft.runtime import load_lm
 
         self.bundle = bundle
-        fmt = fmt or bundle.artifact_info.get("format", "onnx")
+        fmt = fmt or bundle.artifact_info.format or "onnx"
         path = bundle.artifact_dir
         if fmt == "gguf":
             path = next(iter(sorted(path.glob("*.gguf"))), path)
@@ -169,14 +169,16 @@ class TextEngine:
         from transformers import AutoTokenizer
 
         from edgeft.runtime.encoder import TextEncoder
+        from edgeft.validate.report import ClassifierAccuracy
 
         self.bundle = bundle
-        fmt = bundle.artifact_info.get("format")
+        fmt = bundle.artifact_info.format
         if fmt != "onnx":
             raise UnsupportedError(f"{bundle.artifact}: serving {bundle.kind}s runs ONNX artifacts only (this one is "
                                    f"{fmt}); pick an ONNX one with --device")
         self.tok = AutoTokenizer.from_pretrained(str(bundle.tokenizer_dir))
-        max_length = int((bundle.artifact_info.get("accuracy") or {}).get("max_length") or 128)
+        acc = bundle.artifact_info.accuracy
+        max_length = (acc.max_length if isinstance(acc, ClassifierAccuracy) else None) or 128
         self.enc = TextEncoder(bundle.artifact_dir, self.tok, bundle.threads, max_length)
         self.kind = "classifier" if self.enc.classifier else "encoder"
         self.labels = self._labels() if self.enc.classifier else []

@@ -53,8 +53,8 @@ def serve(bundle_path: Path | str, host: str = "127.0.0.1", port: int = 8000, ec
     app, bundle = build(bundle_path, **kw)
     s = app.state.workers.settings
     try:
-        echo(f"serving {bundle.model_id} ({bundle.kind}, {bundle.artifact_info.get('format')}"
-             f" {bundle.artifact_info.get('precision')}, {bundle.threads} threads) from {bundle.source}: {bundle.why}")
+        echo(f"serving {bundle.model_id} ({bundle.kind}, {bundle.artifact_info.format}"
+             f" {bundle.artifact_info.precision}, {bundle.threads} threads) from {bundle.source}: {bundle.why}")
         echo(f"manifest_sha256 {bundle.manifest.get('manifest_sha256')}; concurrency {s.concurrency}, queue "
              f"{s.queue}, timeout {s.timeout_s:g}s; http://{host}:{port}")
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,

@@ -4,7 +4,8 @@ Per artifact: task metric (exact match, JSON validity) on the eval split, perple
 text with a fixed protocol, top-1 agreement and KL vs the merged model. Per distinct thread
 count: latency measured on this machine (``measured-host``) in a fresh process with peak RSS.
 Per device: compatibility (format, precision, int8 mode, ops, shapes, size, RAM) and budgets.
-Writes ``report.json`` and prints a summary table; ``report["passed"]`` is False when any gate fails.
+Writes ``report.json`` (a :class:`~edgeft.validate.report.ValidationReport`, which ``validate`` returns) and
+prints a summary table; ``report.passed`` is False when any gate fails.
 """
 
 from __future__ import annotations
@@ -82,14 +83,17 @@ def _device_entry(dev, threads: int, required: bool, results: dict, rep_artifact
             "passed": bool(deployable), "deployable": deployable, "results": results}
 
 
-def _write_reports(report: dict, out_dir: Path, console) -> None:
-    from edgeft.validate import report as rpt
+def _write_reports(report: dict, out_dir: Path, console):
+    """Type ``report``, write report.json and report.html from it, print its summary; return the typed report."""
     from edgeft.validate.html import write_html
+    from edgeft.validate.report import ValidationReport, print_summary
 
-    rpt.write_json(out_dir / "report.json", report)
-    write_html(out_dir / "report.html", report)
+    typed = ValidationReport.parse(report, str(out_dir / "report.json"))
+    typed.write(out_dir / "report.json")
+    write_html(out_dir / "report.html", typed.to_dict())
     if console is not None:
-        rpt.print_summary(report, console)
+        print_summary(typed, console)
+    return typed
 
 
 def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
@@ -127,8 +131,9 @@ def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
 
 def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: list[dict], out_dir: Path, cfg=None,
              system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None,
-             general_text: str | None = None) -> dict:
-    """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json.
+             general_text: str | None = None):
+    """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json and
+    return it (a :class:`~edgeft.validate.report.ValidationReport`).
 
     ``general_text`` (``cfg.perplexity.general``'s text) adds a second perplexity per artifact,
     ``perplexity_general``, gated by ``budgets.perplexity_general``.
@@ -339,8 +344,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
                                        "host_cpus": host_threads}},
               "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
               "projection": projection_info}
-    _write_reports(report, out_dir, console)
-    return report
+    return _write_reports(report, out_dir, console)
 
 
 def _is_classifier_dir(path: Path) -> bool:
@@ -401,7 +405,7 @@ def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], 
     return module_logits(model, tok, texts, max_length)
 
 
-def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console) -> dict:
+def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console):
     """Encoders (no generation, no perplexity), per artifact vs the reference: embedding agreement, or
     for a sequence classifier accuracy / macro-F1 on the labelled eval split with label agreement and
     logit differences; per-inference latency at ``latency.batch`` x ``latency.seq_len`` (at the
@@ -506,8 +510,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                            "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
               "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,
               "projection": {"note": "roofline projection covers decoder LMs only; encoders are measured"}}
-    _write_reports(report, out_dir, console)
-    return report
+    return _write_reports(report, out_dir, console)
 
 
 def device_matrix(artifacts, rep_artifacts: dict, latency: dict, devices: dict, required, failed_acc: set,

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from edgeft.fileio import atomic_write_text
-from edgeft.validate.report import _num, _ordered_artifacts
 
 __all__ = ["escape", "render_html", "render_page", "write_html"]
 
@@ -47,6 +46,25 @@ _PASS, _FAIL, _NA, _WARN = "#1a7f37", "#cf222e", "#6e7781", "#9a6700"
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+def _ordered_artifacts(report: dict) -> list[str]:
+    """Base first, then the reference (merged), then the rest in report order."""
+    arts = report.get("artifacts") or {}
+    ref = report.get("reference") or "merged"
+    base = [n for n, a in arts.items() if (a or {}).get("role") == "base"]
+    refs = [n for n, a in arts.items() if n not in base and (n == ref or (a or {}).get("role") == "reference")]
+    return base + refs + [n for n in arts if n not in base and n not in refs]
+
+
+def _num(v: Any) -> Optional[float]:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _esc(value: Any) -> str:

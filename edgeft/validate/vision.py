@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_name: str = "",
-                    console=None) -> dict:
+                    console=None):
     from edgeft.config.loader import load_device
     from edgeft.data.images import batch
     from edgeft.finetune.objectives.classify import label_ids
@@ -95,5 +95,4 @@ def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_n
               "labels": labels, "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates,
               "flags": flags,
               "projection": {"note": "roofline projection covers decoder LMs only; image classifiers are measured"}}
-    _write_reports(report, out_dir, console)
-    return report
+    return _write_reports(report, out_dir, console)

@@ -356,7 +356,7 @@ def test_pipeline_validates_the_pte_artifact_on_phone_cpu(tiny_lm_dir, tmp_path)
     data["validate"]["devices"] = ["host", "phone-cpu"]
     data["validate"]["include_base"] = False
     res = edgeft.run(write_recipe(tmp_path / "tiny-pte.yaml", data), runs_root=tmp_path / "runs")
-    rep = res.report
+    rep = res.report.to_dict()
     a = rep["artifacts"]["executorch-8da4w"]
     assert a["format"] == "pte" and a["precision"] == "int4" and a["int8_mode"] == "dynamic"
     assert a["size_bytes"] == (res.run_dir / "export" / "executorch-8da4w" / "model.pte").stat().st_size

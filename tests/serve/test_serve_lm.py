@@ -86,8 +86,8 @@ def test_bundle_ships_reference_stats(bundle):
 
 def test_models_names_artifact_and_manifest_hash(server, bundle, run):
     m = httpx.get(server.url + "/v1/models").json()["data"][0]
-    host = run.report["devices"]["host"]
-    assert m["artifact"] in host["deployable"] and m["device"] == "host"
+    host = run.report.devices["host"]
+    assert m["artifact"] in host.deployable and m["device"] == "host"
     assert m["manifest_sha256"] == _manifest(bundle)["manifest_sha256"]
     assert m["id"] == f"tiny-0.0.1/{m['artifact']}" and "host" in m["selected_because"]
     h = httpx.get(server.url + "/health").json()

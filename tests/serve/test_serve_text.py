@@ -100,7 +100,7 @@ def encoder_bundle(tmp_path_factory):
                          budgets={"embedding_cosine": {"threshold": 0.9}})
     arts = [Artifact("merged", model, "pytorch", role="reference"), Artifact("onnx-fp32", root / "onnx", "onnx")]
     report = validate(arts, model, records[:16], root / "validate", cfg, recipe_name="tiny-enc")
-    assert report["passed"], report["gates"]
+    assert report.passed, report.gates
     stats = reference_stats("encoder", model, records[16:], records[:16], {"onnx-fp32": (root / "onnx", "onnx")})
     (root / "reference_stats.json").write_text(json.dumps(stats))
     files = {f"artifacts/onnx-fp32/{f.name}": f for f in (root / "onnx").iterdir() if f.is_file()}

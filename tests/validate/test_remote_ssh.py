@@ -183,8 +183,8 @@ def test_validate_gates_a_remote_profile_on_the_device_measurement(sshd_server, 
         "budgets": {"exact_match": Goal(threshold=0.0).model_dump(), "perplexity": {"percent_max_degradation": 1000}}})
     arts = [Artifact("merged", tiny_lm_dir, "pytorch", role="reference"), Artifact("onnx", tiny_onnx_dir, "onnx")]
     report = validate(arts, tiny_lm_dir, ev, tmp_path / "out", cfg, "Parse the request into JSON.")
-    res = report["devices"]["loopback"]["results"]["onnx"]
-    assert res["gated_on"] == "measured-device"
-    assert res["latency"]["measured-device"]["device_host"] == f"{user}@127.0.0.1"
-    assert any(g["name"].startswith("decode_tok_s (measured-device)") for g in res["gates"]), res["gates"]
+    res = report.devices["loopback"].results["onnx"]
+    assert res.gated_on == "measured-device"
+    assert res.latency.measured_device.device_host == f"{user}@127.0.0.1"
+    assert any(g.name.startswith("decode_tok_s (measured-device)") for g in res.gates), res.gates
     assert (tmp_path / "out" / "report.html").is_file()

@@ -36,16 +36,16 @@ def test_encoder_report_has_cosine_and_per_inference_gates(tiny_bert, tiny_lm_di
     arts = [Artifact("torch", tiny_bert / "torch", "pytorch", role="reference"),
             Artifact("onnx", tiny_bert / "onnx", "onnx")]
     report = validate(arts, tiny_lm_dir, ev, tmp_path, cfg)
-    assert report["kind"] == "encoder" and report["passed"] is True
-    onnx = report["artifacts"]["onnx"]
-    assert onnx["accuracy"]["embedding_cosine"] == pytest.approx(1.0, abs=1e-4)
-    assert onnx["accuracy"]["exact_match"] is None  # no generation for encoders
-    assert 0 < onnx["latency"]["per_inference_ms_p50"] <= onnx["latency"]["per_inference_ms_p95"]
-    assert (onnx["latency"]["batch"], onnx["latency"]["seq_len"]) == (1, 16)
-    assert [g["name"] for g in report["gates"]] == ["embedding_cosine threshold"]
-    phone = report["devices"]["phone-cpu"]["results"]["onnx"]
-    assert phone["passed"] and phone["gated_on"] == "measured-host"
-    assert any(g["name"].startswith("size_mb") for g in phone["gates"])
-    assert any(g["name"] == "per_inference_ms (measured-host)" and g["passed"] for g in phone["gates"]), phone["gates"]
-    assert not report["devices"]["edge-tpu"]["results"]["onnx"]["compatible"]
+    assert report.kind == "encoder" and report.passed is True
+    onnx = report.artifacts["onnx"]
+    assert onnx.accuracy.embedding_cosine == pytest.approx(1.0, abs=1e-4)
+    assert onnx.accuracy.exact_match is None  # no generation for encoders
+    assert 0 < onnx.latency.per_inference_ms_p50 <= onnx.latency.per_inference_ms_p95
+    assert (onnx.latency.batch, onnx.latency.seq_len) == (1, 16)
+    assert [g.name for g in report.gates] == ["embedding_cosine threshold"]
+    phone = report.devices["phone-cpu"].results["onnx"]
+    assert phone.passed and phone.gated_on == "measured-host"
+    assert any(g.name.startswith("size_mb") for g in phone.gates)
+    assert any(g.name == "per_inference_ms (measured-host)" and g.passed for g in phone.gates), phone.gates
+    assert not report.devices["edge-tpu"].results["onnx"].compatible
     assert (tmp_path / "report.html").is_file()
