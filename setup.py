@@ -6,7 +6,8 @@ as data folders of the package: ``edgeft/profiles``, ``edgeft/presets`` and ``ed
 (read by edgeft/config/resources.py through importlib.resources). A ``package-dir`` mapping does
 this, but pyproject.toml can only combine it with an explicit package list (``packages.find``
 cannot add mapped packages), which every new subpackage would have to join by hand; here the list
-is found, so a new subpackage cannot be left out of the wheel.
+is found, so a new subpackage cannot be left out of the wheel. ``package_data`` also ships report.html's
+Jinja2 templates (``edgeft/validate/templates``), which are not Python files.
 """
 
 from setuptools import find_namespace_packages, setup
@@ -17,5 +18,6 @@ SHIPPED = {"edgeft.profiles": "devices", "edgeft.presets": "export", "edgeft.rec
 setup(
     packages=find_namespace_packages(include=["edgeft", "edgeft.*"]) + list(SHIPPED),
     package_dir=SHIPPED,
-    package_data={pkg: ["*.yaml", "*.yml", "*.example"] for pkg in SHIPPED},
+    package_data={**{pkg: ["*.yaml", "*.yml", "*.example"] for pkg in SHIPPED},
+                  "edgeft.validate": ["templates/*.j2", "templates/*.css"]},  # report.html's templates
 )

@@ -90,7 +90,7 @@ def _write_reports(report: dict, out_dir: Path, console):
 
     typed = ValidationReport.parse(report, str(out_dir / "report.json"))
     typed.write(out_dir / "report.json")
-    write_html(out_dir / "report.html", typed.to_dict())
+    write_html(out_dir / "report.html", typed)
     if console is not None:
         print_summary(typed, console)
     return typed

@@ -77,6 +77,8 @@ def test_wheel_holds_every_module_and_the_shipped_files(installed):
     for kind, pkg in (("devices", "profiles"), ("export", "presets"), ("recipes", "recipes")):
         shipped = {f"edgeft/{pkg}/{p.name}" for p in (REPO / kind).iterdir() if p.is_file()}
         assert shipped and shipped <= names, f"{kind}/ files left out of the wheel: {sorted(shipped - names)}"
+    templates = {p.relative_to(REPO).as_posix() for p in (REPO / "edgeft" / "validate" / "templates").iterdir()}
+    assert templates and templates <= names, f"templates left out of the wheel: {sorted(templates - names)}"
 
 
 def test_installed_edgeft_is_the_wheel(installed):
@@ -103,6 +105,15 @@ def test_installed_cli_lists_and_validates_the_shipped_files(installed):
     assert shown.startswith("name: pi5") and "(shipped)" in shown.splitlines()[-1]
     assert "onnx-kv" in _run([str(py), "-c", "from edgeft.config import preset_names; print(preset_names())"],
                              cwd, env).stdout
+
+
+def test_installed_wheel_renders_a_report_page(installed):
+    """report.html's templates come from the installed package, not the checkout."""
+    py, _, cwd, env, _ = installed
+    page = _run([str(py), "-c", "import sys; from edgeft.validate.html import render_html; "
+                 "sys.stdout.write(render_html({'recipe': 'wheel <check>', 'passed': True}))"], cwd, env).stdout
+    assert "<title>edgeft validate: wheel &lt;check&gt;</title>" in page and '<div class="banner pass">' in page
+    assert page.rstrip().endswith("</html>")
 
 
 def test_editable_install_finds_the_checkout_folders(tmp_path):
