@@ -68,16 +68,27 @@ def validate_cmd(path):
 
 @recipes_grp.command("schema")
 @click.option("--preset", is_flag=True, help="The export preset schema (export/*.yaml) instead of the recipe's.")
+@click.option("--report", is_flag=True, help="The validation report schema (report.json) instead of the recipe's.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
-def schema_cmd(preset, out):
-    """Print the JSON Schema of a recipe (or an export preset), scheme and exporter options included.
+def schema_cmd(preset, report, out):
+    """Print the JSON Schema of a recipe (or an export preset, or a validation report), scheme and exporter options
+    included.
 
-    Editors that read JSON Schema (e.g. the YAML language server) then complete and check recipes."""
+    Editors that read JSON Schema (e.g. the YAML language server) then complete and check recipes; tools that
+    read report.json can check it against --report's."""
     import json
 
-    from edgeft.recipe import preset_json_schema, recipe_json_schema
+    if preset and report:
+        raise click.UsageError("--preset and --report: pick one")
+    if report:
+        from edgeft.validate.report import report_json_schema
 
-    text = json.dumps(preset_json_schema() if preset else recipe_json_schema(), indent=2) + "\n"
+        schema = report_json_schema()
+    else:
+        from edgeft.recipe import preset_json_schema, recipe_json_schema
+
+        schema = preset_json_schema() if preset else recipe_json_schema()
+    text = json.dumps(schema, indent=2) + "\n"
     if out:
         from edgeft.fileio import atomic_write_text
 

@@ -36,8 +36,9 @@ Parsing
   expected reads as empty, and ``null`` entries inside a list or mapping are dropped.
 - Unknown keys are kept and written back (``extra="allow"``): report.json is machine-written,
   newer writers add keys (``Artifact.extra``), and a load followed by a write must not lose them.
-- A report writes exactly the keys it was given (``exclude_unset``), so report.json keeps the keys
-  validate put in it. Floats that are NaN or infinite are written as null (strict JSON).
+- A report writes exactly the keys it was given (``exclude_unset``; and always ``schema_version``), so
+  report.json keeps the keys validate put in it. Floats that are NaN or infinite are written as null
+  (strict JSON).
 """
 
 from __future__ import annotations
@@ -527,8 +528,10 @@ class ValidationReport(_Model):
         return cls.parse(data, str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object report.json holds: the keys this report was given, NaN and infinity as null."""
-        return to_jsonable(self.model_dump(by_alias=True, exclude_unset=True))
+        """The JSON object report.json holds: the keys this report was given (and always its schema_version),
+        NaN and infinity as null."""
+        return to_jsonable({"schema_version": self.schema_version,
+                            **self.model_dump(by_alias=True, exclude_unset=True)})
 
     def write(self, path: Union[str, os.PathLike]) -> Path:
         """Write report.json atomically (temp file in the same folder, then ``os.replace``).
@@ -607,11 +610,13 @@ _VARIANTS: dict[tuple[Optional[str], Optional[str]], type[ValidationReport]] = {
 
 
 def report_json_schema() -> dict:
-    """JSON Schema of report.json: one of the four variants, told apart by ``kind`` and ``task``."""
+    """JSON Schema of report.json (``edgeft recipes schema --report``): exactly one of the four variants, told apart
+    by ``kind`` and ``task``."""
     variants = [LMReport, EncoderReport, ClassifierReport, ImageClassifierReport]
     schema = TypeAdapter(Union[tuple(variants)]).json_schema(by_alias=True)  # type: ignore[arg-type]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "ValidationReport",
-            "description": (ValidationReport.__doc__ or "").split("\n")[0], **schema}
+            "description": "report.json, written by edgeft validate (edgeft.validate.report.ValidationReport).",
+            "$defs": schema["$defs"], "oneOf": schema["anyOf"]}
 
 
 def write_json(path: Union[str, os.PathLike], report: Union[ValidationReport, Mapping[str, Any]]) -> Path:
