@@ -510,10 +510,11 @@ class ValidationReport(_Model):
         try:
             return variant.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-            raise ConfigError(f"{source}: {where}: {err['msg']}{more}") from None
+            from edgeft.config.loader import format_validation_error
+
+            problems = format_validation_error(e, variant, source).splitlines()  # most actionable first
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ConfigError(problems[0] + more) from None
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> ValidationReport:

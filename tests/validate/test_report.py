@@ -368,12 +368,14 @@ def test_nan_unknown_keys_and_nulls(tmp_path):
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda d: d["artifacts"]["int8"].update(size_bytes="big"), "artifacts.int8.size_bytes: Input should be"),
+    (lambda d: d["artifacts"]["int8"].update(size_bytes="big"),
+     "artifacts.int8.size_bytes: Input should be a valid integer, unable to parse string as an integer (got 'big')"),
     (lambda d: d["devices"]["phone-cpu"]["results"]["int4"].update(passed="maybe"),
      "devices.phone-cpu.results.int4.passed: Input should be a valid boolean"),
-    (lambda d: d["artifacts"]["base"].update(role="teacher"), "artifacts.base.role: Input should be"),
+    (lambda d: d["artifacts"]["base"].update(role="teacher"),
+     "artifacts.base.role: 'teacher' is not a valid choice; valid choices: base, reference, artifact"),
     (lambda d: d.update(artifacts=["int8"]), "artifacts: Input should be a valid dictionary"),
-    (lambda d: d["gates"][0].pop("passed"), "gates.0.passed: Field required"),
+    (lambda d: d["gates"][0].pop("passed"), "gates.0.passed: required key missing"),
     (lambda d: d.update(kind="decoder"), "kind: unknown report kind 'decoder'"),
     (lambda d: d.update(kind="encoder", task="detection"), "task: unknown report kind 'encoder' / task 'detection'"),
 ])
