@@ -134,6 +134,8 @@ PeakRss = Annotated[Optional[float], Field(description="Peak resident memory of 
 
 
 class _Model(BaseModel):
+    """Every report object: unknown keys kept (see the module docstring), fields settable by name or by alias."""
+
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
