@@ -159,3 +159,29 @@ def test_objective_tasks_map_to_kinds():
     assert kind_of_task(OBJECTIVES.get("classify").task) == "classifier"
     assert kind_of_task(OBJECTIVES.get("sft").task) == "causal-lm"
 
+
+def test_a_run_from_before_artifact_descriptions_fails_naming_the_stage(tiny_lm_dir, tmp_path):
+    """An old run folder (stages finished before artifact.json existed): validate and package refuse in one line,
+    naming the first stage without a description and the --from that re-runs it."""
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeft.pipeline.run import Pipeline
+    from edgeft.recipe import load_recipe
+
+    d = tiny_recipe_dict(tiny_lm_dir, "old-run")
+    d["validate"]["include_base"] = False
+    path = write_recipe(tmp_path / "old.yaml", d)
+    p = Pipeline(load_recipe(path), path, tmp_path / "runs")
+    merge, export = p.run.stage_dir("merge"), p.run.stage_dir("export")
+    for folder, weights in ((merge, "model.safetensors"), (export, "model.onnx")):
+        folder.mkdir(parents=True)
+        (folder / weights).write_bytes(b"w" * 8)
+        (folder / "config.json").write_text((tiny_lm_dir / "config.json").read_text())
+    with pytest.raises(StageError) as ei:
+        p.artifacts()
+    assert "the merge stage" in str(ei.value) and "--from merge" in str(ei.value)
+    write(merge, name="merged", kind="causal-lm", format="pytorch", stage="merge", producer="lora")
+    with pytest.raises(StageError) as ei:
+        p.artifacts()
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"{export / ARTIFACT_FILE}: missing")
+    assert "the export stage" in msg and "`edgeft run RECIPE --from export`" in msg

@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from edgeft.artifacts import ARTIFACT_FILE
+
 IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "config.json", "generation_config.json")
@@ -42,14 +44,15 @@ def package_run(pipeline, out_dir: Path):
 
         raise StageError("package: no artifact passed validation on a required device; nothing to ship")
     files: dict[str, Path] = {}
+    described = {a.name: a for a in pipeline.artifacts()}
     for name in ship:
-        src = Path(report["artifacts"][name]["path"])
-        # An artifact is a file (GGUF) or a self-contained folder: ship every file in it (graph + external
-        # data, genai_config.json, TorchScript .pt, safetensors + config, tokenizer, stage reports).
-        for f in [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file()):
-            files[f"artifacts/{name}/{f.name}"] = f
+        # the files its stage described (graph + external data, genai_config.json, TorchScript .pt, safetensors +
+        # config, tokenizer, stage reports; a GGUF file alone) and that description
+        a = described[name]
+        for rel in [*a.spec.files, ARTIFACT_FILE]:
+            files[f"artifacts/{name}/{rel}"] = a.folder / rel
     merged = run.stage_dir("merge")
-    if report.get("task") == "image-classification":  # no tokenizer: the model config (labels, preprocessing)
+    if pipeline.kind == "image-classifier":  # no tokenizer: the model config (labels, preprocessing)
         for f in IMAGE_MODEL_FILES:
             if (merged / f).is_file():
                 files[f"model/{f}"] = merged / f
@@ -97,8 +100,8 @@ def package_run(pipeline, out_dir: Path):
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
-    keys = {"classification": ("accuracy", "macro_f1"), "image-classification": ("accuracy", "top5", "macro_f1")}.get(
-        report.get("task"), ("exact_match", "json_valid", "perplexity"))
+    keys = {"classifier": ("accuracy", "macro_f1"), "image-classifier": ("accuracy", "top5", "macro_f1")}.get(
+        pipeline.kind, ("exact_match", "json_valid", "perplexity"))
     metrics = {n: {k: (a.get("accuracy") or {}).get(k) for k in keys} for n, a in report["artifacts"].items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
@@ -117,20 +120,17 @@ def _reference_stats(pipeline, report: dict, ship: list[str], folder: Path) -> P
     None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
     import os
 
-    if report.get("task") == "image-classification":
+    if pipeline.kind == "image-classifier":
         return None
 
     from edgeft.fileio import atomic_write_text
     from edgeft.monitor.reference import reference_stats
     from edgeft.pipeline import classify
 
-    if report.get("kind") == "encoder":
-        kind, fields = ("classifier", classify.FIELDS) if report.get("task") == "classification" else ("encoder",
-                                                                                                       ("text",))
-    else:
-        kind, fields = "causal-lm", (("text",) if pipeline.raw_text else ("prompt",))
+    fields = {"classifier": classify.FIELDS, "encoder": ("text",)}.get(
+        pipeline.kind, ("text",) if pipeline.raw_text else ("prompt",))
     arts = {n: (Path(report["artifacts"][n]["path"]), report["artifacts"][n]["format"]) for n in ship}
-    stats = reference_stats(kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
+    stats = reference_stats(pipeline.kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
                             pipeline.records("eval", fields), arts, pipeline.recipe.data.system_prompt,
                             threads=min(2, os.cpu_count() or 1),
                             max_new_tokens=pipeline.recipe.validate_.max_new_tokens)

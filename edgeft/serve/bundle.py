@@ -47,11 +47,9 @@ class ServedBundle:
     @property
     def kind(self) -> str:
         """``causal-lm``, ``classifier``, ``encoder`` or ``image-classifier`` (not served yet)."""
-        if self.report.get("task") == "image-classification":
-            return "image-classifier"
-        if self.report.get("kind") == "encoder":
-            return "classifier" if self.report.get("task") == "classification" else "encoder"
-        return "causal-lm"
+        from edgeft.artifacts import kind_of_report
+
+        return kind_of_report(self.report)
 
     @property
     def artifact_dir(self) -> Path:

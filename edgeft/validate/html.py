@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from edgeft.artifacts import kind_of_report
 from edgeft.fileio import atomic_write_text
 from edgeft.validate.report import _num, _ordered_artifacts
 
@@ -112,11 +113,11 @@ def _gate_short(name: Any) -> str:
 
 
 def _is_encoder(report: dict) -> bool:
-    return report.get("kind") == "encoder"
+    return kind_of_report(report) != "causal-lm"
 
 
 def _is_classifier(report: dict) -> bool:
-    return _is_encoder(report) and report.get("task") in ("classification", "image-classification")
+    return kind_of_report(report) in ("classifier", "image-classifier")
 
 
 def _title(report: dict) -> str:

@@ -72,6 +72,7 @@ import os
 from pathlib import Path, PurePath
 from typing import Any, Optional, Union
 
+from edgeft.artifacts import kind_of_report
 from edgeft.fileio import atomic_write_text
 from edgeft.validate.gates import fmt_num
 
@@ -338,7 +339,8 @@ def _sections(report: dict) -> list:
             style = "bold red" if "ERASED" in str(flag).upper() else "yellow"
             out.append(Text(f"  {flag}", style=style))
 
-    if report.get("kind") == "encoder" and report.get("task") in ("classification", "image-classification"):
+    kind = kind_of_report(report)
+    if kind in ("classifier", "image-classifier"):
         out.append(Text("classifier metrics (accuracy / macro-F1 on the eval split; label agreement vs the reference; "
                         "per-inference latency, measured-host):", style="bold"))
         for art, a in (report.get("artifacts") or {}).items():
@@ -347,7 +349,7 @@ def _sections(report: dict) -> list:
                             f"agreement {fmt_num(acc.get('label_agreement'))}, per inference p50 "
                             f"{fmt_num(lat.get('per_inference_ms_p50'))} ms"
                             + (f" at batch {lat.get('batch')} x seq {lat.get('seq_len')}" if lat else "")))
-    elif report.get("kind") == "encoder":
+    elif kind == "encoder":
         out.append(Text("encoder metrics (embedding cosine vs the reference; per-inference latency, measured-host):",
                         style="bold"))
         for art, a in (report.get("artifacts") or {}).items():
