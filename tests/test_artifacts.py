@@ -129,6 +129,13 @@ def test_model_kind_from_config_and_folder(tmp_path, config, kind):
     assert model_kind(tmp_path) == kind == model_kind(str(tmp_path))
 
 
+def test_image_model_types_include_edgefts_own():
+    from edgeft.artifacts import IMAGE_MODEL_TYPES
+    from edgeft.models.vision import MODEL_TYPE
+
+    assert MODEL_TYPE in IMAGE_MODEL_TYPES
+
+
 def test_model_kind_of_a_folder(tmp_path):
     with pytest.raises(ModelSourceError, match="no config.json"):
         model_kind(tmp_path)
