@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgeft.errors import ModelSourceError, StageError
 
-__all__ = ["ARTIFACT_FILE", "FORMATS", "KINDS", "Artifact", "describe", "kind_of_report", "kind_of_task",
-           "model_kind", "refresh", "report_fields", "size_of", "weight_files", "write"]
+__all__ = ["ARTIFACT_FILE", "FORMATS", "KINDS", "Artifact", "describe", "json_options", "kind_of_report",
+           "kind_of_task", "model_kind", "refresh", "report_fields", "size_of", "weight_files", "write"]
 
 ARTIFACT_FILE = "artifact.json"
 SCHEMA_VERSION = 1
@@ -265,10 +265,26 @@ class Artifact(BaseModel):
             raise StageError(f"{f}: {field}: {first['msg']}{more}; re-run the stage that made it") from None
 
 
+def _json_value(value: Any) -> Any:
+    """A JSON stand-in for an option value JSON cannot hold: a path as its text, else (a Python callable given
+    through the API, say) its type and name."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return f"<{type(value).__name__} {getattr(value, '__qualname__', '')}>".replace(" >", ">")
+
+
+def json_options(options: Union[BaseModel, Mapping, None]) -> dict:
+    """Resolved options (an options model or a mapping) as JSON values, for ``Artifact.options``."""
+    data = options.model_dump() if isinstance(options, BaseModel) else dict(options or {})
+    return json.loads(json.dumps(data, default=_json_value))
+
+
 def describe(folder: Path | str, name: str, kind: str, format: str, stage: str, producer: str,
-             precision: str = "fp32", int8_mode: Optional[str] = None, options: Optional[dict] = None) -> Artifact:
+             precision: str = "fp32", int8_mode: Optional[str] = None,
+             options: Union[BaseModel, Mapping, None] = None) -> Artifact:
     """The description of the ``format`` artifact in ``folder``: its files, weights, size and main file are read
-    from the folder now (a single-file format such as GGUF is its main file alone)."""
+    from the folder now (a single-file format such as GGUF is its main file alone); ``options`` (a model or a
+    mapping) are stored as JSON values (:func:`json_options`)."""
     folder = Path(folder)
     layout = _layout(format)
     weights = weight_files(folder, format)
@@ -277,7 +293,7 @@ def describe(folder: Path | str, name: str, kind: str, format: str, stage: str, 
     weights = [main] if layout.single_file else weights
     return Artifact(name=name, kind=kind, format=format, precision=precision, int8_mode=int8_mode, files=files,
                     weights=weights, size_bytes=size_of(folder / main if layout.single_file else folder, format),
-                    stage=stage, producer=producer, options=dict(options or {}), runtime=layout.runtime,
+                    stage=stage, producer=producer, options=json_options(options), runtime=layout.runtime,
                     main_file=main, opens="main_file" if layout.single_file else "folder")
 
 

@@ -38,6 +38,26 @@ def test_round_trip(tmp_path):
                                                                          "producer")}).files
 
 
+def test_options_are_stored_as_json_values(tmp_path):
+    from edgeft.config.options import Options
+
+    folder = _onnx_folder(tmp_path / "q")
+
+    def probe(lm) -> float:
+        return 0.0
+
+    class Opts(Options):
+        block_size: int = 32
+        metric: object = None
+        where: object = None
+
+    a = write(folder, name="auto", kind="causal-lm", format="onnx", stage="quantize", producer="auto",
+              options=Opts(metric=probe, where=tmp_path))
+    assert a.options == {"block_size": 32, "where": str(tmp_path),
+                         "metric": "<function test_options_are_stored_as_json_values.<locals>.probe>"}
+    assert Artifact.load(folder).options == a.options
+
+
 def test_genai_runs_on_the_onnx_runtime_and_gguf_is_its_file(tmp_path):
     folder = _onnx_folder(tmp_path / "genai")
     g = describe(folder, name="genai-int4", kind="causal-lm", format="genai", stage="export", producer="genai-int4",

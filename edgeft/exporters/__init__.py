@@ -60,7 +60,7 @@ def describe_export(out_dir, preset: ExportPreset, kind: str, name: str | None =
     return artifacts.write(out_dir, name=name or preset.name, kind=kind, format=preset.format, stage="export",
                            producer=preset.name, precision=getattr(opts, "precision", "fp32"),
                            int8_mode=getattr(opts, "int8_mode", None),
-                           options=opts.model_dump(mode="json") if opts is not None else dict(preset.options))
+                           options=opts if opts is not None else preset.options)
 
 
 def load_checked_preset(name_or_path):

@@ -263,7 +263,7 @@ class Pipeline:
 
         metrics = self._merge(tmp)
         artifacts.write(tmp, name="merged", kind=self.kind, format="pytorch", stage="merge",
-                        producer=self.recipe.finetune.method, options=self.recipe.merge.model_dump(mode="json"))
+                        producer=self.recipe.finetune.method, options=self.recipe.merge)
         return metrics
 
     def _merge(self, tmp: Path) -> dict:

@@ -47,7 +47,7 @@ def describe_output(out_dir: Path, scheme: str, opts, in_dir: Path, name: str | 
     sch = SCHEMES.get(scheme)
     return artifacts.write(out_dir, name=name or scheme, kind=artifacts.model_kind(in_dir), format=sch.output_format,
                            stage="quantize", producer=scheme, precision=sch.precision, int8_mode=sch.int8_mode,
-                           options=opts.model_dump(mode="json"))
+                           options=opts)
 
 
 def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = None,

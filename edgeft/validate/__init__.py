@@ -151,11 +151,11 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     """
     from transformers import AutoTokenizer
 
+    from edgeft.artifacts import model_kind
     from edgeft.config.loader import load_device
     from edgeft.config.schema import ValidateConfig
     from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.quantize import quality
-    from edgeft.artifacts import model_kind
     from edgeft.runtime.bench import measure
     from edgeft.runtime.lm import load_lm
     from edgeft.validate import compat, gates
