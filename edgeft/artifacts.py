@@ -60,7 +60,8 @@ def model_kind(source: Union[str, os.PathLike, Mapping, Any], default: Optional[
 
     ``source`` is an HF config (a ``config.json`` mapping or a transformers config object) or a folder.
     A folder's ``artifact.json`` answers first (the kind was decided when it was written), then its
-    ``config.json``; a folder with neither returns ``default`` or, without one, raises ModelSourceError.
+    ``config.json``, then (an ONNX graph exported elsewhere, with neither) its graph's inputs and outputs;
+    a folder with none of them returns ``default`` or, without one, raises ModelSourceError.
     From a config: an image architecture (``*ForImageClassification``, edgeft's EfficientNet-Lite) is an
     image classifier, ``*ForSequenceClassification`` a classifier, ``*ForCausalLM`` or a known decoder
     ``model_type`` a causal LM, anything else (BERT-style feature extractors) an encoder.
@@ -70,8 +71,9 @@ def model_kind(source: Union[str, os.PathLike, Mapping, Any], default: Optional[
         if (folder / ARTIFACT_FILE).is_file():
             return Artifact.load(folder).kind
         if not (folder / "config.json").is_file():
-            if default is not None:
-                return default
+            kind = _graph_kind(folder) if folder.is_dir() else None
+            if kind is not None or default is not None:
+                return kind or default
             raise ModelSourceError(f"{folder}: not an HF model folder (no config.json); run the merge stage first")
         config = _read_json(folder / "config.json", "model config")
     elif isinstance(source, Mapping):
@@ -87,6 +89,28 @@ def model_kind(source: Union[str, os.PathLike, Mapping, Any], default: Optional[
     if any(a.endswith("ForCausalLM") for a in archs) or model_type in DECODER_MODEL_TYPES:
         return "causal-lm"
     return "encoder"
+
+
+def _graph_kind(folder: Path) -> Optional[str]:
+    """The kind of the ONNX graph in ``folder`` from its inputs and outputs (None: no graph): pixels in is an image
+    classifier, a KV cache or [batch, seq, vocab] logits a causal LM, [batch, labels] logits a classifier, else an
+    encoder."""
+    graphs = sorted(n for n in _files(folder) if n.endswith(".onnx"))
+    if not graphs:
+        return None
+    import onnx
+
+    graph = onnx.load(str(folder / ("model.onnx" if "model.onnx" in graphs else graphs[0])),
+                      load_external_data=False).graph
+    inits = {t.name for t in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in inits]
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    rank = len(logits.type.tensor_type.shape.dim) if logits is not None else 0
+    if "pixel_values" in inputs:
+        return "image-classifier"
+    if any(n.startswith("past_key_values") for n in inputs) or rank == 3:
+        return "causal-lm"
+    return "classifier" if rank == 2 else "encoder"
 
 
 def kind_of_task(task: str) -> str:

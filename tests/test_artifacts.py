@@ -165,6 +165,25 @@ def test_model_kind_of_a_folder(tmp_path):
     assert model_kind(tmp_path) == "image-classifier"
 
 
+@pytest.mark.parametrize("inputs,output,dims,kind", [
+    (["pixel_values"], "logits", 2, "image-classifier"),
+    (["input_ids", "past_key_values.0.key"], "logits", 3, "causal-lm"),
+    (["input_ids"], "logits", 3, "causal-lm"),  # no KV cache: [batch, seq, vocab] logits
+    (["input_ids", "attention_mask"], "logits", 2, "classifier"),
+    (["input_ids", "attention_mask"], "last_hidden_state", 3, "encoder"),
+])
+def test_model_kind_of_a_graph_exported_elsewhere(tmp_path, inputs, output, dims, kind):
+    """A folder with an ONNX graph and neither config.json nor artifact.json: the graph's inputs and outputs say."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1] * 2) for n in inputs]
+    out = helper.make_tensor_value_info(output, TensorProto.FLOAT, [1] * dims)
+    graph = helper.make_graph([helper.make_node("Identity", [inputs[0]], [output])], "g", ins, [out])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    assert model_kind(tmp_path) == kind
+
+
 def test_model_kind_of_a_transformers_config():
     from transformers import BertConfig
 
