@@ -22,6 +22,8 @@ report, model card) are provided under the same terms as the weights.
 
 
 def package_run(pipeline, out_dir: Path):
+    # Over 80 lines: what ships, its files, the model card and the manifest's extras all come from one report and
+    # one run, in bundle order.
     from edgeft.release import package, render_model_card
 
     recipe = pipeline.recipe
