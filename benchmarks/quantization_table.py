@@ -125,8 +125,8 @@ def main(argv=None) -> int:
     from edgeft.data.readers import read_records
     from edgeft.data.templates import prompt_ids
     from edgeft.errors import BudgetError, ParityError
-    from edgeft.quantize import quantize
-    from edgeft.quantize import SCHEMES, _artifact_size
+    from edgeft.artifacts import size_of
+    from edgeft.quantize import SCHEMES, quantize
     from edgeft.runtime.lm import OrtLM, load_lm
     from edgeft.validate import _task_metrics
 
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
             lm = OrtLM(export, 2)
             from edgeft.quantize import quality
 
-            row = {"size_bytes": _artifact_size(export, "onnx"), "size_ratio": 1.0,
+            row = {"size_bytes": size_of(export, "onnx"), "size_ratio": 1.0,
                    "perplexity": quality.perplexity(lm, heldout), "perplexity_increase_pct": 0.0,
                    "quantize_seconds": 0.0, "top1_agreement": 1.0, "kl": 0.0}
             path = export

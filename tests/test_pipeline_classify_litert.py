@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 import edgeft
+from artifact_checks import check_run
 from conftest import build_tiny_bert, read_json, sentiment_records, write_recipe
 
 pytest.importorskip("litert_torch", reason="needs the litert extra: pip install 'edgeft[litert]'")
@@ -84,6 +85,8 @@ def test_bundle_ships_the_tflite_and_its_embedding_table_and_verifies(run):
     assert "artifacts/litert-int8-full/model.tflite" in paths and "artifacts/litert-int8-edgetpu/model.tflite" in paths
     assert "artifacts/litert-int8-full/embeddings.safetensors" in paths
     assert res.manifest["metrics"]["litert-int8-full"]["accuracy"] is not None
+    arts = check_run(run.run_dir, run.report, "classifier", run.bundle)
+    assert arts["litert-int8-full"].weights == ["embeddings.safetensors", "model.tflite"]
 
 
 def test_extra_artifact_is_gated_on_its_own_export_budget(run):

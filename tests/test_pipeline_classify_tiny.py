@@ -8,6 +8,7 @@ import json
 import pytest
 
 import edgeft
+from artifact_checks import check_run
 from conftest import build_tiny_bert, read_json, sentiment_records, write_recipe
 from edgeft.pipeline.rundir import STAGES
 
@@ -110,6 +111,11 @@ def test_bundle_verifies(run):
     paths = {e["path"] for e in res.manifest["files"]}
     assert "artifacts/int8-static/model.onnx" in paths and "tokenizer/config.json" in paths
     assert res.manifest["metrics"]["int8-static"]["accuracy"] is not None
+    arts = check_run(run.run_dir, run.report, "classifier", run.bundle)
+    assert [arts[n].int8_mode for n in QUANTIZED] == ["dynamic", "static", "weight-only"]
+    # the fixed-shape graph replaced the quantized one after it was described: the size is the fixed graph's
+    q = read_json(run.run_dir / "quantize" / "stage.json")["metrics"]
+    assert all(arts[n].size_bytes == q[n]["size_bytes"] for n in QUANTIZED)
 
 
 def test_split_is_deterministic_and_disjoint(tmp_path):

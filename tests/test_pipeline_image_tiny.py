@@ -9,6 +9,7 @@ import json
 import pytest
 
 import edgeft
+from artifact_checks import check_run
 from conftest import IMAGE_CLASSES, build_tiny_cnn, read_json, write_image_folder, write_recipe
 from edgeft.pipeline.rundir import STAGES
 
@@ -107,3 +108,6 @@ def test_bundle_ships_graphs_with_their_preprocessing_and_verifies(run):
     assert "artifacts/litert-image-int8/model.tflite" in files and "artifacts/litert-image-int8/image.json" in files
     assert "model/config.json" in files and "tokenizer/config.json" not in files
     assert verify(run.bundle).n_files == len(files)
+    arts = check_run(run.run_dir, read_json(run.run_dir / "validate" / "report.json"), "image-classifier", run.bundle)
+    assert (arts["litert-image-int8"].precision, arts["litert-image-int8"].int8_mode) == ("int8", "full-integer")
+    assert "image.json" in arts["int8"].files and arts["int8"].producer == "int8-static"

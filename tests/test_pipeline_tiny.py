@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import edgeft
+from artifact_checks import check_run
 from conftest import read_json
 from edgeft.errors import VerifyError
 from edgeft.pipeline.rundir import STAGES
@@ -102,6 +103,21 @@ def test_bundle_verifies(first):
     assert {"report.json", "recipe.yaml", "README.md", "tokenizer/tokenizer.json"} <= paths
     assert res.n_files == len(paths)
     assert verify(first.tarball).n_files == res.n_files
+
+
+def test_stages_describe_their_artifacts_and_validate_and_package_read_them(first):
+    """artifact.json beside each stage's output says what the report and the bundle say, and generate reads it."""
+    from edgeft.artifacts import Artifact
+
+    arts = check_run(first.run_dir, first.report, "causal-lm", first.bundle)
+    assert set(arts) == {"merged", "onnx-fp32", "int8", "int4"}
+    assert (arts["merged"].stage, arts["merged"].format, arts["merged"].producer) == ("merge", "pytorch", "lora")
+    assert (arts["onnx-fp32"].stage, arts["onnx-fp32"].producer) == ("export", "onnx-kv")
+    assert (arts["int8"].producer, arts["int8"].options["block_size"]) == ("int8-weight", 32)
+    bundled = Artifact.load(first.bundle / "artifacts" / "int4")
+    assert bundled == arts["int4"]
+    out = edgeft.generate(first.bundle / "artifacts" / "int4", "set a timer for 5 minutes", max_new_tokens=4)
+    assert isinstance(out, str)
 
 
 def test_tampered_bundle_names_the_file(first, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
 from conftest import SYSTEM_PROMPT
 from edgeft.errors import ConfigError, ParityError
 
@@ -217,6 +218,8 @@ def test_export_parity_prefill_and_cached_decode(exported):
     assert all(c["passed"] and c["max_abs_diff"] < TOL for c in rep["parity"])
     on_disk = json.loads((exported["dir"] / "export_report.json").read_text())
     assert on_disk["max_abs_diff"] == rep["max_abs_diff"]
+    check_artifact(exported["dir"], name="onnx-kv", kind="causal-lm", format="onnx", precision="fp32", stage="export",
+                   producer="onnx-kv", runtime="onnx", main_file="model.onnx", size_bytes=rep["size_bytes"])
 
 
 def test_ort_generate_matches_torch_greedy(exported, merged, tok, records):
@@ -275,6 +278,9 @@ def test_quantize_scheme(scheme, exported, finetuned, quality_windows, tmp_path)
     assert rep["quality_tokens"] == sum(len(w) for w in quality_windows)
     assert json.loads((out / "quantize_report.json").read_text())["size_bytes"] == rep["size_bytes"]
     assert (out / "tokenizer.json").is_file(), "tokenizer files must travel with the artifact"
+    a = check_artifact(out, name=scheme, kind="causal-lm", format="onnx", precision=s.precision,
+                       int8_mode=s.int8_mode, stage="quantize", producer=scheme, size_bytes=rep["size_bytes"])
+    assert {"tokenizer.json", "quantize_report.json"} <= set(a.files)
     logits = OrtLM(out).logits(np.asarray(quality_windows[0]))
     assert logits.shape == (len(quality_windows[0]), 512) and np.isfinite(logits).all()
 

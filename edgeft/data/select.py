@@ -44,13 +44,6 @@ def uncertainty(probs, strategy: str = "entropy"):
     raise ConfigError(f"select: unknown strategy {strategy!r}; valid choices: {', '.join(STRATEGIES)}")
 
 
-def _is_classifier(path: Path) -> bool:
-    import json
-
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
-
-
 def score_classifier(model, tokenizer, texts: Sequence[str], strategy: str, batch_size: int = 16) -> list[float]:
     import torch
 
@@ -143,7 +136,7 @@ def select(model_spec: str, pool: Path, out: Path, top_k: int = 20, strategy: st
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     texts = [str(r[field]) for r in rows]
-    if _is_classifier(m.path):
+    if m.kind == "classifier":
         model = AutoModelForSequenceClassification.from_pretrained(str(m.path), torch_dtype=torch.float32).eval()
         scope = "labels"
         scores = score_classifier(model, tok, texts, strategy)

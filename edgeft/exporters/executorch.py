@@ -110,6 +110,15 @@ class ExecuTorchOptions(Options):
     max_ppl_increase_pct: float = Field(25.0, description="causal LM: fail when held-out perplexity rises more than "
                                                           "this vs fp32")
 
+    @property
+    def precision(self) -> str:
+        """8da4w: int4 weights (int8 dynamic activations); 8da8w: int8 weights."""
+        return {"8da4w": "int4", "8da8w": "int8"}.get(self.quantization, "fp32")
+
+    @property
+    def int8_mode(self) -> str | None:
+        return "dynamic" if self.quantization in ("8da4w", "8da8w") else None
+
 
 OPTIONS = option_table(ExecuTorchOptions)
 EXTRA = "pip install 'edgeft[executorch]'"
@@ -410,7 +419,8 @@ def export_executorch(model_dir: Path, out_dir: Path, opset: int = 18, with_past
                       static_shapes=None, **options) -> dict:
     """Export ``model_dir`` (HF folder) to ``out_dir/model.pte`` (+ tokenizer/config, executorch.json,
     export_report.json) and check it against PyTorch. ``opset``/``with_past`` are ONNX fields, unused."""
-    from edgeft.exporters.torchscript import copy_side_files, model_kind
+    from edgeft.artifacts import model_kind, size_of
+    from edgeft.exporters.torchscript import copy_side_files
 
     opts = ExecuTorchOptions.of(**options).model_dump()
     if opts["quantization"] == "int8w":
@@ -446,7 +456,7 @@ def export_executorch(model_dir: Path, out_dir: Path, opset: int = 18, with_past
                   "quantization": opts["quantization"],
                   "group_size": int(opts["group_size"]) if opts["quantization"] == "8da4w" else None,
                   "embedding": opts["embedding"] if opts["quantization"] != "none" else "fp32",
-                  "file": MODEL_FILE, "size_bytes": (stage / MODEL_FILE).stat().st_size, **body,
+                  "file": MODEL_FILE, "size_bytes": size_of(stage, "pte"), **body,
                   "executorch": json.loads((stage / "executorch.json").read_text())}
         (stage / "export_report.json").write_text(json.dumps(report, indent=2))
         if out_dir.exists():

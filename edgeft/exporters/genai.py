@@ -37,6 +37,7 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
+from edgeft.artifacts import size_of
 from edgeft.config.options import Options
 from edgeft.errors import ModelSourceError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
@@ -62,6 +63,10 @@ class GenaiOptions(Options):
     min_top1_agreement: float = Field(0.80, ge=0, description="fail below this top-1 agreement with the fp32 model")
     max_ppl_increase_pct: float = Field(25.0, description="fail when perplexity rises more than this vs the fp32 "
                                                           "model")
+
+    @property
+    def int8_mode(self) -> str | None:
+        return "weight-only" if self.precision == "int8" else None
 
 
 # Classes the builder imports at module level for architectures that transformers 4.57 does not
@@ -229,8 +234,7 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     ops: dict[str, int] = {}
     for n in graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    files = [f for f in out_dir.iterdir() if f.suffix in (".onnx", ".data") or f.name.endswith(".onnx.data")]
     report = {"format": "genai", "builder_options": extra, **o.model_dump(), "export_seconds": seconds,
-              "quality": quality, "ops": ops, "size_bytes": sum(f.stat().st_size for f in files)}
+              "quality": quality, "ops": ops, "size_bytes": size_of(out_dir, "genai")}
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -31,6 +31,7 @@ from typing import ClassVar, Literal, Sequence, Union, get_args
 import numpy as np
 from pydantic import Field, field_validator
 
+from edgeft.artifacts import size_of
 from edgeft.config.options import Options
 from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
@@ -71,6 +72,14 @@ class GgufOptions(Options):
     @classmethod
     def _upper(cls, v):
         return v.upper() if isinstance(v, str) and v.lower() != "auto" else v
+
+    @property
+    def precision(self) -> str:
+        return precision_of(self.qtype)
+
+    @property
+    def int8_mode(self) -> str | None:
+        return "weight-only" if self.precision == "int8" else None
 
 
 _FILE_TYPES = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q5_1": "MOSTLY_Q5_1",
@@ -412,7 +421,7 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
                  "generation_config.json", "chat_template.jinja"):
         if (model_dir / name).is_file() and not (out_dir / name).exists():
             (out_dir / name).write_bytes((model_dir / name).read_bytes())
-    report = {"format": "gguf", **info, "file": out.name, "size_bytes": out.stat().st_size, "export_seconds": seconds}
+    report = {"format": "gguf", **info, "file": out.name, "size_bytes": size_of(out, "gguf"), "export_seconds": seconds}
     try:
         from edgeft.runtime.llamacpp import LlamaCppLM
 

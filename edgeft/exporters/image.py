@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeft.artifacts import size_of
 from edgeft.errors import ConfigError, ParityError, UnsupportedError
 from edgeft.fileio import staged_dir
 
@@ -180,8 +181,7 @@ def export_preset(model_dir: Path, out_dir: Path, preset, tolerance: float = 2e-
         rep.update({"preset": preset.name, "format": fmt, "layout": layout, "input_shape": meta["input_shape"],
                     "precision": (opts.precision if opts is not None else "fp32"),
                     "int8_mode": opts.int8_mode if opts is not None else None,
-                    "size_bytes": sum(f.stat().st_size for f in tmp.iterdir() if f.suffix in (".onnx", ".pt", ".pte",
-                                                                                             ".tflite")),
+                    "size_bytes": size_of(tmp, fmt),
                     "seconds": round(time.perf_counter() - t0, 1)})
         (tmp / "export_report.json").write_text(json.dumps(rep, indent=2))
     log.info("%s: %s %s, %.1f MB, vs PyTorch %s", stage, fmt, rep["precision"], rep["size_bytes"] / 2**20,

@@ -48,6 +48,7 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
+from edgeft.artifacts import model_kind, size_of
 from edgeft.config.loader import check_options
 from edgeft.config.options import Options
 from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
@@ -250,14 +251,12 @@ def load_module(model_dir: Path, opts: LiteRTOptions):
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from edgeft.exporters.onnx_encoder import is_classifier
-
     cfg = AutoConfig.from_pretrained(str(model_dir))
     if cfg.model_type not in BERT_TYPES:
         raise UnsupportedError(f"{model_dir}: LiteRT export covers BERT-family encoders ({', '.join(BERT_TYPES)}) "
                                f"and LLaMA-family causal LMs; "
                                f"model type {cfg.model_type!r} is not one; use an ONNX preset")
-    classifier = is_classifier(model_dir)
+    classifier = model_kind(model_dir) == "classifier"
     cls = AutoModelForSequenceClassification if classifier else AutoModel
     hf = cls.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="eager").eval()
     if classifier and getattr(hf.bert, "pooler", None) is None:
@@ -434,8 +433,6 @@ def export_litert(model_dir: Path, out_dir: Path, opts: LiteRTOptions, tolerance
     require()
     from transformers import AutoTokenizer
 
-    from edgeft.exporters.torchscript import model_kind
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
@@ -503,7 +500,7 @@ def _build(tmp: Path, model_dir: Path, opts: LiteRTOptions, tok, edge, hf, task:
     _check_graph(info, opts, seq, preset_name)
     _check_quality(report["vs_reference"], task, opts, preset_name)
     _write_bundle(tmp, model_dir, tok, table, opts, task, seq, info)
-    report["size_bytes"] = sum(f.stat().st_size for f in tmp.iterdir() if f.name in (MODEL_FILE, EMBEDDINGS_FILE))
+    report["size_bytes"] = size_of(tmp, "tflite")
     (tmp / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
 

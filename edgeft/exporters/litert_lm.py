@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 
+from edgeft.artifacts import size_of
 from edgeft.errors import ParityError, UnsupportedError
 from edgeft.fileio import staged_dir
 
@@ -168,7 +169,7 @@ def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids
                                        float(opts.min_top1_agreement) if quantized else 0.0,
                                        float(opts.max_ppl_increase_pct),
                                        max_abs_logit_diff=None if quantized else tolerance)
-        size = path.stat().st_size
+        size = size_of(path, "tflite")
         report = {"format": "tflite", "preset": preset_name, "task": "causal-lm", "options": opts.model_dump(),
                   "converter": "litert_torch.generative", "quantize": quant, "signatures": sigs,
                   "export_seconds": seconds, "size_bytes": size, "parity": parity,

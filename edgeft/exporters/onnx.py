@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
 
+from edgeft.artifacts import size_of
 from edgeft.config.options import Options
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.parity import check_outputs
@@ -93,33 +95,33 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
         sample_ids = list(range(100, 116))
     ids = np.asarray([list(sample_ids)], dtype=np.int64)
     checks = parity(model_dir, out_dir, ids, tolerance)
-    onnx_files = sorted(out_dir.glob("*.onnx*")) + sorted(out_dir.glob("*.onnx_data"))
     report = {"format": "onnx", "opset": opset, "with_past": with_past, "export_seconds": seconds,
               "tolerance": tolerance, "parity": checks,
               "max_abs_diff": max(c["max_abs_diff"] for c in checks),
-              "size_bytes": sum(f.stat().st_size for f in set(onnx_files))}
+              "size_bytes": size_of(out_dir, "onnx")}
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def export(model_dir: Path, out_dir: Path, preset: str = "onnx-kv", tolerance: float = 2e-3,
+def export(model_dir: Path, out_dir: Path, preset="onnx-kv", tolerance: float = 2e-3,
            sample_ids: Sequence[int] | None = None, sample_texts: Sequence[str] | None = None,
            static_shapes=None) -> dict:
-    """Export with a named preset from ``export/`` (see ``edgeft export --help``).
+    """Export with a preset from ``export/`` (its name, or the loaded preset; see ``edgeft export --help``).
 
     A sequence classifier (``*ForSequenceClassification``) goes through
     :func:`edgeft.exporters.onnx_encoder.export_classifier` (parity on ``sample_texts``; optional
     ``static_shapes`` with ``batch`` and ``seq``).
     """
+    from edgeft.artifacts import model_kind
     from edgeft.config.loader import load_preset
     from edgeft.exporters import onnx_encoder
 
-    p = load_preset(preset)
-    if onnx_encoder.is_classifier(model_dir):
+    p = load_preset(preset) if isinstance(preset, (str, os.PathLike)) else preset
+    if model_kind(model_dir, default="causal-lm") == "classifier":
         return onnx_encoder.export_classifier(model_dir, out_dir, opset=p.opset, tolerance=tolerance,
                                               sample_texts=sample_texts, static_shapes=static_shapes)
     if static_shapes is not None:
         raise UnsupportedError("export.static_shapes applies to encoder/classifier exports; a decoder with a KV "
                                "cache grows its inputs every step (remove export.static_shapes)")
-    fn = EXPORTERS.get(p.format, f"export preset {preset}: format")
+    fn = EXPORTERS.get(p.format, f"export preset {p.name}: format")
     return fn(model_dir, out_dir, opset=p.opset, with_past=p.with_past, tolerance=tolerance, sample_ids=sample_ids)

@@ -23,21 +23,13 @@ from typing import Sequence
 
 import numpy as np
 
+from edgeft.artifacts import size_of
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.parity import check_outputs
 
 log = logging.getLogger(__name__)
 
 SINGLE_TEXT_INPUTS = ("input_ids", "attention_mask")
-
-
-def is_classifier(model_dir: Path) -> bool:
-    """True when ``model_dir/config.json`` names a ``*ForSequenceClassification`` architecture."""
-    cfg = Path(model_dir) / "config.json"
-    if not cfg.is_file():
-        return False
-    archs = json.loads(cfg.read_text()).get("architectures") or []
-    return any(a.endswith("ForSequenceClassification") for a in archs)
 
 
 def _onnx_config(model_dir: Path):
@@ -211,7 +203,7 @@ def export_classifier(model_dir: Path, out_dir: Path, opset: int = 20, tolerance
                                          tolerance)[0].to_dict(), name="logits (static shapes)"))
         report["static_shapes"] = fixed
     report["max_abs_diff"] = max(c["max_abs_diff"] for c in checks)
-    report["size_bytes"] = sum(f.stat().st_size for f in out_dir.glob("*.onnx"))
+    report["size_bytes"] = size_of(out_dir, "onnx")
     log.info("export: classifier logits parity max |diff| %.3g (tolerance %g)%s", report["max_abs_diff"], tolerance,
              f", static shapes {static_shapes.batch}x{static_shapes.seq}" if static_shapes is not None else "")
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))

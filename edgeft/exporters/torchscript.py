@@ -50,8 +50,9 @@ from typing import ClassVar, Sequence
 import numpy as np
 from pydantic import Field
 
+from edgeft.artifacts import ARTIFACT_FILE, model_kind, size_of
 from edgeft.config.options import Options
-from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.errors import UnsupportedError
 from edgeft.exporters.parity import check_outputs
 
 log = logging.getLogger(__name__)
@@ -60,31 +61,16 @@ MODEL_FILE = "model.pt"
 LITE_FILE = "model.ptl"
 META_FILE = "torchscript.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".ptl", ".onnx", ".onnx_data")
-
-
-def _config(model_dir: Path) -> dict:
-    cfg = Path(model_dir) / "config.json"
-    if not cfg.is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
-    return json.loads(cfg.read_text())
-
-
-def model_kind(model_dir: Path) -> str:
-    """``causal-lm``, ``classifier`` (``*ForSequenceClassification``) or ``encoder``."""
-    from edgeft.models.sources import kind_of
-
-    cfg = _config(model_dir)
-    if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or []):
-        return "classifier"
-    return kind_of(cfg)
+SKIPPED_FILES = (META_FILE, ARTIFACT_FILE, "stage.json")
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
-    """Tokenizer, config and chat template travel with the artifact; weights and reports do not."""
+    """Tokenizer, config and chat template travel with the artifact; weights, reports, descriptions and the run's
+    stage record do not."""
     dst.mkdir(parents=True, exist_ok=True)
     for f in Path(src).iterdir():
         if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.endswith("report.json") \
-                and not f.name.endswith(".safetensors.index.json") and f.name != META_FILE:
+                and not f.name.endswith(".safetensors.index.json") and f.name not in SKIPPED_FILES:
             shutil.copy2(f, dst / f.name)
 
 
@@ -231,10 +217,6 @@ def save_scripted(scripted, out_dir: Path, meta: dict, mobile: bool = False) -> 
     return meta
 
 
-def script_size(out_dir: Path) -> int:
-    return sum(f.stat().st_size for f in Path(out_dir).iterdir() if f.is_file() and f.suffix in (".pt", ".ptl"))
-
-
 def export_decoder(model_dir: Path, out_dir: Path, max_cache_len: int = 512, mobile: bool = False,
                    tolerance: float = 2e-3, sample_ids: Sequence[int] | None = None) -> dict:
     import torch
@@ -255,7 +237,7 @@ def export_decoder(model_dir: Path, out_dir: Path, max_cache_len: int = 512, mob
     checks = decoder_parity(eager, scripted, ids, tolerance)
     return {"format": "torchscript", "kind": "causal-lm", "max_cache_len": max_cache_len, "mobile": mobile,
             "export_seconds": seconds, "tolerance": tolerance, "parity": checks,
-            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_bytes": script_size(out_dir),
+            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "size_bytes": size_of(out_dir, "torchscript"),
             "torchscript": meta}
 
 
@@ -312,7 +294,7 @@ def export_encoder(model_dir: Path, out_dir: Path, kind: str, mobile: bool = Fal
     checks = [dict(c.to_dict(), step="forward") for c in check_outputs("torchscript export", ref, cand, tolerance)]
     return {"format": "torchscript", "kind": kind, "mobile": mobile, "export_seconds": seconds,
             "tolerance": tolerance, "parity": checks, "max_abs_diff": max(c["max_abs_diff"] for c in checks),
-            "size_bytes": script_size(out_dir), "torchscript": meta}
+            "size_bytes": size_of(out_dir, "torchscript"), "torchscript": meta}
 
 
 # --------------------------------------------------------------------------- entry points

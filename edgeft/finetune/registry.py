@@ -65,9 +65,12 @@ MARKER = "edgeft_method.json"
 
 
 def task_of(model) -> str:
-    """``"seq-cls"`` for a sequence classifier (plain or PEFT-wrapped), else ``"causal-lm"``."""
+    """``"seq-cls"`` for a sequence classifier (plain or PEFT-wrapped), else ``"causal-lm"``: the model's class
+    is its architecture (a head added in memory is not in its config's ``architectures`` yet)."""
+    from edgeft.artifacts import model_kind
+
     base = getattr(model, "get_base_model", lambda: model)()
-    return "seq-cls" if type(base).__name__.endswith("ForSequenceClassification") else "causal-lm"
+    return "seq-cls" if model_kind({"architectures": [type(base).__name__]}) == "classifier" else "causal-lm"
 
 
 def save_trained(model, tokenizer, method: Method, out_dir: Path) -> Path:
@@ -126,9 +129,10 @@ def load_trained(target: Path, base_model: Path | str | None = None):
         else:
             base = AutoModelForCausalLM.from_pretrained(base_path, torch_dtype=torch.float32)
         return PeftModel.from_pretrained(base, str(target)).eval()
+    from edgeft.artifacts import model_kind
+
     config = AutoConfig.from_pretrained(str(target))
-    seq_cls = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-    cls = AutoModelForSequenceClassification if seq_cls else AutoModelForCausalLM
+    cls = AutoModelForSequenceClassification if model_kind(config) == "classifier" else AutoModelForCausalLM
     return cls.from_pretrained(str(target), torch_dtype=torch.float32).eval()
 
 

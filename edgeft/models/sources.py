@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgeft.artifacts import model_kind
 from edgeft.errors import ModelSourceError
 from edgeft.registry import Registry
 
@@ -30,7 +31,7 @@ class ResolvedModel:
     path: Path  # local HF folder (config.json + weights + tokenizer)
     name: str  # short name for reports
     source: str  # how it was obtained, human readable
-    kind: str  # "causal-lm" | "encoder"
+    kind: str  # edgeft.artifacts.model_kind: causal-lm | classifier | encoder | image-classifier
 
 
 def cache_dir() -> Path:
@@ -72,17 +73,6 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def kind_of(config: dict) -> str:
-    """``causal-lm`` for decoder architectures (``*ForCausalLM`` or a known decoder model_type), else ``encoder``."""
-    archs = config.get("architectures") or []
-    if any(a.endswith("ForCausalLM") for a in archs) or config.get("model_type") in {"llama", "qwen2", "mistral",
-                                                                                       "gpt2", "phi3", "gemma"}:
-        return "causal-lm"
-    return "encoder"
-
-
-
-
 def fix_chat_tokenizer(tok) -> list[str]:
     """Repair special tokens that GGUF metadata gets wrong for ChatML models; returns what changed.
 
@@ -113,7 +103,7 @@ def from_gguf(gguf: Path) -> ResolvedModel:
     digest = _file_digest(gguf)[:16]
     target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
-        return ResolvedModel(target, gguf.stem, f"GGUF {gguf} (cached {target})", kind_of(_read_config(target)))
+        return ResolvedModel(target, gguf.stem, f"GGUF {gguf} (cached {target})", model_kind(target))
     log.info("converting %s to an HF folder (once) under %s", gguf, target)
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -149,13 +139,6 @@ def from_gguf(gguf: Path) -> ResolvedModel:
     return ResolvedModel(target, gguf.stem, f"GGUF {gguf} (converted to {target})", "causal-lm")
 
 
-def _read_config(path: Path) -> dict:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelSourceError(f"{path / 'config.json'}: unreadable model config ({e})") from e
-
-
 def check_spec(spec: str, base_dir: Path | None = None) -> None:
     """Fail fast (before any stage runs) when ``spec`` cannot name a model; converts nothing."""
     if spec in EMBEDDED:
@@ -186,7 +169,7 @@ def resolve_model(spec: str, base_dir: Path | None = None) -> ResolvedModel:
         if not (p / "config.json").is_file():
             raise ModelSourceError(f"{p}: not an HF model folder (no config.json); pass a folder saved with "
                                    "save_pretrained, a .gguf file, or one of: " + ", ".join(EMBEDDED.names()))
-        return ResolvedModel(p.resolve(), p.name, f"local folder {p}", kind_of(_read_config(p)))
+        return ResolvedModel(p.resolve(), p.name, f"local folder {p}", model_kind(p))
     looks_like_hub = "/" in spec and not p.exists() and not spec.startswith((".", "/", "~"))
     if looks_like_hub:
         raise ModelSourceError(

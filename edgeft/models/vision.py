@@ -221,12 +221,10 @@ def read_config(path: Path) -> dict:
 
 
 def is_image_classifier(path: Path) -> bool:
-    f = Path(path) / "config.json"
-    if not f.is_file():
-        return False
-    cfg = json.loads(f.read_text())
-    return cfg.get("model_type") == MODEL_TYPE or any(
-        a.endswith("ForImageClassification") for a in cfg.get("architectures") or [])
+    """Whether ``path`` holds an image classifier (:func:`edgeft.artifacts.model_kind`)."""
+    from edgeft.artifacts import model_kind
+
+    return model_kind(path, default="") == "image-classifier"
 
 
 def preprocessing(path: Path) -> Preprocessing:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from edgeft.validate.report import ValidationReport
 
+from edgeft.artifacts import ARTIFACT_FILE
+
 IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "config.json", "generation_config.json")
@@ -24,8 +26,10 @@ report, model card) are provided under the same terms as the weights.
 
 
 def package_run(pipeline, out_dir: Path):
+    # Over 80 lines: what ships, its files, the model card and the manifest's extras all come from one report and
+    # one run, in bundle order.
     from edgeft.release import package, render_model_card
-    from edgeft.validate.report import ClassifierAccuracy, ImageClassifierReport, LMAccuracy, ValidationReport
+    from edgeft.validate.report import ClassifierAccuracy, LMAccuracy, ValidationReport
 
     recipe = pipeline.recipe
     run = pipeline.run
@@ -47,14 +51,15 @@ def package_run(pipeline, out_dir: Path):
 
         raise StageError("package: no artifact passed validation on a required device; nothing to ship")
     files: dict[str, Path] = {}
+    described = {a.name: a for a in pipeline.artifacts()}
     for name in ship:
-        src = Path(report.artifacts[name].path)
-        # An artifact is a file (GGUF) or a self-contained folder: ship every file in it (graph + external
-        # data, genai_config.json, TorchScript .pt, safetensors + config, tokenizer, stage reports).
-        for f in [src] if src.is_file() else sorted(p for p in src.iterdir() if p.is_file()):
-            files[f"artifacts/{name}/{f.name}"] = f
+        # the files its stage described (graph + external data, genai_config.json, TorchScript .pt, safetensors +
+        # config, tokenizer, stage reports; a GGUF file alone) and that description
+        a = described[name]
+        for rel in [*a.spec.files, ARTIFACT_FILE]:
+            files[f"artifacts/{name}/{rel}"] = a.folder / rel
     merged = run.stage_dir("merge")
-    if isinstance(report, ImageClassifierReport):  # no tokenizer: the model config (labels, preprocessing)
+    if pipeline.kind == "image-classifier":  # no tokenizer: the model config (labels, preprocessing)
         for f in IMAGE_MODEL_FILES:
             if (merged / f).is_file():
                 files[f"model/{f}"] = merged / f
@@ -104,9 +109,9 @@ def package_run(pipeline, out_dir: Path):
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
-    keys = {"classification": ("accuracy", "macro_f1"), "image-classification": ("accuracy", "top5", "macro_f1")}.get(
-        report.task, ("exact_match", "json_valid", "perplexity"))
-    metrics = {n: {k: getattr(a.accuracy, k) for k in keys} for n, a in report.artifacts.items()}
+    keys = {"classifier": ("accuracy", "macro_f1"), "image-classifier": ("accuracy", "top5", "macro_f1")}.get(
+        pipeline.kind, ("exact_match", "json_valid", "perplexity"))
+    metrics = {n: {k: getattr(a.accuracy, k, None) for k in keys} for n, a in report.artifacts.items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
              "validation_passed": report.passed, "flags": report.flags,
@@ -124,18 +129,17 @@ def _reference_stats(pipeline, report: ValidationReport, ship: list[str], folder
     None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
     import os
 
-    if report.variant == "image-classifier":
+    if pipeline.kind == "image-classifier":
         return None
 
     from edgeft.fileio import atomic_write_text
     from edgeft.monitor.reference import reference_stats
     from edgeft.pipeline import classify
 
-    kind = report.variant  # causal-lm, classifier or encoder: the statistics edgeft monitor compares
     fields = {"classifier": classify.FIELDS, "encoder": ("text",)}.get(
-        kind, ("text",) if pipeline.raw_text else ("prompt",))
+        pipeline.kind, ("text",) if pipeline.raw_text else ("prompt",))
     arts = {n: (Path(report.artifacts[n].path), report.artifacts[n].format) for n in ship}
-    stats = reference_stats(kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
+    stats = reference_stats(pipeline.kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
                             pipeline.records("eval", fields), arts, pipeline.recipe.data.system_prompt,
                             threads=min(2, os.cpu_count() or 1),
                             max_new_tokens=pipeline.recipe.validate_.max_new_tokens)

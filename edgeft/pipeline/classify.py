@@ -1,4 +1,5 @@
-"""Pipeline stages for sequence classifiers (objectives whose task is ``seq-cls``, e.g. ``classify``).
+"""Pipeline stages for sequence classifiers (``Pipeline.kind == "classifier"``: objectives whose task is ``seq-cls``,
+e.g. ``classify``).
 
 The stage methods of :class:`edgeft.pipeline.run.Pipeline` hand over to these functions when the
 recipe trains a classifier: records are ``{"text", "label"}``; merge and export check logits on
@@ -25,13 +26,6 @@ CALIBRATION_EXAMPLES = 256  # training texts fed to static-int8 calibration (one
 CALIBRATION_TOKENS = 16  # their common length (SST-2 phrases: median 10 tokens, 99th percentile 44)
 SAMPLE_TEXTS = 8  # eval texts used by the merge/export parity checks
 EXTRA_SAMPLE_TEXTS = 64  # eval texts for the parity / label agreement of each export.extra preset
-
-
-def is_classifier(pipeline) -> bool:
-    import edgeft.finetune  # noqa: F401 - registers the objectives
-    from edgeft.finetune.registry import OBJECTIVES
-
-    return OBJECTIVES.get(pipeline.recipe.finetune.objective, "finetune.objective").task == "seq-cls"
 
 
 def handles(files) -> bool:
@@ -119,19 +113,19 @@ def export(pipeline, tmp: Path) -> dict:
     Extra presets get more eval texts for their parity / label-agreement check (an int8 graph is
     judged by agreement, which 8 texts measure too coarsely) and the training texts to calibrate on.
     """
-    from edgeft.config.loader import load_preset
     from edgeft.exporters import export as export_model
 
     e = pipeline.recipe.export
     merged = pipeline.run.stage_dir("merge")
     ev = pipeline.records("eval", FIELDS)
-    rep = export_model(merged, tmp, preset=e.preset, tolerance=e.tolerance, sample_texts=_texts(ev, SAMPLE_TEXTS),
-                       static_shapes=e.static_shapes)
+    rep = export_model(merged, tmp, preset=pipeline.preset(e.preset), name=pipeline.main_export_name,
+                       tolerance=e.tolerance, sample_texts=_texts(ev, SAMPLE_TEXTS), static_shapes=e.static_shapes)
     if e.extra:
         calib = {"calibration_texts": _texts(pipeline.records("train", FIELDS), CALIBRATION_EXAMPLES)}
-        rep["extra"] = {name: export_model(merged, tmp / name, preset=name, tolerance=e.tolerance,
-                                           sample_texts=_texts(ev, EXTRA_SAMPLE_TEXTS), static_shapes=e.static_shapes,
-                                           **(calib if load_preset(name).format == "tflite" else {}))
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=pipeline.preset(name), name=name,
+                                           tolerance=e.tolerance, sample_texts=_texts(ev, EXTRA_SAMPLE_TEXTS),
+                                           static_shapes=e.static_shapes,
+                                           **(calib if pipeline.preset(name).format == "tflite" else {}))
                         for name in e.extra}
     return rep
 
@@ -170,6 +164,7 @@ def quantize(pipeline, tmp: Path) -> dict:
     export's static shapes applied to the result (logits parity static vs dynamic on eval texts)."""
     from transformers import AutoTokenizer
 
+    from edgeft import artifacts
     from edgeft.exporters import onnx_encoder
     from edgeft.quantize import SCHEMES, quantize as quantize_model
 
@@ -186,7 +181,7 @@ def quantize(pipeline, tmp: Path) -> dict:
     for q in pipeline.recipe.quantize:
         dest = tmp / q.name
         rep = quantize_model(src, dest, q.scheme, q.options, calibration_ids=calib, labeled=ev,
-                             max_accuracy_drop=q.max_accuracy_drop)
+                             max_accuracy_drop=q.max_accuracy_drop, name=q.name)
         if static is not None:
             fixed = dest / "model.fixed.onnx"
             info = onnx_encoder.fix_shapes(dest / "model.onnx", fixed, static.batch, static.seq)
@@ -203,7 +198,7 @@ def quantize(pipeline, tmp: Path) -> dict:
                                                 stage=f"quantize {q.name} (static shapes)", relative=rel)
             shutil.rmtree(scratch)
             rep["static_shapes"] = {**info, "parity_vs_dynamic": parity}
-            rep["size_bytes"] = (dest / "model.onnx").stat().st_size
+            rep["size_bytes"] = artifacts.refresh(dest).size_bytes  # the fixed-shape graph replaced the described one
             (dest / "quantize_report.json").write_text(json.dumps(rep, indent=2))
         out[q.name] = rep
     return out

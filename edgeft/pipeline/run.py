@@ -47,39 +47,6 @@ class RunResult:
     tarball: Path | None = None
 
 
-def _extra_artifact(name: str, preset, folder: Path):
-    """The validate entry for an ``export.extra`` preset. A genai folder is an ONNX graph (GroupQueryAttention,
-    MatMulNBits) that edgeft's OrtLM runs directly, so it is validated, inspected and projected as onnx."""
-    from edgeft.validate import Artifact
-
-    if preset.format in ("gguf", "genai"):
-        from edgeft.recipe import preset_options_model
-
-        opts = preset_options_model(preset.format).of(preset.options)
-    if preset.format == "gguf":
-        from edgeft.exporters.gguf import precision_of
-
-        precision = precision_of(opts.qtype)
-        return Artifact(name, folder / f"model-{opts.qtype.lower()}.gguf", "gguf", precision=precision,
-                        int8_mode="weight-only" if precision == "int8" else None)
-    if preset.format == "genai":
-        precision = opts.precision
-        return Artifact(name, folder, "onnx", precision=precision,
-                        int8_mode="weight-only" if precision == "int8" else None)
-    if preset.format == "pte":  # ExecuTorch: 8da4w is int4 weights with int8 dynamic activations
-        from edgeft.recipe import preset_options_model
-
-        q = preset_options_model("pte").of(preset.options).quantization
-        precision, mode = {"8da4w": ("int4", "dynamic"), "8da8w": ("int8", "dynamic")}.get(q, ("fp32", None))
-        return Artifact(name, folder, "pte", precision=precision, int8_mode=mode)
-    if preset.format == "tflite":
-        from edgeft.recipe import preset_options_model
-
-        o = preset_options_model("tflite").of(preset.options)
-        return Artifact(name, folder, "tflite", precision=o.precision, int8_mode=o.int8_mode)
-    return Artifact(name, folder, preset.format)
-
-
 class Pipeline:
     def __init__(self, recipe: Recipe, recipe_path: Path | None, runs_root: Path, console=None) -> None:
         self.recipe = recipe
@@ -89,6 +56,8 @@ class Pipeline:
         self.console = console
         self.keys: dict[str, str] = {}
         self._model = None
+        self._kind: str | None = None
+        self._presets: dict = {}
 
     # ---------------------------------------------------------------- helpers
     def model(self):
@@ -97,6 +66,31 @@ class Pipeline:
 
             self._model = resolve_model(self.recipe.model, self.base_dir)
         return self._model
+
+    @property
+    def kind(self) -> str:
+        """What the recipe trains: ``causal-lm``, ``classifier`` or ``image-classifier`` (decided once, from the
+        objective's task; every stage, validate and package follow it)."""
+        if self._kind is None:
+            import edgeft.finetune  # noqa: F401 - registers the objectives
+            from edgeft.artifacts import kind_of_task
+            from edgeft.finetune.registry import OBJECTIVES
+
+            self._kind = kind_of_task(OBJECTIVES.get(self.recipe.finetune.objective, "finetune.objective").task)
+        return self._kind
+
+    def preset(self, name: str):
+        """An export preset of the recipe, loaded and checked once per run."""
+        if name not in self._presets:
+            from edgeft.exporters import load_checked_preset
+
+            self._presets[name] = load_checked_preset(name)
+        return self._presets[name]
+
+    @property
+    def main_export_name(self) -> str:
+        """The main export's artifact name in reports and bundles."""
+        return "torchscript-fp32" if self.preset(self.recipe.export.preset).format == "torchscript" else "onnx-fp32"
 
     def _key(self, stage: str, params: dict) -> str:
         upstream = {s: self.keys.get(s) for s in STAGES[: STAGES.index(stage)]}
@@ -198,7 +192,7 @@ class Pipeline:
 
         d = self.recipe.data
         fields, objective = self.objective_fields(), self.recipe.finetune.objective
-        if vision.is_image(self):  # labelled images: records hold paths (the embedded set is written here)
+        if self.kind == "image-classifier":  # labelled images: records hold paths (the embedded set is written here)
             train, ev, source = vision.data(self, tmp)
         elif objective == "multitask" and self.recipe.finetune.multitask is not None:
             train, ev = splits.multitask_records(self.recipe.finetune.multitask.tasks, self.base_dir)
@@ -232,7 +226,7 @@ class Pipeline:
             extra = []
             for rel in d.extra_train:
                 p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
-                cols = classify.FIELDS if classify.is_classifier(self) else fields
+                cols = classify.FIELDS if self.kind == "classifier" else fields
                 extra += [{k: str(r[k]) for k in cols} for r in read_records(p, list(cols))]
             train = train + extra
             source = {**source, "extra_train": list(d.extra_train), "n_extra_train": len(extra)}
@@ -252,12 +246,12 @@ class Pipeline:
             shutil.rmtree(work)  # checkpoints from different parameters: start over
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(key)
-        if vision.is_image(self):
+        if self.kind == "image-classifier":
             return {**vision.finetune(self, tmp, work), "base_model_source": self.model().source}
         m = self.model()
         fields = self.objective_fields()
         train = self.records("train", fields)
-        cfg = classify.finetune_cfg(self.recipe.finetune, train) if classify.is_classifier(self) else self.recipe.finetune
+        cfg = classify.finetune_cfg(self.recipe.finetune, train) if self.kind == "classifier" else self.recipe.finetune
         if cfg.accelerate_config and not Path(cfg.accelerate_config).is_absolute():  # relative to the recipe file
             cfg = cfg.model_copy(update={"accelerate_config": str(self.base_dir / cfg.accelerate_config)})
         metrics = finetune(m.path, train, self.records("eval", fields), tmp,
@@ -266,14 +260,23 @@ class Pipeline:
         return metrics
 
     def stage_merge(self, tmp: Path) -> dict:
+        """Merge (or copy) the trained model into ``tmp``, then describe it there (``artifact.json``)."""
+        from edgeft import artifacts
+
+        metrics = self._merge(tmp)
+        artifacts.write(tmp, name="merged", kind=self.kind, format="pytorch", stage="merge",
+                        producer=self.recipe.finetune.method, options=self.recipe.merge)
+        return metrics
+
+    def _merge(self, tmp: Path) -> dict:
         from edgeft.finetune import METHODS
         from edgeft.merge import merge
 
         method = METHODS.get(self.recipe.finetune.method, "finetune.method")
         trained = self.run.stage_dir("finetune") / method.produces  # adapter (merge) or whole model (copy)
-        if vision.is_image(self):
+        if self.kind == "image-classifier":
             return vision.merge(self, tmp)
-        if classify.is_classifier(self):
+        if self.kind == "classifier":
             if method.produces == "adapter":
                 return classify.merge(self, tmp)
             texts = [str(r["text"]) for r in self.records("eval", classify.FIELDS)[:classify.SAMPLE_TEXTS]]
@@ -294,9 +297,9 @@ class Pipeline:
                      sample_texts=samples)
 
     def stage_export(self, tmp: Path) -> dict:
-        if vision.is_image(self):
+        if self.kind == "image-classifier":
             return vision.export(self, tmp)
-        if classify.is_classifier(self):
+        if self.kind == "classifier":
             return classify.export(self, tmp)
         from transformers import AutoTokenizer
 
@@ -310,24 +313,23 @@ class Pipeline:
         else:
             r0 = self.records("eval")[0]
             ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
-        rep = export(merged, tmp, preset=self.recipe.export.preset, tolerance=self.recipe.export.tolerance,
-                     sample_ids=ids)
+        rep = export(merged, tmp, preset=self.preset(self.recipe.export.preset), name=self.main_export_name,
+                     tolerance=self.recipe.export.tolerance, sample_ids=ids)
         if self.recipe.export.extra:  # more artifacts from the merged model, each in export/<preset>/
-            from edgeft.exporters import load_checked_preset
-
             wins = self.heldout_windows(merged)
             # GGUF presets: llama.cpp's importance matrix from the training split (disjoint from the held-out text)
-            gguf = [n for n in self.recipe.export.extra if load_checked_preset(n).format == "gguf"]
+            gguf = [n for n in self.recipe.export.extra if self.preset(n).format == "gguf"]
             calib = {"calibration_ids": self.calibration_windows(merged)} if gguf else {}
-            rep["extra"] = {name: export(merged, tmp / name, preset=name, tolerance=self.recipe.export.tolerance,
-                                         sample_ids=ids, quality_ids=wins, **(calib if name in gguf else {}))
+            rep["extra"] = {name: export(merged, tmp / name, preset=self.preset(name), name=name,
+                                         tolerance=self.recipe.export.tolerance, sample_ids=ids, quality_ids=wins,
+                                         **(calib if name in gguf else {}))
                             for name in self.recipe.export.extra}
         return rep
 
     def stage_quantize(self, tmp: Path) -> dict:
-        if vision.is_image(self):
+        if self.kind == "image-classifier":
             return vision.quantize(self, tmp)
-        if classify.is_classifier(self):
+        if self.kind == "classifier":
             return classify.quantize(self, tmp)
         from edgeft.quantize import quantize
 
@@ -347,7 +349,7 @@ class Pipeline:
                                    q.options, quality_ids=wins, max_ppl_increase_pct=q.max_ppl_increase_pct,
                                    calibration_ids=calib,  # and the fine-tune's adapter (loading checked there is one)
                                    adapter_dir=(self.run.stage_dir("finetune") / "adapter") if sch.needs_adapter
-                                   else None)
+                                   else None, name=q.name)
         return out
 
     def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
@@ -361,37 +363,32 @@ class Pipeline:
         return windows(tok(text, add_special_tokens=False).input_ids, seq_len, seq_len, n_windows * seq_len)
 
     def artifacts(self):
-        from edgeft.quantize import SCHEMES
+        """Every artifact of the run to validate (and package), as the stages that made them described them
+        (``artifact.json``); the base model, which no stage made, is described from its folder."""
+        from edgeft import artifacts
         from edgeft.validate import Artifact
 
         arts = []
-        v = self.recipe.validate_
-        if v.include_base:
-            arts.append(Artifact("base", self.model().path, "pytorch", role="base"))
-        arts.append(Artifact("merged", self.run.stage_dir("merge"), "pytorch", role="reference"))
-        from edgeft.config.loader import load_preset
-
-        if load_preset(self.recipe.export.preset).format == "torchscript":
-            arts.append(Artifact("torchscript-fp32", self.run.stage_dir("export"), "torchscript"))
-        else:
-            arts.append(Artifact("onnx-fp32", self.run.stage_dir("export"), "onnx"))
-        for name in self.recipe.export.extra:
-            a = _extra_artifact(name, load_preset(name), self.run.stage_dir("export") / name)
-            a.budgets = self.recipe.export.budgets.get(name)
-            arts.append(a)
-        for q in self.recipe.quantize:
-            s = SCHEMES.get(q.scheme)
-            arts.append(Artifact(q.name, self.run.stage_dir("quantize") / q.name, s.output_format,
-                                 precision=s.precision,
-                                 int8_mode=s.int8_mode, scheme=q.scheme, budgets=q.budgets))
+        if self.recipe.validate_.include_base:
+            base = self.model().path
+            spec = artifacts.describe(base, name="base", kind=artifacts.model_kind(base), format="pytorch",
+                                      stage="base", producer=self.model().source)
+            arts.append(Artifact.of(spec, base, role="base"))
+        arts.append(Artifact.at(self.run.stage_dir("merge"), "merge", role="reference"))
+        export = self.run.stage_dir("export")
+        arts.append(Artifact.at(export, "export"))
+        arts += [Artifact.at(export / name, "export", budgets=self.recipe.export.budgets.get(name))
+                 for name in self.recipe.export.extra]
+        arts += [Artifact.at(self.run.stage_dir("quantize") / q.name, "quantize", budgets=q.budgets)
+                 for q in self.recipe.quantize]
         return arts
 
     def stage_validate(self, tmp: Path) -> dict:
         from edgeft.validate import validate
 
-        if vision.is_image(self):
+        if self.kind == "image-classifier":
             return vision.validate(self, tmp)
-        if classify.is_classifier(self):
+        if self.kind == "classifier":
             ev = self.records("eval", classify.FIELDS)
         elif self.raw_text:  # raw text (clm) has no task examples: validate gates on perplexity alone
             ev = []
@@ -409,7 +406,7 @@ class Pipeline:
             ev = self.records("eval")
         report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
                           self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
-                          recipe_name=self.recipe.name, general_text=self.general_text())
+                          recipe_name=self.recipe.name, general_text=self.general_text(), kind=self.kind)
         return {"passed": report.passed, "flags": report.flags}
 
     def stage_package(self, tmp: Path) -> dict:

@@ -37,13 +37,6 @@ VAL_IMAGES = 200  # tail of the training split used to pick the best epoch (neve
 IMAGE_OP_TYPES = ["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "ReduceMean", "AveragePool"]
 
 
-def is_image(pipeline) -> bool:
-    import edgeft.finetune  # noqa: F401 - registers the objectives
-    from edgeft.finetune.registry import OBJECTIVES
-
-    return OBJECTIVES.get(pipeline.recipe.finetune.objective, "finetune.objective").task == "image-cls"
-
-
 def data(pipeline, tmp: Path) -> tuple[list[dict], list[dict], dict]:
     """(train, eval, source) image records; the embedded set is written under ``tmp/images``."""
     from edgeft.data import images
@@ -164,33 +157,36 @@ def copy_model(model_dir: Path, out: Path, recs: list[dict], tol: float) -> dict
 
 
 def export(pipeline, tmp: Path) -> dict:
-    from edgeft.config.loader import load_preset
     from edgeft.exporters import export as export_model
 
     e = pipeline.recipe.export
     merged = pipeline.run.stage_dir("merge")
     sample = pixels(merged, records(pipeline, "eval")[:SAMPLE_IMAGES])
     calib = None
-    if any(load_preset(n).format == "tflite" for n in e.extra):
+    if any(pipeline.preset(n).format == "tflite" for n in e.extra):
         calib = pixels(merged, records(pipeline, "train")[:CALIBRATION_IMAGES])
-    rep = export_model(merged, tmp, preset=e.preset, tolerance=e.tolerance, sample_images=sample)
+    rep = export_model(merged, tmp, preset=pipeline.preset(e.preset), name=pipeline.main_export_name,
+                       tolerance=e.tolerance, sample_images=sample)
     if e.extra:
-        rep["extra"] = {name: export_model(merged, tmp / name, preset=name, tolerance=e.tolerance,
-                                           sample_images=sample, calibration_images=calib) for name in e.extra}
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=pipeline.preset(name), name=name,
+                                           tolerance=e.tolerance, sample_images=sample, calibration_images=calib)
+                        for name in e.extra}
     return rep
 
 
 def quantize(pipeline, tmp: Path) -> dict:
     """Each ONNX scheme on the exported graph, calibrated on training images; top-1 on eval vs its input."""
+    from edgeft.artifacts import Artifact, size_of
     from edgeft.finetune.objectives.classify import label_ids
-    from edgeft.quantize import SCHEMES, scheme_options
+    from edgeft.quantize import SCHEMES, describe_output, scheme_options
     from edgeft.runtime.vision import ImageRuntime, read_meta
 
     src = pipeline.run.stage_dir("export")
+    exported = Artifact.load(src, "export")
     meta = read_meta(src)
-    if meta["format"] != "onnx":
-        raise ConfigError(f"quantize: image schemes quantize an ONNX export; export.preset is {meta.get('preset')} "
-                          f"({meta['format']}); use onnx-image, and export.extra for LiteRT int8")
+    if exported.format != "onnx":
+        raise ConfigError(f"quantize: image schemes quantize an ONNX export; export.preset is {exported.producer} "
+                          f"({exported.format}); use onnx-image, and export.extra for LiteRT int8")
     merged = pipeline.run.stage_dir("merge")
     ev = records(pipeline, "eval")
     x_eval = pixels(merged, ev)
@@ -215,11 +211,11 @@ def quantize(pipeline, tmp: Path) -> dict:
         got = ImageRuntime(dest, "onnx", 2).logits(x_eval)
         acc = float((got.argmax(-1) == gold).mean())
         rep = {"scheme": q.scheme, "options": opts.model_dump(), "info": info,
-               "size_bytes": (dest / "model.onnx").stat().st_size,
-               "input_size_bytes": (src / "model.onnx").stat().st_size,
+               "size_bytes": size_of(dest, s.output_format), "input_size_bytes": exported.size_bytes,
                "accuracy": {"input": ref_acc, "output": acc, "drop": ref_acc - acc, "images": int(len(ev)),
                             "label_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())}}
         (dest / "quantize_report.json").write_text(json.dumps(rep, indent=2))
+        describe_output(dest, q.scheme, opts, src, q.name)
         log.info("quantize %s (%s): top-1 %.4f vs %.4f input, %.1f MB", q.name, q.scheme, acc, ref_acc,
                  rep["size_bytes"] / 2**20)
         if ref_acc - acc > q.max_accuracy_drop:

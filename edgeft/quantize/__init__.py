@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from edgeft import artifacts
+from edgeft.artifacts import Artifact
 from edgeft.errors import ConfigError, ParityError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import auto as _auto  # noqa: F401  (registers)
@@ -23,7 +25,7 @@ from edgeft.quantize.schemes import torch_dynamic as _torch_dynamic  # noqa: F40
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEMES", "Scheme", "quantize", "scheme_options"]
+__all__ = ["SCHEMES", "Scheme", "describe_output", "quantize", "scheme_options"]
 
 
 def scheme_options(scheme: str, options=None, source: str = "quantize", path: str = "options",
@@ -39,25 +41,23 @@ def scheme_options(scheme: str, options=None, source: str = "quantize", path: st
     return check_options(sch.options_model, options, source, path, owner=f"scheme {scheme}", origins=origins)
 
 
-def _onnx_size(d: Path) -> int:
-    return sum(f.stat().st_size for f in d.iterdir() if f.is_file() and (f.suffix == ".onnx" or ".onnx_data" in f.name
-                                                                        or f.name.endswith(".onnx.data")))
-
-
-def _artifact_size(d: Path, fmt: str) -> int:
-    """Bytes of the weights of an artifact folder in ``fmt`` (onnx | pytorch | torchscript)."""
-    if fmt == "onnx":
-        return _onnx_size(d)
-    suffixes = (".pt", ".ptl") if fmt == "torchscript" else (".safetensors", ".bin")
-    return sum(f.stat().st_size for f in Path(d).iterdir() if f.is_file() and f.suffix in suffixes)
+def describe_output(out_dir: Path, scheme: str, opts, in_dir: Path, name: str | None = None) -> Artifact:
+    """Write ``out_dir/artifact.json`` for ``scheme``'s output: the scheme's output format, precision and int8 mode,
+    its resolved options, and the kind of the model in ``in_dir`` (``name`` defaults to the scheme's)."""
+    sch = SCHEMES.get(scheme)
+    return artifacts.write(out_dir, name=name or scheme, kind=artifacts.model_kind(in_dir), format=sch.output_format,
+                           stage="quantize", producer=scheme, precision=sch.precision, int8_mode=sch.int8_mode,
+                           options=opts)
 
 
 def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = None,
              quality_ids: Sequence[Sequence[int]] | None = None, max_ppl_increase_pct: float = 100.0,
              threads: int = 2, calibration_ids: Sequence[Sequence[int]] | None = None,
              labeled: Sequence[dict] | None = None, max_accuracy_drop: float = 0.05,
-             adapter_dir: Path | None = None) -> dict:
+             adapter_dir: Path | None = None, name: str | None = None) -> dict:
     """Quantize the ONNX model in ``in_dir`` into ``out_dir`` and report size and quality vs the input.
+
+    ``out_dir/artifact.json`` describes the result (:func:`describe_output`; ``name`` defaults to the scheme's).
 
     A scheme with ``input_format == "pytorch"`` reads an HF folder instead (the merged model) and
     writes ``output_format`` (an HF folder, or TorchScript); quality is then measured with the
@@ -73,6 +73,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     (:class:`ParityError`) when perplexity rises more than ``max_ppl_increase_pct`` percent — a
     sanity bound; release gates live in validate.
     """
+    # Over 80 lines: the one path every scheme takes (checks, side files, apply, report, quality checks,
+    # description), each step a few lines that read in order; split, the steps would pass a dozen values around.
     from edgeft.quantize import quality
     from edgeft.runtime.lm import find_onnx, load_lm
 
@@ -103,7 +105,7 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in in_dir.iterdir() if sch.input_format == "onnx" else ():  # tokenizer, config, chat template
         if (f.is_file() and f.suffix != ".onnx" and "onnx_data" not in f.name and not f.name.endswith(".onnx.data")
-                and not f.name.endswith("report.json")):
+                and not f.name.endswith("report.json") and f.name not in (artifacts.ARTIFACT_FILE, "stage.json")):
             shutil.copy2(f, out_dir / f.name)
     dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()
@@ -113,8 +115,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     done = sch.apply(src, dest, opts=opts, **extra)
     seconds = time.perf_counter() - t0
     report = {"scheme": scheme, "precision": sch.precision, "int8_mode": sch.int8_mode, "options": done,
-              "quantize_seconds": seconds, "input_size_bytes": _artifact_size(in_dir, sch.input_format),
-              "size_bytes": _artifact_size(out_dir, sch.output_format), "input_format": sch.input_format,
+              "quantize_seconds": seconds, "input_size_bytes": artifacts.size_of(in_dir, sch.input_format),
+              "size_bytes": artifacts.size_of(out_dir, sch.output_format), "input_format": sch.input_format,
               "output_format": sch.output_format}
     report["size_ratio"] = report["size_bytes"] / max(report["input_size_bytes"], 1)
     if quality_ids:
@@ -150,6 +152,7 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
                               f"(-{report['accuracy_drop']:.4f}) exceeds the stage tolerance of {max_accuracy_drop:g}; "
                               "try another scheme or options")
     (out_dir / "quantize_report.json").write_text(json.dumps(report, indent=2))
+    describe_output(out_dir, scheme, opts, in_dir, name)  # last: the artifact is complete
     return report
 
 

@@ -24,25 +24,39 @@ __all__ = ["Artifact", "validate"]
 
 @dataclass
 class Artifact:
+    """One entry to validate: what to load (``path`` with the runtime ``format``), its role and budgets."""
+
     name: str
     path: Path
-    format: str  # onnx | pytorch | torchscript | gguf | pte | tflite
+    format: str  # the runtime key: onnx | pytorch | torchscript | gguf | pte | tflite
     role: str = "artifact"  # base | reference | artifact
     precision: str = "fp32"
     int8_mode: str | None = None
     scheme: str | None = None
     budgets: object | None = None  # edgeft.config.Budgets overriding the recipe's
     extra: dict = field(default_factory=dict)
+    spec: object | None = None  # the edgeft.artifacts.Artifact it was made from (size, files), when there is one
+    folder: Path | None = None  # where that description's files lie
+
+    @classmethod
+    def of(cls, spec, folder: Path, role: str = "artifact", budgets=None) -> "Artifact":
+        """The entry for an artifact described by ``spec`` (an :class:`edgeft.artifacts.Artifact`) in ``folder``."""
+        return cls(spec.name, spec.load_path(folder), spec.runtime, role, spec.precision, spec.int8_mode,
+                   spec.producer if spec.stage == "quantize" else None, budgets, spec=spec, folder=Path(folder))
+
+    @classmethod
+    def at(cls, folder: Path, stage: str, role: str = "artifact", budgets=None) -> "Artifact":
+        """The entry for the artifact ``stage`` wrote into ``folder`` (read from its ``artifact.json``)."""
+        from edgeft.artifacts import Artifact as Description
+
+        return cls.of(Description.load(folder, stage), folder, role, budgets)
 
 
 def _size_bytes(a: Artifact) -> int:
-    p = Path(a.path)
-    if p.is_file():
-        return p.stat().st_size
-    pats = {"onnx": ("*.onnx", "*.onnx_data", "*.onnx.data"), "torchscript": ("*.pt", "*.ptl"),
-            "tflite": ("*.tflite", "embeddings.safetensors"), "pte": ("*.pte",)}.get(
-        a.format, ("*.safetensors", "*.bin"))
-    return sum(f.stat().st_size for pat in pats for f in p.glob(pat))
+    """The artifact's size as its description says, else measured (:func:`edgeft.artifacts.size_of`)."""
+    from edgeft.artifacts import size_of
+
+    return a.spec.size_bytes if a.spec is not None else size_of(a.path, a.format)
 
 
 def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=16) -> dict:
@@ -131,21 +145,23 @@ def _embeddings(a: Artifact, tok, texts: list[str], threads: int):
 
 def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: list[dict], out_dir: Path, cfg=None,
              system_prompt: str = "", heldout_text: str | None = None, recipe_name: str = "", console=None,
-             general_text: str | None = None):
+             general_text: str | None = None, kind: str | None = None):
     """Validate ``artifacts`` (one must have role 'reference') against ``cfg.devices``; write report.json and
     return it (a :class:`~edgeft.validate.report.ValidationReport`).
 
     ``general_text`` (``cfg.perplexity.general``'s text) adds a second perplexity per artifact,
-    ``perplexity_general``, gated by ``budgets.perplexity_general``.
+    ``perplexity_general``, gated by ``budgets.perplexity_general``. ``kind`` is what the models are
+    (:func:`edgeft.artifacts.model_kind`'s words; default: the reference's): encoders and classifiers are
+    scored without generation.
     """
     from transformers import AutoTokenizer
 
+    from edgeft.artifacts import model_kind
     from edgeft.config.loader import load_device
     from edgeft.config.schema import ValidateConfig
     from edgeft.data.templates import conversation_text, prompt_ids
     from edgeft.quantize import quality
     from edgeft.runtime.bench import measure
-    from edgeft.models.sources import kind_of
     from edgeft.runtime.lm import load_lm
     from edgeft.validate import compat, gates
 
@@ -163,10 +179,10 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
         raise StageError(f"validate: {len(ref)} artifacts have role 'reference' ({', '.join(a.name for a in ref)}); "
                          "pass exactly one, the merged model the others are compared with")
     reference = ref[0]
-    ref_cfg = Path(reference.path) / "config.json"
-    kind = kind_of(json.loads(ref_cfg.read_text())) if ref_cfg.is_file() else "causal-lm"
-    if kind == "encoder":
-        return _validate_encoders(artifacts, tok, records, out_dir, cfg, devices, required, recipe_name, console)
+    kind = kind or model_kind(reference.path, default="causal-lm")
+    if kind in ("encoder", "classifier"):
+        return _validate_encoders(artifacts, tok, records, out_dir, cfg, devices, required, recipe_name, console,
+                                  classifier=kind == "classifier")
     if heldout_text is None:
         heldout_text = "".join(conversation_text(tok, system_prompt, r["prompt"], r["response"]) for r in eval_records)
     ppl_cfg = cfg.perplexity
@@ -347,13 +363,6 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     return _write_reports(report, out_dir, console)
 
 
-def _is_classifier_dir(path: Path) -> bool:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    return any(a.endswith("ForSequenceClassification") for a in json.loads(cfg.read_text()).get("architectures") or [])
-
-
 def _fixed_shape(a: Artifact) -> tuple[int, int] | None:
     """(batch, seq) of an ONNX artifact whose ``input_ids`` shape is fixed, of an ExecuTorch classifier, or of a
     LiteRT graph (always fixed); else None."""
@@ -397,26 +406,29 @@ def _classifier_logits(a: Artifact, reference: Artifact, tok, texts: list[str], 
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    from edgeft.artifacts import model_kind
+
     kw = {}
-    if a.role == "base" and not _is_classifier_dir(a.path):
+    if a.role == "base" and model_kind(a.path, default="encoder") != "classifier":
         kw["config"] = AutoConfig.from_pretrained(str(reference.path))  # chance level: the untrained head
         torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(a.path), dtype=torch.float32, **kw).eval()
     return module_logits(model, tok, texts, max_length)
 
 
-def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console):
+def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, required, recipe_name, console,
+                       classifier: bool):
     """Encoders (no generation, no perplexity), per artifact vs the reference: embedding agreement, or
     for a sequence classifier accuracy / macro-F1 on the labelled eval split with label agreement and
     logit differences; per-inference latency at ``latency.batch`` x ``latency.seq_len`` (at the
     graph's own shape when its inputs are fixed); compatibility and budgets per device."""
+    from edgeft.artifacts import report_fields
     from edgeft.runtime.bench import measure_encoder
     from edgeft.validate import gates
 
     host_threads = os.cpu_count() or 1
     texts = [str(r.get("text", r.get("prompt"))) for r in records]
     reference = next(a for a in artifacts if a.role == "reference")
-    classifier = _is_classifier_dir(reference.path)
     shapes = {a.name: _fixed_shape(a) for a in artifacts}
     rep_artifacts: dict[str, dict] = {}
     max_length = 128
@@ -503,9 +515,8 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     accuracy_protocol = ({"classification": f"argmax of the logits vs the eval labels, texts cut at {max_length} "
                                             "tokens; label agreement and logit differences vs the reference"}
                          if classifier else {"embedding": "mean-pooled last hidden state, L2-normalized"})
-    report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "reference": reference.name,
-              **({"task": "classification"} if classifier else {}),
-              "passed": passed,
+    report = {"schema_version": 1, "recipe": recipe_name, **report_fields("classifier" if classifier else "encoder"),
+              "reference": reference.name, "passed": passed,
               "protocol": {"eval_examples": len(texts), **accuracy_protocol,
                            "latency": {**lat_cfg.model_dump(), "host_cpus": host_threads}},
               "artifacts": rep_artifacts, "devices": rep_devices, "gates": acc_gates, "flags": flags,

@@ -53,6 +53,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, Mapping, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 
+from edgeft.artifacts import report_fields
 from edgeft.errors import ConfigError
 from edgeft.fileio import atomic_write_text
 from edgeft.validate.gates import GateResult, fmt_num
@@ -607,9 +608,10 @@ class ImageClassifierReport(ClassifierReport):
                                                                               "order.")
 
 
+# (kind, task) keys -> variant: the keys each kind of model's report carries (edgeft.artifacts.report_fields)
 _VARIANTS: dict[tuple[Optional[str], Optional[str]], type[ValidationReport]] = {
-    (None, None): LMReport, ("encoder", None): EncoderReport, ("encoder", "classification"): ClassifierReport,
-    ("encoder", "image-classification"): ImageClassifierReport}
+    (report_fields(c.variant).get("kind"), report_fields(c.variant).get("task")): c
+    for c in (LMReport, EncoderReport, ClassifierReport, ImageClassifierReport)}
 
 
 def report_json_schema() -> dict:

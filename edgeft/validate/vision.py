@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_name: str = "",
                     console=None):
+    from edgeft.artifacts import report_fields
     from edgeft.config.loader import load_device
     from edgeft.data.images import batch
     from edgeft.finetune.objectives.classify import label_ids
@@ -85,7 +86,7 @@ def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_n
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
     rep_devices = device_matrix(scored, rep_artifacts, latency, devices, required, failed_acc, host_threads)
     passed = not failed_acc and all(d["passed"] for d in rep_devices.values() if d["required"])
-    report = {"schema_version": 1, "recipe": recipe_name, "kind": "encoder", "task": "image-classification",
+    report = {"schema_version": 1, "recipe": recipe_name, **report_fields("image-classifier"),
               "reference": reference.name, "passed": passed,
               "protocol": {"eval_examples": len(records),
                            "classification": f"argmax of the logits vs the eval labels; {pp.size}x{pp.size} center "

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
+
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
     pytest.mark.skipif(importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torchao") is None,
@@ -58,6 +60,10 @@ def test_preset_exports_with_report_and_parity(lm_exports, preset):
     assert rep["shapes"] == "static" and rep["prefill_chunk"] == 32
     assert rep["size_bytes"] == (out / "model.pte").stat().st_size > 0
     assert rep["export_seconds"] > 0 and rep["executorch"]["xnnpack_partitions"] > 0
+    precision, mode = {"executorch-8da4w": ("int4", "dynamic"), "executorch-int8w": ("int8", "dynamic")}.get(
+        preset, ("fp32", None))
+    check_artifact(out, name=preset, kind="causal-lm", format="pte", precision=precision, int8_mode=mode,
+                   stage="export", producer=preset, runtime="pte", main_file="model.pte", size_bytes=rep["size_bytes"])
     parity = rep["parity"]
     assert parity["decode_steps"] == 4 and parity["tokens"] == len(SAMPLE)
     if preset == "executorch-fp32":

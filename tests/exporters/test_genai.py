@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
+
 WINDOWS = [list(range(3, 67)), list(range(100, 164))]
 
 
@@ -93,14 +95,20 @@ def test_genai_runtime_matches_ort_runtime(genai_fp32):
     assert ttft > 0 and len(steps) == 11
 
 
-def test_preset_and_pipeline_artifact(tmp_path):
+def test_preset_and_pipeline_artifact(genai_int4):
+    """The preset's description of the builder's graph, and the validate entry the pipeline reads from it."""
     from edgeft.config.loader import load_preset
-    from edgeft.pipeline.run import _extra_artifact
+    from edgeft.exporters import describe_export
+    from edgeft.validate import Artifact
 
+    out, rep = genai_int4
     p = load_preset("genai-int4")
     assert p.format == "genai" and p.options["precision"] == "int4"
-    art = _extra_artifact("genai-int4", p, tmp_path)
-    assert art.format == "onnx" and art.precision == "int4"
+    describe_export(out, p, "causal-lm")
+    check_artifact(out, name="genai-int4", format="genai", runtime="onnx", precision="int4", int8_mode=None,
+                   main_file="model.onnx", size_bytes=rep["size_bytes"])
+    art = Artifact.at(out, "export")
+    assert art.format == "onnx" and art.precision == "int4" and art.path == out
 
 
 @pytest.mark.parametrize("scheme,opts", [

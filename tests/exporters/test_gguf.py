@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
+
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
 NEEDS_LLAMA_CPP = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed "
                                                                "(pip install 'edgeft[bench]'): llama.cpp checks skipped")
@@ -166,18 +168,25 @@ def test_export_gguf_reports_quality_and_greedy_matches(tiny_lm_dir, tmp_path):
 
 
 def test_presets_and_pipeline_artifact(written, tmp_path):
+    """Each preset's description of its file, and the validate entry the pipeline reads from it."""
     from edgeft.config.loader import load_preset
     from edgeft.config.schema import ExportConfig
-    from edgeft.pipeline.run import _extra_artifact
+    from edgeft.exporters import describe_export
+    from edgeft.validate import Artifact
 
     q4, q8 = load_preset("gguf-q4_0"), load_preset("gguf-q8_0")
     assert (q4.format, q4.options["qtype"], q8.options["qtype"]) == ("gguf", "Q4_0", "Q8_0")
-    folder = tmp_path / "gguf-q4_0"
-    folder.mkdir()
-    (folder / "model-q4_0.gguf").write_bytes(written["Q4_0"].read_bytes())
-    art = _extra_artifact("gguf-q4_0", q4, folder)
+    for preset, qtype in ((q4, "Q4_0"), (q8, "Q8_0")):
+        folder = tmp_path / preset.name
+        folder.mkdir()
+        (folder / f"model-{qtype.lower()}.gguf").write_bytes(written[qtype].read_bytes())
+        (folder / "tokenizer.json").write_text("{}")  # the exporter copies the tokenizer beside the file
+        describe_export(folder, preset, "causal-lm")
+    check_artifact(tmp_path / "gguf-q4_0", name="gguf-q4_0", format="gguf", runtime="gguf", opens="main_file",
+                   files=["model-q4_0.gguf"], precision="int4", int8_mode=None)
+    art = Artifact.at(tmp_path / "gguf-q4_0", "export")
     assert (art.format, art.precision, art.path.name) == ("gguf", "int4", "model-q4_0.gguf")
-    assert _extra_artifact("gguf-q8_0", q8, folder).int8_mode == "weight-only"
+    assert Artifact.at(tmp_path / "gguf-q8_0", "export").int8_mode == "weight-only"
     assert ExportConfig(preset="onnx-kv", extra=["genai-int4", "gguf-q4_0"]).extra == ["genai-int4", "gguf-q4_0"]
 
 

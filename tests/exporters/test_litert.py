@@ -11,6 +11,7 @@ pytest.importorskip("litert_torch", reason="needs the litert extra: pip install 
 pytest.importorskip("ai_edge_quantizer", reason="needs the litert extra: pip install 'edgeft[litert]'")
 pytest.importorskip("ai_edge_litert", reason="needs the litert extra: pip install 'edgeft[litert]'")
 
+from artifact_checks import check_artifact  # noqa: E402
 from conftest import REPO, build_tiny_bert  # noqa: E402
 from edgeft.config.schema import StaticShapes  # noqa: E402
 from edgeft.errors import ConfigError  # noqa: E402
@@ -94,6 +95,8 @@ def test_preset_exports_and_runs(cls_dir, exported, preset):
     if preset == "litert-fp32":
         assert rep["parity"][0]["passed"] and rep["parity"][0]["max_abs_diff"] <= 2e-3
         assert np.abs(got - ref).max() < 2e-3  # the runtime's own padding/truncation matches PyTorch's
+        check_artifact(out, name=preset, kind="classifier", format="tflite", precision="fp32", stage="export",
+                       producer=preset, runtime="tflite", main_file="model.tflite", size_bytes=rep["size_bytes"])
     else:
         assert rep["vs_reference"]["label_agreement"] >= 0.75
         assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75

@@ -15,6 +15,7 @@ pytest.importorskip("ai_edge_litert", reason="needs the litert extra: pip instal
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                 reason="needs the litert-lm extra (tensorflow): pip install 'edgeft[litert-lm]'")
 
+from artifact_checks import check_artifact  # noqa: E402
 from conftest import build_tiny_lm  # noqa: E402
 from edgeft.errors import UnsupportedError  # noqa: E402
 
@@ -95,10 +96,16 @@ def test_generate_matches_pytorch_greedy(lm_dir, fp32):
 
 
 def test_int8_dynamic_is_scored_on_held_out_windows(lm_dir, tmp_path):
+    from edgeft.config.loader import load_preset
+    from edgeft.exporters import describe_export
+
     rep = _export(lm_dir, tmp_path / "int8", "litert-lm-int8")
     assert rep["quantize"] == "dynamic_int8" and rep["quality"]["passed"]
     assert rep["quality"]["top1_agreement"] >= 0.8 and abs(rep["quality"]["ppl_increase_pct"]) < 10
     assert json.loads((tmp_path / "int8" / "litert.json").read_text())["precision"] == "int8"
+    describe_export(tmp_path / "int8", load_preset("litert-lm-int8"), "causal-lm")
+    check_artifact(tmp_path / "int8", format="tflite", runtime="tflite", precision="int8", int8_mode="dynamic",
+                   main_file="model.tflite", size_bytes=rep["size_bytes"])
 
 
 def test_options_map_to_the_converter_and_artifact_precision():

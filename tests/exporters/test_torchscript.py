@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
 from conftest import build_tiny_bert
 from edgeft.errors import ModelSourceError, ParityError, UnsupportedError
 
@@ -108,6 +109,9 @@ def test_export_preset_and_mobile_option(tiny_lm_dir, tmp_path):
     assert load_preset("torchscript").format == "torchscript"
     rep = export(tiny_lm_dir, tmp_path / "p", preset="torchscript", sample_ids=list(range(10, 20)))
     assert rep["format"] == "torchscript" and rep["max_cache_len"] == 512 and rep["max_abs_diff"] < 1e-4
+    check_artifact(tmp_path / "p", name="torchscript", kind="causal-lm", format="torchscript", precision="fp32",
+                   runtime="torchscript", main_file="model.pt", options={"max_cache_len": 512, "mobile": False},
+                   size_bytes=rep["size_bytes"])
     try:  # optimize_for_mobile needs XNNPACK; the pinned x86 CPU wheel has none
         rep = export(tiny_lm_dir, tmp_path / "m", preset="torchscript-mobile", sample_ids=list(range(10, 20)))
     except UnsupportedError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
 from conftest import SYSTEM_PROMPT
 from edgeft.errors import BudgetError, ConfigError
 
@@ -63,6 +64,9 @@ def test_loose_budget_all_int4(tiny_onnx, calibration, tmp_path):
     on_disk = json.loads((tmp_path / "loose" / "quant_plan.json").read_text())
     assert on_disk["layers"] == plan["layers"] and on_disk["budget"]["max_ppl_increase_pct"] == 50.0
     assert json.loads((tmp_path / "loose" / "quantize_report.json").read_text())["options"]["plan"]["layers"]
+    a = check_artifact(tmp_path / "loose", name="auto", format="onnx", stage="quantize", producer="auto",
+                       precision="int4", size_bytes=rep["size_bytes"])
+    assert "quant_plan.json" in a.files and a.options["max_ppl_increase_pct"] == 50.0
     ranks = sorted(g["sensitivity_rank"] for g in plan["groups"].values())
     assert ranks == list(range(1, len(plan["groups"]) + 1))
 

@@ -114,3 +114,15 @@ def test_decoder_full_integer_unsupported(tiny_lm_dir, tmp_path):
     export_onnx(tiny_lm_dir, tmp_path / "lm", opset=18)
     with pytest.raises(UnsupportedError, match="KV cache"):
         SCHEMES.get("int8-full-integer").apply(tmp_path / "lm" / "model.onnx", tmp_path / "x.onnx", [[1, 2, 3, 4]])
+
+
+def test_quantize_describes_a_graph_exported_elsewhere(bert, tmp_path):
+    """A graph folder without config.json or artifact.json (exported by another tool): quantize still describes its
+    output, the kind read from the graph (int64 ids in, [batch, labels] logits out: a classifier)."""
+    from artifact_checks import check_artifact
+    from edgeft.quantize import quantize
+
+    rep = quantize(bert["static"].parent, tmp_path / "fi", "int8-full-integer", {"preprocess": True},
+                   calibration_ids=_calibration())
+    check_artifact(tmp_path / "fi", name="int8-full-integer", kind="classifier", format="onnx", precision="int8",
+                   int8_mode="full-integer", stage="quantize", size_bytes=rep["size_bytes"])

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from artifact_checks import check_artifact
 from edgeft.errors import UnsupportedError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -87,6 +88,8 @@ def test_torch_dynamic_int8_to_torchscript(tiny_lm_dir, heldout, tmp_path):
     assert rep["options"]["trace_parity_max_abs_diff"] < 1e-4  # trace vs the eager quantized model
     assert (out / "model.pt").is_file() and (out / "tokenizer.json").is_file()
     assert not list(out.glob("*.safetensors"))
+    check_artifact(out, name="torch-dynamic-int8", kind="causal-lm", format="torchscript", runtime="torchscript",
+                   precision="int8", int8_mode="dynamic", stage="quantize", size_bytes=rep["size_bytes"])
     scripted = torch.jit.load(str(out / "model.pt"))
     codes = [m.code for m in scripted.modules() if m._c._has_method("forward")]
     assert sum("quantized.linear_dynamic" in c for c in codes) == 14  # the int8 kernels are in the saved trace
@@ -120,6 +123,9 @@ def test_bnb_checkpoint_loads_with_from_pretrained(scheme, cls_name, max_ratio, 
     assert rep["options"]["quantized_linear"] == 14 and rep["options"]["keep_fp32"] == ["lm_head"]
     cfg = (out / "config.json").read_text()
     assert "quantization_config" in cfg and "bitsandbytes" in cfg
+    check_artifact(out, name=scheme, kind="causal-lm", format="pytorch", runtime="pytorch",
+                   precision=SCHEMES.get(scheme).precision, int8_mode=SCHEMES.get(scheme).int8_mode,
+                   size_bytes=rep["size_bytes"])
     model = AutoModelForCausalLM.from_pretrained(str(out))  # no arguments: the checkpoint says how to load it
     q = model.model.layers[0].self_attn.q_proj
     assert type(q).__name__ == cls_name

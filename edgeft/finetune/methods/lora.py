@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeft.finetune.registry import METHODS, Method
+from edgeft.finetune.registry import METHODS, Method, task_of
 
 
 def load_model(model_path, cfg, task: str = "causal-lm"):
@@ -17,7 +17,8 @@ def load_model(model_path, cfg, task: str = "causal-lm"):
 
 
 def task_type(model) -> str:
-    return "SEQ_CLS" if model.__class__.__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    """PEFT's task type for ``model``."""
+    return "SEQ_CLS" if task_of(model) == "seq-cls" else "CAUSAL_LM"
 
 
 def peft_config(cfg, model=None):

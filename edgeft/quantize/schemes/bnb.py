@@ -58,7 +58,7 @@ def _save(in_dir: Path, out_dir: Path, qconfig) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeft.exporters.torchscript import model_kind
+    from edgeft.artifacts import model_kind
 
     try:
         import bitsandbytes  # noqa: F401

@@ -71,12 +71,13 @@ def apply(in_dir: Path, out_dir: Path, opts: TorchDynamicOptions | None = None, 
     import torch
     from transformers import AutoModelForCausalLM
 
+    from edgeft.artifacts import model_kind
     from edgeft.exporters import torchscript as ts
 
     o = TorchDynamicOptions.of(opts, **options)
     per_channel, keep_fp32, engine, max_cache_len, tolerance = (o.per_channel, o.keep_fp32, o.engine,
                                                                 o.max_cache_len, o.tolerance)
-    if ts.model_kind(in_dir) != "causal-lm":
+    if model_kind(in_dir) != "causal-lm":
         raise UnsupportedError(f"quantize scheme torch-dynamic-int8 exports a decoder LM; {in_dir} is an encoder or "
                                "classifier (use an ONNX scheme on its ONNX export)")
     supported = torch.backends.quantized.supported_engines
