@@ -33,7 +33,7 @@ def _parse_opts(opts):
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="Calibration text for static/GPTQ schemes (keep it disjoint from --text).")
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False),
-              help="The fine-tune's LoRA adapter folder (finetune/adapter), for int4-lora.")
+              help="The fine-tune's LoRA adapter folder (finetune/adapter), for int4-lora and int4-basegrid.")
 def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration, adapter):
     """Quantize ONNX_DIR with SCHEME; report size and perplexity/agreement vs the input.
 

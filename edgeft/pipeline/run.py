@@ -348,8 +348,8 @@ class Pipeline:
             out[q.name] = quantize(self.run.stage_dir("merge") if pytorch_input else src, tmp / q.name, q.scheme,
                                    q.options, quality_ids=wins, max_ppl_increase_pct=q.max_ppl_increase_pct,
                                    calibration_ids=calib,  # and the fine-tune's adapter (loading checked there is one)
-                                   adapter_dir=(self.run.stage_dir("finetune") / "adapter") if sch.needs_adapter
-                                   else None, name=q.name)
+                                   adapter_dir=(self.run.stage_dir("finetune") / "adapter")
+                                   if sch.needs_adapter or sch.uses_adapter else None, name=q.name)
         return out
 
     def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):

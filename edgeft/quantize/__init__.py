@@ -14,6 +14,7 @@ from edgeft.artifacts import Artifact
 from edgeft.errors import ConfigError, ParityError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import auto as _auto  # noqa: F401  (registers)
+from edgeft.quantize.schemes import basegrid as _basegrid  # noqa: F401  (registers)
 from edgeft.quantize.schemes import bnb as _bnb  # noqa: F401  (registers)
 from edgeft.quantize.schemes import dynamic_int8 as _dyn  # noqa: F401  (registers)
 from edgeft.quantize.schemes import gptq as _gptq  # noqa: F401  (registers)
@@ -110,6 +111,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
     dest = out_dir / "model.onnx" if sch.input_format == "onnx" else out_dir
     t0 = time.perf_counter()
     extra = {"adapter": Path(adapter_dir)} if sch.needs_adapter else {}
+    if sch.uses_adapter:
+        extra["adapter"] = Path(adapter_dir) if adapter_dir is not None and Path(adapter_dir).is_dir() else None
     if sch.needs_calibration:
         extra["calibration"] = [list(map(int, w)) for w in calibration_ids]
     done = sch.apply(src, dest, opts=opts, **extra)

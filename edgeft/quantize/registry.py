@@ -27,6 +27,7 @@ class Scheme:
     options_model: Union[type[Options], dict] = Options
     needs_calibration: bool = False  # apply() then also gets calibration=[token-id windows]
     needs_adapter: bool = False  # apply() then also gets adapter=<the fine-tune's PEFT adapter folder>
+    uses_adapter: bool = False  # apply() gets adapter=<folder> when the fine-tune wrote one (else adapter=None)
     # What apply() reads and writes. "onnx": (in_onnx file, out_onnx file). "pytorch" input: (HF model
     # folder, output folder) -- the merged model, before export; the output folder already holds the
     # tokenizer and config. output_format "pytorch" (an HF folder from_pretrained loads) or "torchscript".

@@ -139,6 +139,43 @@ def module_of(node_name: str) -> str:
     return ".".join(parts)
 
 
+#: onnxruntime-genai builder MatMuls -> the HF modules they compute, in output order (qkv is packed)
+_BUILDER = re.compile(r"^/model/layers\.(?P<i>\d+)/(?:attn|mlp)/(?P<proj>\w+)/MatMul")
+_BUILDER_PARTS = {"qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                  "o_proj": ("self_attn.o_proj",), "gate_proj": ("mlp.gate_proj",), "up_proj": ("mlp.up_proj",),
+                  "down_proj": ("mlp.down_proj",)}
+
+
+def adapter_parts(lora: Lora, node_name: str, shape: tuple[int, int]) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The adapter's pieces of the MatMul ``node_name`` with weight ``shape`` [K, N]: (first output column, end
+    column, A [r, K], B [cols, r]) per HF module it computes; [] when the adapter does not touch it.
+
+    Optimum exports name MatMuls after the HF modules; the onnxruntime-genai builder packs q/k/v into one
+    ``qkv_proj`` MatMul (columns in that order) and names the others after their projections.
+    """
+    k, n = shape
+    m = _BUILDER.match(node_name)
+    modules = ([f"model.layers.{m['i']}.{p}" for p in _BUILDER_PARTS.get(m["proj"], ())] if m
+               else [module_of(node_name)])
+    found = [lora.modules.get(mod) for mod in modules]
+    if not any(ab is not None for ab in found):
+        return []
+    if any(ab is None for ab in found):
+        raise UnsupportedError(f"{lora.path}: the adapter trains only some of {', '.join(modules)}, which {node_name} "
+                               "computes together; train all of them (target_modules: all-linear) or none")
+    parts, lo = [], 0
+    for mod, (a, b) in zip(modules, found):
+        if a.shape[1] != k:
+            raise ConfigError(f"{lora.path}: {mod} lora_A has {a.shape[1]} inputs, the exported {node_name} has {k}; "
+                              "was it trained on this model?")
+        parts.append((lo, lo + b.shape[0], a, b))
+        lo += b.shape[0]
+    if lo != n:
+        raise ConfigError(f"{lora.path}: {', '.join(modules)} have {lo} outputs together, the exported {node_name} has "
+                          f"{n}; was it trained on this model?")
+    return parts
+
+
 # --------------------------------------------------------------------------- the base's grid
 
 
