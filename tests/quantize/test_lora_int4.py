@@ -13,92 +13,18 @@ int4-rtn (asymmetric, b32) 8.1e-5.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeft.errors import ConfigError, UnsupportedError
+from quantize_support import kl, logits_of
+from quantize_support import adapted, heldout  # noqa: F401  (pytest fixtures)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Converting a tensor to a Python boolean",
     "ignore:Exporting aten..index operator", "ignore:The given NumPy array is not writable",
 )
-
-
-def _snap_q4_1(w, block: int = 32):
-    """``w`` [out, in] on GGUF Q4_1's grid: per block of ``block`` inputs, min + step * code, 16 levels."""
-    import torch
-
-    b = w.reshape(w.shape[0], -1, block)
-    mn = b.amin(-1, keepdim=True)
-    d = (b.amax(-1, keepdim=True) - mn) / 15
-    return (mn + d * torch.round((b - mn) / d)).reshape(w.shape)
-
-
-@pytest.fixture(scope="module")
-def adapted(tiny_lm_dir, tmp_path_factory):
-    """(base-on-grid folder, adapter folder, merged folder, merged ONNX folder)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgeft.exporters.onnx import export_onnx
-
-    root = tmp_path_factory.mktemp("lora-int4")
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir))
-    with torch.no_grad():
-        for name, mod in model.named_modules():
-            if isinstance(mod, torch.nn.Linear) and "lm_head" not in name:
-                mod.weight.copy_(_snap_q4_1(mod.weight))
-    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
-    base = root / "base"
-    model.save_pretrained(base)
-    tok.save_pretrained(base)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, cfg)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)  # a delta about a tenth of a 4-bit step, like a short fine-tune's
-    adapter = root / "adapter"
-    peft_model.save_pretrained(adapter)
-    merged = peft_model.merge_and_unload()
-    merged_dir = root / "merged"
-    merged.save_pretrained(merged_dir)
-    tok.save_pretrained(merged_dir)
-    onnx_dir = root / "onnx"
-    export_onnx(merged_dir, onnx_dir, opset=18)
-    return base, adapter, merged_dir, onnx_dir
-
-
-@pytest.fixture(scope="module")
-def heldout(tiny_lm_dir):
-    from transformers import AutoTokenizer
-
-    from conftest import SYSTEM_PROMPT
-    from edgeft.data.intents import generate
-    from edgeft.data.templates import conversation_text
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
-    text = "".join(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]) for r in generate(8, 8, seed=3)[1])
-    return [np.asarray(tok(text, add_special_tokens=False).input_ids[:128], np.int64)]
-
-
-def _logits(onnx_dir: Path, ids):
-    from edgeft.runtime.lm import load_lm
-
-    return load_lm(onnx_dir, "onnx", 2).logits(ids[0])
-
-
-def _kl(ref, cand) -> float:
-    def logsm(x):
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    p, q = logsm(ref), logsm(cand)
-    return float((np.exp(p) * (p - q)).sum(-1).mean())
 
 
 def test_fp32_side_path_rebuilds_the_merged_model(adapted, heldout, tmp_path):
@@ -113,7 +39,7 @@ def test_fp32_side_path_rebuilds_the_merged_model(adapted, heldout, tmp_path):
     assert opts["adapted_matmuls"] == 14  # 7 Linears x 2 layers
     assert opts["weight_error_p99_steps_max"] < 1e-3
     assert opts["quantized_matmuls"] == 14 and opts["adapter_delta_median_steps"] > 0.01
-    diff = np.abs(_logits(onnx_dir, heldout) - _logits(tmp_path / "q", heldout)).max()
+    diff = np.abs(logits_of(onnx_dir, heldout) - logits_of(tmp_path / "q", heldout)).max()
     assert diff < 1e-3, diff
 
 
@@ -121,12 +47,12 @@ def test_int8_side_path_keeps_the_fine_tune_where_rtn_does_not(adapted, heldout,
     from edgeft.quantize import quantize
 
     _, adapter, _, onnx_dir = adapted
-    ref = _logits(onnx_dir, heldout)
+    ref = logits_of(onnx_dir, heldout)
     quantize(onnx_dir, tmp_path / "lora", "int4-lora", {"lm_head": "keep", "embeddings": "keep"},
              adapter_dir=adapter)
     quantize(onnx_dir, tmp_path / "rtn", "int4-rtn", {"block_size": 32, "symmetric": False})
-    kl_lora = _kl(ref, _logits(tmp_path / "lora", heldout))
-    kl_rtn = _kl(ref, _logits(tmp_path / "rtn", heldout))
+    kl_lora = kl(ref, logits_of(tmp_path / "lora", heldout))
+    kl_rtn = kl(ref, logits_of(tmp_path / "rtn", heldout))
     assert kl_lora < 1e-4 and kl_lora < kl_rtn / 10, (kl_lora, kl_rtn)
 
 

@@ -36,8 +36,10 @@ tied embedding is a Q8_0 matrix, which int8 keeps).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
@@ -79,38 +81,67 @@ class BaseGridOptions(Options):
 # --------------------------------------------------------------------------- GPTQ on a fixed grid
 
 
-def gptq_on_grid(b: np.ndarray, xtx: np.ndarray, n_tokens: int, offset: np.ndarray, step: np.ndarray,
-                 block_size: int, damp: float = 0.01, lazy_block: int = 128) -> np.ndarray:
-    """GPTQ codes (0..15) of ``b`` [K, N] on the fixed grid ``offset + step * q`` per block along K.
+@contextlib.contextmanager
+def _torch_one_thread():
+    """torch on one thread: GPTQ's factorizations and column sweep are small and sequential, and a BLAS thread
+    pool only adds spin-waits to them (several times slower here when the cores are shared)."""
+    import torch
 
-    ``offset`` / ``step`` are [N, kb]. Returns codes [N, K] uint8. The sweep is :func:`gptq.gptq`'s
-    (upper Cholesky factor of H⁻¹, lazy batches), with the grid given instead of fitted per group.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(before)
+
+
+def inverse_factor(xtx: np.ndarray, n_tokens: int, damp: float) -> np.ndarray:
+    """GPTQ's upper Cholesky factor ``U`` of H⁻¹ (H⁻¹ = UᵀU, H = 2 XᵀX / n + damp): row i spreads column i's error.
+
+    Computed once per MatMul input and shared by every MatMul reading it.
     """
-    k, n = b.shape
-    w = np.ascontiguousarray(b.T, np.float32)
-    h = 2.0 * xtx / max(n_tokens, 1)
+    k = xtx.shape[0]
+    h = 2.0 * np.asarray(xtx, np.float64) / max(n_tokens, 1)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    hinv = np.linalg.inv(np.linalg.cholesky(h))
-    u = np.linalg.cholesky(hinv.T @ hinv).T.astype(np.float32)
-    safe = np.where(step > 0, step, 1).astype(np.float32)
-    codes = np.zeros((n, k), np.float32)
+    with _torch_one_thread() as torch:
+        chol = torch.linalg.cholesky(torch.from_numpy(h.astype(np.float32)))
+        return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).numpy()
+
+
+def gptq_on_grid(b: np.ndarray, u: np.ndarray, offset: np.ndarray, step: np.ndarray, block_size: int,
+                 lazy_block: int = 128) -> np.ndarray:
+    """GPTQ codes (0..15) of ``b`` [K, N] on the fixed grid ``offset + step * q`` per block along K.
+
+    ``u``: :func:`inverse_factor` of the MatMul's input; ``offset`` / ``step`` are [N, kb]. Returns codes
+    [N, K] uint8. The sweep is :func:`gptq.gptq`'s (column by column, each column's rounding error spread
+    over the columns not yet quantized, lazy batches), with the grid given instead of fitted per group; in
+    torch, whose small in-place updates cost a fraction of numpy's temporaries.
+    """
+    k, n = b.shape
     lazy = max(block_size, (lazy_block // block_size) * block_size)
-    for i1 in range(0, k, lazy):
-        i2 = min(i1 + lazy, k)
-        w1 = w[:, i1:i2].copy()
-        err1 = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            g = (i1 + i) // block_size
-            q = np.clip(np.round((w1[:, i] - offset[:, g]) / safe[:, g]), 0, 15)
-            codes[:, i1 + i] = q
-            e = (w1[:, i] - (offset[:, g] + step[:, g] * q)) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return codes.astype(np.uint8)
+    with _torch_one_thread() as torch:
+        w = torch.from_numpy(np.ascontiguousarray(b.T, np.float32))
+        uu = torch.from_numpy(np.ascontiguousarray(u, np.float32))
+        off = torch.from_numpy(np.ascontiguousarray(offset, np.float32))
+        st = torch.from_numpy(np.ascontiguousarray(step, np.float32))
+        safe = torch.where(st > 0, st, torch.ones_like(st))
+        codes = torch.zeros((n, k), dtype=torch.float32)
+        for i1 in range(0, k, lazy):
+            i2 = min(i1 + lazy, k)
+            w1 = w[:, i1:i2].clone()
+            err1 = torch.zeros_like(w1)
+            u1 = uu[i1:i2, i1:i2]
+            for i in range(i2 - i1):
+                g = (i1 + i) // block_size
+                q = torch.clamp(torch.round((w1[:, i] - off[:, g]) / safe[:, g]), 0, 15)
+                codes[:, i1 + i] = q
+                e = (w1[:, i] - (off[:, g] + st[:, g] * q)) / u1[i, i]
+                w1[:, i:].addr_(e, u1[i, i:], alpha=-1)
+                err1[:, i] = e
+            w[:, i2:].addmm_(err1, uu[i1:i2, i2:], alpha=-1)
+        return codes.to(torch.uint8).numpy()
 
 
 def grid_error(b: np.ndarray, codes: np.ndarray, offset: np.ndarray, step: np.ndarray, block_size: int) -> np.ndarray:
@@ -157,64 +188,97 @@ def _block_means(x: str, tag: str, block_size: int):
 # --------------------------------------------------------------------------- the graph rewrite
 
 
+@dataclass
+class _Grid:
+    """One MatMul's grid: step ``d`` and the offset the codes sit on (``offset + d * q``), [N, kb] each, plus
+    what its graph form needs (integer zero points, or the offsets' own int4 codes and scales)."""
+
+    d: np.ndarray
+    offset: np.ndarray
+    base_offset: np.ndarray  # the base's exact offset (GGUF Q4_1's m), for the report
+    on_grid: np.ndarray
+    zero_points: np.ndarray | None = None
+    offset_codes: np.ndarray | None = None
+    offset_scales: np.ndarray | None = None
+
+
+def _grid(base: np.ndarray, o: BaseGridOptions) -> _Grid:
+    """The base's grid in the form ``o.offsets`` stores it (the offsets GPTQ sees are the ones the graph has)."""
+    bs = o.block_size
+    _, d, mn, on_grid = lora_int4.fit_grid(base, bs, o.grid_tolerance)
+    g = _Grid(d, mn, mn, on_grid)
+    if o.offsets == "zero-point":
+        g.zero_points = np.clip(np.round(-mn / np.where(d > 0, d, 1)), 0, 15).astype(np.uint8)
+        g.offset = -d * g.zero_points
+    elif o.offsets == "int4":
+        g.offset_codes, g.offset_scales, back = offset_rows(mn + 8 * d, bs)
+        g.offset = back - 8 * d
+    return g
+
+
+def _node(graph, x: str, xa: str, means: str | None, name: str, node, k: int, codes: np.ndarray, g: _Grid,
+          o: BaseGridOptions) -> list:
+    """The graph form of one MatMul: MatMulNBits over ``xa`` (int4 offsets), with zero points, or plus an
+    fp32 offsets MatMul over the block ``means`` (exact)."""
+    from onnx import helper, numpy_helper
+
+    bs, n = o.block_size, codes.shape[0]
+    init = f"{node.input[1]}_{name.strip('/').replace('/', '_')}"
+    wq = mnb.WeightQuant(4, bs, o.offsets != "zero-point")
+    if o.offsets == "int4":
+        packed, scales, _ = mnb.pack(np.concatenate([codes, g.offset_codes], 1),
+                                     np.concatenate([g.d, g.offset_scales], 1), None, wq)
+        return [mnb.nbits_node(graph, xa, node.output[0], name + "_Q4", init, (k + k // bs, n), wq, packed, scales,
+                               None, o.accuracy_level)]
+    if o.offsets == "zero-point":
+        packed, scales, zpk = mnb.pack(codes, g.d, g.zero_points, wq)
+        return [mnb.nbits_node(graph, x, node.output[0], name + "_Q4", init, (k, n), wq, packed, scales, zpk,
+                               o.accuracy_level)]
+    main = f"{node.output[0]}_main"
+    packed, scales, _ = mnb.pack(codes, g.d, None, wq)
+    c = np.ascontiguousarray(((g.offset + 8 * g.d) * bs).T, np.float32)
+    graph.initializer.append(numpy_helper.from_array(c, f"{init}_offsets"))
+    side = f"{node.output[0]}_offsets"
+    return [mnb.nbits_node(graph, x, main, name + "_Q4", init, (k, n), wq, packed, scales, None, o.accuracy_level),
+            helper.make_node("MatMul", [means, f"{init}_offsets"], [side], name=name + "_offsets"),
+            helper.make_node("Add", [main, side], [node.output[0]], name=name + "_add")]
+
+
 def _rewrite_group(graph, x: str, members: list, o: BaseGridOptions, hess: tuple[np.ndarray, int],
                    base_of, stats: dict) -> list:
-    """Nodes replacing the MatMuls that read ``x`` (they share its block means)."""
-    from onnx import helper, numpy_helper
+    """Nodes replacing the MatMuls that read ``x``: they share its block means and one GPTQ sweep (their
+    weights side by side along N; the inverse Hessian factor is the input's)."""
+    from onnx import helper
 
     bs = o.block_size
     k = members[0][2].shape[0]
-    kb = k // bs
     tag = x.strip("/").replace("/", "_").replace(".", "_").replace(":", "_")
-    nodes, means = [], None
+    nodes, means, xa = [], None, x
     if o.offsets != "zero-point":
         pool, means = _block_means(x, tag, bs)
         nodes.append(pool)
-    xa = x
     if o.offsets == "int4":
         xa = f"{tag}_with_means"
         nodes.append(helper.make_node("Concat", [x, means], [xa], axis=-1, name=xa))
     xtx, ntok = hess
-    for name, node, w in members:
+    bases = [base_of(name, w) for name, _, w in members]
+    grids = [_grid(base, o) for base, _ in bases]
+    w_all = np.concatenate([w for _, _, w in members], 1)
+    offset = np.concatenate([g.offset for g in grids])
+    d = np.concatenate([g.d for g in grids])
+    codes_all = gptq_on_grid(w_all, inverse_factor(xtx, ntok, o.damp), offset, d, bs, o.lazy_block)
+    lo = 0
+    for (name, node, w), (_, has_lora), g in zip(members, bases, grids):
         n = w.shape[1]
-        base, has_lora = base_of(name, w)
-        _, d, mn, on_grid = lora_int4.fit_grid(base, bs, o.grid_tolerance)
-        init = f"{node.input[1]}_{name.strip('/').replace('/', '_')}"
-        wq = mnb.WeightQuant(4, bs, o.offsets != "zero-point")
-        if o.offsets == "zero-point":
-            z = np.clip(np.round(-mn / np.where(d > 0, d, 1)), 0, 15).astype(np.uint8)
-            offset = -d * z
-        elif o.offsets == "int4":
-            c_codes, c_scales, c_back = offset_rows(mn + 8 * d, bs)
-            offset = c_back - 8 * d
-        else:
-            offset = mn
-        codes = gptq_on_grid(w, xtx.copy(), ntok, offset, d, bs, o.damp, o.lazy_block)
-        rtn = rtn_on_grid(w, offset, d, bs)
-        err = grid_error(w, codes, offset, d, bs)
-        stats[name] = {"on_grid_fraction": float(on_grid.mean()), "lora": has_lora,
-                       "output_error": gq.output_error(w, w - err, xtx),
-                       "output_error_rtn": gq.output_error(w, w - grid_error(w, rtn, offset, d, bs), xtx),
-                       "codes_moved_from_rtn": float(np.mean(codes != rtn))}
-        if o.offsets == "int4":
-            full = np.concatenate([codes, c_codes], 1)
-            packed, scales, _ = mnb.pack(full, np.concatenate([d, c_scales], 1), None, wq)
-            nodes.append(mnb.nbits_node(graph, xa, node.output[0], name + "_Q4", init, (k + kb, n), wq, packed,
-                                        scales, None, o.accuracy_level))
-        elif o.offsets == "zero-point":
-            packed, scales, zpk = mnb.pack(codes, d, z, wq)
-            nodes.append(mnb.nbits_node(graph, x, node.output[0], name + "_Q4", init, (k, n), wq, packed, scales,
-                                        zpk, o.accuracy_level))
-        else:
-            main = f"{node.output[0]}_main"
-            packed, scales, _ = mnb.pack(codes, d, None, wq)
-            nodes.append(mnb.nbits_node(graph, x, main, name + "_Q4", init, (k, n), wq, packed, scales, None,
-                                        o.accuracy_level))
-            c = np.ascontiguousarray(((mn + 8 * d) * bs).T, np.float32)
-            graph.initializer.append(numpy_helper.from_array(c, f"{init}_offsets"))
-            side = f"{node.output[0]}_offsets"
-            nodes += [helper.make_node("MatMul", [means, f"{init}_offsets"], [side], name=name + "_offsets"),
-                      helper.make_node("Add", [main, side], [node.output[0]], name=name + "_add")]
+        codes, lo = codes_all[lo:lo + n], lo + n
+        rtn = rtn_on_grid(w, g.offset, g.d, bs)
+        stats[name] = {"on_grid_fraction": float(g.on_grid.mean()), "lora": has_lora,
+                       "output_error": gq.output_error(w, w - grid_error(w, codes, g.offset, g.d, bs), xtx),
+                       "output_error_rtn": gq.output_error(w, w - grid_error(w, rtn, g.offset, g.d, bs), xtx),
+                       "codes_moved_from_rtn": float(np.mean(codes != rtn)),
+                       "offset_error_steps_max": float(np.max(np.abs(g.offset - g.base_offset)
+                                                              / np.where(g.d > 0, g.d, 1)))}
+        nodes += _node(graph, x, xa, means, name, node, k, codes, g, o)
     return nodes
 
 

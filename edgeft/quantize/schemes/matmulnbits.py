@@ -446,6 +446,10 @@ def _quantize(in_onnx: Path, out_onnx: Path, bits: int, algo: str, opts: NBitsOp
     o = NBitsOptions.of(opts, **options)
     symmetric = o.symmetric and algo != "hqq"  # HQQ's zero points are floats: asymmetric by construction
     model = onnx.load(str(in_onnx))
+    # The head follows lm_head (keep | int8 | int4) alone: ORT's quantizer would take a head MatMul whose weight is
+    # an initializer (onnxruntime-genai graphs; optimum's tied head reads a Transpose, which it skips).
+    head_node = find_head_embed(model.graph).head
+    exclude = list(o.nodes_to_exclude) + ([head_node.name] if head_node is not None else [])
     algo_config = None
     if algo == "hqq":
         algo_config = mnq.HQQWeightOnlyQuantConfig(block_size=o.block_size, bits=bits)
@@ -453,8 +457,7 @@ def _quantize(in_onnx: Path, out_onnx: Path, bits: int, algo: str, opts: NBitsOp
         algo_config = mnq.DefaultWeightOnlyQuantConfig(block_size=o.block_size, is_symmetric=symmetric,
                                                        accuracy_level=o.accuracy_level, bits=bits)
     q = mnq.MatMulNBitsQuantizer(model, bits=bits, block_size=o.block_size, is_symmetric=symmetric,
-                                 accuracy_level=o.accuracy_level, nodes_to_exclude=list(o.nodes_to_exclude),
-                                 algo_config=algo_config)
+                                 accuracy_level=o.accuracy_level, nodes_to_exclude=exclude, algo_config=algo_config)
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # ORT logs per node at INFO
     q.process()
     model = q.model.model
