@@ -16,7 +16,7 @@ types they implement (Q8_0, Q5_x, Q4_x), the token embedding / tied LM head in Q
 bodies, as llama.cpp keeps it; k-quant and IQ types then fail with the install line.
 
 Validation: when llama-cpp-python is installed the file is loaded and scored against the fp32
-model (perplexity, top-1 agreement; :func:`edgeft.exporters.genai.quality_vs_reference`);
+model (perplexity, top-1 agreement; :func:`edgeft.metrics.lm.quality_vs_reference`);
 otherwise the report says the check was skipped and why.
 """
 
@@ -378,7 +378,7 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
                 **options) -> dict:
     """Write ``out_dir/model-<qtype>.gguf`` (llama.cpp's quantizer when installed, with an importance matrix from
     ``calibration_ids``, token windows disjoint from ``quality_ids``) and score it against the fp32 model."""
-    from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
+    from edgeft.metrics.lm import export_quality_windows, quality_vs_reference
 
     o = GgufOptions.of(opts, **options)
     model_dir, out_dir = Path(model_dir), Path(out_dir)

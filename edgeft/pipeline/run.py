@@ -174,7 +174,7 @@ class Pipeline:
     def heldout_windows(self, tokenizer_dir: Path):
         from transformers import AutoTokenizer
 
-        from edgeft.quantize.quality import windows
+        from edgeft.metrics.lm import windows
 
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         text = self.heldout_text()
@@ -356,7 +356,7 @@ class Pipeline:
         """Calibration text: the *training* split (rendered conversations or raw text), disjoint from the eval text."""
         from transformers import AutoTokenizer
 
-        from edgeft.quantize.quality import windows
+        from edgeft.metrics.lm import windows
 
         tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         text = self.corpus(tok, "train")

@@ -60,7 +60,7 @@ def _size_bytes(a: Artifact) -> int:
 
 
 def _task_metrics(lm, tokenizer, records, system_prompt, max_new_tokens, batch_size=16) -> dict:
-    from edgeft.data.templates import greedy_task_metrics
+    from edgeft.metrics.text import greedy_task_metrics
 
     if not records:  # raw-text (clm) runs: no prompt/response task, perplexity is the metric
         return {"exact_match": None, "json_valid": None, "n_examples": 0, "misses_sample": []}
@@ -160,9 +160,10 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
     from edgeft.config.loader import load_device
     from edgeft.config.schema import ValidateConfig
     from edgeft.data.templates import conversation_text, prompt_ids
-    from edgeft.quantize import quality
+    from edgeft.metrics import lm as quality
     from edgeft.runtime.bench import measure
     from edgeft.runtime.lm import load_lm
+    from edgeft.metrics import gate
     from edgeft.validate import compat, gates
 
     cfg = cfg or ValidateConfig()
@@ -286,12 +287,12 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
         acc = rep_artifacts[a.name]["accuracy"]
         res = []
         if records:  # no task examples (raw-text runs): perplexity is the accuracy gate
-            res += gates.evaluate_goal("exact_match", a.name, acc["exact_match"], ref_acc["exact_match"],
+            res += gate.evaluate_goal("exact_match", a.name, acc["exact_match"], ref_acc["exact_match"],
                                        budgets.exact_match, higher_is_better=True)
-        res += gates.evaluate_goal("perplexity", a.name, acc["perplexity"], ref_acc["perplexity"],
+        res += gate.evaluate_goal("perplexity", a.name, acc["perplexity"], ref_acc["perplexity"],
                                    budgets.perplexity, higher_is_better=False)
         if general_wins:
-            res += gates.evaluate_goal("perplexity_general", a.name, acc["perplexity_general"],
+            res += gate.evaluate_goal("perplexity_general", a.name, acc["perplexity_general"],
                                        ref_acc["perplexity_general"], budgets.perplexity_general,
                                        higher_is_better=False)
         acc_gates += [g.to_dict() for g in res]
@@ -299,7 +300,7 @@ def validate(artifacts: Sequence[Artifact], tokenizer_dir: Path, eval_records: l
             msg = gates.erased_flag(a.name, acc["exact_match"], base_em, ref_acc["exact_match"], budgets.erased_margin)
             if msg:
                 flags.append(msg)
-                acc_gates.append(gates.GateResult("fine-tune-erased", a.name, acc["exact_match"], base_em, False,
+                acc_gates.append(gate.GateResult("fine-tune-erased", a.name, acc["exact_match"], base_em, False,
                                                   msg).to_dict())
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
 
@@ -423,6 +424,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     logit differences; per-inference latency at ``latency.batch`` x ``latency.seq_len`` (at the
     graph's own shape when its inputs are fixed); compatibility and budgets per device."""
     from edgeft.artifacts import report_fields
+    from edgeft.metrics import gate
     from edgeft.runtime.bench import measure_encoder
     from edgeft.validate import gates
 
@@ -433,8 +435,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
     rep_artifacts: dict[str, dict] = {}
     max_length = 128
     if classifier:
-        from edgeft.finetune.objectives.classify import scores
-        from edgeft.quantize.classifier_quality import agreement, gold_ids, label_index
+        from edgeft.metrics.classify import agreement, gold_ids, label_index, scores
 
         index = label_index(reference.path)
         gold = gold_ids(records, index)
@@ -486,11 +487,11 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
         budgets = gates.artifact_budgets(a.budgets, cfg.budgets)
         acc = rep_artifacts[a.name]["accuracy"]
         if not classifier:
-            acc_gates += [g.to_dict() for g in gates.evaluate_goal(
+            acc_gates += [g.to_dict() for g in gate.evaluate_goal(
                 "embedding_cosine", a.name, acc["embedding_cosine"], 1.0, budgets.embedding_cosine,
                 higher_is_better=True)]
             continue
-        acc_gates += [g.to_dict() for g in gates.evaluate_goal(
+        acc_gates += [g.to_dict() for g in gate.evaluate_goal(
             "accuracy", a.name, acc["accuracy"], ref_acc["accuracy"], budgets.accuracy, higher_is_better=True)]
         if base is not None:
             base_acc = rep_artifacts[base.name]["accuracy"]["accuracy"]
@@ -498,7 +499,7 @@ def _validate_encoders(artifacts, tok, records, out_dir: Path, cfg, devices, req
                                     metric="accuracy")
             if msg:
                 flags.append(msg)
-                acc_gates.append(gates.GateResult("fine-tune-erased", a.name, acc["accuracy"], base_acc, False,
+                acc_gates.append(gate.GateResult("fine-tune-erased", a.name, acc["accuracy"], base_acc, False,
                                                   msg).to_dict())
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}
 

@@ -26,9 +26,9 @@ def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_n
     from edgeft.config.loader import load_device
     from edgeft.data.images import batch
     from edgeft.finetune.objectives.classify import label_ids
-    from edgeft.finetune.objectives.image_classify import topk_scores
     from edgeft.models.vision import labels as model_labels, preprocessing
-    from edgeft.quantize.classifier_quality import agreement
+    from edgeft.metrics.classify import agreement, topk_scores
+    from edgeft.metrics.gate import evaluate_goal
     from edgeft.runtime.bench import measure_image
     from edgeft.runtime.vision import ImageRuntime
     from edgeft.validate import _add_onnx_info, _size_bytes, _write_reports, device_matrix
@@ -80,7 +80,7 @@ def validate_images(artifacts, records: list[dict], out_dir: Path, cfg, recipe_n
         if a.role != "artifact":
             continue
         budgets = gates.artifact_budgets(a.budgets, cfg.budgets)
-        acc_gates += [g.to_dict() for g in gates.evaluate_goal(
+        acc_gates += [g.to_dict() for g in evaluate_goal(
             "accuracy", a.name, rep_artifacts[a.name]["accuracy"]["accuracy"], ref_acc, budgets.accuracy,
             higher_is_better=True)]
     failed_acc = {g["artifact"] for g in acc_gates if not g["passed"]}

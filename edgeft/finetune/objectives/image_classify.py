@@ -42,31 +42,13 @@ import numpy as np
 
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.finetune.registry import OBJECTIVES, Objective
+from edgeft.metrics.classify import topk_scores
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("image", "label")
 METHODS_SUPPORTED = ("full", "freeze", "gradual-unfreeze", "bitfit", "lora")
 EVAL_BATCH = 64
-
-
-def topk_scores(logits: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
-    """Top-1, top-5 (top-k for fewer classes), macro-F1 and per-class F1 of ``logits`` vs gold class ids."""
-    from edgeft.finetune.objectives.classify import scores
-
-    logits, gold = np.asarray(logits), np.asarray(gold)
-    k = min(5, n_labels)
-    top = np.argsort(-logits, axis=1)[:, :k]
-    s = scores(logits.argmax(-1), gold, n_labels)
-    f1 = []
-    pred = logits.argmax(-1)
-    for c in range(n_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        f1.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"top1": s["accuracy"], "top5": float((top == gold[:, None]).any(1).mean()) if len(gold) else float("nan"),
-            "topk": k, "macro_f1": s["macro_f1"], "per_class_f1": [round(x, 4) for x in f1]}
 
 
 def blocks_of(model) -> list:

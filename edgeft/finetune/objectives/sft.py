@@ -28,7 +28,7 @@ def _conversational(records: list[dict], system_prompt: str) -> list[dict]:
 
 def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, batch_size=16) -> dict:
     """Greedy-decode each eval prompt and score it against the reference answer."""
-    from edgeft.data.templates import greedy_task_metrics
+    from edgeft.metrics.text import greedy_task_metrics
     from edgeft.runtime.lm import TorchLM
 
     was_training = model.training
