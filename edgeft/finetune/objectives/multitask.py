@@ -125,4 +125,4 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
 
 OBJECTIVES.register("multitask")(Objective("multitask", "weighted mixture of tasks, each with its own system prompt "
                                                         "and metric, reported per task", "causal-lm",
-                                            ("task", "prompt", "response"), train))
+                                            ("task", "prompt", "response"), train, records="multitask"))
