@@ -182,6 +182,8 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
     """Write ``out_file`` from the HF LLaMA-family folder ``model_dir`` with the gguf package's quantizers (the
     types in :data:`GGUF_PY_QTYPES`); returns what was written. :func:`export_gguf` writes F32 here and hands
     the file to llama.cpp's quantizer when it is installed."""
+    # Over 80 lines: the GGUF file is written in one pass: metadata, tokenizer, then every tensor with its llama.cpp
+    # name and type, through one gguf writer.
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -26,11 +26,14 @@ def steps_per_epoch(n_examples: int, cfg) -> int:
     return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * cfg.processes)))
 
 
-def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", greater_is_better: bool = False) -> dict:
-    """``TrainingArguments`` keyword arguments shared by the objectives (eval + checkpoint once per epoch)."""
-    every = steps_per_epoch(n_train, cfg)
-    if cfg.max_steps > 0:
-        every = min(every, max(1, cfg.max_steps // 2))
+def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", greater_is_better: bool = False,
+                every: int | None = None) -> dict:
+    """``TrainingArguments`` keyword arguments shared by the objectives (eval + checkpoint once per epoch, or
+    every ``every`` steps)."""
+    if every is None:
+        every = steps_per_epoch(n_train, cfg)
+        if cfg.max_steps > 0:
+            every = min(every, max(1, cfg.max_steps // 2))
     return dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
