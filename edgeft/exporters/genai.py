@@ -36,7 +36,7 @@ from typing import ClassVar, Literal, Sequence
 
 from pydantic import Field
 
-from edgeft.artifacts import size_of
+from edgeft.artifacts import require_hf_folder, size_of
 from edgeft.config.options import Options
 from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
@@ -157,9 +157,7 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     o = GenaiOptions.of(opts, **options)
     if not with_past:
         raise UnsupportedError("genai export always builds the KV-cache graph: set with_past: true in the preset")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     extra = builder_options(o)
     t0 = time.perf_counter()
     _build(model_dir, out_dir, o.precision, extra)
