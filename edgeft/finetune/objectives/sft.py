@@ -50,7 +50,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
     ckpt_dir = work_dir / "checkpoints"
     exact = _exact_match_callback(tokenizer, eval_records[: cfg.eval_examples], system_prompt, cfg)
     timer = speed.step_timer()
-    callbacks = [exact, _log_callback(), timer, *method.callbacks(model, cfg)]
+    callbacks = [exact, common.log_callback(_token_accuracy), timer, *method.callbacks(model, cfg)]
     if cfg.early_stopping is not None:
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     plain_head = (cfg.answer_only_lm_head and not cfg.chunked_lm_head and method.padding_free
@@ -115,20 +115,8 @@ def _exact_match_callback(tokenizer, em_records: list[dict], system_prompt: str,
     return ExactMatchCallback()
 
 
-def _log_callback():
-    """One readable log line per logging step instead of transformers' printed dicts."""
-    from transformers import TrainerCallback
-
-    class LogCallback(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
-                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
-            elif logs and "eval_loss" in logs:
-                log.info("eval  loss %.4f  token accuracy %.3f", logs["eval_loss"],
-                         logs.get("eval_mean_token_accuracy", float("nan")))
-
-    return LogCallback()
+def _token_accuracy(logs: dict) -> str:
+    return f"token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.3f}"
 
 
 def _trainer_class(plain_head: bool):
@@ -182,34 +170,20 @@ def _fit(trainer, model, tokenizer, cfg, work_dir: Path, ckpt_dir: Path):
 
 
 def _metrics(trainer, result, seconds: float, resume: bool, timer, exact_match_seconds: float) -> dict:
-    """The stage's metrics: loss, steps, real-token throughput of the optimizer steps, histories, peak RSS."""
-    import resource
-
-    history = trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
-    n_tokens = speed.real_tokens(trainer.train_dataset)
+    """The stage's metrics: :func:`common.run_metrics`, real-token throughput of the optimizer steps, timings,
+    :func:`common.history_metrics`, and the peak RSS up to the last optimizer step."""
     epochs_done = trainer.state.epoch or 0
-    trained_tokens = n_tokens * epochs_done
+    trained_tokens = speed.real_tokens(trainer.train_dataset) * epochs_done
     step_seconds = timer.seconds
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "epochs": epochs_done,
-        "resumed": resume,
-        "train_seconds": seconds,
+        **common.run_metrics(trainer, result, seconds, resume),
         # real (non-pad) tokens per second of optimizer-step time (edgeft.finetune.speed)
         "tokens_per_second": trained_tokens / step_seconds if step_seconds > 0 and not resume else None,
         "step_seconds": step_seconds,
         "exact_match_seconds": exact_match_seconds,
         "trained_tokens": trained_tokens,
-        "trainable_params": trainable,
-        "total_params": total,
-        "best_eval_loss": trainer.state.best_metric,
-        "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")} for h in evals],
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **common.history_metrics(trainer, trainer.model, evals),
         "steps_peak_rss_mb": timer.peak_rss_mb,  # up to the end of the last optimizer step (before evaluation)
     }
 
