@@ -87,7 +87,7 @@ def worker(fmt: str, path: str, threads: int) -> None:
             out = lm.generate([req["prompt"]], req["n"], [])[0]
             print(json.dumps({"tokens": out}), flush=True)
         elif req["cmd"] == "ppl":
-            from edgeft.quantize.quality import perplexity
+            from edgeft.metrics.lm import perplexity
 
             scorer = lm
             wins = [np.asarray(w, np.int64) for w in req["windows"]]
@@ -125,7 +125,7 @@ class Worker:
 
 
 def heldout_windows(tok, text_path: Path):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     text = text_path.read_text()
     text = text[int(len(text) * 0.9):]
@@ -153,7 +153,7 @@ def build_anchors(merged: Path, tok, a) -> list[tuple[str, str, str]]:
         if not f.is_file():
             calib = None
             if flag == "imatrix":
-                from edgeft.quantize.quality import windows
+                from edgeft.metrics.lm import windows
 
                 calib = [w.tolist() for w in windows(tok(calib_text[:400_000], add_special_tokens=False).input_ids,
                                                      128, 128, 2048)]
@@ -233,7 +233,7 @@ def main() -> None:
                 runs[w.name].append(res)
         ppl = {}
         if a.ppl:
-            from edgeft.quantize.quality import perplexity
+            from edgeft.metrics.lm import perplexity
             from edgeft.runtime.lm import TorchLM
 
             wins = heldout_windows(tok, Path(a.text))

@@ -55,7 +55,7 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
     from edgeft.config.schema import FinetuneConfig
     from edgeft.data.intents import generate
     from edgeft.finetune import METHODS
-    from edgeft.validate import _task_metrics
+    from edgeft.metrics.text import task_metrics
 
     from transformers import AutoTokenizer
 
@@ -75,19 +75,19 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
         from edgeft.finetune.registry import load_trained
 
         model = load_trained(ft / meth.produces, base)  # PEFT or AdapterHub, as the method saved it
-        row["metric"] = _task_metrics(TorchLM(model), tok, ev, SYSTEM, 48)["exact_match"]
+        row["metric"] = task_metrics(TorchLM(model), tok, ev, SYSTEM, 48)["exact_match"]
         row["merge"] = f"refused: {meth.merge_note}"
         return row
     merged = out / "merged"
     edgeft.merge(ft / meth.produces, merged, base_model=base)
-    row["metric"] = _task_metrics(TorchLM(merged, 2), tok, ev, SYSTEM, 48)["exact_match"]
+    row["metric"] = task_metrics(TorchLM(merged, 2), tok, ev, SYSTEM, 48)["exact_match"]
     from edgeft.data.templates import prompt_ids
 
     ids = prompt_ids(tok, SYSTEM, ev[0]["prompt"]) + tok(ev[0]["response"]).input_ids[:4]
     edgeft.export(merged, out / "onnx", sample_ids=ids)
     for name, scheme in (("int8", "int8-weight"), ("int4", "int4-rtn")):
         edgeft.quantize(out / "onnx", out / name, scheme, {"block_size": 32})
-        row[f"metric_{name}"] = _task_metrics(OrtLM(out / name, 2), tok, ev, SYSTEM, 48)["exact_match"]
+        row[f"metric_{name}"] = task_metrics(OrtLM(out / name, 2), tok, ev, SYSTEM, 48)["exact_match"]
     return row
 
 

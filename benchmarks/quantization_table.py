@@ -82,7 +82,7 @@ GENAI_ROWS = [
 
 
 def _windows(tok, text: str, seq: int, n_tokens: int):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     return windows(tok(text, add_special_tokens=False).input_ids, seq, seq, n_tokens)
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     from edgeft.artifacts import size_of
     from edgeft.quantize import SCHEMES, quantize
     from edgeft.runtime.lm import OrtLM, load_lm
-    from edgeft.validate import _task_metrics
+    from edgeft.metrics.text import task_metrics
 
     if not SHARED.is_file():
         print(f"{SHARED} not found (the shared data folder holds tinyshakespeare.txt)", file=sys.stderr)
@@ -179,10 +179,10 @@ def main(argv=None) -> int:
         print(f"== {name}", flush=True)
         if scheme is None:
             lm = OrtLM(export, 2)
-            from edgeft.quantize import quality
+            from edgeft.metrics.lm import perplexity
 
             row = {"size_bytes": size_of(export, "onnx"), "size_ratio": 1.0,
-                   "perplexity": quality.perplexity(lm, heldout), "perplexity_increase_pct": 0.0,
+                   "perplexity": perplexity(lm, heldout), "perplexity_increase_pct": 0.0,
                    "quantize_seconds": 0.0, "top1_agreement": 1.0, "kl": 0.0}
             path = export
         else:
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
                 row["perplexity_input"] = rep["perplexity_input"]
             lm = load_lm(path, sch.output_format, 2)
         t0 = time.perf_counter()
-        task = _task_metrics(lm, tok, records, system_prompt, 48)
+        task = task_metrics(lm, tok, records, system_prompt, 48)
         row["exact_match"] = task["exact_match"]
         row["json_valid"] = task["json_valid"]
         row["task_seconds"] = time.perf_counter() - t0

@@ -50,10 +50,10 @@ def main() -> None:
         from edgeft.data.readers import write_jsonl
         from edgeft.pipeline import vision
 
-        train, ev, _ = vision.data(pipe, data_dir)
+        train, ev, _ = vision.data(recipe.data.images, pipe.base_dir, data_dir)
         write_jsonl(data_dir / "train.jsonl", train)
         write_jsonl(data_dir / "eval.jsonl", ev)
-        train, ev = vision.records(pipe, "train"), vision.records(pipe, "eval")
+        train, ev = (vision.absolute(data_dir, pipe.records(split, vision.FIELDS)) for split in ("train", "eval"))
         n_val = min(vision.VAL_IMAGES, max(1, len(train) // 10))
         fit, val = train[:-n_val], train[-n_val:]
         for method in a.methods.split(","):

@@ -55,6 +55,14 @@ def _read_json(f: Path, what: str) -> dict:
     return data
 
 
+def require_hf_folder(folder: Path) -> Path:
+    """``folder`` as a Path; ModelSourceError when it is not an HF model folder (no config.json)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(f"{folder}: not an HF model folder (no config.json); run the merge stage first")
+    return folder
+
+
 def model_kind(source: Union[str, os.PathLike, Mapping, Any], default: Optional[str] = None) -> str:
     """``causal-lm``, ``classifier``, ``encoder`` or ``image-classifier``: what the model is.
 
@@ -74,7 +82,7 @@ def model_kind(source: Union[str, os.PathLike, Mapping, Any], default: Optional[
             kind = _graph_kind(folder) if folder.is_dir() else None
             if kind is not None or default is not None:
                 return kind or default
-            raise ModelSourceError(f"{folder}: not an HF model folder (no config.json); run the merge stage first")
+            require_hf_folder(folder)
         config = _read_json(folder / "config.json", "model config")
     elif isinstance(source, Mapping):
         config = source

@@ -55,3 +55,15 @@ class StageError(EdgeftError):
     """A pipeline stage cannot run (missing inputs from an earlier stage, interrupted output)."""
 
     exit_code = 9
+
+
+def optional_import(module: str, need: str):
+    """``import module`` (an optional dependency), or :class:`UnsupportedError` ``"<need> (<the ImportError>)"``:
+    ``need`` says what needs it and how to install it."""
+    import sys
+
+    try:
+        __import__(module)  # the import statement's hook, as `import module` would call it
+    except ImportError as e:
+        raise UnsupportedError(f"{need} ({e})") from e
+    return sys.modules[module]

@@ -73,6 +73,15 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
     return problems
 
 
+def _names(lister, where: str, problems: list[str]) -> list[str]:
+    """``lister()`` (the profiles or presets there are); when they cannot be listed, none, and the problem."""
+    try:
+        return lister()
+    except ConfigError as e:
+        problems.append(f"{where}: {e}")
+        return []
+
+
 def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] = None,
                       origins: Optional[dict[str, str]] = None) -> list[str]:
     """Checks a schema cannot do alone: named schemes, devices and presets exist, every quantize
@@ -81,11 +90,7 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
     Returns one message per problem (empty when all is well).
     """
     problems: list[str] = _quantize_problems(recipe, source, origins or {})
-    try:
-        devices = device_names()
-    except ConfigError as e:
-        devices = []
-        problems.append(f"{source}: validate.devices: {e}")
+    devices = _names(device_names, f"{source}: validate.devices", problems)
     if devices:
         for field, names in (("devices", recipe.validate_.devices), ("require", recipe.validate_.require or [])):
             for i, name in enumerate(names):
@@ -98,11 +103,7 @@ def check_recipe_refs(recipe: Recipe, source: str, recipe_path: Optional[Path] =
                     f"{source}: validate.require.{i}: {name!r} is not in validate.devices "
                     f"({', '.join(recipe.validate_.devices)}); add it there too"
                 )
-    try:
-        presets = preset_names()
-    except ConfigError as e:
-        presets = []
-        problems.append(f"{source}: export.preset: {e}")
+    presets = _names(preset_names, f"{source}: export.preset", problems)
     if presets:
         named = [("export.preset", recipe.export.preset)]
         named += [(f"export.extra.{i}", name) for i, name in enumerate(recipe.export.extra)]

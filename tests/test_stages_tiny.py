@@ -87,7 +87,7 @@ def exported(merged, records, tok, tmp_path_factory):
 @pytest.fixture(scope="module")
 def quality_windows(records, tok):
     from edgeft.data.templates import conversation_text
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     text = "".join(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]) for r in records[1])
     return windows(tok(text, add_special_tokens=False).input_ids, 64, 64, 256)

@@ -35,10 +35,10 @@ def export_cmd(model, out, preset, tolerance, calibration_texts):
         else:  # token windows of the text, as the quantize command's --calibration
             from transformers import AutoTokenizer
 
-            from edgeft.quantize.quality import windows
+            from edgeft.metrics.lm import text_windows
 
             tok = AutoTokenizer.from_pretrained(model)
-            kw["calibration_ids"] = windows(tok("\n".join(texts), add_special_tokens=False).input_ids, 128, 128, 2048)
+            kw["calibration_ids"] = text_windows(tok, "\n".join(texts), 128, 128, 2048)
     rep = export(model, out, preset=preset, tolerance=tolerance, **kw)
     if rep.get("format") == "pte":  # ExecuTorch: parity (fp32) or agreement (quantized) vs PyTorch
         click.echo(f"{rep['kind']} {rep['quantization']}: max |logit diff| {rep['max_abs_diff']:.3g}, top-1 agreement "

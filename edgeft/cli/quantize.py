@@ -42,26 +42,19 @@ def quantize_cmd(onnx_dir, out, scheme, opts, text, max_tokens, calibration, ada
     from edgeft.quantize import quantize, scheme_options
 
     options = scheme_options(scheme, _parse_opts(opts), source="--opt", path="")  # typos fail before any work
-    wins = None
-    if text:
+    wins = calib = None
+    if text or calibration:
         from pathlib import Path
 
         from transformers import AutoTokenizer
 
-        from edgeft.quantize.quality import windows
+        from edgeft.metrics.lm import text_windows
 
         tok = AutoTokenizer.from_pretrained(onnx_dir)
-        wins = windows(tok(Path(text).read_text(), add_special_tokens=False).input_ids, 256, 256, max_tokens)
-    calib = None
-    if calibration:
-        from pathlib import Path
-
-        from transformers import AutoTokenizer
-
-        from edgeft.quantize.quality import windows
-
-        tok = AutoTokenizer.from_pretrained(onnx_dir)
-        calib = windows(tok(Path(calibration).read_text(), add_special_tokens=False).input_ids, 128, 128, 2048)
+        if text:
+            wins = text_windows(tok, Path(text).read_text(), 256, 256, max_tokens)
+        if calibration:
+            calib = text_windows(tok, Path(calibration).read_text(), 128, 128, 2048)
     rep = quantize(onnx_dir, out, scheme, options, quality_ids=wins, calibration_ids=calib, adapter_dir=adapter)
     line = f"{scheme}: {rep['size_bytes'] / 2**20:.1f} MB ({rep['size_ratio']:.2f}x input)"
     if "perplexity" in rep:

@@ -7,6 +7,14 @@ import click
 from edgeft.cli.options import console, recipe_arg, runs_opt, set_opt
 
 
+def _recipe_command(name: str):
+    """A click command ``name`` taking RECIPE, --set and --runs (then the function's own options)."""
+    def wrap(f):
+        return click.command(name)(recipe_arg(set_opt(runs_opt(f))))
+
+    return wrap
+
+
 def _stage(recipe, overrides, runs_root, stages):
     from edgeft.config.loader import resolve_recipe_path
     from edgeft.recipe import load_recipe
@@ -30,10 +38,7 @@ class _MethodOption(click.Option):
         return super().get_help_record(ctx)
 
 
-@click.command("finetune")
-@recipe_arg
-@set_opt
-@runs_opt
+@_recipe_command("finetune")
 @click.option("--processes", type=int, default=None, metavar="N",
               help="Train in N processes with accelerate launch (DDP; gloo on CPU); sets finetune.processes.")
 @click.option("--method", cls=_MethodOption, default=None, metavar="NAME", help="Fine-tuning method.")
@@ -59,10 +64,7 @@ def finetune_cmd(recipe, overrides, runs_root, processes, method):
     con.print(f"{produces}: {p.run.stage_dir('finetune') / produces}")
 
 
-@click.command("validate")
-@recipe_arg
-@set_opt
-@runs_opt
+@_recipe_command("validate")
 def validate_cmd(recipe, overrides, runs_root):
     """Validate RECIPE's artifacts (needs merge/export/quantize done); exit 7 when a gate fails."""
     from edgeft.validate.report import ValidationReport, print_summary
@@ -71,10 +73,7 @@ def validate_cmd(recipe, overrides, runs_root):
     print_summary(ValidationReport.load(p.run.stage_dir("validate") / "report.json"), con)
 
 
-@click.command("package")
-@recipe_arg
-@set_opt
-@runs_opt
+@_recipe_command("package")
 def package_cmd(recipe, overrides, runs_root):
     """Package RECIPE's validated artifacts into runs/<name>/package/<name>-<version>/ and a .tar.gz."""
     p, res, con = _stage(recipe, overrides, runs_root, ["package"])

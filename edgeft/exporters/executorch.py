@@ -273,7 +273,7 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
+    from edgeft.metrics.lm import export_quality_windows, quality_vs_reference
     from edgeft.runtime.executorch import ExecuTorchLM
 
     L = int(opts["max_cache_len"])

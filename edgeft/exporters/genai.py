@@ -34,13 +34,13 @@ import time
 from pathlib import Path
 from typing import ClassVar, Literal, Sequence
 
-import numpy as np
 from pydantic import Field
 
-from edgeft.artifacts import size_of
+from edgeft.artifacts import require_hf_folder, size_of
 from edgeft.config.options import Options
-from edgeft.errors import ModelSourceError, ParityError, UnsupportedError
+from edgeft.errors import ModelSourceError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
+from edgeft.metrics.lm import export_quality_windows, quality_vs_reference
 
 log = logging.getLogger(__name__)
 
@@ -147,62 +147,6 @@ def _build(model_dir: Path, out_dir: Path, precision: str, extra: list[str]) -> 
     return buf.getvalue()
 
 
-def quality_vs_reference(model_dir: Path, lm, windows: Sequence[np.ndarray], what: str,
-                         min_top1_agreement: float, max_ppl_increase_pct: float,
-                         max_abs_logit_diff: float | None = None) -> dict:
-    """Score ``lm`` against the fp32 PyTorch model in ``model_dir`` on ``windows``; raise ParityError past a limit.
-
-    Reports perplexity of both, its change in percent, top-1 agreement and mean KL per token, and
-    max |logit diff| (gated only when ``max_abs_logit_diff`` is given: unquantized exports).
-    """
-    from edgeft.runtime.quality import compare, perplexity
-    from edgeft.runtime.lm import TorchLM
-
-    ref = TorchLM(Path(model_dir))
-    ref_logits = [ref.logits(w) for w in windows]
-    cand_logits = [lm.logits(w) for w in windows]
-    diff = max(float(np.max(np.abs(r - c))) for r, c in zip(ref_logits, cand_logits))
-
-    class _Cached:  # perplexity/compare call .logits(w) once per window, in order
-        def __init__(self, rows):
-            self.rows = iter(rows)
-
-        def logits(self, _w):
-            return next(self.rows)
-
-    ppl_ref = perplexity(_Cached(ref_logits), list(windows))
-    ppl = perplexity(_Cached(cand_logits), list(windows))
-    agree = compare(ref_logits, _Cached(cand_logits), list(windows))
-    out = {"n_windows": len(windows), "n_tokens": int(sum(len(w) for w in windows)),
-           "perplexity_reference": ppl_ref, "perplexity": ppl,
-           "ppl_increase_pct": 100.0 * (ppl / ppl_ref - 1.0), **agree, "max_abs_logit_diff": diff,
-           "min_top1_agreement": min_top1_agreement, "max_ppl_increase_pct": max_ppl_increase_pct}
-    failures = []
-    if agree["top1_agreement"] < min_top1_agreement:
-        failures.append(f"top-1 agreement {agree['top1_agreement']:.3f} < {min_top1_agreement}")
-    if out["ppl_increase_pct"] > max_ppl_increase_pct:
-        failures.append(f"perplexity {ppl:.3f} vs {ppl_ref:.3f} (+{out['ppl_increase_pct']:.1f}% > "
-                        f"{max_ppl_increase_pct}%)")
-    if max_abs_logit_diff is not None and diff > max_abs_logit_diff:
-        failures.append(f"max |logit diff| {diff:.3g} > {max_abs_logit_diff:g}")
-    line = (f"{what}: ppl {ppl:.3f} vs fp32 {ppl_ref:.3f} ({out['ppl_increase_pct']:+.1f}%), top-1 agreement "
-            f"{agree['top1_agreement']:.3f}, KL {agree['kl']:.4f}, max |logit diff| {diff:.3g}")
-    log.info(line)
-    out["passed"] = not failures
-    if failures:
-        raise ParityError(f"{line}: FAIL " + "; ".join(failures) + " (use a higher-precision preset, e.g. "
-                          "lm_head: int8 / mixed_layers: true, or loosen the preset's limits)")
-    return out
-
-
-def export_quality_windows(sample_ids, quality_ids) -> list[np.ndarray]:
-    """The windows an export is scored on: the held-out ``quality_ids``, else the one parity sample."""
-    if quality_ids:
-        return [np.asarray(w, np.int64) for w in quality_ids]
-    ids = list(sample_ids) if sample_ids is not None else list(range(100, 164))
-    return [np.asarray(ids, np.int64)]
-
-
 @EXPORTERS.register("genai", options=GenaiOptions)
 def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True, tolerance: float = 2e-3,
                  sample_ids: Sequence[int] | None = None, quality_ids: Sequence[Sequence[int]] | None = None,
@@ -213,9 +157,7 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     o = GenaiOptions.of(opts, **options)
     if not with_past:
         raise UnsupportedError("genai export always builds the KV-cache graph: set with_past: true in the preset")
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     extra = builder_options(o)
     t0 = time.perf_counter()
     _build(model_dir, out_dir, o.precision, extra)

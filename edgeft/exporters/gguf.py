@@ -16,7 +16,7 @@ types they implement (Q8_0, Q5_x, Q4_x), the token embedding / tied LM head in Q
 bodies, as llama.cpp keeps it; k-quant and IQ types then fail with the install line.
 
 Validation: when llama-cpp-python is installed the file is loaded and scored against the fp32
-model (perplexity, top-1 agreement; :func:`edgeft.exporters.genai.quality_vs_reference`);
+model (perplexity, top-1 agreement; :func:`edgeft.metrics.lm.quality_vs_reference`);
 otherwise the report says the check was skipped and why.
 """
 
@@ -31,9 +31,9 @@ from typing import ClassVar, Literal, Sequence, Union, get_args
 import numpy as np
 from pydantic import Field, field_validator
 
-from edgeft.artifacts import size_of
+from edgeft.artifacts import require_hf_folder, size_of
 from edgeft.config.options import Options
-from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError
+from edgeft.errors import ConfigError, ModelSourceError, UnsupportedError, optional_import
 from edgeft.exporters.registry import EXPORTERS
 
 log = logging.getLogger(__name__)
@@ -106,11 +106,7 @@ _LAYER_NAMES = {
 
 
 def _import_gguf():
-    try:
-        import gguf
-    except ImportError as e:
-        raise UnsupportedError(f"GGUF export needs the gguf package: pip install gguf ({e})") from e
-    return gguf
+    return optional_import("gguf", "GGUF export needs the gguf package: pip install gguf")
 
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -182,6 +178,8 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
     """Write ``out_file`` from the HF LLaMA-family folder ``model_dir`` with the gguf package's quantizers (the
     types in :data:`GGUF_PY_QTYPES`); returns what was written. :func:`export_gguf` writes F32 here and hands
     the file to llama.cpp's quantizer when it is installed."""
+    # Over 80 lines: the GGUF file is written in one pass: metadata, tokenizer, then every tensor with its llama.cpp
+    # name and type, through one gguf writer.
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -263,12 +261,7 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: str = "Q8_0", embedding_q
 
 
 def _llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise UnsupportedError(f"llama.cpp's quantizer needs llama-cpp-python: pip install 'edgeft[bench]' "
-                               f"({e})") from e
-    return llama_cpp
+    return optional_import("llama_cpp", "llama.cpp's quantizer needs llama-cpp-python: pip install 'edgeft[bench]'")
 
 
 def importance_matrix(model_dir: Path, windows: Sequence[Sequence[int]]) -> tuple[dict[str, np.ndarray], int]:
@@ -378,12 +371,10 @@ def export_gguf(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool
                 **options) -> dict:
     """Write ``out_dir/model-<qtype>.gguf`` (llama.cpp's quantizer when installed, with an importance matrix from
     ``calibration_ids``, token windows disjoint from ``quality_ids``) and score it against the fp32 model."""
-    from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
+    from edgeft.metrics.lm import export_quality_windows, quality_vs_reference
 
     o = GgufOptions.of(opts, **options)
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     out = out_dir / f"model-{o.qtype.lower()}.gguf"
     t0 = time.perf_counter()
     if not _use_llama_cpp(o):

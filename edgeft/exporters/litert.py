@@ -48,10 +48,10 @@ from typing import ClassVar, Literal, Optional, Sequence
 import numpy as np
 from pydantic import Field
 
-from edgeft.artifacts import model_kind, size_of
+from edgeft.artifacts import model_kind, require_hf_folder, size_of
 from edgeft.config.loader import check_options
 from edgeft.config.options import Options
-from edgeft.errors import ConfigError, ModelSourceError, ParityError, UnsupportedError
+from edgeft.errors import ConfigError, ParityError, UnsupportedError
 from edgeft.exporters.registry import EXPORTERS
 from edgeft.fileio import staged_dir
 from edgeft.runtime.litert import META_FILE, MODEL_FILE, encode_rows, lookup, require
@@ -138,6 +138,8 @@ class LiteRTOptions(Options):
 
 
 def _edge_bert_class():
+    # Over 80 lines: it builds the module class inside a function so torch is imported only when a LiteRT export runs;
+    # the class is the BERT forward pass written op by op for the Edge TPU.
     import torch
     from torch import nn
 
@@ -433,9 +435,7 @@ def export_litert(model_dir: Path, out_dir: Path, opts: LiteRTOptions, tolerance
     require()
     from transformers import AutoTokenizer
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     if model_kind(model_dir) == "causal-lm":
         from edgeft.exporters.litert_lm import export_lm
 

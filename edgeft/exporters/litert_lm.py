@@ -18,7 +18,7 @@ The converter imports tensorflow (its LoRA helpers read the TFLite schema from i
 ``litert`` extra does not pull in: the ``litert-lm`` extra adds it.
 
 Checks: the fp32 graph against the HF PyTorch model (prefill + cached decode steps, max |logit diff|
-within the tolerance); quantized graphs by :func:`edgeft.exporters.genai.quality_vs_reference` on
+within the tolerance); quantized graphs by :func:`edgeft.metrics.lm.quality_vs_reference` on
 the held-out windows (perplexity rise and top-1 agreement gates).
 """
 
@@ -141,7 +141,7 @@ def convert(model_dir: Path, opts, tmp: Path) -> tuple[Path, dict, float]:
 def export_lm(model_dir: Path, out_dir: Path, opts, tolerance: float, sample_ids, quality_ids,
               preset_name: str) -> dict:
     """Convert, check and write ``out_dir`` (model.tflite, litert.json, tokenizer/config, export_report.json)."""
-    from edgeft.exporters.genai import export_quality_windows, quality_vs_reference
+    from edgeft.metrics.lm import export_quality_windows, quality_vs_reference
     from edgeft.exporters.parity import cached_decoder_parity
     from edgeft.exporters.torchscript import copy_side_files
     from edgeft.runtime.litert import META_FILE, LiteRTLM

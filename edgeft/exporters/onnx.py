@@ -15,9 +15,9 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from edgeft.artifacts import size_of
+from edgeft.artifacts import require_hf_folder, size_of
 from edgeft.config.options import Options
-from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.errors import UnsupportedError, optional_import
 from edgeft.exporters.parity import check_outputs
 from edgeft.exporters.registry import EXPORTERS
 
@@ -80,13 +80,9 @@ class OnnxOptions(Options):
 def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, with_past: bool = True,
                 tolerance: float = 2e-3, sample_ids: Sequence[int] | None = None) -> dict:
     """Export ``model_dir`` (HF causal LM folder) to ``out_dir/model.onnx`` and check parity."""
-    try:
-        from optimum.exporters.onnx import main_export
-    except ImportError as e:  # pragma: no cover
-        raise UnsupportedError(f"ONNX export needs optimum-onnx: pip install 'optimum-onnx[onnxruntime]' ({e})") from e
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    main_export = optional_import("optimum.exporters.onnx", "ONNX export needs optimum-onnx: pip install "
+                                                            "'optimum-onnx[onnxruntime]'").main_export
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     task = "text-generation-with-past" if with_past else "text-generation"
     t0 = time.perf_counter()
     main_export(str(model_dir), output=str(out_dir), task=task, opset=opset, device="cpu", do_validation=False)

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.artifacts import size_of
-from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.artifacts import require_hf_folder, size_of
+from edgeft.errors import UnsupportedError, optional_import
 from edgeft.exporters.parity import check_outputs
 
 log = logging.getLogger(__name__)
@@ -168,15 +168,11 @@ def _seq_of(path: Path) -> int:
 def export_classifier(model_dir: Path, out_dir: Path, opset: int = 20, tolerance: float = 2e-3,
                       sample_texts: Sequence[str] | None = None, static_shapes=None) -> dict:
     """Export the classifier in ``model_dir`` to ``out_dir/model.onnx`` and check logits vs PyTorch."""
-    try:
-        from optimum.exporters.onnx import main_export
-    except ImportError as e:  # pragma: no cover
-        raise UnsupportedError(f"ONNX export needs optimum-onnx: pip install 'optimum-onnx[onnxruntime]' ({e})") from e
+    main_export = optional_import("optimum.exporters.onnx", "ONNX export needs optimum-onnx: pip install "
+                                                            "'optimum-onnx[onnxruntime]'").main_export
     from transformers import AutoTokenizer
 
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ModelSourceError(f"{model_dir}: not an HF model folder (no config.json); run the merge stage first")
+    model_dir, out_dir = require_hf_folder(model_dir), Path(out_dir)
     texts = list(sample_texts or ["a gripping , funny film", "dull and lifeless", "it is what it is"])
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     dyn_dir = out_dir / "dynamic" if static_shapes is not None else out_dir

@@ -69,8 +69,8 @@ def cached_decoder_parity(model_dir: Path, lm, ids: Sequence[int], steps: int, t
     static-cache runtime ``lm`` whose ``_run(ids, start)`` gives logits at positions ``start..`` (ExecuTorch, LiteRT).
 
     fp32 programs are gated on max |logit diff|; for quantized ones the diff and top-1 agreement are
-    reported here and the agreement gate is :func:`quality_vs_reference` on the held-out windows (a
-    handful of sample tokens is too few to gate an agreement on)."""
+    reported here and the agreement gate is :func:`~edgeft.metrics.lm.quality_vs_reference` on the held-out
+    windows (a handful of sample tokens is too few to gate an agreement on)."""
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -59,6 +59,9 @@ class Objective:
     task: str  # one of TASKS: the head the model is loaded with
     fields: tuple[str, ...]  # record keys each training example needs
     train: Callable[..., dict]  # (model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
+    # What a causal-LM objective's records are (the pipeline's task adapter follows it): chat turns
+    # (prompt/response), raw text (no task examples: perplexity is the metric) or tagged tasks of a mixture.
+    records: Literal["chat", "raw-text", "multitask"] = "chat"
 
 
 MARKER = "edgeft_method.json"

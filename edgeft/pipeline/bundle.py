@@ -14,10 +14,6 @@ if TYPE_CHECKING:
 
 from edgeft.artifacts import ARTIFACT_FILE
 
-IMAGE_MODEL_FILES = ("config.json", "preprocessor_config.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
-                   "config.json", "generation_config.json")
-
 LICENSE_NOTICE = """This bundle contains weights fine-tuned from {base}.
 The weights inherit the base model's license ({license}); see the base model's license terms.
 edgeft itself is distributed under its own license; the bundle's code-free files (manifest,
@@ -59,14 +55,10 @@ def package_run(pipeline, out_dir: Path):
         for rel in [*a.spec.files, ARTIFACT_FILE]:
             files[f"artifacts/{name}/{rel}"] = a.folder / rel
     merged = run.stage_dir("merge")
-    if pipeline.kind == "image-classifier":  # no tokenizer: the model config (labels, preprocessing)
-        for f in IMAGE_MODEL_FILES:
-            if (merged / f).is_file():
-                files[f"model/{f}"] = merged / f
-    else:
-        for f in TOKENIZER_FILES:
-            if (merged / f).is_file():
-                files[f"tokenizer/{f}"] = merged / f
+    folder, names = pipeline.task.side_files  # the tokenizer, or an image model's config (labels, preprocessing)
+    for f in names:
+        if (merged / f).is_file():
+            files[f"{folder}/{f}"] = merged / f
     files["report.json"] = run.stage_dir("validate") / "report.json"
     scratch = Path(tempfile.mkdtemp(prefix="edgeft-reference-"))
     stats = _reference_stats(pipeline, report, ship, scratch)
@@ -109,8 +101,7 @@ def package_run(pipeline, out_dir: Path):
         "recipe": pipeline.recipe_path.name if pipeline.recipe_path else "recipe.yaml",
         "command": f"edgeft run {pipeline.recipe_path or 'recipe.yaml'}",
     })
-    keys = {"classifier": ("accuracy", "macro_f1"), "image-classifier": ("accuracy", "top5", "macro_f1")}.get(
-        pipeline.kind, ("exact_match", "json_valid", "perplexity"))
+    keys = pipeline.task.metric_keys
     metrics = {n: {k: getattr(a.accuracy, k, None) for k in keys} for n, a in report.artifacts.items()}
     extra = {"recipe": recipe.name, "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest(),
              "base_model": fm.get("base_model_source", recipe.model), "metrics": metrics,
@@ -126,18 +117,16 @@ def package_run(pipeline, out_dir: Path):
 
 def _reference_stats(pipeline, report: ValidationReport, ship: list[str], folder: Path) -> Path | None:
     """Write the training data's reference statistics for ``edgeft monitor`` (see edgeft.monitor.reference);
-    None for image classifiers, whose inputs have no token statistics (not served or monitored yet)."""
+    None for tasks whose inputs have no token statistics (image classifiers: not served or monitored yet)."""
     import os
 
-    if pipeline.kind == "image-classifier":
+    fields = pipeline.task.monitor_fields
+    if fields is None:
         return None
 
     from edgeft.fileio import atomic_write_text
     from edgeft.monitor.reference import reference_stats
-    from edgeft.pipeline import classify
 
-    fields = {"classifier": classify.FIELDS, "encoder": ("text",)}.get(
-        pipeline.kind, ("text",) if pipeline.raw_text else ("prompt",))
     arts = {n: (Path(report.artifacts[n].path), report.artifacts[n].format) for n in ship}
     stats = reference_stats(pipeline.kind, pipeline.run.stage_dir("merge"), pipeline.records("train", fields),
                             pipeline.records("eval", fields), arts, pipeline.recipe.data.system_prompt,

@@ -1,8 +1,7 @@
-"""Pipeline stages for sequence classifiers (``Pipeline.kind == "classifier"``: objectives whose task is ``seq-cls``,
-e.g. ``classify``).
+"""Pipeline stages for sequence classifiers (objectives whose task is ``seq-cls``, e.g. ``classify``).
 
-The stage methods of :class:`edgeft.pipeline.run.Pipeline` hand over to these functions when the
-recipe trains a classifier: records are ``{"text", "label"}``; merge and export check logits on
+The classifier task (:class:`edgeft.pipeline.tasks.ClassifierTask`) hands its stages to these functions,
+giving each what it needs: records are ``{"text", "label"}``; merge and export check logits on
 eval texts (``export.extra`` presets too; LiteRT full-integer ones calibrate on training texts);
 quantize calibrates on *training* texts (disjoint from eval) and checks accuracy on the eval split;
 with ``export.static_shapes`` every quantized artifact gets the same fixed input shapes as the fp32
@@ -98,34 +97,34 @@ def _texts(records: list[dict], n: int) -> list[str]:
     return [str(r["text"]) for r in records[:n]]
 
 
-def merge(pipeline, tmp: Path) -> dict:
-    from edgeft.merge import merge as merge_adapter
+def merge(trained: Path, tmp: Path, base_model: Path | None, tolerance: float, eval_records: list[dict]) -> dict:
+    """The trained classifier (a PEFT adapter on ``base_model``, or whole weights: ``base_model`` None) into
+    ``tmp``, logits checked on eval texts."""
+    from edgeft.merge import merge as merge_model
 
-    ft = pipeline.run.stage_dir("finetune")
-    trained = ft / "adapter" if (ft / "adapter").is_dir() else ft / "model"  # PEFT adapter, or whole weights
-    return merge_adapter(trained, tmp, base_model=pipeline.model().path, tolerance=pipeline.recipe.merge.tolerance,
-                         sample_texts=_texts(pipeline.records("eval", FIELDS), SAMPLE_TEXTS))
+    return merge_model(trained, tmp, base_model=base_model, tolerance=tolerance,
+                       sample_texts=_texts(eval_records, SAMPLE_TEXTS))
 
 
-def export(pipeline, tmp: Path) -> dict:
-    """The main preset into the stage folder, each ``export.extra`` preset into ``<preset>/`` beside it.
+def export(merged: Path, tmp: Path, e, preset, main_name: str, eval_records: list[dict],
+           train_records: list[dict]) -> dict:
+    """The main preset of ``e`` (the recipe's ``export``) into the stage folder as ``main_name``, each
+    ``export.extra`` preset into ``<preset>/`` beside it; ``preset(name)`` loads a preset.
 
     Extra presets get more eval texts for their parity / label-agreement check (an int8 graph is
     judged by agreement, which 8 texts measure too coarsely) and the training texts to calibrate on.
     """
     from edgeft.exporters import export as export_model
 
-    e = pipeline.recipe.export
-    merged = pipeline.run.stage_dir("merge")
-    ev = pipeline.records("eval", FIELDS)
-    rep = export_model(merged, tmp, preset=pipeline.preset(e.preset), name=pipeline.main_export_name,
+    ev = eval_records
+    rep = export_model(merged, tmp, preset=preset(e.preset), name=main_name,
                        tolerance=e.tolerance, sample_texts=_texts(ev, SAMPLE_TEXTS), static_shapes=e.static_shapes)
     if e.extra:
-        calib = {"calibration_texts": _texts(pipeline.records("train", FIELDS), CALIBRATION_EXAMPLES)}
-        rep["extra"] = {name: export_model(merged, tmp / name, preset=pipeline.preset(name), name=name,
+        calib = {"calibration_texts": _texts(train_records, CALIBRATION_EXAMPLES)}
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=preset(name), name=name,
                                            tolerance=e.tolerance, sample_texts=_texts(ev, EXTRA_SAMPLE_TEXTS),
                                            static_shapes=e.static_shapes,
-                                           **(calib if pipeline.preset(name).format == "tflite" else {}))
+                                           **(calib if preset(name).format == "tflite" else {}))
                         for name in e.extra}
     return rep
 
@@ -159,26 +158,25 @@ def calibration_ids(tokenizer_dir: Path, records: list[dict], max_length: int, n
     return out
 
 
-def quantize(pipeline, tmp: Path) -> dict:
-    """Each recipe scheme on the dynamic-shape export (accuracy vs its input on the eval split), then the
-    export's static shapes applied to the result (logits parity static vs dynamic on eval texts)."""
+def quantize(export_dir: Path, tmp: Path, specs, static, tolerance: float, train: list[dict],
+             ev: list[dict]) -> dict:
+    """Each scheme of ``specs`` (the recipe's ``quantize``) on the dynamic-shape export in ``export_dir`` (accuracy
+    vs its input on the eval split), then the export's ``static`` shapes (``export.static_shapes``, or None)
+    applied to the result (logits parity static vs dynamic on eval texts, within ``tolerance``)."""
     from transformers import AutoTokenizer
 
     from edgeft import artifacts
     from edgeft.exporters import onnx_encoder
     from edgeft.quantize import SCHEMES, quantize as quantize_model
 
-    export_dir = pipeline.run.stage_dir("export")
-    static = pipeline.recipe.export.static_shapes
     src = export_dir / "dynamic" if static is not None else export_dir
     max_len = static.seq if static is not None else 128
-    train, ev = pipeline.records("train", FIELDS), pipeline.records("eval", FIELDS)
     calib = None
-    if any(SCHEMES.get(q.scheme, "quantize.scheme").needs_calibration for q in pipeline.recipe.quantize):
+    if any(SCHEMES.get(q.scheme, "quantize.scheme").needs_calibration for q in specs):
         calib = calibration_ids(src, train, max_len)
     tok = AutoTokenizer.from_pretrained(str(src))
     out = {}
-    for q in pipeline.recipe.quantize:
+    for q in specs:
         dest = tmp / q.name
         rep = quantize_model(src, dest, q.scheme, q.options, calibration_ids=calib, labeled=ev,
                              max_accuracy_drop=q.max_accuracy_drop, name=q.name)
@@ -194,7 +192,7 @@ def quantize(pipeline, tmp: Path) -> dict:
             # so its padded graph legitimately differs more from the unpadded one (25%).
             rel = 0.25 if SCHEMES.get(q.scheme).int8_mode == "dynamic" else 0.05
             parity = onnx_encoder.static_parity(scratch, dest, tok, _texts(ev, SAMPLE_TEXTS),
-                                                pipeline.recipe.export.tolerance,
+                                                tolerance,
                                                 stage=f"quantize {q.name} (static shapes)", relative=rel)
             shutil.rmtree(scratch)
             rep["static_shapes"] = {**info, "parity_vs_dynamic": parity}

@@ -7,8 +7,6 @@ resumes from its last checkpoint in ``runs/<name>/.work/finetune``).
 
 from __future__ import annotations
 
-import itertools
-
 import logging
 import shutil
 import time
@@ -18,7 +16,6 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from edgeft.config.schema import Recipe
 from edgeft.errors import BudgetError, ConfigError, StageError
-from edgeft.pipeline import classify, vision
 from edgeft.pipeline.rundir import STAGES, RunDir, stable_hash
 
 if TYPE_CHECKING:
@@ -57,6 +54,7 @@ class Pipeline:
         self.keys: dict[str, str] = {}
         self._model = None
         self._kind: str | None = None
+        self._task = None
         self._presets: dict = {}
 
     # ---------------------------------------------------------------- helpers
@@ -123,44 +121,20 @@ class Pipeline:
         out = {"report_to", "threads"} | ({"dpo", "distill", "multitask"} - {ft.objective})
         return out | ({"processes"} if ft.processes == 1 else set()) | ({"accelerate_config"} if not ft.accelerate_config else set())
 
-    def objective_fields(self) -> tuple[str, ...]:
-        from edgeft.finetune.registry import OBJECTIVES
-        import edgeft.finetune  # noqa: F401 - registers the objectives
+    @property
+    def task(self):
+        """The recipe's task adapter (:mod:`edgeft.pipeline.tasks`): every stage asks it what to read, build and
+        score, instead of asking what the model is."""
+        if self._task is None:
+            from edgeft.pipeline.tasks import task_for
 
-        return OBJECTIVES.get(self.recipe.finetune.objective, "finetune.objective").fields
+            self._task = task_for(self)
+        return self._task
 
     def records(self, split: str, fields=("prompt", "response")) -> list[dict]:
         from edgeft.data.readers import read_records
 
         return read_records(self.run.stage_dir("data") / f"{split}.jsonl", list(fields))
-
-    @property
-    def raw_text(self) -> bool:
-        """The objective learns from raw text records (``clm``), not prompt/response pairs."""
-        return self.recipe.finetune.objective == "clm"
-
-    def corpus(self, tok, split: str) -> str:
-        """A split as one text: raw text records as they are, conversations rendered with the template."""
-        from edgeft.data.templates import conversation_text
-
-        if self.raw_text:
-            return "\n\n".join(str(r["text"]) for r in self.records(split, ("text",)))
-        sp = self.recipe.data.system_prompt
-        return "".join(conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records(split))
-
-    def heldout_text(self) -> str | None:
-        spec = self.recipe.validate_.perplexity.text
-        if spec == "eval-split":
-            if self.raw_text:
-                from edgeft.data.readers import read_records
-
-                return "\n\n".join(str(r["text"]) for r in read_records(
-                    self.run.stage_dir("data") / "eval.jsonl", ["text"]))
-            return None  # validate renders the eval conversations
-        from edgeft.data.readers import read_text
-
-        p = Path(spec)
-        return read_text(p if p.is_absolute() else self.base_dir / p)
 
     def general_text(self) -> str | None:
         """validate.perplexity.general's text (None when the recipe has no general-text check)."""
@@ -171,74 +145,28 @@ class Pipeline:
 
         return general_text(g, self.base_dir)
 
-    def heldout_windows(self, tokenizer_dir: Path):
-        from transformers import AutoTokenizer
-
-        from edgeft.quantize.quality import windows
-
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        text = self.heldout_text()
-        if text is None:
-            text = self.corpus(tok, "eval")
-        p = self.recipe.validate_.perplexity
-        return windows(tok(text, add_special_tokens=False).input_ids, p.seq_len, p.stride, p.max_tokens)
-
     # ---------------------------------------------------------------- stages
     def stage_data(self, tmp: Path) -> dict:
-        from edgeft.data.generators import GENERATORS
+        from edgeft.data import splits
         from edgeft.data.readers import read_records, write_jsonl
 
-        from edgeft.data import splits
-
         d = self.recipe.data
-        fields, objective = self.objective_fields(), self.recipe.finetune.objective
-        if self.kind == "image-classifier":  # labelled images: records hold paths (the embedded set is written here)
-            train, ev, source = vision.data(self, tmp)
-        elif objective == "multitask" and self.recipe.finetune.multitask is not None:
-            train, ev = splits.multitask_records(self.recipe.finetune.multitask.tasks, self.base_dir)
-            source = {"multitask": [t.name for t in self.recipe.finetune.multitask.tasks]}
-        elif d.text is not None:
-            t = d.text
-            train, ev = splits.text_records(Path(t.path) if Path(t.path).is_absolute() else self.base_dir / t.path,
-                                            t.eval_fraction, t.chunk_chars, t.max_chars)
-            source = {"text": t.path, "eval_fraction": t.eval_fraction}
-        elif classify.handles(d.files):  # text/label columns, or one file split into train/eval
-            train, ev, source = classify.file_records(d.files, self.base_dir)
-        elif d.files is not None:
-            f = d.files
-            # record field -> file column: prompt/response as configured, any other field the objective needs as is
-            cols = {k: {"prompt": f.prompt_field, "response": f.response_field}.get(k, k) for k in fields}
-
-            def load(rel: str) -> list[dict]:
-                p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
-                rows = read_records(p, [cols[k] for k in fields])
-                return [{k: str(r[c]) for k, c in cols.items()} for r in rows]
-
-            train, ev = load(f.train), load(f.eval)
-            if "chosen" in fields:  # downstream stages score the preferred answer
-                train, ev = ([{"response": r["chosen"], **r} for r in rs] for rs in (train, ev))
-            source = {"train": f.train, "eval": f.eval}
-        else:
-            g = d.generated
-            train, ev = GENERATORS.get(g.generator, "data.generated.generator")(g.n_train, g.n_eval, g.seed)
-            source = {"generator": g.generator, "seed": g.seed}
+        fields = self.task.fields
+        train, ev, source = self.task.data(tmp)
         if d.extra_train:  # reviewed rows (edgeft monitor): the objective's fields only, appended to train
             extra = []
             for rel in d.extra_train:
                 p = Path(rel) if Path(rel).is_absolute() else self.base_dir / rel
-                cols = classify.FIELDS if self.kind == "classifier" else fields
-                extra += [{k: str(r[k]) for k in cols} for r in read_records(p, list(cols))]
+                extra += [{k: str(r[k]) for k in fields} for r in read_records(p, list(fields))]
             train = train + extra
             source = {**source, "extra_train": list(d.extra_train), "n_extra_train": len(extra)}
         for split, recs in (("train", train), ("eval", ev)):
-            splits.check_fields(recs, fields, f"data ({split} split, {source})", objective)
+            splits.check_fields(recs, fields, f"data ({split} split, {source})", self.recipe.finetune.objective)
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", ev)
         return {"n_train": len(train), "n_eval": len(ev), "source": source}
 
     def stage_finetune(self, tmp: Path) -> dict:
-        from edgeft.finetune import finetune
-
         work = self.run.work_dir("finetune")
         marker = work / "key"
         key = self.keys["finetune"]
@@ -246,121 +174,22 @@ class Pipeline:
             shutil.rmtree(work)  # checkpoints from different parameters: start over
         work.mkdir(parents=True, exist_ok=True)
         marker.write_text(key)
-        if self.kind == "image-classifier":
-            return {**vision.finetune(self, tmp, work), "base_model_source": self.model().source}
-        m = self.model()
-        fields = self.objective_fields()
-        train = self.records("train", fields)
-        cfg = classify.finetune_cfg(self.recipe.finetune, train) if self.kind == "classifier" else self.recipe.finetune
-        if cfg.accelerate_config and not Path(cfg.accelerate_config).is_absolute():  # relative to the recipe file
-            cfg = cfg.model_copy(update={"accelerate_config": str(self.base_dir / cfg.accelerate_config)})
-        metrics = finetune(m.path, train, self.records("eval", fields), tmp,
-                           cfg, self.recipe.data.system_prompt, work_dir=work)
-        metrics["base_model_source"] = m.source
-        return metrics
+        return self.task.finetune(tmp, work)
 
     def stage_merge(self, tmp: Path) -> dict:
         """Merge (or copy) the trained model into ``tmp``, then describe it there (``artifact.json``)."""
         from edgeft import artifacts
 
-        metrics = self._merge(tmp)
+        metrics = self.task.merge(tmp)
         artifacts.write(tmp, name="merged", kind=self.kind, format="pytorch", stage="merge",
                         producer=self.recipe.finetune.method, options=self.recipe.merge)
         return metrics
 
-    def _merge(self, tmp: Path) -> dict:
-        from edgeft.finetune import METHODS
-        from edgeft.merge import merge
-
-        method = METHODS.get(self.recipe.finetune.method, "finetune.method")
-        trained = self.run.stage_dir("finetune") / method.produces  # adapter (merge) or whole model (copy)
-        if self.kind == "image-classifier":
-            return vision.merge(self, tmp)
-        if self.kind == "classifier":
-            if method.produces == "adapter":
-                return classify.merge(self, tmp)
-            texts = [str(r["text"]) for r in self.records("eval", classify.FIELDS)[:classify.SAMPLE_TEXTS]]
-            return merge(trained, tmp, tolerance=self.recipe.merge.tolerance, sample_texts=texts)
-        from edgeft.data.templates import conversation_text
-        from transformers import AutoTokenizer
-
-        adapter = trained
-        tok = AutoTokenizer.from_pretrained(str(adapter))
-        sp = self.recipe.data.system_prompt
-        if self.recipe.finetune.objective == "clm":  # raw-text records
-            samples = [r["text"][:2000] for r in self.records("eval", ("text",))[:4]]
-        else:
-            samples = [conversation_text(tok, sp, r["prompt"], r["response"]) for r in self.records("eval")[:4]]
-        student = self.run.stage_dir("finetune") / "student"  # distill: the adapter's base is the cut-down student
-        return merge(adapter, tmp, base_model=student if student.is_dir() else self.model().path,
-                     tolerance=self.recipe.merge.tolerance,
-                     sample_texts=samples)
-
     def stage_export(self, tmp: Path) -> dict:
-        if self.kind == "image-classifier":
-            return vision.export(self, tmp)
-        if self.kind == "classifier":
-            return classify.export(self, tmp)
-        from transformers import AutoTokenizer
-
-        from edgeft.data.templates import prompt_ids
-        from edgeft.exporters import export
-
-        merged = self.run.stage_dir("merge")
-        tok = AutoTokenizer.from_pretrained(str(merged))
-        if self.raw_text:
-            ids = tok(self.records("eval", ("text",))[0]["text"], add_special_tokens=False).input_ids[:48]
-        else:
-            r0 = self.records("eval")[0]
-            ids = prompt_ids(tok, self.recipe.data.system_prompt, r0["prompt"]) + tok(r0["response"]).input_ids[:4]
-        rep = export(merged, tmp, preset=self.preset(self.recipe.export.preset), name=self.main_export_name,
-                     tolerance=self.recipe.export.tolerance, sample_ids=ids)
-        if self.recipe.export.extra:  # more artifacts from the merged model, each in export/<preset>/
-            wins = self.heldout_windows(merged)
-            # GGUF presets: llama.cpp's importance matrix from the training split (disjoint from the held-out text)
-            gguf = [n for n in self.recipe.export.extra if self.preset(n).format == "gguf"]
-            calib = {"calibration_ids": self.calibration_windows(merged)} if gguf else {}
-            rep["extra"] = {name: export(merged, tmp / name, preset=self.preset(name), name=name,
-                                         tolerance=self.recipe.export.tolerance, sample_ids=ids, quality_ids=wins,
-                                         **(calib if name in gguf else {}))
-                            for name in self.recipe.export.extra}
-        return rep
+        return self.task.export(tmp)
 
     def stage_quantize(self, tmp: Path) -> dict:
-        if self.kind == "image-classifier":
-            return vision.quantize(self, tmp)
-        if self.kind == "classifier":
-            return classify.quantize(self, tmp)
-        from edgeft.quantize import quantize
-
-        from edgeft.quantize import SCHEMES
-
-        src = self.run.stage_dir("export")
-        wins = self.heldout_windows(src)
-        calib = None
-        if any(SCHEMES.get(q.scheme, "quantize.scheme").needs_calibration for q in self.recipe.quantize):
-            calib = self.calibration_windows(src)
-        out = {}
-        for q in self.recipe.quantize:
-            sch = SCHEMES.get(q.scheme, "quantize.scheme")
-            # PyTorch-side schemes (bnb, torch.ao, GPTQModel) read the merged model, ONNX ones the export
-            pytorch_input = sch.input_format == "pytorch"
-            out[q.name] = quantize(self.run.stage_dir("merge") if pytorch_input else src, tmp / q.name, q.scheme,
-                                   q.options, quality_ids=wins, max_ppl_increase_pct=q.max_ppl_increase_pct,
-                                   calibration_ids=calib,  # and the fine-tune's adapter (loading checked there is one)
-                                   adapter_dir=(self.run.stage_dir("finetune") / "adapter")
-                                   if sch.needs_adapter or sch.uses_adapter else None, name=q.name)
-        return out
-
-    def calibration_windows(self, tokenizer_dir: Path, n_windows: int = 16, seq_len: int = 128):
-        """Calibration text: the *training* split (rendered conversations or raw text), disjoint from the eval text."""
-        from transformers import AutoTokenizer
-
-        from edgeft.quantize.quality import windows
-
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        text = self.corpus(tok, "train")
-        return windows(tok(text, add_special_tokens=False).input_ids, seq_len, seq_len, n_windows * seq_len)
+        return self.task.quantize(tmp)
 
     def artifacts(self):
         """Every artifact of the run to validate (and package), as the stages that made them described them
@@ -384,29 +213,7 @@ class Pipeline:
         return arts
 
     def stage_validate(self, tmp: Path) -> dict:
-        from edgeft.validate import validate
-
-        if self.kind == "image-classifier":
-            return vision.validate(self, tmp)
-        if self.kind == "classifier":
-            ev = self.records("eval", classify.FIELDS)
-        elif self.raw_text:  # raw text (clm) has no task examples: validate gates on perplexity alone
-            ev = []
-        elif self.recipe.finetune.objective == "multitask" and self.recipe.finetune.multitask is not None:
-            # each task scored with its own system prompt and metric, reported per task
-            tasks = {t.name: t for t in self.recipe.finetune.multitask.tasks}
-            by_task: dict[str, list[dict]] = {n: [] for n in tasks}
-            for r in self.records("eval", ("prompt", "response", "task")):
-                if r["task"] in tasks:
-                    by_task[r["task"]].append({**r, "system_prompt": tasks[r["task"]].system_prompt,
-                                               "metric": tasks[r["task"]].metric})
-            # round-robin over tasks, so validate.eval_examples keeps every task in the sample
-            ev = [r for group in itertools.zip_longest(*by_task.values()) for r in group if r is not None]
-        else:
-            ev = self.records("eval")
-        report = validate(self.artifacts(), self.run.stage_dir("merge"), ev, tmp,
-                          self.recipe.validate_, self.recipe.data.system_prompt, self.heldout_text(),
-                          recipe_name=self.recipe.name, general_text=self.general_text(), kind=self.kind)
+        report = self.task.validate(tmp)
         return {"passed": report.passed, "flags": report.flags}
 
     def stage_package(self, tmp: Path) -> dict:

@@ -1,7 +1,7 @@
 """Pipeline stages for image classifiers (objective ``image-classify``, task ``image-cls``).
 
-The stage methods of :class:`edgeft.pipeline.run.Pipeline` hand over to these functions when the
-recipe trains an image classifier:
+The image-classifier task (:class:`edgeft.pipeline.tasks.ImageTask`) hands its stages to these functions,
+giving each what it needs:
 
 - data: ``data.images`` (the embedded digit scans, an image folder, or a CSV/JSONL of path,label)
   split by a seeded shuffle into train and a held-out eval split; the last ``finetune`` validation
@@ -37,17 +37,16 @@ VAL_IMAGES = 200  # tail of the training split used to pick the best epoch (neve
 IMAGE_OP_TYPES = ["Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "ReduceMean", "AveragePool"]
 
 
-def data(pipeline, tmp: Path) -> tuple[list[dict], list[dict], dict]:
-    """(train, eval, source) image records; the embedded set is written under ``tmp/images``."""
+def data(d, base_dir: Path, tmp: Path) -> tuple[list[dict], list[dict], dict]:
+    """(train, eval, source) image records of ``d`` (the recipe's ``data.images``; relative paths from
+    ``base_dir``); the embedded set is written under ``tmp/images``."""
     from edgeft.data import images
 
-    d = pipeline.recipe.data.images
     if d is None:
         raise ConfigError("objective image-classify needs data.images (embedded: digits, or train: a folder / file)")
-    base = pipeline.base_dir
 
     def path(rel: str) -> Path:
-        return Path(rel) if Path(rel).is_absolute() else base / rel
+        return Path(rel) if Path(rel).is_absolute() else base_dir / rel
 
     if d.embedded is not None:
         rows = images.digits_records(tmp / "images")
@@ -78,24 +77,22 @@ def data(pipeline, tmp: Path) -> tuple[list[dict], list[dict], dict]:
     return train, ev, source
 
 
-def records(pipeline, split: str) -> list[dict]:
-    """A split's records with absolute image paths."""
-    root = pipeline.run.stage_dir("data")
-    return [{**r, "image": str(root / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]}
-            for r in pipeline.records(split, FIELDS)]
+def absolute(data_dir: Path, recs: list[dict]) -> list[dict]:
+    """Records of the data stage folder ``data_dir`` with absolute image paths."""
+    return [{**r, "image": str(data_dir / r["image"]) if not Path(r["image"]).is_absolute() else r["image"]}
+            for r in recs]
 
 
-def finetune(pipeline, tmp: Path, work: Path) -> dict:
+def finetune(model_path: Path, train: list[dict], tmp: Path, work: Path, cfg, base_dir: Path) -> dict:
+    """Fine-tune on ``train`` but its last images, which pick the epoch (``cfg``: the recipe's ``finetune``)."""
     from edgeft.finetune import finetune as run_finetune
 
-    train = records(pipeline, "train")
     n_val = min(VAL_IMAGES, max(1, len(train) // 10))
     fit, val = train[:-n_val], train[-n_val:]
-    cfg = pipeline.recipe.finetune
     if cfg.image.teacher and not Path(cfg.image.teacher).is_absolute():  # relative to the recipe file
         cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
-            update={"teacher": str(pipeline.base_dir / cfg.image.teacher)})})
-    metrics = run_finetune(pipeline.model().path, fit, val, tmp, cfg, work_dir=work)
+            update={"teacher": str(base_dir / cfg.image.teacher)})})
+    metrics = run_finetune(model_path, fit, val, tmp, cfg, work_dir=work)
     metrics["validation_split"] = {"images": len(val), "from": "the last images of the training split"}
     return metrics
 
@@ -107,14 +104,12 @@ def pixels(model_dir: Path, recs: list[dict]) -> np.ndarray:
     return batch([r["image"] for r in recs], preprocessing(model_dir))
 
 
-def merge(pipeline, tmp: Path) -> dict:
+def merge(finetune_dir: Path, base_model: Path, tmp: Path, eval_records: list[dict], tol: float) -> dict:
     """Fold a LoRA adapter into the weights, or copy the whole trained model; check logits on eval images."""
-    ft = pipeline.run.stage_dir("finetune")
-    ev = records(pipeline, "eval")[:SAMPLE_IMAGES]
-    tol = pipeline.recipe.merge.tolerance
-    if (ft / "adapter").is_dir():
-        return merge_adapter(ft / "adapter", pipeline.model().path, tmp, ev, tol)
-    return copy_model(ft / "model", tmp, ev, tol)
+    ev = eval_records[:SAMPLE_IMAGES]
+    if (finetune_dir / "adapter").is_dir():
+        return merge_adapter(finetune_dir / "adapter", base_model, tmp, ev, tol)
+    return copy_model(finetune_dir / "model", tmp, ev, tol)
 
 
 def _check_merge(before: np.ndarray, after: np.ndarray, tol: float, how: str) -> dict:
@@ -156,46 +151,49 @@ def copy_model(model_dir: Path, out: Path, recs: list[dict], tol: float) -> dict
                         "whole model copied")
 
 
-def export(pipeline, tmp: Path) -> dict:
+def export(merged: Path, tmp: Path, e, preset, main_name: str, eval_records: list[dict],
+           train_records: list[dict]) -> dict:
+    """The main preset of ``e`` (the recipe's ``export``) into ``tmp`` as ``main_name``, each extra into
+    ``tmp/<preset>``; ``preset(name)`` loads a preset."""
     from edgeft.exporters import export as export_model
 
-    e = pipeline.recipe.export
-    merged = pipeline.run.stage_dir("merge")
-    sample = pixels(merged, records(pipeline, "eval")[:SAMPLE_IMAGES])
+    sample = pixels(merged, eval_records[:SAMPLE_IMAGES])
     calib = None
-    if any(pipeline.preset(n).format == "tflite" for n in e.extra):
-        calib = pixels(merged, records(pipeline, "train")[:CALIBRATION_IMAGES])
-    rep = export_model(merged, tmp, preset=pipeline.preset(e.preset), name=pipeline.main_export_name,
-                       tolerance=e.tolerance, sample_images=sample)
+    if any(preset(n).format == "tflite" for n in e.extra):
+        calib = pixels(merged, train_records[:CALIBRATION_IMAGES])
+    rep = export_model(merged, tmp, preset=preset(e.preset), name=main_name, tolerance=e.tolerance,
+                       sample_images=sample)
     if e.extra:
-        rep["extra"] = {name: export_model(merged, tmp / name, preset=pipeline.preset(name), name=name,
+        rep["extra"] = {name: export_model(merged, tmp / name, preset=preset(name), name=name,
                                            tolerance=e.tolerance, sample_images=sample, calibration_images=calib)
                         for name in e.extra}
     return rep
 
 
-def quantize(pipeline, tmp: Path) -> dict:
-    """Each ONNX scheme on the exported graph, calibrated on training images; top-1 on eval vs its input."""
+def quantize(src: Path, merged: Path, tmp: Path, specs, eval_records: list[dict], train_records: list[dict]) -> dict:
+    """Each ONNX scheme of ``specs`` (the recipe's ``quantize``) on the exported graph in ``src``, calibrated on
+    training images; top-1 on eval vs its input."""
     from edgeft.artifacts import Artifact, size_of
+    from edgeft.config.schema import Goal
     from edgeft.finetune.objectives.classify import label_ids
+    from edgeft.metrics import gate
+    from edgeft.metrics.classify import agreement, scores
     from edgeft.quantize import SCHEMES, describe_output, scheme_options
     from edgeft.runtime.vision import ImageRuntime, read_meta
 
-    src = pipeline.run.stage_dir("export")
     exported = Artifact.load(src, "export")
     meta = read_meta(src)
     if exported.format != "onnx":
         raise ConfigError(f"quantize: image schemes quantize an ONNX export; export.preset is {exported.producer} "
                           f"({exported.format}); use onnx-image, and export.extra for LiteRT int8")
-    merged = pipeline.run.stage_dir("merge")
-    ev = records(pipeline, "eval")
-    x_eval = pixels(merged, ev)
-    gold = np.asarray(label_ids(ev, meta["labels"], "eval"))
-    calib = pixels(merged, records(pipeline, "train")[:CALIBRATION_IMAGES])
+    x_eval = pixels(merged, eval_records)
+    gold = np.asarray(label_ids(eval_records, meta["labels"], "eval"))
+    n_labels = len(meta["labels"])
+    calib = pixels(merged, train_records[:CALIBRATION_IMAGES])
     ref = ImageRuntime(src, "onnx", 2).logits(x_eval)
-    ref_acc = float((ref.argmax(-1) == gold).mean())
+    ref_acc = scores(ref.argmax(-1), gold, n_labels)["accuracy"]
     out = {}
-    for q in pipeline.recipe.quantize:
+    for q in specs:
         s = SCHEMES.get(q.scheme, "quantize.scheme")
         if s.input_format != "onnx" or s.int8_mode not in ("static", "full-integer"):
             raise ConfigError(f"quantize.{q.name}: scheme {q.scheme} does not apply to image classifiers; use "
@@ -209,25 +207,19 @@ def quantize(pipeline, tmp: Path) -> dict:
         info = s.apply(src / "model.onnx", dest / "model.onnx", calib, opts)
         (dest / "image.json").write_text(json.dumps({**meta, "scheme": q.scheme}, indent=2))
         got = ImageRuntime(dest, "onnx", 2).logits(x_eval)
-        acc = float((got.argmax(-1) == gold).mean())
+        acc = scores(got.argmax(-1), gold, n_labels)["accuracy"]
         rep = {"scheme": q.scheme, "options": opts.model_dump(), "info": info,
                "size_bytes": size_of(dest, s.output_format), "input_size_bytes": exported.size_bytes,
-               "accuracy": {"input": ref_acc, "output": acc, "drop": ref_acc - acc, "images": int(len(ev)),
-                            "label_agreement": float((got.argmax(-1) == ref.argmax(-1)).mean())}}
+               "accuracy": {"input": ref_acc, "output": acc, "drop": ref_acc - acc, "images": int(len(eval_records)),
+                            "label_agreement": agreement(ref, got)["label_agreement"]}}
         (dest / "quantize_report.json").write_text(json.dumps(rep, indent=2))
         describe_output(dest, q.scheme, opts, src, q.name)
         log.info("quantize %s (%s): top-1 %.4f vs %.4f input, %.1f MB", q.name, q.scheme, acc, ref_acc,
                  rep["size_bytes"] / 2**20)
-        if ref_acc - acc > q.max_accuracy_drop:
-            raise ParityError(f"quantize.{q.name}: top-1 fell {ref_acc - acc:.3f} ({ref_acc:.3f} -> {acc:.3f}) on "
-                              f"{len(ev)} eval images, over max_accuracy_drop {q.max_accuracy_drop}")
+        gate.raise_failed(f"quantize.{q.name}", gate.quality_gates(
+            q.name, {"accuracy": acc}, {"accuracy": ref_acc}, {"accuracy": Goal.model_construct(
+                max_degradation=q.max_accuracy_drop)}, reference_name="input"),
+            f"top-1 on {len(eval_records)} eval images, over max_accuracy_drop")
         out[q.name] = rep
     return out
 
-
-def validate(pipeline, tmp: Path) -> dict:
-    from edgeft.validate.vision import validate_images
-
-    report = validate_images(pipeline.artifacts(), records(pipeline, "eval"), tmp, pipeline.recipe.validate_,
-                             recipe_name=pipeline.recipe.name)
-    return {"passed": report.passed, "flags": report.flags}

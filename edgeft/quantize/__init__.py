@@ -11,7 +11,9 @@ from typing import Sequence
 
 from edgeft import artifacts
 from edgeft.artifacts import Artifact
-from edgeft.errors import ConfigError, ParityError
+from edgeft.config.schema import Goal
+from edgeft.errors import ConfigError
+from edgeft.metrics import gate
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import auto as _auto  # noqa: F401  (registers)
 from edgeft.quantize.schemes import basegrid as _basegrid  # noqa: F401  (registers)
@@ -66,18 +68,17 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
 
     A classifier is checked on ``labeled`` (``{"text", "label"}`` held-out records) instead of
     perplexity: accuracy of input and output, label agreement, logit differences
-    (:mod:`edgeft.quantize.classifier_quality`); accuracy falling more than ``max_accuracy_drop``
+    (:func:`edgeft.metrics.classify.versus_input`); accuracy falling more than ``max_accuracy_drop``
     raises :class:`ParityError`.
 
     Quality: perplexity of input and output on ``quality_ids`` (token windows of held-out text),
-    top-1 agreement and KL of the output's logits vs the input's. The stage fails
+    top-1 agreement and KL of the output's logits vs the input's (:mod:`edgeft.metrics.lm`). The stage fails
     (:class:`ParityError`) when perplexity rises more than ``max_ppl_increase_pct`` percent — a
-    sanity bound; release gates live in validate.
+    sanity bound; release gates live in validate. Both bounds are gates of :mod:`edgeft.metrics.gate`.
     """
     # Over 80 lines: the one path every scheme takes (checks, side files, apply, report, quality checks,
     # description), each step a few lines that read in order; split, the steps would pass a dozen values around.
-    from edgeft.quantize import quality
-    from edgeft.runtime.lm import find_onnx, load_lm
+    from edgeft.runtime.lm import find_onnx
 
     opts = scheme_options(scheme, options)
     sch = SCHEMES.get(scheme)
@@ -123,40 +124,61 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
               "output_format": sch.output_format}
     report["size_ratio"] = report["size_bytes"] / max(report["input_size_bytes"], 1)
     if quality_ids:
-        wins = [list(w) for w in quality_ids]
-        import numpy as np
-
-        wins = [np.asarray(w, np.int64) for w in wins]
-        ref = load_lm(in_dir, sch.input_format, threads)
-        cand = load_lm(out_dir, sch.output_format, threads)
-        ref_logits = [ref.logits(w) for w in wins]
-        ppl_in = quality.perplexity(ref, wins)
-        ppl_out = quality.perplexity(cand, wins)
-        report.update({"perplexity_input": ppl_in, "perplexity": ppl_out,
-                       "perplexity_increase_pct": 100.0 * (ppl_out - ppl_in) / ppl_in,
-                       "quality_tokens": int(sum(len(w) for w in wins)),
-                       **quality.compare(ref_logits, cand, wins)})
+        report.update(_lm_quality(in_dir, out_dir, sch, quality_ids, threads))
         log.info("%s: size %.1f MB (%.2fx input), perplexity %.3f -> %.3f (%+.1f%%), top-1 agreement %.3f",
-                 scheme, report["size_bytes"] / 2**20, report["size_ratio"], ppl_in, ppl_out,
-                 report["perplexity_increase_pct"], report["top1_agreement"])
-        if report["perplexity_increase_pct"] > max_ppl_increase_pct:
-            raise ParityError(f"quantize {scheme}: perplexity {ppl_in:.3f} -> {ppl_out:.3f} "
-                              f"(+{report['perplexity_increase_pct']:.1f}%) exceeds the stage tolerance of "
-                              f"+{max_ppl_increase_pct:g}%; try another scheme or options")
+                 scheme, report["size_bytes"] / 2**20, report["size_ratio"], report["perplexity_input"],
+                 report["perplexity"], report["perplexity_increase_pct"], report["top1_agreement"])
+        _stage_gate(scheme, report, "perplexity", Goal.model_construct(percent_max_degradation=max_ppl_increase_pct))
     if labeled:
-        from edgeft.quantize import classifier_quality
-
-        report.update(classifier_quality.compare(in_dir, out_dir, labeled, threads))
+        report.update(_classifier_quality(in_dir, out_dir, labeled, threads))
         log.info("%s: size %.1f MB (%.2fx input), accuracy %.4f -> %.4f, label agreement %.4f", scheme,
                  report["size_bytes"] / 2**20, report["size_ratio"], report["accuracy_input"], report["accuracy"],
                  report["label_agreement"])
-        if report["accuracy_drop"] > max_accuracy_drop:
-            raise ParityError(f"quantize {scheme}: accuracy {report['accuracy_input']:.4f} -> {report['accuracy']:.4f} "
-                              f"(-{report['accuracy_drop']:.4f}) exceeds the stage tolerance of {max_accuracy_drop:g}; "
-                              "try another scheme or options")
+        _stage_gate(scheme, report, "accuracy", Goal.model_construct(max_degradation=max_accuracy_drop))
     (out_dir / "quantize_report.json").write_text(json.dumps(report, indent=2))
     describe_output(out_dir, scheme, opts, in_dir, name)  # last: the artifact is complete
     return report
+
+
+def _lm_quality(in_dir: Path, out_dir: Path, sch: Scheme, quality_ids, threads: int) -> dict:
+    """Perplexity of input and output on the held-out windows, top-1 agreement and KL of the output vs the input."""
+    import numpy as np
+
+    from edgeft.metrics import lm
+    from edgeft.runtime.lm import load_lm
+
+    wins = [np.asarray(list(w), np.int64) for w in quality_ids]
+    ref = load_lm(in_dir, sch.input_format, threads)
+    cand = load_lm(out_dir, sch.output_format, threads)
+    ref_logits = [ref.logits(w) for w in wins]
+    ppl_in = lm.perplexity(ref, wins)
+    ppl_out = lm.perplexity(cand, wins)
+    return {"perplexity_input": ppl_in, "perplexity": ppl_out,
+            "perplexity_increase_pct": 100.0 * (ppl_out - ppl_in) / ppl_in,
+            "quality_tokens": int(sum(len(w) for w in wins)), **lm.compare(ref_logits, cand, wins)}
+
+
+def _classifier_quality(in_dir: Path, out_dir: Path, records: Sequence[dict], threads: int,
+                        max_length: int = 128) -> dict:
+    """Accuracy / macro-F1 of the input and output ONNX classifiers on labelled ``records`` and their agreement."""
+    from transformers import AutoTokenizer
+
+    from edgeft.exporters.onnx_encoder import onnx_logits
+    from edgeft.metrics.classify import gold_ids, label_index, versus_input
+
+    tok = AutoTokenizer.from_pretrained(str(in_dir))
+    index = label_index(in_dir)
+    texts = [str(r["text"]) for r in records]
+    ref = onnx_logits(in_dir, tok, texts, max_length=max_length, threads=threads)
+    got = onnx_logits(out_dir, tok, texts, max_length=max_length, threads=threads)
+    return versus_input(ref, got, gold_ids(records, index), len(index))
+
+
+def _stage_gate(scheme: str, report: dict, metric: str, goal: Goal) -> None:
+    """The stage's sanity bound on ``metric`` (output vs input): ParityError past it."""
+    results = gate.quality_gates(scheme, report, {metric: report[f"{metric}_input"]}, {metric: goal},
+                                 reference_name="input")
+    gate.raise_failed(f"quantize {scheme}", results, "over the stage tolerance; try another scheme or options")
 
 
 from edgeft._callable import make_callable  # noqa: E402

@@ -1,5 +1,6 @@
-"""Quality of a causal LM vs a reference; the code is :mod:`edgeft.runtime.quality` (exporters use it too)."""
+"""The old home of the causal-LM quality functions, kept only while ``quantize/schemes/auto.py`` imports it
+(``from edgeft.quantize import quality``); they live in :mod:`edgeft.metrics.lm`. Remove once auto imports that."""
 
-from edgeft.runtime.quality import compare, log_softmax, perplexity, windows
+from edgeft.metrics.lm import compare, log_softmax, perplexity, windows
 
 __all__ = ["compare", "log_softmax", "perplexity", "windows"]

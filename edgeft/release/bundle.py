@@ -289,6 +289,8 @@ def package(
     tarball: bool = True,
 ) -> PackageResult:
     """Write ``out_dir/<name>-<version>/`` (and ``.tar.gz``), replacing an existing bundle of that name."""
+    # Over 80 lines: the bundle is written in one temporary folder in order (files, card, license, manifest with its
+    # own hash, tarball, checksum) and moved into place at the end, so a failure leaves nothing half-written.
     _check_name_part(name, "name")
     _check_name_part(version, "version")
     sources = _validate_files(files)
@@ -427,6 +429,8 @@ def _metrics_table(rows: Any, devices: list[str]) -> str:
 
 def render_model_card(ctx: dict) -> str:
     """Model card markdown (README.md of the bundle); missing keys render as ``n/a``."""
+    # Over 80 lines: the model card is one Markdown document written top to bottom (front matter, use, data, method,
+    # metrics table, devices, limitations).
     ctx = dict(ctx or {})
     name, version = _text(ctx.get("name")), _text(ctx.get("version"))
     devices_raw = ctx.get("devices") or []

@@ -21,7 +21,7 @@ from edgeft.errors import ModelSourceError
 from edgeft.runtime.ortcore import find_onnx, greedy_decode, head_dim_from_config, session_options
 
 __all__ = ["CausalLM", "RUNTIMES", "SingleSequenceLM", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm",
-           "runtime_class", "session_options"]
+           "model_and_meta", "runtime_class", "session_options", "until_eos"]
 
 # Artifact format (as recipes, presets and `edgeft.validate.Artifact` name it) -> "module:Class" of its runtime.
 # The class is constructed as Class(path, threads). One line per format, kept in alphabetical order.
@@ -83,6 +83,33 @@ class SingleSequenceLM(CausalLM):
     def timed_generate(self, prompt, new_tokens):
         _, ttft, steps = self._decode(list(prompt), new_tokens, None)
         return ttft, steps
+
+
+def until_eos(tokens: Sequence[int], eos: set[int]) -> list[int]:
+    """``tokens`` up to (not including) the first one in ``eos``."""
+    out = []
+    for t in tokens:
+        if t in eos:
+            break
+        out.append(t)
+    return out
+
+
+def model_and_meta(path: Path, model_file: str, meta_file: str, presets: str, example: str) -> tuple[Path, dict]:
+    """The program file ``model_file`` (``path`` itself, or inside the folder ``path``) and the JSON ``meta_file``
+    its export wrote next to it; missing: ModelSourceError naming the presets that write them (``presets``, e.g.
+    "a torchscript preset") and an ``example`` one."""
+    import json
+
+    path = Path(path)
+    model = path if path.is_file() else path / model_file
+    if not model.is_file():
+        raise ModelSourceError(f"{path}: no {model_file}; export with {presets} "
+                               f"(`edgeft export MODEL --out DIR --preset {example}`)")
+    meta = model.parent / meta_file
+    if not meta.is_file():
+        raise ModelSourceError(f"{model.parent}: no {meta_file} next to {model.name}; keep the files the export wrote")
+    return model, json.loads(meta.read_text())
 
 
 def runtime_class(fmt: str, where: Path | str = "") -> type[CausalLM]:

@@ -33,7 +33,6 @@ executorch's quantized kernel library for the same reason).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -41,7 +40,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError, UnsupportedError
-from edgeft.runtime.base import SingleSequenceLM, greedy_decode
+from edgeft.runtime.base import SingleSequenceLM, greedy_decode, model_and_meta
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,7 @@ def set_threads(threads: int | None) -> tuple[int, str]:
 
 def pte_paths(path: Path) -> tuple[Path, dict]:
     """``model.pte`` (the file, or inside the folder) and the ``executorch.json`` written next to it."""
-    path = Path(path)
-    model = path if path.is_file() else path / MODEL_FILE
-    if not model.is_file():
-        raise ModelSourceError(f"{path}: no {MODEL_FILE}; export with an executorch preset "
-                               "(`edgeft export MODEL --out DIR --preset executorch-8da4w`)")
-    meta_file = model.parent / META_FILE
-    if not meta_file.is_file():
-        raise ModelSourceError(f"{model.parent}: no {META_FILE} next to {model.name}; keep the files the export wrote")
-    return model, json.loads(meta_file.read_text())
+    return model_and_meta(path, MODEL_FILE, META_FILE, "an executorch preset", "executorch-8da4w")
 
 
 def _load_methods(model: Path, names: Sequence[str] = ("forward",)) -> dict:

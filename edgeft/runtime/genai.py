@@ -16,17 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.errors import ModelSourceError, UnsupportedError
-from edgeft.runtime.base import CausalLM
+from edgeft.errors import ModelSourceError, UnsupportedError, optional_import
+from edgeft.runtime.base import CausalLM, until_eos
 
 
 def _og():
-    try:
-        import onnxruntime_genai as og
-    except ImportError as e:
-        raise UnsupportedError(f"running a genai artifact needs onnxruntime-genai: pip install onnxruntime-genai "
-                               f"({e})") from e
-    return og
+    return optional_import("onnxruntime_genai", "running a genai artifact needs onnxruntime-genai: pip install "
+                                                "onnxruntime-genai")
 
 
 class GenaiLM(CausalLM):
@@ -86,15 +82,7 @@ class GenaiLM(CausalLM):
 
     def generate(self, prompts, max_new_tokens, eos_ids):
         eos = set(int(e) for e in eos_ids)
-        outs = []
-        for p in prompts:
-            seq = []
-            for t in self._decode(p, max_new_tokens, ignore_eos=False)[0]:
-                if t in eos:
-                    break
-                seq.append(t)
-            outs.append(seq)
-        return outs
+        return [until_eos(self._decode(p, max_new_tokens, ignore_eos=False)[0], eos) for p in prompts]
 
     def timed_generate(self, prompt, new_tokens):
         _, ttft, steps = self._decode(prompt, new_tokens, ignore_eos=True)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from edgeft.errors import ModelSourceError, UnsupportedError
+from edgeft.errors import ModelSourceError, UnsupportedError, optional_import
 from edgeft.runtime.base import CausalLM, greedy_decode
 
 
@@ -30,12 +30,8 @@ def gguf_file(path: Path) -> Path:
 
 
 def _llama_cls():
-    try:
-        from llama_cpp import Llama
-    except ImportError as e:
-        raise UnsupportedError(f"running a GGUF artifact needs llama-cpp-python: pip install 'edgeft[bench]' "
-                               f"(or pip install llama-cpp-python) ({e})") from e
-    return Llama
+    return optional_import("llama_cpp", "running a GGUF artifact needs llama-cpp-python: pip install 'edgeft[bench]' "
+                                        "(or pip install llama-cpp-python)").Llama
 
 
 class LlamaCppLM(CausalLM):

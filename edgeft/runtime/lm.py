@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeft.runtime.base import CausalLM, find_onnx, greedy_decode, head_dim_from_config, load_lm, session_options
+from edgeft.runtime.base import (CausalLM, find_onnx, greedy_decode, head_dim_from_config, load_lm, session_options,
+                                 until_eos)
 from edgeft.runtime.ortcore import OrtDecoder
 
 __all__ = ["CausalLM", "OrtLM", "TorchLM", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm",
@@ -73,16 +74,8 @@ class TorchLM(CausalLM):
         with torch.inference_mode():
             g = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                     eos_token_id=list(eos_ids), pad_token_id=pad, use_cache=self.use_cache)
-        out = []
         eos = set(eos_ids)
-        for row in g[:, width:].tolist():
-            seq = []
-            for t in row:
-                if t in eos:
-                    break
-                seq.append(t)
-            out.append(seq)
-        return out
+        return [until_eos(row, eos) for row in g[:, width:].tolist()]
 
     def timed_generate(self, prompt, new_tokens):
         import torch

@@ -8,29 +8,20 @@ starts again at position 0.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from edgeft.errors import ModelSourceError
-from edgeft.runtime.base import SingleSequenceLM, greedy_decode
+from edgeft.runtime.base import SingleSequenceLM, greedy_decode, model_and_meta
 
 MODEL_FILE = "model.pt"
 META_FILE = "torchscript.json"
 
 
 def _paths(path: Path) -> tuple[Path, dict]:
-    path = Path(path)
-    model = path if path.is_file() else path / MODEL_FILE
-    if not model.is_file():
-        raise ModelSourceError(f"{path}: no {MODEL_FILE}; export with a torchscript preset "
-                               "(`edgeft export MODEL --out DIR --preset torchscript`)")
-    meta_file = model.parent / META_FILE
-    if not meta_file.is_file():
-        raise ModelSourceError(f"{model.parent}: no {META_FILE} next to {model.name}; keep the files the export wrote")
-    return model, json.loads(meta_file.read_text())
+    return model_and_meta(path, MODEL_FILE, META_FILE, "a torchscript preset", "torchscript")
 
 
 class TorchScriptLM(SingleSequenceLM):

@@ -145,6 +145,8 @@ class Workers:
 
 def create_app(engine, bundle, settings: Settings | None = None, request_log=None) -> FastAPI:
     """The app serving ``engine`` (loaded from ``bundle``); ``request_log`` a RequestLog or None."""
+    # Over 80 lines: the app factory: every route is a closure over this app's engine, settings, metrics, workers and
+    # request log, and FastAPI registers them where they are defined; the helpers they share sit at the top.
     settings = settings or Settings()
     metrics = Metrics(bundle.model_id)
     manifest_hash = bundle.manifest.get("manifest_sha256", "")
@@ -217,6 +219,9 @@ def create_app(engine, bundle, settings: Settings | None = None, request_log=Non
                 "seed": req.seed}
 
     async def lm_request(request: Request, endpoint: str, chat: bool):
+        # Over 80 lines: one request from body to response (checks, tokenize, queue, stream or not, finish reasons,
+        # usage, metrics, log) sharing the deadline, timings and logged input; the streaming and plain paths differ in
+        # a few lines each.
         t0 = time.monotonic()
         deadline = t0 + settings.timeout_s
         try:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 from edgeft.fileio import atomic_write_text
+from edgeft.metrics.gate import short_number
 from edgeft.validate.report import (
     ArtifactEntry,
     ClassifierReport,
@@ -115,13 +116,7 @@ def _fmt(v: Optional[float], digits: Optional[int] = None) -> str:
         return "0"
     if a < 1e-3:
         return f"{f:.1e}"
-    if a >= 1000:
-        text = f"{f:.0f}"
-    elif a >= 100:
-        text = f"{f:.1f}"
-    else:
-        text = f"{f:.3f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return short_number(f)
 
 
 def _mb(size_bytes: Optional[int]) -> Optional[float]:

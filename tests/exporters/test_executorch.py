@@ -331,7 +331,8 @@ def test_classifier_pte_logits_match_pytorch(cls_dir, tmp_path):
     from edgeft.exporters.onnx_encoder import module_logits
     from edgeft.runtime.bench import run_encoder_inline
     from edgeft.runtime.executorch import ExecuTorchClassifier
-    from edgeft.validate import Artifact, _classifier_logits, _fixed_shape
+    from edgeft.validate import Artifact
+    from edgeft.validate.encoders import classifier_logits, fixed_shape
 
     texts = ["a fine film", "dull and far too long for what it says", "ok"]
     rep = export(cls_dir, tmp_path / "cls", preset="executorch-fp32", sample_texts=texts,
@@ -343,8 +344,8 @@ def test_classifier_pte_logits_match_pytorch(cls_dir, tmp_path):
     got = ExecuTorchClassifier(tmp_path / "cls", threads=2).logits(tok, texts + ["something new"])
     assert got.shape == ref.shape == (4, 2) and np.max(np.abs(got - ref)) < 1e-4
     art = Artifact("cls-pte", tmp_path / "cls", "pte")
-    assert _fixed_shape(art) == (1, 32)
-    assert np.allclose(_classifier_logits(art, art, tok, texts, 32, 2), got[:3], atol=1e-6)
+    assert fixed_shape(art) == (1, 32)
+    assert np.allclose(classifier_logits(art, art, tok, texts, 32, 2), got[:3], atol=1e-6)
     lat = run_encoder_inline(str(tmp_path / "cls"), 2, 1, 32, 0, 2, fmt="pte")
     assert lat["per_inference_ms_p50"] > 0 and lat["seq_len"] == 32
 

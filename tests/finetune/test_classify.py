@@ -29,7 +29,7 @@ def _cfg(**kw):
 
 
 def test_scores_accuracy_and_macro_f1():
-    from edgeft.finetune.objectives.classify import scores
+    from edgeft.metrics.classify import scores
 
     s = scores(np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0]), 2)
     assert s["accuracy"] == pytest.approx(3 / 5)
@@ -72,7 +72,7 @@ def test_saved_adapter_records_labels_and_reloads_to_same_logits(trained, tiny_b
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from edgeft.exporters.onnx_encoder import module_logits, torch_logits
-    from edgeft.finetune.objectives.classify import scores
+    from edgeft.metrics.classify import scores
     from edgeft.merge import merge
 
     out, m = trained

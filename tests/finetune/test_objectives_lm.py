@@ -248,7 +248,7 @@ def test_multitask_reports_each_task_with_its_metric(tiny_lm_dir, tmp_path):
 
 
 def test_task_score_accuracy_compares_the_first_word():
-    from edgeft.data.templates import task_score
+    from edgeft.metrics.text import task_score
 
     assert task_score("Positive. The review is kind", "positive", "accuracy") == {"accuracy": 1.0}
     assert task_score("negative", "positive", "accuracy") == {"accuracy": 0.0}
@@ -331,7 +331,7 @@ def test_dpo_refuses_pairs_that_truncation_makes_identical(tiny_lm_dir, tmp_path
 def test_greedy_task_metrics_uses_each_records_prompt_and_metric():
     """One scoring loop for finetune eval, multitask and validate: a record's own system prompt
     and metric are used, the primary score mixes metrics, per-task means are kept."""
-    from edgeft.data.templates import greedy_task_metrics
+    from edgeft.metrics.text import greedy_task_metrics
 
     class Tok:
         eos_token_id = 0

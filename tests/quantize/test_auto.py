@@ -39,7 +39,7 @@ def calibration(tiny_lm_dir):
 
     from edgeft.data.intents import generate
     from edgeft.data.templates import conversation_text
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
     text = "".join(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]) for r in generate(60, 4, seed=1)[0])

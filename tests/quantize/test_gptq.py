@@ -47,14 +47,14 @@ def _ids(tiny_lm_dir, seed: int, n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def calibration(tiny_lm_dir):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     return [w.tolist() for w in windows(_ids(tiny_lm_dir, 1, 8 * SEQ), SEQ, SEQ, 8 * SEQ)]
 
 
 @pytest.fixture(scope="module")
 def heldout(tiny_lm_dir):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     return windows(_ids(tiny_lm_dir, 2, 256), 128, 128, 256)
 

@@ -65,7 +65,7 @@ def _render(tok, recs) -> list[int]:
 
 @pytest.fixture(scope="module")
 def calibration(tok, records):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     wins = windows(_render(tok, records[0]), SEQ, SEQ, N_CALIB * SEQ)
     assert len(wins) == N_CALIB and all(len(w) == SEQ for w in wins)

@@ -49,7 +49,7 @@ def heldout(tiny_lm_dir):
     from conftest import SYSTEM_PROMPT
     from edgeft.data.intents import generate
     from edgeft.data.templates import conversation_text
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
     text = "".join(conversation_text(tok, SYSTEM_PROMPT, r["prompt"], r["response"]) for r in generate(40, 8, seed=3)[0])

@@ -9,7 +9,8 @@ import pytest
 
 from edgeft.config import load_device
 from edgeft.config.schema import DeviceBudgets, Goal
-from edgeft.validate.gates import GateResult, erased_flag, evaluate_goal, fmt_num, latency_gates
+from edgeft.metrics.gate import GateResult, evaluate_goal, fmt_num
+from edgeft.validate.gates import erased_flag, latency_gates
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -445,18 +445,19 @@ def test_html_shows_the_auto_plan(tmp_path):
     """An ``auto`` artifact's plan (quant_plan.json) reaches the report entry and its HTML details."""
     import json
 
-    from edgeft.validate import Artifact, _add_quant_plan
+    from edgeft.validate import Artifact
+    from edgeft.validate.common import add_quant_plan
 
     plan = {"precision_counts": {"int4/b32/asym": 200, "int8/b32": 10, "fp32": 0},
             "budget": {"max_ppl_increase_pct": 5.0}, "reached": {"perplexity_increase_pct": 4.2}, "layers": {}}
     (tmp_path / "quant_plan.json").write_text(json.dumps(plan))
     info: dict = {}
-    _add_quant_plan(info, Artifact("int4-auto", tmp_path, "onnx", precision="int4"))
+    add_quant_plan(info, Artifact("int4-auto", tmp_path, "onnx", precision="int4"))
     assert info["quant_plan"]["precision_counts"] == plan["precision_counts"]
     report = make_report()
     report["artifacts"]["int4"]["quant_plan"] = info["quant_plan"]
     page = render_html(report)
     _check_self_contained(page)
     assert "int4/b32/asym x200, int8/b32 x10 (calibration check +4.20% perplexity)" in page
-    _add_quant_plan(info := {}, Artifact("int8", tmp_path / "none", "onnx", precision="int8"))
+    add_quant_plan(info := {}, Artifact("int8", tmp_path / "none", "onnx", precision="int8"))
     assert "quant_plan" not in info

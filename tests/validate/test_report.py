@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from edgeft.errors import ConfigError
-from edgeft.validate.gates import GateResult
+from edgeft.metrics.gate import GateResult
 from edgeft.validate.report import (
     ClassifierAccuracy,
     ClassifierArtifact,

@@ -428,16 +428,17 @@ def test_pte_runs_on_phone_cpu_not_on_accelerators():
 
 
 def test_validate_records_the_tflite_summary(tmp_path):
-    from edgeft.validate import Artifact, _add_onnx_info, _size_bytes
+    from edgeft.validate import Artifact
+    from edgeft.validate.common import add_graph_info, size_bytes
 
     folder = tmp_path / "litert-int8"
     folder.mkdir()
     path = mlp(folder)
     a = Artifact("litert-int8", folder, "tflite", precision="int8", int8_mode="full-integer")
     info: dict = {}
-    _add_onnx_info(info, a)
+    add_graph_info(info, a)
     assert info["tflite"]["path"] == str(path) and info["tflite"]["int8_mode"] == "full-integer"
-    assert _size_bytes(a) == path.stat().st_size
+    assert size_bytes(a) == path.stat().st_size
 
 
 def test_reasons_name_nodes_readably():

@@ -3,8 +3,8 @@
 Records are ``{"text", "label"}``; labels may be strings or ints. The label set is read from the
 training records (:func:`label_list`) and written into the saved config as ``id2label`` /
 ``label2id``, so every later stage and the release bundle know what each logit means. Each
-evaluation reports accuracy and macro-F1 (scikit-learn-free: two counts per class) next to the
-loss; early stopping and checkpoint resume work as for the other objectives.
+evaluation reports accuracy and macro-F1 (:func:`edgeft.metrics.classify.scores`) next to the loss;
+early stopping and checkpoint resume work as for the other objectives.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 from edgeft.errors import ConfigError, DataError
 from edgeft.finetune.objectives import common
 from edgeft.finetune.registry import OBJECTIVES, Objective
+from edgeft.metrics.classify import class_ids, scores
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +34,9 @@ def label_list(records: Sequence[dict]) -> list[str]:
 
 
 def label_ids(records: Sequence[dict], labels: Sequence[str], split: str = "train") -> list[int]:
-    index = {lab: i for i, lab in enumerate(labels)}
-    out = []
-    for n, r in enumerate(records):
-        lab = str(r["label"])
-        if lab not in index:
-            raise DataError(f"classify: {split} record {n + 1} has label {lab!r}, which the training split "
-                            f"does not have (labels: {', '.join(labels)})")
-        out.append(index[lab])
-    return out
-
-
-def scores(pred: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
-    """Accuracy and macro-F1 of predicted vs gold class ids.
-
-    Written out rather than taken from scikit-learn (not a dependency): macro-F1 is the mean over
-    classes of 2*TP / (2*TP + FP + FN), a class absent from both pred and gold counting as F1 1.
-    """
-    pred, gold = np.asarray(pred), np.asarray(gold)
-    f1 = []
-    for c in range(n_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        f1.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float((pred == gold).mean()) if len(gold) else float("nan"),
-            "macro_f1": float(np.mean(f1)), "n_examples": int(len(gold))}
+    return class_ids(records, {lab: i for i, lab in enumerate(labels)},
+                     f"classify: {split} record {{n}} has label {{label!r}}, which the training split does not have "
+                     "(labels: {labels})")
 
 
 def set_labels(model, labels: Sequence[str]) -> None:

@@ -84,4 +84,4 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
 
 
 OBJECTIVES.register("clm")(Objective("clm", "continued pre-training on raw text, loss on every token, perplexity",
-                                      "causal-lm", ("text",), train))
+                                      "causal-lm", ("text",), train, records="raw-text"))

@@ -26,11 +26,14 @@ def steps_per_epoch(n_examples: int, cfg) -> int:
     return max(1, math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum * cfg.processes)))
 
 
-def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", greater_is_better: bool = False) -> dict:
-    """``TrainingArguments`` keyword arguments shared by the objectives (eval + checkpoint once per epoch)."""
-    every = steps_per_epoch(n_train, cfg)
-    if cfg.max_steps > 0:
-        every = min(every, max(1, cfg.max_steps // 2))
+def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", greater_is_better: bool = False,
+                every: int | None = None) -> dict:
+    """``TrainingArguments`` keyword arguments shared by the objectives (eval + checkpoint once per epoch, or
+    every ``every`` steps)."""
+    if every is None:
+        every = steps_per_epoch(n_train, cfg)
+        if cfg.max_steps > 0:
+            every = min(every, max(1, cfg.max_steps // 2))
     return dict(
         output_dir=str(ckpt_dir),
         num_train_epochs=cfg.epochs,
@@ -65,21 +68,25 @@ def args_kwargs(cfg, ckpt_dir: Path, n_train: int, metric: str = "eval_loss", gr
     )
 
 
-def log_callback():
+def _eval_metrics(logs: dict) -> str:
+    """Every eval metric but the loss and the timings, ``name value`` each."""
+    return "  ".join(f"{k[5:]} {v:.4g}" for k, v in logs.items()
+                     if k.startswith("eval_") and k != "eval_loss" and isinstance(v, (int, float))
+                     and not k.endswith(("runtime", "per_second", "preparation_time")))
+
+
+def log_callback(eval_detail=_eval_metrics):
+    """A callback writing one readable log line per logging step instead of transformers' printed dicts;
+    ``eval_detail(logs)`` is what an evaluation line shows after the loss."""
     from transformers import TrainerCallback
 
     class LogCallback(TrainerCallback):
-        """One readable log line per logging step instead of transformers' printed dicts."""
-
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
                          logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
             elif logs and "eval_loss" in logs:
-                extra = "  ".join(f"{k[5:]} {v:.4g}" for k, v in logs.items()
-                                  if k.startswith("eval_") and k != "eval_loss" and isinstance(v, (int, float))
-                                  and not k.endswith(("runtime", "per_second", "preparation_time")))
-                log.info("eval  loss %.4f  %s", logs["eval_loss"], extra)
+                log.info("eval  loss %.4f  %s", logs["eval_loss"], eval_detail(logs))
 
     return LogCallback()
 
@@ -155,24 +162,28 @@ def summary(trainer, result, seconds: float, resume: bool, n_tokens: int | None)
     history = trainer.state.log_history
     evals = list({h.get("step"): h for h in history if "eval_loss" in h}.values())  # a final evaluate() repeats the last step
     epochs_done = trainer.state.epoch or 0
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    world = trainer.accelerator.num_processes
     tps = None
     if n_tokens is not None and seconds > 0 and not resume:
         tps = n_tokens * epochs_done / seconds
+    return {**run_metrics(trainer, result, seconds, resume), "tokens_per_second": tps,
+            "processes": trainer.accelerator.num_processes,
+            **history_metrics(trainer, trainer.accelerator.unwrap_model(trainer.model), evals)}
+
+
+def run_metrics(trainer, result, seconds: float, resume: bool) -> dict:
+    """How training went: final loss, steps, epochs, whether it resumed, seconds."""
+    return {"train_loss": result.training_loss, "steps": trainer.state.global_step,
+            "epochs": trainer.state.epoch or 0, "resumed": resume, "train_seconds": seconds}
+
+
+def history_metrics(trainer, model, evals: list[dict]) -> dict:
+    """Parameter counts of ``model``, the best eval loss, the eval (``evals``) and loss histories, peak RSS."""
     return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "epochs": epochs_done,
-        "resumed": resume,
-        "train_seconds": seconds,
-        "tokens_per_second": tps,
-        "processes": world,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
         "best_eval_loss": trainer.state.best_metric,
         "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")}
                          for h in evals],
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
+        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

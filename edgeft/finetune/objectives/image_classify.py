@@ -42,31 +42,13 @@ import numpy as np
 
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.finetune.registry import OBJECTIVES, Objective
+from edgeft.metrics.classify import topk_scores
 
 log = logging.getLogger(__name__)
 
 FIELDS = ("image", "label")
 METHODS_SUPPORTED = ("full", "freeze", "gradual-unfreeze", "bitfit", "lora")
 EVAL_BATCH = 64
-
-
-def topk_scores(logits: np.ndarray, gold: np.ndarray, n_labels: int) -> dict:
-    """Top-1, top-5 (top-k for fewer classes), macro-F1 and per-class F1 of ``logits`` vs gold class ids."""
-    from edgeft.finetune.objectives.classify import scores
-
-    logits, gold = np.asarray(logits), np.asarray(gold)
-    k = min(5, n_labels)
-    top = np.argsort(-logits, axis=1)[:, :k]
-    s = scores(logits.argmax(-1), gold, n_labels)
-    f1 = []
-    pred = logits.argmax(-1)
-    for c in range(n_labels):
-        tp = int(((pred == c) & (gold == c)).sum())
-        fp = int(((pred == c) & (gold != c)).sum())
-        fn = int(((pred != c) & (gold == c)).sum())
-        f1.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"top1": s["accuracy"], "top5": float((top == gold[:, None]).any(1).mean()) if len(gold) else float("nan"),
-            "topk": k, "macro_f1": s["macro_f1"], "per_class_f1": [round(x, 4) for x in f1]}
 
 
 def blocks_of(model) -> list:
@@ -206,8 +188,10 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     from edgeft.data.images import open_image
     from edgeft.fileio import atomic_write_text
     from edgeft.finetune.objectives.classify import label_ids, label_list
-    from edgeft.models.vision import load_image_classifier, parameter_count, preprocessing
+    from edgeft.models.vision import parameter_count
 
+    # Over 80 lines: one training loop whose state (step, best epoch, patience, unfreeze schedule, checkpoint) runs
+    # across epochs; the parts that stand alone (model, resume, unfreeze, evaluation, QAT, save) are helpers.
     method = cfg.method
     if cfg.image.qat is not None and method != "full":
         raise UnsupportedError(f"finetune.image.qat: quantization-aware epochs are built for method full (every "
@@ -227,24 +211,8 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     labels = label_list(train)
     gold_train = np.asarray(label_ids(train, labels, "train"), np.int64)
     gold_eval = np.asarray(label_ids(eval, labels, "eval"), np.int64)
-    model = load_image_classifier(model_path)
-    pp = preprocessing(model_path)
-    if cfg.image.width is not None:  # a width-reduced student, from random weights
-        if not hasattr(model, "_blocks"):
-            raise UnsupportedError("finetune.image.width: only EfficientNet-Lite models are width-scaled; remove it")
-        from dataclasses import replace
-
-        from edgeft.models.vision import lite_class, scaled
-
-        model = lite_class()(scaled(replace(model.config, preprocessing=replace(pp)), cfg.image.width)).eval()
-    size = cfg.image.size or pp.size
-    if size != pp.size:
-        if not hasattr(model, "_blocks"):
-            raise UnsupportedError(f"finetune.image.size {size}: only EfficientNet-Lite models take another input "
-                                   f"size; this model's is {pp.size} (remove finetune.image.size)")
-        model.config.preprocessing.size = size
-        pp = model.config.preprocessing
-    model.replace_head(len(labels))
+    model, pp = _build_model(model_path, cfg.image, len(labels))
+    size = pp.size
     images = {r["image"]: open_image(r["image"]) for r in [*train, *eval]}
     eval_x = _pixels(eval, images, pp, None, cfg.image)
     params_total = parameter_count(model)
@@ -271,15 +239,7 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
         feats_train = torch.from_numpy(predict(model.features, _pixels(train, images, pp, None, cfg.image)))
         feats_eval = torch.from_numpy(predict(model.features, eval_x))
     ckpt = work_dir / "checkpoint.pt"
-    history, step, start_epoch, best = [], 0, 0, None
-    if ckpt.is_file():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=True)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        step, start_epoch = int(saved["step"]), int(saved["epoch"])
-        history = json.loads(saved["history"])
-        best = {"epoch": int(saved["best_epoch"]), "eval_loss": float(saved["best_loss"]), "state": saved["best"]}
-        log.info("image-classify: resuming at epoch %d (step %d)", start_epoch, step)
+    history, step, start_epoch, best = _resume(ckpt, model, opt)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.image.label_smoothing)
     soft = _teacher_targets(cfg.image, train, labels, images) if cfg.image.teacher else None
     patience = cfg.early_stopping.patience if cfg.early_stopping else None
@@ -295,17 +255,7 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
             if step >= total:
                 break
             if state["blocks"]:  # gradual unfreeze: head first, then one block more from the top per interval
-                every = cfg.unfreeze.every_steps or max(1, total // (len(state["blocks"]) + 1))
-                k = min(len(state["blocks"]), cfg.unfreeze.start - 1 + step // every)
-                for b in state["blocks"][len(state["blocks"]) - k:] if k else []:
-                    for p in b.parameters():
-                        if not p.requires_grad:
-                            p.requires_grad = True
-                            opt.add_param_group({"params": [p], "lr": opt.param_groups[0]["lr"]})
-                            for m in b.modules():
-                                if m in state["frozen_norm"]:
-                                    state["frozen_norm"].remove(m)
-                                    m.train()
+                _unfreeze(state, cfg.unfreeze, step, total, opt)
             idx = order[i:i + cfg.batch_size]
             y = torch.from_numpy(gold_train[idx])
             if probe:
@@ -373,12 +323,73 @@ def finetune_images(model_path: Path, train: list[dict], eval: list[dict], out_d
     return metrics
 
 
+def _build_model(model_path: Path, image_cfg, n_labels: int):
+    """(the classifier with a new head of ``n_labels``, its preprocessing): as loaded, or a width-reduced student
+    from random weights (``image.width``), at ``image.size`` (EfficientNet-Lite only)."""
+    from edgeft.models.vision import load_image_classifier, preprocessing
+
+    model = load_image_classifier(model_path)
+    pp = preprocessing(model_path)
+    if image_cfg.width is not None:  # a width-reduced student, from random weights
+        if not hasattr(model, "_blocks"):
+            raise UnsupportedError("finetune.image.width: only EfficientNet-Lite models are width-scaled; remove it")
+        from dataclasses import replace
+
+        from edgeft.models.vision import lite_class, scaled
+
+        model = lite_class()(scaled(replace(model.config, preprocessing=replace(pp)), image_cfg.width)).eval()
+    size = image_cfg.size or pp.size
+    if size != pp.size:
+        if not hasattr(model, "_blocks"):
+            raise UnsupportedError(f"finetune.image.size {size}: only EfficientNet-Lite models take another input "
+                                   f"size; this model's is {pp.size} (remove finetune.image.size)")
+        model.config.preprocessing.size = size
+        pp = model.config.preprocessing
+    model.replace_head(n_labels)
+    return model, pp
+
+
+def _resume(ckpt: Path, model, opt) -> tuple[list, int, int, dict | None]:
+    """(history, step, first epoch, best epoch) from the epoch checkpoint ``ckpt`` loaded into ``model`` and
+    ``opt``; a fresh start when there is none."""
+    import torch
+
+    if not ckpt.is_file():
+        return [], 0, 0, None
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    step, start_epoch = int(saved["step"]), int(saved["epoch"])
+    best = {"epoch": int(saved["best_epoch"]), "eval_loss": float(saved["best_loss"]), "state": saved["best"]}
+    log.info("image-classify: resuming at epoch %d (step %d)", start_epoch, step)
+    return json.loads(saved["history"]), step, start_epoch, best
+
+
+def _unfreeze(state: dict, unfreeze_cfg, step: int, total: int, opt) -> None:
+    """Gradual unfreeze: the blocks due at ``step`` (one more from the top per interval) join ``opt``, their norms
+    train again."""
+    blocks = state["blocks"]
+    every = unfreeze_cfg.every_steps or max(1, total // (len(blocks) + 1))
+    k = min(len(blocks), unfreeze_cfg.start - 1 + step // every)
+    for b in blocks[len(blocks) - k:] if k else []:
+        for p in b.parameters():
+            if not p.requires_grad:
+                p.requires_grad = True
+                opt.add_param_group({"params": [p], "lr": opt.param_groups[0]["lr"]})
+                for m in b.modules():
+                    if m in state["frozen_norm"]:
+                        state["frozen_norm"].remove(m)
+                        m.train()
+
+
 def _qat(model, cfg, train, images, pp, rng, gold_train, eval_x, gold_eval, n_labels, loss_fn, soft) -> dict:
     """Quantization-aware epochs on ``model`` (in place): PT2E fake quantization, the best QAT epoch's weights kept.
 
     Returns what was done: the per-epoch history (fake-quantized eval loss and top-1), the float and the
     fake-quantized top-1 before QAT, and which epoch was kept.
     """
+    # Over 80 lines: the QAT epochs are a second training loop on the exported, fake-quantized graph (capture,
+    # prepare, epochs, best epoch kept), sharing the training state of finetune_images.
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)

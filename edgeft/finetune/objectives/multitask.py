@@ -13,17 +13,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from edgeft.data.templates import greedy_task_metrics, messages
+from edgeft.data.templates import messages
 from edgeft.errors import ConfigError, DataError
 from edgeft.finetune.objectives import common
 from edgeft.finetune.registry import OBJECTIVES, Objective
+from edgeft.metrics.text import greedy_task_metrics
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_task(model, tokenizer, records: list[dict], system_prompt: str, metric: str, max_new_tokens: int = 48,
                   batch_size: int = 16) -> dict[str, float]:
-    """Greedy-decode each prompt and average :func:`~edgeft.data.templates.task_score` over the records."""
+    """Greedy-decode each prompt and average :func:`~edgeft.metrics.text.task_score` over the records."""
     from edgeft.runtime.lm import TorchLM
 
     was_training = model.training
@@ -124,4 +125,4 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
 
 OBJECTIVES.register("multitask")(Objective("multitask", "weighted mixture of tasks, each with its own system prompt "
                                                         "and metric, reported per task", "causal-lm",
-                                            ("task", "prompt", "response"), train))
+                                            ("task", "prompt", "response"), train, records="multitask"))

@@ -28,7 +28,7 @@ def _conversational(records: list[dict], system_prompt: str) -> list[dict]:
 
 def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, batch_size=16) -> dict:
     """Greedy-decode each eval prompt and score it against the reference answer."""
-    from edgeft.data.templates import greedy_task_metrics
+    from edgeft.metrics.text import greedy_task_metrics
     from edgeft.runtime.lm import TorchLM
 
     was_training = model.training
@@ -44,66 +44,41 @@ def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, bat
 
 def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
           system_prompt: str) -> dict:
-    import resource
-
-    import torch
     from datasets import Dataset
-    from transformers import EarlyStoppingCallback, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import EarlyStoppingCallback
 
     ckpt_dir = work_dir / "checkpoints"
-    steps_per_epoch = math.ceil(len(train_records) / (cfg.batch_size * cfg.grad_accum))
-    eval_every = max(1, steps_per_epoch)
-    em_records = eval_records[: cfg.eval_examples]
+    exact = _exact_match_callback(tokenizer, eval_records[: cfg.eval_examples], system_prompt, cfg)
+    timer = speed.step_timer()
+    callbacks = [exact, common.log_callback(_token_accuracy), timer, *method.callbacks(model, cfg)]
+    if cfg.early_stopping is not None:
+        callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
+    plain_head = (cfg.answer_only_lm_head and not cfg.chunked_lm_head and method.padding_free
+                  and not common.cuda() and speed.accepts_logits_to_keep(model))
+    trainer = _trainer_class(plain_head)(
+        model=model,
+        args=_args(cfg, ckpt_dir, len(train_records)),
+        train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
+        eval_dataset=Dataset.from_list(_conversational(eval_records, system_prompt)),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    result, seconds, resume = _fit(trainer, model, tokenizer, cfg, work_dir, ckpt_dir)
+    save_trained(trainer.model, tokenizer, method, out_dir)
+    return _metrics(trainer, result, seconds, resume, timer, type(exact).seconds)
 
-    def autocast():
-        return torch.autocast(model.device.type, torch.bfloat16, enabled=speed.use_bf16(cfg.precision))
 
-    class ExactMatchCallback(TrainerCallback):
-        """Adds eval_exact_match / eval_json_valid (greedy decoding on a slice of the eval split) to each eval."""
+def _args(cfg, ckpt_dir: Path, n_train: int):
+    """TRL's SFTConfig: the shared training arguments (:func:`common.args_kwargs`), evaluated and saved once per
+    epoch, with the answer-only loss and the speed settings of ``cfg``."""
+    from trl import SFTConfig
 
-        seconds = 0.0
-
-        def on_evaluate(self, args, state, control, model=None, metrics=None, **kw):
-            if not em_records or model is None:
-                return
-            t = time.perf_counter()
-            with autocast():  # a bf16 base (speed.bf16_lora_base) runs under autocast only
-                res = exact_match(model, tokenizer, em_records, system_prompt)
-            ExactMatchCallback.seconds += time.perf_counter() - t
-            if metrics is not None:
-                metrics.update({f"eval_{k}": v for k, v in res.items()})
-            state.log_history[-1].update({f"eval_{k}": v for k, v in res.items()})
-            log.info("epoch %.2f: eval exact match %.3f", state.epoch or 0, res["exact_match"])
-
-    args = SFTConfig(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_ratio=cfg.warmup_ratio,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm,
+    every = max(1, math.ceil(n_train / (cfg.batch_size * cfg.grad_accum)))
+    kw = common.args_kwargs(cfg, ckpt_dir, n_train, every=every)
+    kw.update(
         max_length=cfg.max_seq_len,
-        eval_strategy="steps",
-        eval_steps=eval_every,
-        save_strategy="steps",
-        save_steps=eval_every,
-        save_total_limit=cfg.save_total_limit,
-        load_best_model_at_end=cfg.early_stopping is not None,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        logging_steps=max(1, min(10, steps_per_epoch // 4)),
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        report_to=cfg.report_to or [],
-        dataloader_num_workers=0,
         completion_only_loss=True,
-        disable_tqdm=True,
-        use_cpu=not _cuda(),
+        ddp_backend=None,
         # TRL turns gradient checkpointing on by default; on CPU it costs a second forward per step.
         gradient_checkpointing=cfg.gradient_checkpointing,
         group_by_length=cfg.group_by_length,
@@ -112,27 +87,45 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         # bf16 autocast (TRL's default is bf16=True everywhere, slow where bf16 is emulated); weights stay fp32
         bf16=speed.use_bf16(cfg.precision),
     )
-    class LogCallback(TrainerCallback):
-        """One readable log line per logging step instead of transformers' printed dicts."""
+    return SFTConfig(**kw)
 
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs and "loss" in logs:
-                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
-                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
-            elif logs and "eval_loss" in logs:
-                log.info("eval  loss %.4f  token accuracy %.3f", logs["eval_loss"],
-                         logs.get("eval_mean_token_accuracy", float("nan")))
 
-    timer = speed.step_timer()
-    callbacks = [ExactMatchCallback(), LogCallback(), timer, *method.callbacks(model, cfg)]
-    if cfg.early_stopping is not None:
-        callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
-    plain_head = (cfg.answer_only_lm_head and not cfg.chunked_lm_head and method.padding_free
-                  and not _cuda() and speed.accepts_logits_to_keep(model))
+def _exact_match_callback(tokenizer, em_records: list[dict], system_prompt: str, cfg):
+    """A callback adding eval_exact_match / eval_json_valid (greedy decoding on ``em_records``) to each evaluation;
+    its class's ``seconds`` counts the time spent."""
+    import torch
+    from transformers import TrainerCallback
+
+    class ExactMatchCallback(TrainerCallback):
+        seconds = 0.0
+
+        def on_evaluate(self, args, state, control, model=None, metrics=None, **kw):
+            if not em_records or model is None:
+                return
+            t = time.perf_counter()
+            # a bf16 base (speed.bf16_lora_base) runs under autocast only
+            with torch.autocast(model.device.type, torch.bfloat16, enabled=speed.use_bf16(cfg.precision)):
+                res = exact_match(model, tokenizer, em_records, system_prompt)
+            ExactMatchCallback.seconds += time.perf_counter() - t
+            if metrics is not None:
+                metrics.update({f"eval_{k}": v for k, v in res.items()})
+            state.log_history[-1].update({f"eval_{k}": v for k, v in res.items()})
+            log.info("epoch %.2f: eval exact match %.3f", state.epoch or 0, res["exact_match"])
+
+    return ExactMatchCallback()
+
+
+def _token_accuracy(logs: dict) -> str:
+    return f"token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.3f}"
+
+
+def _trainer_class(plain_head: bool):
+    """TRL's SFTTrainer; with ``plain_head`` (CPU) a training step scores only the answer positions
+    (speed.answer_only_loss)."""
+    import torch
+    from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
-        """TRL's SFTTrainer; on CPU a training step scores only the answer positions (speed.answer_only_loss)."""
-
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not plain_head or return_outputs or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -152,14 +145,12 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             return loss
 
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
-        eval_dataset=Dataset.from_list(_conversational(eval_records, system_prompt)),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
+    return Trainer
+
+
+def _fit(trainer, model, tokenizer, cfg, work_dir: Path, ckpt_dir: Path):
+    """Train with the speed settings of ``cfg`` in force (padding-free rows, bf16 LoRA base, answer-only LM head);
+    (result, seconds, resumed) as :func:`common.fit`."""
     with contextlib.ExitStack() as stack:
         packed = stack.enter_context(speed.use_packed_attention(model, cfg.padding_free and cfg.packed_attention))
         if cfg.padding_free:
@@ -175,41 +166,26 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         if n_bf16:
             log.info("%d frozen LoRA base weights held in bf16 while training", n_bf16)
         stack.enter_context(speed.answer_only_lm_head(cfg.answer_only_lm_head))
-        result, seconds, resume = common.fit(trainer, ckpt_dir)
-    save_trained(trainer.model, tokenizer, method, out_dir)
-    history = trainer.state.log_history
-    evals = [h for h in history if "eval_loss" in h]
-    n_tokens = speed.real_tokens(trainer.train_dataset)
+        return common.fit(trainer, ckpt_dir)
+
+
+def _metrics(trainer, result, seconds: float, resume: bool, timer, exact_match_seconds: float) -> dict:
+    """The stage's metrics: :func:`common.run_metrics`, real-token throughput of the optimizer steps, timings,
+    :func:`common.history_metrics`, and the peak RSS up to the last optimizer step."""
     epochs_done = trainer.state.epoch or 0
-    trained_tokens = n_tokens * epochs_done
+    trained_tokens = speed.real_tokens(trainer.train_dataset) * epochs_done
     step_seconds = timer.seconds
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     return {
-        "train_loss": result.training_loss,
-        "steps": trainer.state.global_step,
-        "epochs": epochs_done,
-        "resumed": resume,
-        "train_seconds": seconds,
+        **common.run_metrics(trainer, result, seconds, resume),
         # real (non-pad) tokens per second of optimizer-step time (edgeft.finetune.speed)
         "tokens_per_second": trained_tokens / step_seconds if step_seconds > 0 and not resume else None,
         "step_seconds": step_seconds,
-        "exact_match_seconds": ExactMatchCallback.seconds,
+        "exact_match_seconds": exact_match_seconds,
         "trained_tokens": trained_tokens,
-        "trainable_params": trainable,
-        "total_params": total,
-        "best_eval_loss": trainer.state.best_metric,
-        "eval_history": [{k: v for k, v in h.items() if k.startswith("eval_") or k in ("epoch", "step")} for h in evals],
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **common.history_metrics(trainer, trainer.model, evals),
         "steps_peak_rss_mb": timer.peak_rss_mb,  # up to the end of the last optimizer step (before evaluation)
     }
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 OBJECTIVES.register("sft")(Objective("sft", "instruction tuning, chat template, loss on answers only", "causal-lm",

@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from edgeft.config.options import Options
-from edgeft.errors import UnsupportedError
+from edgeft.errors import UnsupportedError, optional_import
 from edgeft.quantize.registry import SCHEMES, Scheme
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,7 @@ def _save(in_dir: Path, out_dir: Path, qconfig) -> dict:
 
     from edgeft.artifacts import model_kind
 
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise UnsupportedError(f"bnb schemes need bitsandbytes: pip install bitsandbytes ({e})") from e
+    optional_import("bitsandbytes", "bnb schemes need bitsandbytes: pip install bitsandbytes")
     if model_kind(in_dir) != "causal-lm":
         raise UnsupportedError(f"bnb schemes quantize causal LMs here; {in_dir} is an encoder or classifier "
                                "(use an ONNX scheme on its ONNX export)")

@@ -324,6 +324,8 @@ def replace_matmuls(model, plan: dict[str, WeightQuant], accuracy_level: int = 4
 def quantize_head_embed(model, lm_head: str, embeddings: str, block_size: int, symmetric: bool,
                         accuracy_level: int = 4) -> dict:
     """Apply the ``lm_head`` / ``embeddings`` options (in place); returns what was done, for the report."""
+    # Over 80 lines: the LM head and the (possibly tied) embedding table are decided together: shared, int8 or int4
+    # head, int8 or int4 table, each a few graph edits on the same initializers.
     from onnx import helper, numpy_helper
 
     head_bits = check_head_choice("lm_head", lm_head)

@@ -326,6 +326,8 @@ def _auto_exclusions(path: Path, op_types: Sequence[str], weight_matmuls_only: b
 
 def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]],
           opts: StaticInt8Options | None = None, **options) -> dict:
+    # Over 80 lines: ORT's quantize_static with its options, the preprocess and entropy-calibration steps in one
+    # temporary folder, then the report; each step is short and they share the folder, the reader and the timings.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     o = StaticInt8Options.of(opts, **options)
