@@ -23,6 +23,7 @@ def atomic_write(path: Path | str, write: Callable[[TextIO], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would have
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -31,6 +32,12 @@ def atomic_write(path: Path | str, write: Callable[[TextIO], None]) -> Path:
             pass
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
