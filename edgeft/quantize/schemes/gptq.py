@@ -74,12 +74,6 @@ class GptqOptions(Options):
 # --------------------------------------------------------------------------- activations
 
 
-def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]],
-                     threads: int = 2, config_dir: Path | None = None) -> dict[str, tuple[np.ndarray, int]]:
-    """The Σxxᵀ half of :func:`capture`."""
-    return capture(model, tensor_names, windows, threads, config_dir)[0]
-
-
 def capture(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]], threads: int = 2,
             config_dir: Path | None = None, logits_of: Sequence[int] = ()) -> tuple[dict, list[np.ndarray]]:
     """One fp32 pass over ``windows``: ({tensor: (Σ xxᵀ over all tokens [K, K] float64, token count)} for
@@ -127,12 +121,6 @@ def capture(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]]
 
 
 # --------------------------------------------------------------------------- the algorithm
-
-
-def gptq(b: np.ndarray, xtx: np.ndarray, n_tokens: int, wq: mnb.WeightQuant, damp: float = 0.01,
-         act_order: bool = False, lazy_block: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GPTQ codes (codes, scales, zero points) of one weight: :func:`gptq_many` of one."""
-    return gptq_many([b], xtx, n_tokens, [wq], damp, act_order, lazy_block)[0][:3]
 
 
 def _inverse_factor(h: np.ndarray) -> np.ndarray:
