@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -74,18 +74,26 @@ class GptqOptions(Options):
 # --------------------------------------------------------------------------- activations
 
 
+class Capture(NamedTuple):
+    """What one calibration pass gives (:func:`capture`)."""
+
+    hessians: dict[str, tuple[np.ndarray, int]]  # {activation: (Σ xxᵀ over all tokens [K, K] float64, token count)}
+    logits: list[np.ndarray]  # [seq, vocab] of the windows asked for, in that order
+    norms: dict[str, np.ndarray]  # {tensor: every token's L2 norm over its last axis, all windows}
+
+
 def capture(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]], threads: int = 2,
-            config_dir: Path | None = None, logits_of: Sequence[int] = ()) -> tuple[dict, list[np.ndarray]]:
-    """One fp32 pass over ``windows``: ({tensor: (Σ xxᵀ over all tokens [K, K] float64, token count)} for
-    the named activations, the logits [seq, vocab] of the windows whose indices are in ``logits_of``, in
-    that order).
+            config_dir: Path | None = None, logits_of: Sequence[int] = (), in_place: bool = False,
+            norms_of: Sequence[str] = ()) -> Capture:
+    """One fp32 pass over ``windows``: Σ xxᵀ of the named activations, the logits of the windows whose
+    indices are in ``logits_of`` and the per-token norms of the tensors in ``norms_of``.
 
-    Each window's xᵀx is computed in float32 (a symmetric product over at most a few hundred tokens)
-    and summed in float64. ``config_dir``: the model's folder, whose config files give the KV head
-    size when the graph leaves it symbolic (onnxruntime-genai graphs).
+    xᵀx is computed in float32 over about a thousand tokens at a time, and those products summed in
+    float64.
+    ``config_dir``: the model's folder, whose config files give the KV head size when the graph
+    leaves it symbolic (onnxruntime-genai graphs). ``in_place``: add the outputs to ``model`` itself
+    (the caller has no further use for it) instead of a copy.
     """
-    import tempfile
-
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
@@ -93,31 +101,54 @@ def capture(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]]
     from edgeft.quantize.schemes.static_int8 import WindowReader
     from edgeft.runtime.lm import session_options
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = model
+    if not in_place:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
     names = list(dict.fromkeys(tensor_names))
-    for t in names:
+    normed = [t for t in dict.fromkeys(norms_of) if t not in names]
+    for t in names + normed:
         if t not in existing:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    fetch = names + (["logits"] if logits_of else [])
-    with tempfile.TemporaryDirectory(prefix="edgeft-capture-") as tmp:
-        path = Path(tmp) / "capture.onnx"
-        mnb.save_model(m, path)
-        del m
-        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-        reader = WindowReader(path, windows, config_dir)
-    acc: dict[str, tuple[np.ndarray, int]] = {}
+    fetch = names + normed + (["logits"] if logits_of else [])
+    reader = WindowReader(Path(config_dir or ".") / "model.onnx", windows, config_dir, model=m)
+    so = session_options(threads)
+    if m.ByteSize() < 1.8 * 2**30:  # protobuf's limit: bigger models go through a file with external data
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    else:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="edgeft-capture-") as tmp:
+            mnb.save_model(m, Path(tmp) / "capture.onnx")
+            sess = ort.InferenceSession(str(Path(tmp) / "capture.onnx"), so, providers=["CPUExecutionProvider"])
+    del m
+    rows: dict[str, list[np.ndarray]] = {t: [] for t in names}  # activations not yet in the sum
+    acc: dict[str, tuple[np.ndarray | float, int]] = {t: (0.0, 0) for t in names}
     logits: dict[int, np.ndarray] = {}
+    norms: dict[str, list[np.ndarray]] = {t: [] for t in dict.fromkeys(norms_of)}
+
+    def fold(t: str) -> None:  # xᵀx over ~1k tokens at once (a bigger product runs several times faster)
+        x = np.concatenate(rows[t]) if len(rows[t]) > 1 else rows[t][0]
+        h, n = acc[t]
+        acc[t] = (h + (x.T @ x).astype(np.float64), n + x.shape[0])
+        rows[t].clear()
+
     for i, w in enumerate(reader.windows):
-        outs = sess.run(fetch, reader.feeds(w))
-        for t, x in zip(names, outs):
-            x = np.ascontiguousarray(np.asarray(x, np.float32).reshape(-1, x.shape[-1]))
-            h, n = acc.get(t, (0.0, 0))
-            acc[t] = (h + (x.T @ x).astype(np.float64), n + x.shape[0])
+        got = dict(zip(fetch, sess.run(fetch, reader.feeds(w))))
+        for t in norms:
+            norms[t].append(np.linalg.norm(got[t].reshape(-1, got[t].shape[-1]).astype(np.float64), axis=1))
+        for t in names:
+            rows[t].append(np.asarray(got[t], np.float32).reshape(-1, got[t].shape[-1]))
+            if sum(len(r) for r in rows[t]) >= 1024:
+                fold(t)
         if i in logits_of:
-            logits[i] = np.asarray(outs[-1][0], np.float32)
-    return acc, [logits[i] for i in logits_of]
+            logits[i] = np.asarray(got["logits"][0], np.float32)
+    for t in names:
+        if rows[t]:
+            fold(t)
+    return Capture(acc, [logits[i] for i in logits_of],
+                   {t: np.concatenate(v) if v else np.zeros(0) for t, v in norms.items()})
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -157,6 +188,7 @@ class _Rows:
         self.zps = [np.zeros_like(s) for s in self.scales]
         self.scale, self.zp = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
         self.static: tuple[np.ndarray, np.ndarray] | None = None
+        self.zero_scale = True  # some row's current scale may be 0 (an all-zero group): its codes are the zero point
 
     def fix_groups(self, w: np.ndarray, perm: np.ndarray) -> None:
         """Static groups (``act_order``): every group's grid from the original weights ``w`` [R, K], and
@@ -171,6 +203,7 @@ class _Rows:
             group = perm // wq.block_size
             s_t[:, a:b], z_t[:, a:b] = self.scales[j][:, group].T, self.zps[j][:, group].T
         self.static = (s_t, z_t)
+        self.zero_scale = bool((s_t == 0).any())
 
     def update(self, col: int, w1: np.ndarray, i: int) -> None:
         if self.static is not None:
@@ -181,6 +214,7 @@ class _Rows:
                 s, z = mnb.grid(w1[i:i + wq.block_size, a:b].T, wq.bits, wq.symmetric)
                 self.scales[j][:, col // wq.block_size], self.zps[j][:, col // wq.block_size] = s[:, 0], z[:, 0]
                 self.scale[a:b], self.zp[a:b] = s[:, 0], z[:, 0]
+                self.zero_scale = bool((self.scale == 0).any())
 
 
 def _sweep(wt: np.ndarray, u: np.ndarray, rows: _Rows, perm: np.ndarray, lazy: int) -> tuple[np.ndarray, np.ndarray]:
@@ -199,11 +233,18 @@ def _sweep(wt: np.ndarray, u: np.ndarray, rows: _Rows, perm: np.ndarray, lazy: i
             col = i1 + i
             rows.update(col, w1, i)
             x, s, z = w1[i], rows.scale, rows.zp
-            with np.errstate(divide="ignore", invalid="ignore"):
-                q = np.where(s == 0, z, np.round(x / s) + z)  # mnb.to_codes, per row
+            with np.errstate(divide="ignore", invalid="ignore"):  # mnb.to_codes, per row, in place
+                q = np.divide(x, s)
+            np.round(q, out=q)
+            q += z
+            if rows.zero_scale:
+                np.copyto(q, z, where=s == 0)
             np.clip(q, 0, rows.qmax, out=q)
             codes_t[perm[col]] = q
-            e = (x - (q - z) * s) / u[col, col]
+            e = q - z  # e = (x - (q - z) s) / u_ii
+            e *= s
+            np.subtract(x, e, out=e)
+            e /= u[col, col]
             m = i2 - col - 1
             if m:  # spread the error over the block's remaining columns
                 np.multiply(u[col, col + 1:i2, None], e[None, :], out=tmp[:m])
@@ -277,7 +318,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
     mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
             if name not in set(o.nodes_to_exclude) and (head is None or name != head.name)}
     t0 = time.perf_counter()
-    stats = capture(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent)[0]
+    stats = capture(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent).hessians
     t_capture = time.perf_counter() - t0
     codes, errors = {}, {}
     t0 = time.perf_counter()
