@@ -84,9 +84,15 @@ def test_tight_budget_falls_back_and_holds(tiny_onnx, calibration, tmp_path):
     assert plan["reached"]["kl"] <= budget  # measured on the real artifact
     last = plan["search"][-1]
     assert last["simulated"] is False and last["meets_budget"] is True
-    # the most sensitive MatMul is among those moved up
-    top = min(plan["groups"].items(), key=lambda kv: kv[1]["sensitivity_rank"])
-    assert top[1]["precision"] != "int4/b32"
+    # the group whose upgrade removes the most error per added byte (the path's first step; the most
+    # sensitive group need not be it, an upgrade's cost counts too) is among those moved up
+    from edgeft.quantize.schemes.auto import _best_upgrade
+
+    groups = plan["groups"]
+    err = {g: [v["proxy_per_rung"][lbl] for lbl in plan["candidates"]] for g, v in groups.items()}
+    size = {g: [v["bytes_per_rung"][lbl] for lbl in plan["candidates"]] for g, v in groups.items()}
+    first, _ = _best_upgrade({g: 0 for g in groups}, err, size)
+    assert groups[first]["precision"] != "int4/b32"
     assert rep["size_bytes"] > loose_size(tmp_path / "ref")
 
 
@@ -180,9 +186,10 @@ def test_sensitivity_reuse_and_fill_size(tiny_onnx, calibration, tmp_path):
 @pytest.fixture(scope="module")
 def outlier_onnx(tiny_onnx, tmp_path_factory) -> tuple[Path, str]:
     """The tiny export with one block made obviously sensitive: every 8th input row of layer 1's
-    down_proj weight 40x larger, so each int4 block of it has one outlier that sets its scale and the
+    down_proj weight 200x larger, so each int4 block of it has outliers that set its scale and the
     other weights round to a few levels (the weight the model multiplies by changes too, which is fine
-    for a ranking test)."""
+    for a ranking test). At 40x the block's output error was within 2% of layer 0's MLP, less than the
+    spread of the residual norms the proxy divides by."""
     import shutil
 
     import onnx
@@ -195,7 +202,7 @@ def outlier_onnx(tiny_onnx, tmp_path_factory) -> tuple[Path, str]:
     model = onnx.load(str(out / "model.onnx"))
     node, init = next(v for k, v in mnb.weight_matmuls(model.graph).items() if "layers.1/mlp/down_proj" in k)
     w = numpy_helper.to_array(init).copy()
-    w[::8] *= 40.0
+    w[::8] *= 200.0
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(model, str(out / "model.onnx"))
     return out, "/model/layers.1/mlp"

@@ -428,6 +428,24 @@ def _budget_error(o: AutoOptions, best: tuple[dict, dict], labels: list[str], n_
           "candidates (e.g. fp32) or keep lm_head/embeddings")
 
 
+def _residuals(graph, mats: dict) -> dict[str, str]:
+    """{block: the residual-stream tensor it writes to}: where a block's MatMul output feeds an Add or an
+    ORT SkipSimplifiedLayerNormalization (o_proj and down_proj in a pre-norm decoder), the other input
+    of that node, unless it is a constant (a bias)."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    constants = {i.name for i in graph.initializer}
+    out: dict[str, str] = {}
+    for name, (node, _) in mats.items():
+        for c in consumers.get(node.output[0], []):
+            other = [i for i in c.input[:2] if i != node.output[0] and i not in constants]
+            if c.op_type in ("Add", "SkipSimplifiedLayerNormalization") and other:
+                out.setdefault(group_of(name, "block"), other[0])
+    return out
+
+
 class _Job:
     """One auto run: the fp32 model, its target MatMuls and groups, the calibration split, the codes
     and output errors per (MatMul, rung), the reference logits, and the artifact built from a plan."""
@@ -471,6 +489,16 @@ class _Job:
         self.codes: dict[tuple[str, int], tuple] = {}
         self.errors: dict[tuple[str, int], float] = {}
         self.stats: dict[str, tuple[np.ndarray, int]] = {}
+        # the proxy divides each group's output error by the median norm of the residual stream its block
+        # writes to: the next RMSNorm divides that stream by its norm, so the same ||X dW||^2 matters less
+        # where the stream is larger (SmolLM2-135M: median norm 2.8 into layer 0, 790 out of layer 29). On its
+        # 60 blocks x 4 rungs it raised the Spearman correlation with measured KL from 0.62 to 0.73 and cut the
+        # fill-the-budget plan's held-out perplexity increase from +8.5% to +5.2%. None: some block has no
+        # residual Add, the errors are compared as they are.
+        residual = _residuals(self.model.graph, self.mats)
+        blocks = {group_of(n, "block") for n in self.mats}
+        self.residual = residual if blocks <= set(residual) else None
+        self.scale: dict[str, float] = {g: 1.0 for g in self.groups}
 
     # ---------------------------------------------------------------- calibration pass and codes
     def capture(self, hessians: bool, sens_logits: bool) -> None:
@@ -482,8 +510,14 @@ class _Job:
         names = [self.mats[n][0].input[0] for n in self.mats] if hessians else []
         wins = self.wins if hessians else self.wins[:ns + nc]
         want = list(range(ns, ns + nc)) + (list(range(ns)) if sens_logits else [])
-        self.stats, logits = gq.capture(self.model, names, wins, config_dir=self.in_onnx.parent, logits_of=want)
+        norms_of = sorted(set(self.residual.values())) if hessians and self.residual else []
+        got = gq.capture(self.model, names, wins, config_dir=self.in_onnx.parent, logits_of=want, in_place=True,
+                         norms_of=norms_of)
         self.model = None  # the rest starts from self.base
+        self.stats, logits = got.hessians, got.logits
+        if norms_of:
+            median = {t: float(np.median(v)) for t, v in got.norms.items()}
+            self.scale = {g: median[self.residual[group_of(names_[0], "block")]] for g, names_ in self.groups.items()}
         self.ref_check, self.ref_sens = logits[:nc], logits[nc:]
         self.ppl_ref_check = quality.perplexity(_Replay(self.ref_check), self.check_wins)
         self.ppl_ref_sens = quality.perplexity(_Replay(self.ref_sens), self.sens_wins) if sens_logits else None
@@ -493,6 +527,7 @@ class _Job:
         input for int4 rungs (``algo: gptq``; its output error comes with it), RTN otherwise (its
         output error, with ``errors``, from Σxxᵀ)."""
         sweeps: dict[str, list[tuple[str, int]]] = {}
+        xtx32: dict[str, np.ndarray] = {}
         for n, lvl in pairs:
             if (n, lvl) in self.codes:
                 continue
@@ -502,10 +537,12 @@ class _Job:
                 continue
             self.codes[(n, lvl)] = mnb.rtn_codes(self.weights[n], wq)
             if errors and self.stats:
-                xtx, ntok = self.stats[self.mats[n][0].input[0]]
+                x = self.mats[n][0].input[0]
+                if x not in xtx32:  # one float32 copy per input serves its MatMuls and rungs
+                    xtx32[x] = self.stats[x][0].astype(np.float32)
                 d = self.weights[n] - self.deq(n, lvl)
-                self.errors[(n, lvl)] = float(np.einsum("ij,ij->", xtx.astype(np.float32) @ d, d,
-                                                        dtype=np.float64)) / ntok
+                self.errors[(n, lvl)] = float(np.einsum("ij,ij->", xtx32[x] @ d, d, dtype=np.float64)
+                                              ) / self.stats[x][1]
         for x, items in sweeps.items():
             xtx, ntok = self.stats[x]
             out = gq.gptq_many([self.weights[n] for n, _ in items], xtx.copy(), ntok,
@@ -519,21 +556,21 @@ class _Job:
     def deq(self, name: str, lvl: int) -> np.ndarray:
         return mnb.dequantize(*self.codes[(name, lvl)], self.weights[name].shape[0], self.ladder[lvl].block_size)
 
+    def error_at(self, g: str, lvl: int) -> float | None:
+        """Output error per token of group ``g`` on rung ``lvl``: Σ over its MatMuls of ‖X dW‖²/n (0 for
+        fp32; None when not computed)."""
+        if self.ladder[lvl] is None:
+            return 0.0
+        names = self.groups[g]
+        return sum(self.errors[(n, lvl)] for n in names) if all((n, lvl) in self.errors for n in names) else None
+
     def proxy_at(self) -> dict[str, list[float]] | None:
-        """Per group and rung, the summed output error per token of its MatMuls (0 for fp32); None
-        when some error is missing (no calibration activations)."""
-        out = {}
-        for g, names in self.groups.items():
-            row = []
-            for lvl, wq in enumerate(self.ladder):
-                if wq is None:
-                    row.append(0.0)
-                elif all((n, lvl) in self.errors for n in names):
-                    row.append(sum(self.errors[(n, lvl)] for n in names))
-                else:
-                    return None
-            out[g] = row
-        return out
+        """Per group and rung, the proxy: the output error over the median residual norm (``self.scale``);
+        None when some error is missing (no calibration activations)."""
+        out = {g: [self.error_at(g, lvl) for lvl in range(len(self.ladder))] for g in self.groups}
+        if any(e is None for row in out.values() for e in row):
+            return None
+        return {g: [e / self.scale[g] for e in row] for g, row in out.items()}
 
     # ---------------------------------------------------------------- sizes, simulation, real artifact
     def predicted_mb(self, plan: dict[str, int]) -> float:
@@ -574,14 +611,9 @@ class _Job:
 
 
     def plan_proxy(self, plan: dict[str, int]) -> float | None:
-        """The plan's summed output error per token (its predicted quality in ``proxy`` units)."""
-        total = 0.0
-        for g, lvl in plan.items():
-            for n in self.groups[g] if self.ladder[lvl] is not None else ():
-                if (n, lvl) not in self.errors:
-                    return None
-                total += self.errors[(n, lvl)]
-        return total
+        """The plan's summed proxy (its predicted quality in proxy units)."""
+        errors = [self.error_at(g, lvl) for g, lvl in plan.items()]
+        return None if None in errors else sum(e / self.scale[g] for e, g in zip(errors, plan))
 
 
 def _sensitivities(job: _Job, prior: dict, sim) -> tuple[dict[str, dict], dict[str, list[float]], list[str]]:
@@ -603,6 +635,8 @@ def _sensitivities(job: _Job, prior: dict, sim) -> tuple[dict[str, dict], dict[s
         key = "proxy"
     for g in job.groups if proxies is not None else ():
         sensitivity[g]["proxy_per_rung"] = dict(zip(job.labels, proxies[g]))
+        sensitivity[g]["output_error_per_rung"] = {lbl: job.error_at(g, lvl) for lvl, lbl in enumerate(job.labels)}
+        sensitivity[g]["residual_norm"] = job.scale[g] if job.residual else None
     return sensitivity, kl_at, sorted(job.groups, key=lambda g: -sensitivity[g][key])
 
 
@@ -741,9 +775,12 @@ def _given_plan(job: _Job, out_onnx: Path, task_ref) -> dict:
 def _quality(job: _Job, r: dict) -> dict:
     """The plan's predicted quality (its rungs' summed sensitivities) next to what the check windows measured."""
     o, plan, m = job.o, r["plan"], r["m"]
-    predicted: dict[str, Any] = {"proxy": job.plan_proxy(plan),
-                                 "proxy_unit": "output error per token, summed over the quantized MatMuls "
-                                               "(||X dW||^2 / n)"}
+    predicted: dict[str, Any] = {
+        "proxy": job.plan_proxy(plan),
+        "proxy_unit": "per group, the output error per token summed over its MatMuls (||X dW||^2 / n) over the "
+                      "median norm of the residual stream its block writes to" if job.residual else
+                      "per group, the output error per token summed over its MatMuls (||X dW||^2 / n; no residual "
+                      "Add found to scale it by)"}
     first = {g: 0 for g in job.groups}
     if r["kl_at"] is not None:
         predicted["proxy_all_first_rung"] = job.plan_proxy(first)
