@@ -79,7 +79,7 @@ def correlations(plan: dict) -> dict:
 
 
 def _windows(tok, text: str, seq: int, n_tokens: int):
-    from edgeft.quantize.quality import windows
+    from edgeft.metrics.lm import windows
 
     return windows(tok(text, add_special_tokens=False).input_ids, seq, seq, n_tokens)
 

@@ -292,7 +292,7 @@ class _Overriding:
 
 
 class _Replay:
-    """A CausalLM stand-in that hands back logits already computed, in order (for quality.perplexity)."""
+    """A CausalLM stand-in that hands back logits already computed, in order (for edgeft.metrics.lm.perplexity)."""
 
     def __init__(self, logits: Sequence[np.ndarray]) -> None:
         self._it = iter(logits)
@@ -303,12 +303,12 @@ class _Replay:
 
 def _score(lm, ref_logits: list[np.ndarray], wins: list[np.ndarray], ppl_ref: float,
            task_metric: Callable | None, task_ref: float | None) -> dict:
-    from edgeft.quantize import quality
+    from edgeft.metrics import lm as lm_metrics
 
     logits = [lm.logits(w) for w in wins]  # one forward pass per window for both scores
-    ppl = quality.perplexity(_Replay(logits), wins)
+    ppl = lm_metrics.perplexity(_Replay(logits), wins)
     out = {"perplexity": ppl, "perplexity_increase_pct": 100.0 * (ppl - ppl_ref) / ppl_ref,
-           **quality.compare(ref_logits, _Replay(logits), wins)}
+           **lm_metrics.compare(ref_logits, _Replay(logits), wins)}
     if task_metric is not None:
         out["task"] = float(task_metric(lm))
         out["task_drop"] = float(task_ref - out["task"])
@@ -504,7 +504,7 @@ class _Job:
     def capture(self, hessians: bool, sens_logits: bool) -> None:
         """One fp32 pass: Σxxᵀ of every target input over all windows (``hessians``), and the reference
         logits and perplexity of the check windows (and of the sensitivity windows, ``sens_logits``)."""
-        from edgeft.quantize import quality
+        from edgeft.metrics import lm as lm_metrics
 
         ns, nc = len(self.sens_wins), len(self.check_wins)
         names = [self.mats[n][0].input[0] for n in self.mats] if hessians else []
@@ -519,8 +519,8 @@ class _Job:
             median = {t: float(np.median(v)) for t, v in got.norms.items()}
             self.scale = {g: median[self.residual[group_of(names_[0], "block")]] for g, names_ in self.groups.items()}
         self.ref_check, self.ref_sens = logits[:nc], logits[nc:]
-        self.ppl_ref_check = quality.perplexity(_Replay(self.ref_check), self.check_wins)
-        self.ppl_ref_sens = quality.perplexity(_Replay(self.ref_sens), self.sens_wins) if sens_logits else None
+        self.ppl_ref_check = lm_metrics.perplexity(_Replay(self.ref_check), self.check_wins)
+        self.ppl_ref_sens = lm_metrics.perplexity(_Replay(self.ref_sens), self.sens_wins) if sens_logits else None
 
     def compute_codes(self, pairs, errors: bool) -> None:
         """Codes of each (MatMul, quantized rung) in ``pairs`` not computed yet: GPTQ in one sweep per
