@@ -11,8 +11,9 @@
 
    - ``sensitivity: proxy`` (default): the output error the rung's codes leave on the calibration
      activations, ‖X(W − Ŵ)‖² per token = tr(ΔW H ΔWᵀ) with H = XᵀX/n, summed over the group's
-     MatMuls. GPTQ rungs give it for free (read off the sweep), RTN rungs cost one product with H;
-     no forward pass.
+     MatMuls and divided by the median norm of the residual stream its block adds to (the next
+     RMSNorm divides by that norm; the same pass captures it). GPTQ rungs give the error for free
+     (read off the sweep), RTN rungs cost one product with H; no forward pass per rung.
    - ``sensitivity: measured``: the group alone on the rung, the rest fp32, and the KL increase vs
      fp32 on ``sensitivity_windows`` (one ONNX Runtime session whose weights are overridable
      initializers; each trial feeds the dequantized weights of its group). One forward pass per
@@ -85,8 +86,8 @@ class AutoOptions(Options):
         "block", description="fall back per block (a layer's attention or MLP MatMuls) or per matmul")
     sensitivity: Literal["proxy", "measured"] = Field(
         "proxy", description="per-group sensitivity: proxy (the output error each rung leaves on the calibration "
-                             "activations, tr(dW H dW^T); seconds) or measured (KL of a forward pass per group and "
-                             "rung on sensitivity_windows; minutes)")
+                             "activations, tr(dW H dW^T), over the residual norm; seconds) or measured (KL of a "
+                             "forward pass per group and rung on sensitivity_windows; minutes)")
     sensitivity_windows: int = Field(4, ge=1, description="calibration windows for the measured per-group sensitivity "
                                                           "(the first ones; the check windows follow them)")
     check_windows: int = Field(4, ge=1, description="further calibration windows on which the budget is checked")
