@@ -135,6 +135,8 @@ def quantize(in_dir: Path, out_dir: Path, scheme: str, options: dict | None = No
                  report["size_bytes"] / 2**20, report["size_ratio"], report["accuracy_input"], report["accuracy"],
                  report["label_agreement"])
         _stage_gate(scheme, report, "accuracy", Goal.model_construct(max_degradation=max_accuracy_drop))
+    if sch.on_quality is not None:
+        sch.on_quality(report, out_dir)
     (out_dir / "quantize_report.json").write_text(json.dumps(report, indent=2))
     describe_output(out_dir, scheme, opts, in_dir, name)  # last: the artifact is complete
     return report

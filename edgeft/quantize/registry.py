@@ -8,7 +8,8 @@ and :func:`edgeft.quantize.quantize` hands ``apply`` the validated instance (``o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 from edgeft.config.options import Options, option_table, options_from_table
 from edgeft.registry import Registry
@@ -28,6 +29,9 @@ class Scheme:
     needs_calibration: bool = False  # apply() then also gets calibration=[token-id windows]
     needs_adapter: bool = False  # apply() then also gets adapter=<the fine-tune's PEFT adapter folder>
     uses_adapter: bool = False  # apply() gets adapter=<folder> when the fine-tune wrote one (else adapter=None)
+    # Called by quantize() with the finished report (quality on held-out text included, when measured) and the
+    # output folder, before the report is written: a scheme may add to it what the scores mean for its choices.
+    on_quality: Optional[Callable[[dict, Path], None]] = None
     # What apply() reads and writes. "onnx": (in_onnx file, out_onnx file). "pytorch" input: (HF model
     # folder, output folder) -- the merged model, before export; the output folder already holds the
     # tokenizer and config. output_format "pytorch" (an HF folder from_pretrained loads) or "torchscript".

@@ -173,3 +173,18 @@ def test_auto_plan_from_another_export(genai_fp32, tmp_path):
     with pytest.raises(ConfigError, match="no precision for /model/layers.1/mlp"):
         quantize(src, tmp_path / "x", "auto", {**opts, "plan_from": str(tmp_path / "short.json")},
                  calibration_ids=calib)
+
+
+def test_auto_measured_sensitivity_on_the_builder_graph(genai_fp32, tmp_path):
+    """sensitivity: measured feeds each trial's weights to the simulation session on the builder graph
+    too (its GroupQueryAttention graphs decode IO-bound by default, which would bypass the weight feeds
+    and score every trial as the fp32 model: no group sensitive, the plan all first rung)."""
+    from edgeft.quantize import quantize
+
+    src, _ = genai_fp32
+    calib = [list(range(3 + 7 * i, 67 + 7 * i)) for i in range(4)]
+    opts = {"max_ppl_increase_pct": 1e6, "candidates": ["int4/b32", "int8/b32", "fp32"], "sensitivity_windows": 2,
+            "check_windows": 2, "sensitivity": "measured"}
+    plan = quantize(src, tmp_path / "m", "auto", opts, calibration_ids=calib)["options"]["plan"]
+    assert all(g["kl_per_rung"]["int4/b32"] > g["kl_per_rung"]["int8/b32"] > 0 for g in plan["groups"].values())
+    assert all(g["proxy_per_rung"]["int4/b32"] > g["proxy_per_rung"]["int8/b32"] > 0 for g in plan["groups"].values())

@@ -318,7 +318,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
                                    f"block_size {o.block_size}; choose a block size that divides it")
         groups.setdefault(node.input[0], []).append((name, node, w))
     t0 = time.perf_counter()
-    hess = gq.capture_hessians(model, list(groups), wins, config_dir=Path(in_onnx).parent)
+    hess = gq.capture(model, list(groups), wins, config_dir=Path(in_onnx).parent).hessians
     t_capture = time.perf_counter() - t0
     base_of = _base_fn(lora, lora.scaling if lora is not None else 0.0)
     replaced = {id(node): x for x, ms in groups.items() for _, node, _ in ms}

@@ -19,6 +19,11 @@ XᵀX is accumulated per distinct input (q/k/v share one, gate/up another). All 
 activations (not the outputs of already-quantized layers, as the sequential original does): one
 pass over the model instead of one per layer.
 
+The MatMuls that read one input share H, so one Cholesky and one column sweep serve all of them
+(their rows stacked; GPTQ treats output channels independently), and ``auto`` puts every int4 rung
+of the ladder in that same sweep, each row on its own grid (:func:`gptq_many`). The sweep also
+gives each weight's output error ‖XW − XŴ‖² without another product with H.
+
 Group scales come from the *updated* weights when the sweep reaches each group (the original
 algorithm). With ``act_order`` columns are visited by decreasing Hessian diagonal; MatMulNBits
 blocks are contiguous along K, so the groups' scales are then fixed up front from the original
@@ -34,7 +39,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -69,12 +74,25 @@ class GptqOptions(Options):
 # --------------------------------------------------------------------------- activations
 
 
-def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]],
-                     threads: int = 2, config_dir: Path | None = None) -> dict[str, tuple[np.ndarray, int]]:
-    """{tensor: (Σ xxᵀ over all calibration tokens [K, K] float64, token count)} for the named activations.
+class Capture(NamedTuple):
+    """What one calibration pass gives (:func:`capture`)."""
 
+    hessians: dict[str, tuple[np.ndarray, int]]  # {activation: (Σ xxᵀ over all tokens [K, K] float64, token count)}
+    logits: list[np.ndarray]  # [seq, vocab] of the windows asked for, in that order
+    norms: dict[str, np.ndarray]  # {tensor: every token's L2 norm over its last axis, all windows}
+
+
+def capture(model, tensor_names: Sequence[str], windows: Sequence[Sequence[int]], threads: int = 2,
+            config_dir: Path | None = None, logits_of: Sequence[int] = (), in_place: bool = False,
+            norms_of: Sequence[str] = ()) -> Capture:
+    """One fp32 pass over ``windows``: Σ xxᵀ of the named activations, the logits of the windows whose
+    indices are in ``logits_of`` and the per-token norms of the tensors in ``norms_of``.
+
+    xᵀx is computed in float32 over about a thousand tokens at a time, and those products summed in
+    float64.
     ``config_dir``: the model's folder, whose config files give the KV head size when the graph
-    leaves it symbolic (onnxruntime-genai graphs).
+    leaves it symbolic (onnxruntime-genai graphs). ``in_place``: add the outputs to ``model`` itself
+    (the caller has no further use for it) instead of a copy.
     """
     import onnx
     import onnxruntime as ort
@@ -83,86 +101,197 @@ def capture_hessians(model, tensor_names: Sequence[str], windows: Sequence[Seque
     from edgeft.quantize.schemes.static_int8 import WindowReader
     from edgeft.runtime.lm import session_options
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    m = model
+    if not in_place:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
     existing = {o.name for o in m.graph.output}
     names = list(dict.fromkeys(tensor_names))
-    for t in names:
+    normed = [t for t in dict.fromkeys(norms_of) if t not in names]
+    for t in names + normed:
         if t not in existing:
             m.graph.output.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, None))
-    import tempfile
+    fetch = names + normed + (["logits"] if logits_of else [])
+    reader = WindowReader(Path(config_dir or ".") / "model.onnx", windows, config_dir, model=m)
+    so = session_options(threads)
+    if m.ByteSize() < 1.8 * 2**30:  # protobuf's limit: bigger models go through a file with external data
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    else:
+        import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="edgeft-capture-") as tmp:
-        path = Path(tmp) / "capture.onnx"
-        mnb.save_model(m, path)
-        del m
-        sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-        reader = WindowReader(path, windows, config_dir)
-    acc: dict[str, tuple[np.ndarray, int]] = {}
-    for w in reader.windows:
-        outs = sess.run(names, reader.feeds(w))
-        for t, x in zip(names, outs):
-            x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-            h, n = acc.get(t, (0.0, 0))
-            acc[t] = (h + x.T @ x, n + x.shape[0])
-    return acc
+        with tempfile.TemporaryDirectory(prefix="edgeft-capture-") as tmp:
+            mnb.save_model(m, Path(tmp) / "capture.onnx")
+            sess = ort.InferenceSession(str(Path(tmp) / "capture.onnx"), so, providers=["CPUExecutionProvider"])
+    del m
+    rows: dict[str, list[np.ndarray]] = {t: [] for t in names}  # activations not yet in the sum
+    acc: dict[str, tuple[np.ndarray | float, int]] = {t: (0.0, 0) for t in names}
+    logits: dict[int, np.ndarray] = {}
+    norms: dict[str, list[np.ndarray]] = {t: [] for t in dict.fromkeys(norms_of)}
+
+    def fold(t: str) -> None:  # xᵀx over ~1k tokens at once (a bigger product runs several times faster)
+        x = np.concatenate(rows[t]) if len(rows[t]) > 1 else rows[t][0]
+        h, n = acc[t]
+        acc[t] = (h + (x.T @ x).astype(np.float64), n + x.shape[0])
+        rows[t].clear()
+
+    for i, w in enumerate(reader.windows):
+        got = dict(zip(fetch, sess.run(fetch, reader.feeds(w))))
+        for t in norms:
+            norms[t].append(np.linalg.norm(got[t].reshape(-1, got[t].shape[-1]).astype(np.float64), axis=1))
+        for t in names:
+            rows[t].append(np.asarray(got[t], np.float32).reshape(-1, got[t].shape[-1]))
+            if sum(len(r) for r in rows[t]) >= 1024:
+                fold(t)
+        if i in logits_of:
+            logits[i] = np.asarray(got["logits"][0], np.float32)
+    for t in names:
+        if rows[t]:
+            fold(t)
+    return Capture(acc, [logits[i] for i in logits_of],
+                   {t: np.concatenate(v) if v else np.zeros(0) for t, v in norms.items()})
 
 
 # --------------------------------------------------------------------------- the algorithm
 
 
-def gptq(b: np.ndarray, xtx: np.ndarray, n_tokens: int, wq: mnb.WeightQuant, damp: float = 0.01,
-         act_order: bool = False, lazy_block: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """GPTQ codes for a MatMul weight ``b`` [K, N] given Σxxᵀ over ``n_tokens`` inputs.
+def _inverse_factor(h: np.ndarray) -> np.ndarray:
+    """Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU; row i gives column i's error propagation), float32.
 
-    Returns (codes [N, K_pad] uint8, scales [N, kb] f32, zero points [N, kb] uint8), the layout of
-    :func:`~edgeft.quantize.schemes.matmulnbits.rtn_codes`.
+    With J the order-reversing permutation and JHJ = LLᵀ: H⁻¹ = J L⁻ᵀ L⁻¹ J, and U = J L⁻¹ J is upper
+    triangular, so one Cholesky and one triangular solve give it (no inverse of H, no second Cholesky).
     """
-    k, n = b.shape
-    bs = wq.block_size
-    kb = -(-k // bs)
-    lazy = max(bs, (lazy_block // bs) * bs)
-    w = np.ascontiguousarray(b.T, np.float32)  # [N, K]: rows are output channels, as in the paper
+    import torch
+
+    ht = torch.from_numpy(np.ascontiguousarray(h[::-1, ::-1], np.float32))
+    low = torch.linalg.cholesky(ht)
+    inv = torch.linalg.solve_triangular(low, torch.eye(h.shape[0]), upper=False)
+    return np.ascontiguousarray(inv.numpy()[::-1, ::-1])
+
+
+class _Rows:
+    """The rows (output channels) of several weights stacked for one GPTQ sweep, each weight on its own grid.
+
+    ``scale``/``zp`` hold every row's current group grid; ``update(col, w1, i)`` sets them for column
+    ``col`` (static groups: precomputed per column; otherwise a group's grid is taken from the updated
+    weights ``w1[i:i + block]`` when the sweep reaches its first column, as in the paper).
+    """
+
+    def __init__(self, weights: Sequence[np.ndarray], quants: Sequence[mnb.WeightQuant], k: int) -> None:
+        self.spans, start = [], 0
+        for b in weights:
+            self.spans.append((start, start + b.shape[1]))
+            start += b.shape[1]
+        self.quants, self.k, self.n = list(quants), k, start
+        self.qmax = np.concatenate([np.full(b - a, 2 ** wq.bits - 1, np.float32)
+                                    for (a, b), wq in zip(self.spans, quants)])
+        self.scales = [np.zeros((b - a, -(-k // wq.block_size)), np.float32) for (a, b), wq in zip(self.spans, quants)]
+        self.zps = [np.zeros_like(s) for s in self.scales]
+        self.scale, self.zp = np.zeros(self.n, np.float32), np.zeros(self.n, np.float32)
+        self.static: tuple[np.ndarray, np.ndarray] | None = None
+        self.zero_scale = True  # some row's current scale may be 0 (an all-zero group): its codes are the zero point
+
+    def fix_groups(self, w: np.ndarray, perm: np.ndarray) -> None:
+        """Static groups (``act_order``): every group's grid from the original weights ``w`` [R, K], and
+        per visited column (in ``perm`` order) the grid of the group that column belongs to."""
+        s_t, z_t = np.empty((self.k, self.n), np.float32), np.empty((self.k, self.n), np.float32)
+        for j, ((a, b), wq) in enumerate(zip(self.spans, self.quants)):
+            kb = self.scales[j].shape[1]
+            padded = np.zeros((b - a, kb * wq.block_size), np.float32)
+            padded[:, :self.k] = w[a:b]
+            s, z = mnb.grid(padded.reshape(b - a, kb, wq.block_size), wq.bits, wq.symmetric)
+            self.scales[j], self.zps[j] = s[..., 0], z[..., 0]
+            group = perm // wq.block_size
+            s_t[:, a:b], z_t[:, a:b] = self.scales[j][:, group].T, self.zps[j][:, group].T
+        self.static = (s_t, z_t)
+        self.zero_scale = bool((s_t == 0).any())
+
+    def update(self, col: int, w1: np.ndarray, i: int) -> None:
+        if self.static is not None:
+            self.scale, self.zp = self.static[0][col], self.static[1][col]
+            return
+        for j, ((a, b), wq) in enumerate(zip(self.spans, self.quants)):
+            if col % wq.block_size == 0:
+                s, z = mnb.grid(w1[i:i + wq.block_size, a:b].T, wq.bits, wq.symmetric)
+                self.scales[j][:, col // wq.block_size], self.zps[j][:, col // wq.block_size] = s[:, 0], z[:, 0]
+                self.scale[a:b], self.zp[a:b] = s[:, 0], z[:, 0]
+                self.zero_scale = bool((self.scale == 0).any())
+
+
+def _sweep(wt: np.ndarray, u: np.ndarray, rows: _Rows, perm: np.ndarray, lazy: int) -> tuple[np.ndarray, np.ndarray]:
+    """The GPTQ column sweep over ``wt`` [K, R] (columns of W as rows, visited in order; updated in
+    place) with lazy batch updates. Returns (codes [K, R] in the original column order, Σ per row of
+    the squared scaled errors)."""
+    k = wt.shape[0]
+    codes_t = np.zeros((k, rows.n), np.float32)
+    err_sq = np.zeros(rows.n, np.float64)
+    tmp = np.empty((lazy, rows.n), np.float32)
+    for i1 in range(0, k, lazy):
+        i2 = min(i1 + lazy, k)
+        w1 = wt[i1:i2]
+        err1 = np.empty((i2 - i1, rows.n), np.float32)
+        for i in range(i2 - i1):
+            col = i1 + i
+            rows.update(col, w1, i)
+            x, s, z = w1[i], rows.scale, rows.zp
+            with np.errstate(divide="ignore", invalid="ignore"):  # mnb.to_codes, per row, in place
+                q = np.divide(x, s)
+            np.round(q, out=q)
+            q += z
+            if rows.zero_scale:
+                np.copyto(q, z, where=s == 0)
+            np.clip(q, 0, rows.qmax, out=q)
+            codes_t[perm[col]] = q
+            e = q - z  # e = (x - (q - z) s) / u_ii
+            e *= s
+            np.subtract(x, e, out=e)
+            e /= u[col, col]
+            m = i2 - col - 1
+            if m:  # spread the error over the block's remaining columns
+                np.multiply(u[col, col + 1:i2, None], e[None, :], out=tmp[:m])
+                np.subtract(w1[i + 1:], tmp[:m], out=w1[i + 1:])
+            err1[i] = e
+        err_sq += np.einsum("ij,ij->j", err1, err1, dtype=np.float64)
+        if i2 < k:  # and the block's errors over every later column at once
+            wt[i2:] -= u[i1:i2, i2:].T @ err1
+    return codes_t, err_sq
+
+
+def gptq_many(weights: Sequence[np.ndarray], xtx: np.ndarray, n_tokens: int, quants: Sequence[mnb.WeightQuant],
+              damp: float = 0.01, act_order: bool = False, lazy_block: int = 128) -> list[tuple]:
+    """GPTQ for several weights [K, Nᵢ] that read the same input (so share Σxxᵀ), each on its own grid
+    ``quants[i]`` (one weight may appear once per grid): one Cholesky and one column sweep over all
+    their rows (GPTQ treats output channels independently; only the grid differs per row).
+
+    Returns per weight (codes [N, K_pad] uint8, scales [N, kb] f32, zero points [N, kb] uint8, error),
+    error = ‖X(W − Ŵ)‖² over the calibration tokens, read off the sweep: with H⁻¹ = UᵀU the final
+    ΔW equals E·U (E the scaled column errors), so ΔW (H + λI) ΔWᵀ = EEᵀ; minus λ‖ΔW‖² it is the
+    undamped error, times n/2 (H = 2XᵀX/n).
+    """
+    k = weights[0].shape[0]
+    rows = _Rows(weights, quants, k)
+    w = np.ascontiguousarray(np.concatenate([b.T for b in weights]), np.float32)  # [R, K]
     h = 2.0 * xtx / max(n_tokens, 1)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    scales = np.zeros((n, kb), np.float32)
-    zps = np.zeros((n, kb), np.float32)
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
     if act_order:
-        padded = np.zeros((n, kb * bs), np.float32)
-        padded[:, :k] = w
-        s, z = mnb.grid(padded.reshape(n, kb, bs), wq.bits, wq.symmetric)
-        scales, zps = s[..., 0], z[..., 0]
-        perm = np.argsort(-np.diag(h), kind="stable")
-    else:
-        perm = np.arange(k)
-    w = w[:, perm]
+        rows.fix_groups(w, perm)
     h = h[np.ix_(perm, perm)]
-    h[np.diag_indices(k)] += damp * float(np.mean(np.diag(h)))
-    # Upper Cholesky factor U of H⁻¹ (H⁻¹ = UᵀU): row i of U gives column i's error propagation.
-    hinv = np.linalg.inv(np.linalg.cholesky(h))
-    hinv = hinv.T @ hinv
-    u = np.linalg.cholesky(hinv).T.astype(np.float32)
-    codes = np.zeros((n, kb * bs), np.float32)
-    for i1 in range(0, k, lazy):
-        i2 = min(i1 + lazy, k)
-        w1 = w[:, i1:i2].copy()
-        err1 = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            g = perm[col] // bs
-            if not act_order and col % bs == 0:
-                s, z = mnb.grid(w1[:, i:i + bs], wq.bits, wq.symmetric)  # from the updated weights
-                scales[:, g], zps[:, g] = s[:, 0], z[:, 0]
-            q = mnb.to_codes(w1[:, i], scales[:, g], zps[:, g], wq.bits)
-            codes[:, perm[col]] = q
-            e = (w1[:, i] - (q - zps[:, g]) * scales[:, g]) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ u[i1:i2, i2:]
-    return codes.astype(np.uint8), scales, zps.astype(np.uint8)
+    lam = damp * float(np.mean(np.diag(h)))
+    h[np.diag_indices(k)] += lam
+    blocks = max(wq.block_size for wq in quants)
+    codes_t, err_sq = _sweep(np.ascontiguousarray(w[:, perm].T), _inverse_factor(h), rows, perm,
+                             max(blocks, (lazy_block // blocks) * blocks))
+    out = []
+    for j, ((a, b), wq) in enumerate(zip(rows.spans, quants)):
+        codes = np.zeros((b - a, rows.scales[j].shape[1] * wq.block_size), np.uint8)
+        codes[:, :k] = codes_t[:, a:b].T
+        zp = rows.zps[j].astype(np.uint8)
+        d = w[a:b] - mnb.dequantize(codes, rows.scales[j], zp, k, wq.block_size).T
+        sq = float(err_sq[a:b].sum()) - lam * float(np.einsum("ij,ij->", d, d, dtype=np.float64))
+        out.append((codes, rows.scales[j], zp, max(0.0, sq) * max(n_tokens, 1) / 2.0))
+    return out
 
 
 def output_error(b: np.ndarray, b_hat: np.ndarray, xtx: np.ndarray) -> float:
@@ -189,19 +318,21 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
     mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
             if name not in set(o.nodes_to_exclude) and (head is None or name != head.name)}
     t0 = time.perf_counter()
-    stats = capture_hessians(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent)
+    stats = capture(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent).hessians
     t_capture = time.perf_counter() - t0
     codes, errors = {}, {}
     t0 = time.perf_counter()
-    for name, (node, init) in mats.items():
-        b = numpy_helper.to_array(init).astype(np.float32)
-        xtx, ntok = stats[node.input[0]]
-        c, s, z = gptq(b, xtx.copy(), ntok, wq, o.damp, o.act_order, o.lazy_block)
-        codes[name] = (c, s, z)
-        rtn = mnb.rtn_codes(b, wq)
-        e_rtn = output_error(b, mnb.dequantize(*rtn, b.shape[0], o.block_size), xtx)
-        e_gptq = output_error(b, mnb.dequantize(c, s, z, b.shape[0], o.block_size), xtx)
-        errors[name] = {"rtn": e_rtn, "gptq": e_gptq}
+    readers: dict[str, list[str]] = {}  # MatMuls by the input they read (q/k/v, gate/up): one sweep each
+    for name, (node, _) in mats.items():
+        readers.setdefault(node.input[0], []).append(name)
+    for x, names in readers.items():
+        xtx, ntok = stats[x]
+        weights = [numpy_helper.to_array(mats[n][1]).astype(np.float32) for n in names]
+        for name, b, (c, s, z, e_gptq) in zip(names, weights, gptq_many(weights, xtx.copy(), ntok, [wq] * len(names),
+                                                                        o.damp, o.act_order, o.lazy_block)):
+            codes[name] = (c, s, z)
+            e_rtn = output_error(b, mnb.dequantize(*mnb.rtn_codes(b, wq), b.shape[0], o.block_size), xtx)
+            errors[name] = {"rtn": e_rtn, "gptq": e_gptq}
     t_gptq = time.perf_counter() - t0
     mnb.replace_matmuls(model, {name: wq for name in mats}, o.accuracy_level, codes)
     he = mnb.quantize_head_embed(model, o.lm_head, o.embeddings, o.block_size, o.symmetric, o.accuracy_level)

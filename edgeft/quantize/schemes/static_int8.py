@@ -105,11 +105,13 @@ class WindowReader:
     zeros of shape [1, kv_heads, 0, head_dim] (the two fixed dims read from the input's shape).
     """
 
-    def __init__(self, onnx_path: Path, windows: Sequence[Sequence[int]], config_dir: Path | None = None) -> None:
+    def __init__(self, onnx_path: Path, windows: Sequence[Sequence[int]], config_dir: Path | None = None,
+                 model=None) -> None:
+        """``model``: the graph at ``onnx_path`` already loaded (its inputs are all that is read)."""
         import onnx
         from onnx import helper
 
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        model = model if model is not None else onnx.load(str(onnx_path), load_external_data=False)
         inits = {i.name for i in model.graph.initializer}
         self.inputs = {}
         for v in model.graph.input:
