@@ -116,6 +116,33 @@ def builder_options(o: GenaiOptions) -> list[str]:
     return opts
 
 
+def stamp_opset(path: Path, opset: int) -> dict:
+    """Declare the default-domain ``opset`` (the preset's) in the builder's graph, which it stamps 22
+    whatever its ops need. Why not ``onnx.version_converter``: it stops at the ORT contrib ops the builder
+    puts in the default domain (SimplifiedLayerNormalization). Every default-domain op with an ONNX
+    schema must exist at ``opset``; the ops the builder uses changed since only by added tensor types
+    (int4, bfloat16, float8), and loading the graph in ONNX Runtime, then the export's parity check,
+    verify each node against the older schema. Only the header changes (external weights untouched)."""
+    import onnx
+    from onnx import defs
+
+    model = onnx.load(str(path), load_external_data=False)
+    entry = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    declared = int(entry.version) if entry is not None else None
+    if entry is None or declared <= opset:
+        return {"declared_by_builder": declared, "stamped": declared}
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx") and defs.has(node.op_type):
+            try:
+                defs.get_schema(node.op_type, opset)
+            except defs.SchemaError:
+                raise UnsupportedError(f"{path}: node {node.name} ({node.op_type}) has no ONNX schema at opset "
+                                       f"{opset}; set the export preset's opset to at least {declared}") from None
+    entry.version = opset
+    onnx.save(model, str(path))
+    return {"declared_by_builder": declared, "stamped": opset}
+
+
 def _build(model_dir: Path, out_dir: Path, precision: str, extra: list[str]) -> str:
     """Run the model builder; return its captured console output (it prints per tensor)."""
     builder = _import_builder()
@@ -164,7 +191,8 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     seconds = time.perf_counter() - t0
     if not (out_dir / "model.onnx").is_file():
         raise ModelSourceError(f"{out_dir}: the model builder wrote no model.onnx")
-    lm = OrtLM(out_dir, threads=2)
+    stamped = stamp_opset(out_dir / "model.onnx", opset)
+    lm = OrtLM(out_dir, threads=2)  # ONNX Runtime checks every node against the stamped opset's schemas here
     fp32 = o.precision == "fp32"
     wins = export_quality_windows(sample_ids, quality_ids)
     quality = quality_vs_reference(model_dir, lm, wins, f"genai export ({o.precision})",
@@ -176,7 +204,7 @@ def export_genai(model_dir: Path, out_dir: Path, opset: int = 18, with_past: boo
     ops: dict[str, int] = {}
     for n in graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    report = {"format": "genai", "builder_options": extra, **o.model_dump(), "export_seconds": seconds,
+    report = {"format": "genai", "builder_options": extra, "opset": stamped, **o.model_dump(), "export_seconds": seconds,
               "quality": quality, "ops": ops, "size_bytes": size_of(out_dir, "genai")}
     (out_dir / "export_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -42,6 +42,26 @@ def test_fp32_export_matches_pytorch(genai_fp32):
     assert json.loads((out / "export_report.json").read_text())["format"] == "genai"
 
 
+def test_builder_graph_is_stamped_with_the_preset_opset(genai_fp32, tmp_path):
+    import onnx
+
+    from edgeft.errors import UnsupportedError
+    from edgeft.exporters.genai import stamp_opset
+
+    out, rep = genai_fp32
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    declared = {o.domain: o.version for o in model.opset_import}
+    assert rep["opset"] == {"declared_by_builder": 22, "stamped": 18} and declared[""] == 18  # phones run <= 20
+    # an op that did not exist at the asked opset is refused, naming the node and the fix
+    model.graph.node.append(onnx.helper.make_node("Gelu", ["x"], ["y"], name="late_op"))  # ONNX Gelu: opset 20
+    for o in model.opset_import:
+        if o.domain == "":
+            o.version = 22
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(UnsupportedError, match="late_op .Gelu. has no ONNX schema at opset 18.*at least 22"):
+        stamp_opset(tmp_path / "m.onnx", 18)
+
+
 def test_int4_export_quantizes_body_and_int8_head(genai_int4):
     import onnx
 
