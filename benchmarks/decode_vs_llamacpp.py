@@ -160,7 +160,7 @@ def build_anchors(merged: Path, tok, a) -> list[tuple[str, str, str]]:
             t = time.perf_counter()
             rep = export_gguf(merged, out, qtype=qtype, quantizer="llama.cpp", calibration_ids=calib,
                               imatrix=flag == "imatrix", min_top1_agreement=0.0, max_ppl_increase_pct=1e9)
-            print(f"built {f.relative_to(ROOT)}: {rep['size_bytes'] / 1e6:.1f} MB, types {rep['tensor_types']}, "
+            print(f"built {f}: {rep['size_bytes'] / 1e6:.1f} MB, types {rep['tensor_types']}, "
                   f"{time.perf_counter() - t:.0f} s", flush=True)
         specs.append((f"llama.cpp-{qtype}{'+imatrix' if flag else ''}", "gguf", str(f)))
     return specs
