@@ -61,9 +61,11 @@ def load(fmt: str, path: str, threads: int, for_logits: bool):
     from edgeft.runtime.lm import OrtLM, load_lm
 
     if fmt == "onnx-plain":  # the session.run loop, no IO binding (the reference the fast path replaced)
-        return OrtLM(Path(path), threads, io_binding=False)
+        return OrtLM(Path(path), threads, io_binding=False, lookahead=0)
     if fmt == "onnx-nospin":  # fast path with session.intra_op.allow_spinning=0
-        return OrtLM(Path(path), threads, spinning=False)
+        return OrtLM(Path(path), threads, spinning=False, lookahead=0)
+    if fmt == "onnx":  # plain greedy, one token per pass (a drafts.json's speculation: lookup_decoding.py)
+        return OrtLM(Path(path), threads, lookahead=0)
     return load_lm(Path(path), fmt, threads)
 
 

@@ -121,7 +121,7 @@ def tiny_recipe_dict(model_dir: Path, name: str = "tiny") -> dict:
         "finetune": {"method": "lora", "objective": "sft", "epochs": 1, "batch_size": 8, "max_seq_len": 64,
                      "eval_examples": 4, "learning_rate": 5e-3},
         "merge": {"tolerance": 2e-3},
-        "export": {"preset": "onnx-kv", "tolerance": 2e-3},
+        "export": {"preset": "onnx-kv", "tolerance": 2e-3, "drafts": True},
         "quantize": [
             {"name": "int8", "scheme": "int8-weight", "options": {"block_size": 32}},
             {"name": "int4", "scheme": "int4-rtn", "options": {"block_size": 32, "symmetric": True}},

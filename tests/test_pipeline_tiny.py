@@ -118,6 +118,13 @@ def test_stages_describe_their_artifacts_and_validate_and_package_read_them(firs
     assert bundled == arts["int4"]
     out = edgeft.generate(first.bundle / "artifacts" / "int4", "set a timer for 5 minutes", max_new_tokens=4)
     assert isinstance(out, str)
+    # export.drafts: the training answers' n-gram table travels with every ONNX artifact into the bundle,
+    # and the runtime speculates with it by default
+    from edgeft.runtime.lm import OrtLM
+
+    for name in ("onnx-fp32", "int8", "int4"):
+        assert "drafts.json" in arts[name].files, name
+    assert "drafts.json" in bundled.files and OrtLM(first.bundle / "artifacts" / "int4").drafts is not None
 
 
 def test_tampered_bundle_names_the_file(first, tmp_path):

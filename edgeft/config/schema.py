@@ -374,6 +374,10 @@ class ExportConfig(Strict):
                     "gguf-q4_0); each lands in export/<preset>/ and is validated as its own artifact.")
     static_shapes: Optional[StaticShapes] = Field(
         None, description="Encoders/classifiers: fix the input shapes of every ONNX artifact (NPUs, TPUs).")
+    drafts: bool = Field(
+        False, description="Chat LMs with an ONNX export: write drafts.json beside the graph, n-grams of the training "
+                           "answers; the ONNX runtime then decodes with lossless speculation (up to 4 drafted tokens "
+                           "verified per pass). The quantized artifacts and the bundle carry it.")
     budgets: dict[str, "Budgets"] = Field(
         default_factory=dict,
         description="Accuracy gates of an export.extra artifact, by preset name (the goals named replace "

@@ -226,6 +226,8 @@ class ChatTask(Task):
         ids = self.sample_ids(AutoTokenizer.from_pretrained(str(merged)))
         rep = export(merged, tmp, preset=self.p.preset(e.preset), name=self.p.main_export_name,
                      tolerance=e.tolerance, sample_ids=ids)
+        if e.drafts:
+            rep["drafts"] = self.write_drafts(tmp, AutoTokenizer.from_pretrained(str(merged)))
         if e.extra:  # more artifacts from the merged model, each in export/<preset>/
             wins = self.heldout_windows(merged)
             # GGUF presets: llama.cpp's importance matrix from the training split (disjoint from the held-out text)
@@ -236,6 +238,28 @@ class ChatTask(Task):
                                          **(calib if name in gguf else {}))
                             for name in e.extra}
         return rep
+
+    def write_drafts(self, folder: Path, tok) -> dict:
+        """``export.drafts``: the training answers' n-gram table beside the exported graph (the answer tokens as
+        the model emits them, ending with the turn-end token); ``artifact.json`` re-read to list it."""
+        from edgeft import artifacts
+        from edgeft.data.templates import stop_ids
+        from edgeft.errors import ConfigError
+        from edgeft.runtime.ortcore import DRAFTS_FILE, NgramDrafts
+
+        art = artifacts.Artifact.load(folder)
+        if art.runtime not in ("onnx", "onnxruntime-genai"):
+            raise ConfigError(f"export.drafts: the {art.producer} export runs in {art.runtime}, which does not "
+                              "speculate; use an ONNX preset (genai-fp32, onnx-kv) or set export.drafts: false")
+        end = stop_ids(tok)[:1]
+        train = self.records("train")
+        if not train or any(not r.get("response") for r in train):
+            raise ConfigError("export.drafts: the training split has records without a response; drafts come from "
+                              "chat answers (objectives sft, dpo, distill); set export.drafts: false")
+        drafts = NgramDrafts([tok(r["response"], add_special_tokens=False).input_ids + end for r in train])
+        drafts.save(folder / DRAFTS_FILE)
+        artifacts.refresh(folder)
+        return {"file": DRAFTS_FILE, "answers": len(train), "contexts": len(drafts.next)}
 
     def quantize(self, tmp: Path) -> dict:
         from edgeft.quantize import SCHEMES, quantize

@@ -32,6 +32,11 @@ def run_inline(path: str, fmt: str, threads: int, prompt: list[int], new_tokens:
     t0 = time.perf_counter()
     lm = load_lm(Path(path), fmt, threads)
     out = timed_runs(lm, prompt, new_tokens, warmup, repeats, threads, time.perf_counter() - t0)
+    if getattr(lm, "lookahead", 0):  # speculative decoding (the artifact's drafts.json): say so, with its yield
+        st = lm.last_stats  # a pass emits its accepted drafts plus one token
+        emitted = st.get("passes", 0) + st.get("accepted", 0)
+        out.update({"lookahead": lm.lookahead,
+                    "passes_per_token": round(st["passes"] / emitted, 3) if emitted else None})
     if getattr(lm, "threads_source", "set") != "set":  # the runtime could not be given a thread count
         out.update({"threads": lm.threads, "threads_source": lm.threads_source})
     return out

@@ -153,6 +153,10 @@ def lookup_draft(history: Sequence[int], k: int, max_ngram: int = 3) -> list[int
     return []
 
 
+DRAFTS_FILE = "drafts.json"  # beside a decoder graph: n-gram drafts its runtime speculates with by default
+DEFAULT_LOOKAHEAD = 4  # draft tokens verified per pass when drafts.json is there (docs/benchmarks.md)
+
+
 class NgramDrafts:
     """Draft tokens from reference sequences (a task's training answers, say): for the last 3, 2 or 1 tokens
     of the history (the longest context seen in the references first), the token that followed them most
@@ -169,6 +173,22 @@ class NgramDrafts:
                 for i in range(len(seq) - n):
                     counts.setdefault(tuple(seq[i:i + n]), Counter())[seq[i + n]] += 1
         self.next = {key: c.most_common(1)[0] for key, c in counts.items()}
+
+    def save(self, path: Path) -> None:
+        """Write the table as ``drafts.json`` (:data:`DRAFTS_FILE`): each context with its next token and count."""
+        table = [[list(key), tok, count] for key, (tok, count) in sorted(self.next.items())]
+        Path(path).write_text(json.dumps({"schema_version": 1, "max_ngram": self.max_ngram,
+                                          "min_count": self.min_count, "next": table}))
+
+    @classmethod
+    def load(cls, path: Path) -> "NgramDrafts":
+        try:
+            d = json.loads(Path(path).read_text())
+            self = cls([], int(d["max_ngram"]), int(d["min_count"]))
+            self.next = {tuple(int(t) for t in key): (int(tok), int(count)) for key, tok, count in d["next"]}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise GraphError(f"{path}: not a drafts table ({e}); delete it, or re-run the export stage") from e
+        return self
 
     def draft(self, history: Sequence[int], k: int) -> list[int]:
         hist = [int(t) for t in history[-self.max_ngram:]]
@@ -252,16 +272,23 @@ class OrtDecoder:
     copied from earlier in the prompt or output are verified in one forward pass; the tokens are exactly
     greedy's; ``drafts`` (:class:`NgramDrafts`, e.g. from the task's training answers) drafts when the
     history has no repeat. ``last_stats`` holds the last decode's passes, drafted and accepted counts.
+    ``lookahead=None`` (default) is the artifact's own choice: ``DEFAULT_LOOKAHEAD`` with the drafts of a
+    ``drafts.json`` beside the graph (``export.drafts`` writes it from the training answers), else plain greedy;
+    an explicit ``lookahead`` ignores that file.
     """
 
     def __init__(self, path: Path, threads: int = 1, io_binding: bool | None = None, spinning: bool | None = None,
-                 opt_level: str = "all", shared_kv: bool | None = None, lookahead: int = 0,
+                 opt_level: str = "all", shared_kv: bool | None = None, lookahead: int | None = None,
                  lookup_ngram: int = 3, drafts: "NgramDrafts | None" = None) -> None:
-        self.lookahead = int(lookahead)
-        self.drafts = drafts
         self.lookup_ngram = int(lookup_ngram)
         self.last_stats: dict = {}
         self.path = find_onnx(path)
+        table = self.path.parent / DRAFTS_FILE
+        if lookahead is None:  # the artifact's default: speculate when its export shipped a drafts table
+            lookahead = DEFAULT_LOOKAHEAD if (drafts is not None or table.is_file()) else 0
+            if drafts is None and table.is_file():
+                drafts = NgramDrafts.load(table)
+        self.lookahead, self.drafts = int(lookahead), drafts
         self.name = str(path)
         self.threads = threads
         self.sess = cpu_session(self.path, threads, spinning, opt_level)

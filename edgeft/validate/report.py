@@ -230,6 +230,10 @@ class DecodeLatency(_Model):
     label: LatencyLabel = None
     bound: Optional[str] = Field(None, description="projected: what bounds decode (memory or compute).")
     device_host: Optional[str] = Field(None, description="measured-device: the SSH target it ran on.")
+    lookahead: Optional[int] = Field(None, description="Speculative decoding with the artifact's drafts.json: draft "
+                                                       "tokens verified per pass (null: one token per pass).")
+    passes_per_token: Optional[float] = Field(None, description="Speculative decoding: forward passes per token "
+                                                                "in the last timed run.")
 
     @property
     def step_ms_p50(self) -> Optional[float]:

@@ -176,3 +176,33 @@ def test_lookup_decoding_with_ngram_drafts_stays_lossless(optimum_dir):
     spec = OrtLM(optimum_dir, threads=1, lookahead=4, drafts=NgramDrafts(refs[:2] + [list(range(200, 260))]))
     for p, ref in zip(PROMPTS, refs):
         assert spec.generate([p], 24, [])[0] == ref
+
+
+def test_drafts_file_beside_the_graph_is_the_default_and_explicit_lookahead_ignores_it(optimum_dir, tmp_path):
+    import shutil
+
+    from edgeft.errors import ModelSourceError
+    from edgeft.runtime.lm import OrtLM
+    from edgeft.runtime.ortcore import DEFAULT_LOOKAHEAD, DRAFTS_FILE, NgramDrafts
+
+    plain = OrtLM(optimum_dir, threads=1, lookahead=0)
+    refs = [p + plain.generate([p], 24, [])[0] for p in PROMPTS]
+    art = tmp_path / "art"
+    shutil.copytree(optimum_dir, art)
+    table = NgramDrafts(refs[:2])
+    table.save(art / DRAFTS_FILE)
+    assert NgramDrafts.load(art / DRAFTS_FILE).next == table.next  # the saved table round-trips
+    lm = OrtLM(art, threads=1)  # the artifact's default: speculate with its drafts
+    assert lm.lookahead == DEFAULT_LOOKAHEAD and lm.drafts.next == table.next
+    for p, ref in zip(PROMPTS, refs):
+        assert lm.generate([p], 24, [])[0] == ref[len(p):]  # lossless
+    assert lm.last_stats["accepted"] > 0  # and the drafts were used
+    assert OrtLM(art, threads=1, lookahead=0).lookahead == 0 and OrtLM(art, threads=1, lookahead=2).drafts is None
+    from edgeft.runtime.bench import run_inline
+
+    timed = run_inline(str(art), "onnx", 1, PROMPTS[0], 12, 0, 1)  # validate's latency says it speculated
+    assert timed["lookahead"] == DEFAULT_LOOKAHEAD and 0 < timed["passes_per_token"] < 1
+    assert "lookahead" not in run_inline(str(optimum_dir), "onnx", 1, PROMPTS[0], 12, 0, 1)
+    (art / DRAFTS_FILE).write_text("{not json")
+    with pytest.raises(ModelSourceError, match="drafts.json: not a drafts table"):
+        OrtLM(art, threads=1)
