@@ -336,14 +336,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
     if lora is not None and not any(s["lora"] for s in stats.values()):
         raise UnsupportedError(f"quantize scheme int4-basegrid: no MatMul of {in_onnx} matches a module of the "
                                f"adapter {adapter}; was it trained on this model?")
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    mnb._ensure_ms_opset(model)
-    mnb.drop_unused_initializers(graph)
-    he = mnb.quantize_head_embed(model, o.lm_head, o.embeddings,
-                                 o.head_block_size if "int8" in (o.lm_head, o.embeddings) else o.block_size, True,
-                                 o.accuracy_level)
-    mnb.save_model(model, out_onnx)
+    he = mnb.finish_rewrite(model, new_nodes, o, out_onnx)
     ratios = [s["output_error"] / s["output_error_rtn"] for s in stats.values() if s["output_error_rtn"] > 0]
     on_grid = float(np.mean([s["on_grid_fraction"] for s in stats.values()]))
     log.info("int4-basegrid: %d MatMuls, base on a 4-bit grid for %.1f%% of blocks, output error vs rounding onto "

@@ -327,14 +327,7 @@ def apply(in_onnx: Path, out_onnx: Path, adapter: Path, opts: LoraInt4Options | 
         elif x not in emitted:  # the whole group goes where its first MatMul was (its input exists by then)
             new_nodes.extend(_rewrite_group(graph, x, groups[x], o, lora.scaling, stats))
             emitted.add(x)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    mnb._ensure_ms_opset(model)
-    mnb.drop_unused_initializers(graph)
-    he = mnb.quantize_head_embed(model, o.lm_head, o.embeddings,
-                                 o.head_block_size if "int8" in (o.lm_head, o.embeddings) else o.block_size, True,
-                                 o.accuracy_level)
-    mnb.save_model(model, out_onnx)
+    he = mnb.finish_rewrite(model, new_nodes, o, out_onnx)
     on_grid = float(np.mean([s["on_grid_fraction"] for s in stats.values()]))
     p99 = float(np.max([s["weight_error_p99_steps"] for s in stats.values()]))
     deltas = [s["delta_median_steps"] for s in stats.values() if "delta_median_steps" in s]

@@ -431,6 +431,23 @@ def save_model(model, out_onnx: Path) -> None:
         onnx.save_model(model, str(out_onnx))
 
 
+def finish_rewrite(model, new_nodes: list, o, out_onnx: Path) -> dict:
+    """The last steps of a scheme that rewrote the graph's MatMuls itself (int4-lora, int4-basegrid): the new
+    node list in place, the com.microsoft opset, unused weights dropped, the LM head and embedding quantized
+    by ``o.lm_head`` / ``o.embeddings`` (at ``o.head_block_size`` when int8), saved. Returns the head/embedding
+    report."""
+    graph = model.graph
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    _ensure_ms_opset(model)
+    drop_unused_initializers(graph)
+    he = quantize_head_embed(model, o.lm_head, o.embeddings,
+                             o.head_block_size if "int8" in (o.lm_head, o.embeddings) else o.block_size, True,
+                             o.accuracy_level)
+    save_model(model, out_onnx)
+    return he
+
+
 def node_counts(graph) -> dict:
     ops = [n.op_type for n in graph.node]
     return {"quantized_matmuls": ops.count("MatMulNBits"), "fp32_matmuls": ops.count("MatMul"),
