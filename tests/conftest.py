@@ -121,7 +121,7 @@ def tiny_recipe_dict(model_dir: Path, name: str = "tiny") -> dict:
         "finetune": {"method": "lora", "objective": "sft", "epochs": 1, "batch_size": 8, "max_seq_len": 64,
                      "eval_examples": 4, "learning_rate": 5e-3},
         "merge": {"tolerance": 2e-3},
-        "export": {"preset": "onnx-kv", "tolerance": 2e-3, "drafts": True},
+        "export": {"preset": "onnx-kv", "tolerance": 2e-3},
         "quantize": [
             {"name": "int8", "scheme": "int8-weight", "options": {"block_size": 32}},
             {"name": "int4", "scheme": "int4-rtn", "options": {"block_size": 32, "symmetric": True}},
@@ -161,8 +161,10 @@ def tiny_recipe(tiny_lm_dir, tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_recipe_module(tiny_lm_dir, tmp_path_factory) -> Path:
-    """Like ``tiny_recipe`` but shared by a module (one end-to-end run per test file)."""
-    return write_recipe(tmp_path_factory.mktemp("recipe") / "tiny.yaml", tiny_recipe_dict(tiny_lm_dir))
+    """Like ``tiny_recipe`` but shared by a module (one end-to-end run per test file), with ``export.drafts``."""
+    data = tiny_recipe_dict(tiny_lm_dir)
+    data["export"]["drafts"] = True
+    return write_recipe(tmp_path_factory.mktemp("recipe") / "tiny.yaml", data)
 
 
 def read_json(path: Path) -> dict:

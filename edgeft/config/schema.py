@@ -376,7 +376,7 @@ class ExportConfig(Strict):
         None, description="Encoders/classifiers: fix the input shapes of every ONNX artifact (NPUs, TPUs).")
     drafts: bool = Field(
         False, description="Chat LMs with an ONNX export: write drafts.json beside the graph, n-grams of the training "
-                           "answers; the ONNX runtime then decodes with lossless speculation (up to 4 drafted tokens "
+                           "answers; the ONNX runtime then decodes greedily with speculation (up to 4 drafted tokens "
                            "verified per pass). The quantized artifacts and the bundle carry it.")
     budgets: dict[str, "Budgets"] = Field(
         default_factory=dict,

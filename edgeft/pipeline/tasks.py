@@ -313,6 +313,12 @@ class RawTextTask(ChatTask):
     def validate_records(self) -> list[dict]:
         return []  # no task examples: validate gates on perplexity alone
 
+    def write_drafts(self, folder: Path, tok) -> dict:
+        from edgeft.errors import ConfigError
+
+        raise ConfigError("export.drafts: a raw-text (clm) recipe has no answers to draft from; drafts come from "
+                          "chat answers (objectives sft, dpo, distill); set export.drafts: false")
+
 
 class MultitaskTask(ChatTask):
     """A causal LM trained on a weighted mixture of chat tasks (``task`` / ``prompt`` / ``response``), each

@@ -209,7 +209,8 @@ def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
                   drop: Callable[[int], None], prompt: Sequence[int], new_tokens: int, eos: set[int] | None,
                   k: int, max_ngram: int = 3,
                   drafts: NgramDrafts | None = None) -> tuple[list[int], float, list[float], dict]:
-    """Greedy decoding with prompt-lookup speculation, token for token the same as :func:`greedy_decode`.
+    """Greedy decoding with prompt-lookup speculation, token for token the same as :func:`greedy_decode` up to float
+    rounding (a pass over several positions can break a near-tie of the top two logits differently).
 
     Each pass feeds the last token plus up to ``k`` draft tokens (:func:`lookup_draft` over prompt and output)
     in one forward pass; ``feed(tokens)`` returns one logits row per fed token (row i: the prediction after
