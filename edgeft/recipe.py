@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from edgeft.config.loader import (YAML_SUFFIXES, check_options, device_names, display_path, override_origin,
                                   parse_recipe, preset_names, resolve_recipe_path, unknown_choice)
-from edgeft.config.schema import ExportPreset, Recipe
+from edgeft.config.schema import QAT_METHODS, ExportPreset, Recipe
 from edgeft.errors import ConfigError
 from edgeft.exporters import EXPORTERS, load_checked_preset
 from edgeft.quantize import SCHEMES
@@ -70,6 +70,20 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
             problems.append(f"{source}: quantize.{i}.scheme: scheme {spec.scheme} keeps the LoRA adapter unmerged, and "
                             f"finetune.method {recipe.finetune.method} trains no LoRA adapter; use lora or qlora, or "
                             "scheme int4-gptq/auto")
+        qat = recipe.finetune.qat
+        if qat is not None and spec.scheme == "int4-torchao":
+            block = int((spec.options or {}).get("block_size", 32))
+            if block != qat.group_size:
+                problems.append(f"{source}: quantize.{i}.options.block_size: {block} differs from finetune.qat."
+                                f"group_size {qat.group_size}, the grid training simulated; set both to the same size")
+    qat = recipe.finetune.qat
+    if qat is not None:
+        if recipe.finetune.method not in QAT_METHODS:
+            problems.append(f"{source}: finetune.qat: method {recipe.finetune.method} cannot train on the int4 grid "
+                            f"(QAT is built for {', '.join(QAT_METHODS)}); change finetune.method or remove finetune.qat")
+        if recipe.quantize and not any(q.scheme == "int4-torchao" for q in recipe.quantize):
+            problems.append(f"{source}: finetune.qat: no quantize entry uses scheme int4-torchao, the grid QAT trains "
+                            "on; add one (other int4 schemes round differently and lose what QAT bought)")
     return problems
 
 

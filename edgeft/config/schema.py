@@ -267,6 +267,22 @@ class ImageQatConfig(Strict):
                        "([-64, 63], ONNX int8-static with reduce_range).")
 
 
+QAT_METHODS = ("lora", "ia3", "full", "freeze", "gradual-unfreeze", "bitfit")  # finetune.qat: edgeft.finetune.qat
+
+
+class QatConfig(Strict):
+    weights: Literal["int4"] = Field(
+        "int4", description="Simulated weight grid: int4, symmetric per group along the input (torchao's "
+                            "IntxFakeQuantizeConfig; quantize scheme int4-torchao exports the same grid).")
+    group_size: Literal[16, 32, 64, 128, 256] = Field(
+        32, description="Weights per int4 group along the input; the int4-torchao block_size must match.")
+    activations: Literal["none", "int8-dynamic"] = Field(
+        "none", description="Also fake-quantize each linear's input: int8 per token, asymmetric (ExecuTorch 8da4w's "
+                            "dynamic activations); none for weight-only int4 (MatMulNBits).")
+    start_step: int = Field(
+        0, ge=0, description="Optimizer step from which fake quantization is on (the steps before it train in float).")
+
+
 class ImageTrainConfig(Strict):
     size: Optional[int] = Field(
         None, ge=32, le=1024, description="Square input size (EfficientNet-Lite only; default: the model's own).")
@@ -322,6 +338,10 @@ class FinetuneConfig(Strict):
     threads: Optional[int] = Field(None, ge=1, description="torch threads (default: all cores).")
     report_to: list[str] = Field(default_factory=list, description="transformers report_to (tensorboard, mlflow).")
     dpo: DpoConfig = Field(default_factory=DpoConfig, description="Objective dpo: preference-optimization settings.")
+    qat: Optional[QatConfig] = Field(
+        None, description="Quantization-aware training for int4 (causal LMs and text classifiers; methods lora, ia3, "
+                          "full, freeze, gradual-unfreeze, bitfit): the linears compute with int4 fake-quantized weights "
+                          "(LoRA: base plus adapter, the weight merge produces), so the int4 export keeps the fine-tune.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Objective distill: teacher and student.")
     multitask: Optional[MultitaskConfig] = Field(None, description="Objective multitask: the tasks and their weights.")
     image: ImageTrainConfig = Field(default_factory=ImageTrainConfig,

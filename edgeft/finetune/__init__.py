@@ -53,6 +53,12 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
     if objective.task == "image-cls":  # records {image, label}: a PyTorch loop of its own, no tokenizer
         return _image_classify.finetune_images(model_path, train, eval, out_dir, cfg, work_dir)
+    if cfg.qat is not None:
+        from edgeft.finetune import qat
+
+        qat.check(cfg)
+        if cfg.bf16_base:  # the fake quantizer rounds the fp32 weights the export will round, not bf16 copies
+            cfg = cfg.model_copy(update={"bf16_base": False})
     if cfg.padding_free and not method.padding_free:
         # virtual tokens are prepended per row: packed examples would share them and attend to each other
         log.info("method %s: batching with padding (finetune.padding_free ignored)", method.name)
@@ -72,8 +78,21 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = method.prepare(method.load_model(model_path, cfg, objective.task), cfg)
+    installed = None
+    if cfg.qat is not None:  # int4 fake quantization while training (edgeft.finetune.qat)
+        import dataclasses
+
+        from edgeft.finetune import qat
+
+        installed = qat.prepare(model, cfg.qat)
+        switch = qat.callback(installed, cfg.qat.start_step)
+        method = dataclasses.replace(method, callbacks=lambda m, c, f=method.callbacks: [*f(m, c), switch])
     log.info("fine-tuning %s with %s/%s on %d examples", model_path, method.name, objective.name, len(train))
     metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
+    if installed is not None:
+        installed.remove()
+        metrics["qat"] = qat.record(cfg.qat, installed)
+        _mark_qat(out_dir / method.produces, metrics["qat"])
     metrics.update({"method": method.name, "objective": objective.name, "base_model": str(model_path),
                     "n_train": len(train), "n_eval": len(eval)})
     if int(os.environ.get("RANK", "0")) == 0:  # several processes: the main one writes
@@ -81,6 +100,18 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
 
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+def _mark_qat(target: Path, info: dict) -> None:
+    """Add the QAT grid to the finetune result's marker, so merge and quantize know which int4 grid it trained on."""
+    from edgeft.finetune.registry import MARKER, read_marker
+    from edgeft.fileio import atomic_write_text
+
+    if int(os.environ.get("RANK", "0")) != 0 or not (Path(target) / MARKER).is_file():
+        return
+    marker = read_marker(target)
+    marker["qat"] = info
+    atomic_write_text(Path(target) / MARKER, json.dumps(marker, indent=2))
 
 
 from edgeft._callable import make_callable  # noqa: E402

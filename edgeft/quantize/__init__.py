@@ -25,6 +25,7 @@ from edgeft.quantize.schemes import lora_int4 as _lora_int4  # noqa: F401  (regi
 from edgeft.quantize.schemes import matmulnbits as _nbits  # noqa: F401  (registers)
 from edgeft.quantize.schemes import static_int8 as _static  # noqa: F401  (registers)
 from edgeft.quantize.schemes import torch_dynamic as _torch_dynamic  # noqa: F401  (registers)
+from edgeft.quantize.schemes import torchao_int4 as _torchao_int4  # noqa: F401  (registers)
 
 log = logging.getLogger(__name__)
 

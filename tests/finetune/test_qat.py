@@ -1,0 +1,250 @@
+"""Quantization-aware training (finetune.qat): the fake quantizer is in the forward, the weights it gives are on
+torchao's int4 grid, the int4-torchao export stores exactly those weights, and the config errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SYSTEM_PROMPT, sft_records
+from edgeft.errors import ConfigError, UnsupportedError
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def cfg(**kw):
+    from edgeft.config.schema import FinetuneConfig
+
+    base = dict(max_steps=3, batch_size=4, max_seq_len=48, learning_rate=1e-2, lr_scheduler="constant",
+                warmup_ratio=0.0, eval_examples=0, early_stopping=None, lora={"r": 4, "alpha": 8}, seed=0)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def qat(**kw):
+    from edgeft.config.schema import QatConfig
+
+    return QatConfig(**kw)
+
+
+def _lora_model(tiny_lm_dir, **kw):
+    """The tiny LLaMA with a LoRA adapter whose B is non-zero (so the merged weight differs from the base)."""
+    import torch
+
+    from edgeft.finetune import METHODS
+
+    m = METHODS.get("lora")
+    c = cfg(**kw)
+    model = m.prepare(m.load_model(tiny_lm_dir, c, "causal-lm"), c)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def test_lora_qat_forward_is_the_merged_weight_on_the_int4_grid(tiny_lm_dir):
+    import torch
+
+    from edgeft.finetune.qat import prepare, snap_to_grid
+
+    model = _lora_model(tiny_lm_dir)
+    ids = torch.tensor([[5, 9, 23, 41, 7, 3, 60, 2]])
+    with torch.no_grad():
+        float_logits = model(input_ids=ids).logits
+    inst = prepare(model, qat(group_size=32))
+    assert len(inst.targets) == 14  # 2 blocks x (q, k, v, o, gate, up, down); not the head
+    with torch.no_grad():
+        qat_logits = model(input_ids=ids).logits
+        inst.enable(False)
+        off_logits = model(input_ids=ids).logits
+    inst.remove()
+    # the reference: the merge stage's plain model, its weights snapped onto the grid
+    merged = model.merge_and_unload()
+    assert snap_to_grid(merged, qat(group_size=32)) == 14
+    with torch.no_grad():
+        snapped_logits = merged(input_ids=ids).logits
+    assert torch.allclose(off_logits, float_logits, atol=1e-5)  # switched off: the float model
+    assert (qat_logits - float_logits).abs().max() > 1e-3  # on: the rounding shows
+    assert (qat_logits - snapped_logits).abs().max() < 1e-4
+
+
+def test_ia3_qat_forward_is_the_scaled_weight_on_the_int4_grid(tiny_lm_dir):
+    import torch
+
+    from edgeft.finetune import METHODS
+    from edgeft.finetune.qat import prepare, snap_to_grid
+
+    m = METHODS.get("ia3")
+    c = cfg(method="ia3")
+    model = m.prepare(m.load_model(tiny_lm_dir, c, "causal-lm"), c).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "ia3_l" in n:
+                p.uniform_(0.5, 1.5)
+    ids = torch.tensor([[5, 9, 23, 41, 7, 3, 60, 2]])
+    inst = prepare(model, qat(group_size=32))
+    assert len(inst.targets) == 14  # the scaled k, v, down and the plain q, o, gate, up
+    with torch.no_grad():
+        qat_logits = model(input_ids=ids).logits
+    inst.remove()
+    merged = model.merge_and_unload()
+    snap_to_grid(merged, qat(group_size=32))
+    with torch.no_grad():
+        assert (qat_logits - merged(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_snapped_weights_lie_on_the_int4_grid(tiny_lm_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.finetune.qat import snap_to_grid
+    from edgeft.quantize.schemes.torchao_int4 import codes
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, torch_dtype=torch.float32)
+    before = model.model.layers[0].mlp.down_proj.weight.detach().clone()  # [64, 128]
+    snap_to_grid(model, qat(group_size=32))
+    after = model.model.layers[0].mlp.down_proj.weight.detach()
+    _, scale = codes(before, 32)
+    steps = after.reshape(64, 4, 32) / torch.from_numpy(scale)[..., None]
+    assert torch.allclose(steps, steps.round(), atol=1e-4)  # integer multiples of each group's scale
+    assert steps.round().min() >= -8 and steps.round().max() <= 7
+    assert not torch.equal(before, after)
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)  # head untouched, still tied
+
+
+def test_qat_training_changes_the_loss_and_marks_the_result(tiny_lm_dir, tmp_path):
+    from edgeft.finetune import finetune
+    from edgeft.finetune.registry import read_marker
+
+    recs = sft_records(8)
+    plain = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "plain", cfg(), SYSTEM_PROMPT, work_dir=tmp_path / "w1")
+    q = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "qat", cfg(qat={"group_size": 32}), SYSTEM_PROMPT,
+                 work_dir=tmp_path / "w2")
+    again = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "plain2", cfg(), SYSTEM_PROMPT, work_dir=tmp_path / "w3")
+    assert plain["train_loss"] == pytest.approx(again["train_loss"], rel=1e-6)  # same seed: same run
+    assert abs(q["train_loss"] - plain["train_loss"]) > 1e-4  # the fake quantizer is in the training forward
+    assert q["qat"]["fake_quantized_linears"] == 14 and q["qat"]["export_scheme"] == "int4-torchao"
+    marker = read_marker(tmp_path / "qat" / "adapter")
+    assert marker["qat"]["group_size"] == 32 and "qat" not in read_marker(tmp_path / "plain" / "adapter")
+    # the saved adapter is a plain PEFT adapter (the forward patches are gone)
+    assert json.loads((tmp_path / "qat" / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_bitfit_qat_fake_quantizes_the_frozen_weights(tiny_lm_dir, tmp_path):
+    from edgeft.finetune import finetune
+
+    recs = sft_records(8)
+    c = dict(method="bitfit", learning_rate=5e-3)
+    plain = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "plain", cfg(**c), SYSTEM_PROMPT, work_dir=tmp_path / "a")
+    q = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "qat", cfg(**c, qat={"start_step": 2}), SYSTEM_PROMPT,
+                 work_dir=tmp_path / "b")
+    assert q["qat"]["start_step"] == 2 and q["qat"]["fake_quantized_linears"] == 14
+    assert abs(q["train_loss"] - plain["train_loss"]) > 1e-5  # step 3 ran fake-quantized
+
+
+def test_start_step_switches_fake_quantization_on(tiny_lm_dir):
+    from types import SimpleNamespace
+
+    from edgeft.finetune.qat import callback, prepare
+
+    inst = prepare(_lora_model(tiny_lm_dir), qat(start_step=5))
+    assert not any(fq.enabled for fq in inst.quantizers)
+    cb = callback(inst, 5)
+    cb.on_step_begin(None, SimpleNamespace(global_step=4), None)
+    assert not any(fq.enabled for fq in inst.quantizers)
+    cb.on_step_begin(None, SimpleNamespace(global_step=5), None)
+    assert all(fq.enabled for fq in inst.quantizers)
+    inst.remove()
+
+
+def test_int4_torchao_export_holds_the_weights_qat_trained_with(tiny_lm_dir, tmp_path):
+    """The grids match: logits of the int4-torchao artifact (fp32 compute) equal PyTorch's with the weights
+    snapped onto the QAT grid; ORT's own RTN grid (int4-rtn) does not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.exporters import export
+    from edgeft.finetune.qat import snap_to_grid
+    from edgeft.quantize.schemes import matmulnbits as mnb
+    from edgeft.quantize.schemes import torchao_int4
+    from edgeft.runtime.base import load_lm
+
+    export(tiny_lm_dir, tmp_path / "onnx", preset="onnx-kv")
+    src = tmp_path / "onnx" / "model.onnx"
+    keep = {"accuracy_level": 1, "lm_head": "keep", "embeddings": "keep"}
+    rep = torchao_int4.apply(src, tmp_path / "q.onnx", block_size=32, **keep)
+    assert rep["quantized_matmuls"] == 14
+    mnb.rtn4(src, tmp_path / "rtn.onnx", block_size=32, symmetric=True, **keep)
+    model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, torch_dtype=torch.float32).eval()
+    snap_to_grid(model, qat(group_size=32))
+    ids = np.array([[5, 9, 23, 41, 7, 3, 60, 2, 11, 19]], np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
+
+    def run(path):
+        (tmp_path / "onnx" / path).write_bytes((tmp_path / path).read_bytes())
+        return load_lm(tmp_path / "onnx" / path, "onnx").logits(ids[0])
+
+    grid = np.abs(run("q.onnx") - ref).max()
+    ort_grid = np.abs(run("rtn.onnx") - ref).max()
+    assert grid < 1e-4, grid
+    assert ort_grid > 100 * grid
+
+
+def test_qat_config_errors(tiny_lm_dir, tmp_path):
+    from conftest import tiny_recipe_dict, write_recipe
+    from edgeft.finetune.qat import check, prepare
+    from edgeft.recipe import load_recipe
+
+    with pytest.raises(UnsupportedError, match="finetune.qat with method dora"):
+        check(cfg(method="dora", qat={}))
+    with pytest.raises(ConfigError, match="lora.dropout"):
+        check(cfg(qat={}, lora={"r": 4, "alpha": 8, "dropout": 0.1}))
+    with pytest.raises(UnsupportedError, match="no linear layer"):
+        prepare(_lora_model(tiny_lm_dir), qat(group_size=256))  # no input is 256 wide
+    data = tiny_recipe_dict(tiny_lm_dir)
+    data["finetune"]["qat"] = {"group_size": 32}
+    with pytest.raises(ConfigError, match="int4-torchao"):  # QAT without its export scheme
+        load_recipe(write_recipe(tmp_path / "a.yaml", data))
+    data["quantize"].append({"name": "int4-qat", "scheme": "int4-torchao", "options": {"block_size": 64}})
+    with pytest.raises(ConfigError, match="quantize.2.options.block_size: 64 differs from finetune.qat.group_size 32"):
+        load_recipe(write_recipe(tmp_path / "b.yaml", data))
+    data["quantize"][2]["options"]["block_size"] = 32
+    load_recipe(write_recipe(tmp_path / "c.yaml", data))
+    data["finetune"]["method"] = "dora"
+    with pytest.raises(ConfigError, match="finetune.qat: method dora"):
+        load_recipe(write_recipe(tmp_path / "d.yaml", data))
+
+
+def test_decoding_reuses_the_rounded_weights_until_a_parameter_changes(tiny_lm_dir):
+    import torch
+
+    from edgeft.finetune.qat import prepare
+
+    model = _lora_model(tiny_lm_dir)
+    inst = prepare(model, qat())
+    calls = []
+    for fq in inst.quantizers:
+        fq.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([[5, 9, 23, 41]])
+    with torch.no_grad():
+        first = model(input_ids=ids).logits
+        model(input_ids=ids)
+        assert len(calls) == 14  # the second pass rounded nothing again
+        next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.5)  # an optimizer-like update
+        second = model(input_ids=ids).logits
+        assert len(calls) == 15  # only the changed layer was rounded again
+        model.disable_adapter_layers()
+        model(input_ids=ids)
+        assert len(calls) == 29  # the base alone: every layer again
+    assert not torch.equal(first, second)
+    model.enable_adapter_layers()
+    model.train()
+    model(input_ids=ids).logits.sum().backward()  # with autograd, always from the parameters
+    assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+    inst.remove()
