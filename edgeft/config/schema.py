@@ -272,15 +272,26 @@ QAT_METHODS = ("lora", "ia3", "full", "freeze", "gradual-unfreeze", "bitfit")  #
 
 class QatConfig(Strict):
     weights: Literal["int4"] = Field(
-        "int4", description="Simulated weight grid: int4, symmetric per group along the input (torchao's "
-                            "IntxFakeQuantizeConfig; quantize scheme int4-torchao exports the same grid).")
+        "int4", description="Simulated weight grid: int4 per group along the input (torchao's IntxFakeQuantizeConfig; "
+                            "quantize scheme int4-torchao exports the same grid).")
     group_size: Literal[16, 32, 64, 128, 256] = Field(
         32, description="Weights per int4 group along the input; the int4-torchao block_size must match.")
+    symmetric: bool = Field(
+        False, description="false: each group's [min, max] over 15 steps with a float zero point (GGUF Q4_1's grid, "
+                           "on which a Q4_1 base lies exactly); true: symmetric, no zero point (ExecuTorch 8da4w's "
+                           "weights). The int4-torchao symmetric option must match.")
     activations: Literal["none", "int8-dynamic"] = Field(
         "none", description="Also fake-quantize each linear's input: int8 per token, asymmetric (ExecuTorch 8da4w's "
                             "dynamic activations); none for weight-only int4 (MatMulNBits).")
     start_step: int = Field(
         0, ge=0, description="Optimizer step from which fake quantization is on (the steps before it train in float).")
+
+    @model_validator(mode="after")
+    def _activations_need_symmetric(self):
+        if self.activations == "int8-dynamic" and not self.symmetric:
+            raise ValueError("activations int8-dynamic simulates ExecuTorch 8da4w, whose int4 weights are symmetric: "
+                             "set symmetric: true")
+        return self
 
 
 class ImageTrainConfig(Strict):

@@ -3,8 +3,8 @@
 Post-training int4 erases several fine-tunes (docs/methods.md): the updates of BitFit, IA3 or a
 full fine-tune are smaller than an int4 step, and rounding takes them back. With ``finetune.qat``
 every targeted linear computes, while training, with its weight fake-quantized by torchao's
-``IntxFakeQuantizer`` (int4, symmetric, per group of ``group_size`` inputs; straight-through
-gradients), so the optimizer sees the rounding and moves the weights (or the adapter) until the
+``IntxFakeQuantizer`` (int4 per group of ``group_size`` inputs, each group's [min, max] or symmetric:
+see :mod:`edgeft.quantize.schemes.torchao_int4`; straight-through gradients), so the optimizer sees the rounding and moves the weights (or the adapter) until the
 rounded model does the task. The export then rounds with the same quantizer
 (quantize scheme ``int4-torchao``), so the int4 artifact computes what training computed.
 
@@ -80,7 +80,7 @@ class Installed:
 def _weight_config(q):
     from edgeft.quantize.schemes.torchao_int4 import fake_quantize_config
 
-    return fake_quantize_config(q.group_size)
+    return fake_quantize_config(q.group_size, q.symmetric)
 
 
 def _activation_quantizer(q):
@@ -224,8 +224,9 @@ def callback(installed: Installed, start_step: int):
 
 def record(q, installed: Installed) -> dict:
     """What the finetune marker keeps about QAT (the export must round on this grid)."""
-    return {"weights": q.weights, "group_size": q.group_size, "symmetric": True, "activations": q.activations,
-            "start_step": q.start_step, "grid": "torchao IntxFakeQuantizeConfig(int4, per group, symmetric)",
+    return {"weights": q.weights, "group_size": q.group_size, "symmetric": q.symmetric, "activations": q.activations,
+            "start_step": q.start_step,
+            "grid": f"torchao IntxFakeQuantizeConfig, int4 per group, {'symmetric' if q.symmetric else 'min/max'}",
             "export_scheme": "int4-torchao", "fake_quantized_linears": len(installed.targets)}
 
 
@@ -239,7 +240,7 @@ def snap_to_grid(model, q) -> int:
     inst = prepare(model, q)
     inst.remove()
     targets = set(inst.targets)
-    fq = fake_quantizer(q.group_size)
+    fq = fake_quantizer(q.group_size, q.symmetric)
     with torch.no_grad():
         for name, mod in model.named_modules():
             if name in targets:

@@ -7,6 +7,10 @@ next to the result in ``edgeft_method.json``):
   base; parity = adapter model (base + adapter, un-merged) vs merged model.
 * ``copy`` (full, freeze, gradual-unfreeze, bitfit): the weights are already whole; they are
   re-saved as fp32 safetensors and parity = the fine-tuned folder vs the written copy, reloaded.
+
+A fine-tune trained with ``finetune.qat`` (its marker says so) is compared as it trained, with its
+weights fake-quantized to int4; on the min/max grid the merged weights are written snapped onto that
+grid (the trained model; its float weights alone can be far from it), see :func:`_snap`.
 * ``refuse`` (prompt-tuning, prefix-tuning, p-tuning, adapter): :class:`UnsupportedError` saying
   why (the learned pieces are not weights of the traced architecture) and what to use instead.
 
@@ -101,6 +105,7 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
         if not Path(base_path).is_dir():
             raise StageError(f"{adapter_dir}: base model {base_path!r} is not a local folder; pass --base")
     model = load_trained(adapter_dir, base_path)
+    qat = _qat_config(adapter_dir)
     task = _task(model)
     tok = AutoTokenizer.from_pretrained(str(adapter_dir))
     # causal-LM samples are rendered conversations that carry their special tokens; a classifier needs [CLS]/[SEP]
@@ -109,12 +114,14 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         with torch.inference_mode():
-            before = _logits(model, batches)
+            before = _qat_logits(model, batches, qat) if qat is not None else _logits(model, batches)
             if mode == "merge":
                 merged = model.merge_and_unload()
+                snapped = _snap(merged, qat)
                 after = _logits(merged, batches)
                 merged.save_pretrained(str(staging), safe_serialization=True)
             else:
+                snapped = _snap(model, qat)
                 model.to(torch.float32).save_pretrained(str(staging), safe_serialization=True)
                 after = _logits(load_trained(staging), batches)
         diffs = [float((a - b).abs().max()) for a, b in zip(before, after)]
@@ -124,6 +131,11 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
                   "tokens": int(sum(b["input_ids"].numel() for b in batches)), "base_model": base_path,
                   "adapter": str(adapter_dir), "passed": max_diff <= tolerance}
         what = "adapter vs merged" if mode == "merge" else "fine-tuned vs copied"
+        if qat is not None:
+            report["qat"] = {"group_size": qat.group_size, "symmetric": qat.symmetric, "snapped_linears": snapped}
+            what += (" (both on the QAT int4 grid: fake-quantized vs snapped weights)" if snapped
+                     else " (reference fake-quantized as trained; weights not snapped: the symmetric grid is not "
+                          "idempotent, int4-torchao rounds the merged weights as training did)")
         log.info("merge (%s) parity: max |logit diff| %s %.3g (tolerance %.1g) over %d samples", mode, what,
                  max_diff, tolerance, len(diffs))
         if max_diff > tolerance:
@@ -136,6 +148,41 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def _qat_config(trained_dir: Path):
+    """The QatConfig a ``finetune.qat`` run recorded in its marker (weights only), else None."""
+    from edgeft.finetune.registry import read_marker
+
+    info = read_marker(trained_dir).get("qat")
+    if not info:
+        return None
+    from edgeft.config.schema import QatConfig
+
+    return QatConfig(group_size=info["group_size"], symmetric=info.get("symmetric", True))
+
+
+def _qat_logits(model, batches, qat):
+    """Logits of the fine-tuned model as quantization-aware training computed them (int4 fake-quantized weights)."""
+    from edgeft.finetune.qat import prepare
+
+    inst = prepare(model, qat)
+    try:
+        return _logits(model, batches)
+    finally:
+        inst.remove()
+
+
+def _snap(model, qat) -> int:
+    """A QAT model's float weights are not the model it trained (the optimizer only ever saw them rounded, and on a
+    base already on the grid it moves them freely within a step): write the weights on the grid instead, so the
+    merged model, the fp32 export and the int4 artifact are one model. Only for the min/max grid, which rounding
+    the snapped weights again reproduces exactly; returns how many weights were snapped."""
+    if qat is None or qat.symmetric:
+        return 0
+    from edgeft.finetune.qat import snap_to_grid
+
+    return snap_to_grid(model, qat)
 
 
 def _move_into(staging: Path, out_dir: Path) -> None:

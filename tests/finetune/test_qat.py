@@ -98,7 +98,8 @@ def test_ia3_qat_forward_is_the_scaled_weight_on_the_int4_grid(tiny_lm_dir):
         assert (qat_logits - merged(input_ids=ids).logits).abs().max() < 1e-4
 
 
-def test_snapped_weights_lie_on_the_int4_grid(tiny_lm_dir):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_snapped_weights_lie_on_the_int4_grid(tiny_lm_dir, symmetric):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -107,14 +108,36 @@ def test_snapped_weights_lie_on_the_int4_grid(tiny_lm_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, torch_dtype=torch.float32)
     before = model.model.layers[0].mlp.down_proj.weight.detach().clone()  # [64, 128]
-    snap_to_grid(model, qat(group_size=32))
-    after = model.model.layers[0].mlp.down_proj.weight.detach()
-    _, scale = codes(before, 32)
-    steps = after.reshape(64, 4, 32) / torch.from_numpy(scale)[..., None]
-    assert torch.allclose(steps, steps.round(), atol=1e-4)  # integer multiples of each group's scale
-    assert steps.round().min() >= -8 and steps.round().max() <= 7
-    assert not torch.equal(before, after)
+    snap_to_grid(model, qat(group_size=32, symmetric=symmetric))
+    after = model.model.layers[0].mlp.down_proj.weight.detach().reshape(64, 4, 32)
+    _, scale, zp = codes(before, 32, symmetric)
+    scale = torch.from_numpy(scale)[..., None]
+    if symmetric:
+        steps = after / scale
+        lo, hi = -8, 7
+    else:  # the group's minimum plus whole steps: GGUF Q4_1's grid
+        steps = (after - before.reshape(64, 4, 32).amin(-1, keepdim=True)) / scale
+        lo, hi = 0, 15
+        assert torch.allclose(steps, steps.round() + 0 * torch.from_numpy(zp)[..., None], atol=1e-3)
+    assert torch.allclose(steps, steps.round(), atol=1e-3)  # whole steps of each group's scale
+    assert steps.round().min() >= lo and steps.round().max() <= hi
+    assert not torch.equal(before, after.reshape(64, 128))
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)  # head untouched, still tied
+
+
+def test_min_max_grid_keeps_weights_already_on_a_q4_1_grid():
+    """A weight that is already GGUF Q4_1 (min + step * q, both ends used) comes back unchanged."""
+    import torch
+
+    from edgeft.quantize.schemes.torchao_int4 import codes, fake_quantizer
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (8, 4, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15
+    w = (torch.rand(8, 4, 1, generator=g) * 0.1 * q - torch.rand(8, 4, 1, generator=g)).reshape(8, 128)
+    assert torch.allclose(fake_quantizer(32)(w), w, atol=1e-6)
+    c, _, _ = codes(w, 32)
+    assert np.array_equal(c.reshape(8, 4, 32), q.numpy().astype(np.uint8))
 
 
 def test_qat_training_changes_the_loss_and_marks_the_result(tiny_lm_dir, tmp_path):
@@ -162,7 +185,8 @@ def test_start_step_switches_fake_quantization_on(tiny_lm_dir):
     inst.remove()
 
 
-def test_int4_torchao_export_holds_the_weights_qat_trained_with(tiny_lm_dir, tmp_path):
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_int4_torchao_export_holds_the_weights_qat_trained_with(tiny_lm_dir, tmp_path, symmetric):
     """The grids match: logits of the int4-torchao artifact (fp32 compute) equal PyTorch's with the weights
     snapped onto the QAT grid; ORT's own RTN grid (int4-rtn) does not."""
     import torch
@@ -177,11 +201,11 @@ def test_int4_torchao_export_holds_the_weights_qat_trained_with(tiny_lm_dir, tmp
     export(tiny_lm_dir, tmp_path / "onnx", preset="onnx-kv")
     src = tmp_path / "onnx" / "model.onnx"
     keep = {"accuracy_level": 1, "lm_head": "keep", "embeddings": "keep"}
-    rep = torchao_int4.apply(src, tmp_path / "q.onnx", block_size=32, **keep)
+    rep = torchao_int4.apply(src, tmp_path / "q.onnx", block_size=32, symmetric=symmetric, **keep)
     assert rep["quantized_matmuls"] == 14
-    mnb.rtn4(src, tmp_path / "rtn.onnx", block_size=32, symmetric=True, **keep)
+    mnb.rtn4(src, tmp_path / "rtn.onnx", block_size=32, symmetric=symmetric, **keep)
     model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, torch_dtype=torch.float32).eval()
-    snap_to_grid(model, qat(group_size=32))
+    snap_to_grid(model, qat(group_size=32, symmetric=symmetric))
     ids = np.array([[5, 9, 23, 41, 7, 3, 60, 2, 11, 19]], np.int64)
     with torch.no_grad():
         ref = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
@@ -205,6 +229,8 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
         check(cfg(method="dora", qat={}))
     with pytest.raises(ConfigError, match="lora.dropout"):
         check(cfg(qat={}, lora={"r": 4, "alpha": 8, "dropout": 0.1}))
+    with pytest.raises(ValueError, match="8da4w, whose int4 weights are symmetric"):
+        qat(activations="int8-dynamic")
     with pytest.raises(UnsupportedError, match="no linear layer"):
         prepare(_lora_model(tiny_lm_dir), qat(group_size=256))  # no input is 256 wide
     data = tiny_recipe_dict(tiny_lm_dir)
@@ -215,6 +241,10 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
     with pytest.raises(ConfigError, match="quantize.2.options.block_size: 64 differs from finetune.qat.group_size 32"):
         load_recipe(write_recipe(tmp_path / "b.yaml", data))
     data["quantize"][2]["options"]["block_size"] = 32
+    data["quantize"][2]["options"]["symmetric"] = True
+    with pytest.raises(ConfigError, match="quantize.2.options.symmetric: true differs from finetune.qat.symmetric"):
+        load_recipe(write_recipe(tmp_path / "b2.yaml", data))
+    data["quantize"][2]["options"]["symmetric"] = False
     load_recipe(write_recipe(tmp_path / "c.yaml", data))
     data["finetune"]["method"] = "dora"
     with pytest.raises(ConfigError, match="finetune.qat: method dora"):
@@ -248,3 +278,25 @@ def test_decoding_reuses_the_rounded_weights_until_a_parameter_changes(tiny_lm_d
     model(input_ids=ids).logits.sum().backward()  # with autograd, always from the parameters
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
     inst.remove()
+
+
+def test_merge_of_a_qat_lora_writes_the_weights_on_the_grid(tiny_lm_dir, tmp_path):
+    """Merge compares against the fake-quantized adapter model and writes the snapped weights; rounding them again
+    (the int4 export) reproduces them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.finetune import finetune
+    from edgeft.merge import merge
+    from edgeft.quantize.schemes.torchao_int4 import codes
+
+    recs = sft_records(8)
+    finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "ft", cfg(qat={"group_size": 32}), SYSTEM_PROMPT,
+             work_dir=tmp_path / "w")
+    rep = merge(tmp_path / "ft" / "adapter", tmp_path / "merged", base_model=tiny_lm_dir)
+    assert rep["passed"] and rep["qat"]["snapped_linears"] == 14, rep
+    m = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32)
+    w = m.model.layers[1].self_attn.q_proj.weight.detach()
+    c, s, zp = codes(w, 32)
+    again = (c.reshape(-1, 2, 32) - zp[..., None]) * s[..., None]
+    assert np.abs(again.reshape(w.shape) - w.numpy()).max() < 1e-6

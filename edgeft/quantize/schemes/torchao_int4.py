@@ -1,13 +1,21 @@
-"""``int4-torchao``: int4 MatMulNBits on torchao's symmetric per-group grid, the grid ``finetune.qat`` trains on.
+"""``int4-torchao``: int4 MatMulNBits on torchao's per-group grid, the grid ``finetune.qat`` trains on.
 
 Quantization-aware training (:mod:`edgeft.finetune.qat`) runs every linear with its weight
-fake-quantized by torchao's ``IntxFakeQuantizer`` (``IntxFakeQuantizeConfig(torch.int4,
-group_size=g, is_symmetric=True)``): per output row and group of ``g`` inputs, scale = the group's
-largest magnitude / 7.5 and code = clamp(round(w / scale), -8, 7). This scheme rounds the exported
-weights with *the same quantizer object*, so the codes the artifact stores are the ones training saw,
-bit for bit, and stores them as MatMulNBits' symmetric layout (code + 8, no zero point: the kernel
-subtracts 8). ORT's own RTN (``int4-rtn``) puts the largest magnitude at -8 instead, a different
-grid: a QAT model exported with it loses what QAT bought.
+fake-quantized by torchao's ``IntxFakeQuantizer``, per output row and group of ``g`` inputs:
+
+- ``symmetric: false`` (default; ``IntxFakeQuantizeConfig(torch.uint4, group_size=g,
+  is_symmetric=False, zero_point_domain=FLOAT)``): the group's [min, max] over 15 steps, w = min +
+  step * q, q = 0..15. This is GGUF Q4_1's grid: on a model that ships as Q4_1 (the embedded
+  SmolLM2) the base weights lie on it exactly, so only what the fine-tune changed is rounded. Stored
+  as MatMulNBits with float zero points (``8 - zero_point / scale``: the kernel computes
+  ``(q - zp) * scale``).
+- ``symmetric: true`` (``IntxFakeQuantizeConfig(torch.int4, group_size=g, is_symmetric=True)``, the
+  weights of ExecuTorch's 8da4w): scale = the group's largest magnitude / 7.5, code = clamp(round(w /
+  scale), -8, 7), stored as MatMulNBits' symmetric layout (code + 8, no zero point).
+
+This scheme rounds the exported weights with *the same quantizer*, so the codes the artifact stores
+are the ones training saw. ORT's own RTN (``int4-rtn``) uses other grids (integer zero points; the
+largest magnitude at -8): a QAT model exported with it loses what QAT bought.
 
 Run on a model trained without QAT, it is plain post-training RTN on the same grid: the PTQ point a
 QAT run is compared against ("the same plan").
@@ -39,6 +47,8 @@ class TorchaoInt4Options(Options):
 
     owner: ClassVar[str] = "quantize scheme int4-torchao"
     block_size: mnb.BlockSize = Field(32, description="weights per int4 group along K (finetune.qat.group_size)")
+    symmetric: bool = Field(False, description="torchao's symmetric grid (no zero point) instead of the group's "
+                                               "[min, max] (finetune.qat.symmetric)")
     accuracy_level: mnb.AccuracyLevel = Field(4, description=mnb.ACCURACY_LEVEL_HELP)
     nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
     head_block_size: mnb.BlockSize = Field(64, description="block of the LM head / embedding when int8")
@@ -47,24 +57,29 @@ class TorchaoInt4Options(Options):
                                                            "head's packed weight when tied and at the same bits)")
 
 
-def fake_quantize_config(group_size: int):
-    """torchao's config of the int4 weight grid (symmetric, per group of ``group_size`` along the input)."""
+def fake_quantize_config(group_size: int, symmetric: bool = False):
+    """torchao's config of the int4 weight grid, per group of ``group_size`` along the input."""
     import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig
+    from torchao.quantization.quant_primitives import ZeroPointDomain
 
-    return IntxFakeQuantizeConfig(torch.int4, group_size=group_size, is_symmetric=True)
+    if symmetric:
+        return IntxFakeQuantizeConfig(torch.int4, group_size=group_size, is_symmetric=True)
+    return IntxFakeQuantizeConfig(torch.uint4, group_size=group_size, is_symmetric=False,
+                                  zero_point_domain=ZeroPointDomain.FLOAT, zero_point_precision=torch.float32)
 
 
-def fake_quantizer(group_size: int):
+def fake_quantizer(group_size: int, symmetric: bool = False):
     """A torchao ``IntxFakeQuantizer`` for :func:`fake_quantize_config` (a module: ``fq(w)`` is w on the grid)."""
     from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
 
-    return IntxFakeQuantizer(fake_quantize_config(group_size))
+    return IntxFakeQuantizer(fake_quantize_config(group_size, symmetric))
 
 
-def codes(w, group_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and scales of a weight ``w`` [N, K] (torch or numpy) on the grid: (uint8 codes 0..15 [N, K] = the
-    signed code + 8, fp32 scales [N, K / group_size]). ``(codes - 8) * scale`` is torchao's fake-quantized ``w``."""
+def codes(w, group_size: int, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Codes, scales and zero points of a weight ``w`` [N, K] (torch or numpy) on the grid: (uint8 codes 0..15
+    [N, K], fp32 scales [N, K / group_size], fp32 zero points [N, K / group_size] or None when symmetric, where
+    the zero point is 8). ``(codes - zero_point) * scale`` is torchao's fake-quantized ``w``."""
     import torch
 
     w = torch.as_tensor(np.asarray(w, np.float32) if not isinstance(w, torch.Tensor) else w).float()
@@ -72,12 +87,17 @@ def codes(w, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     if k % group_size:
         raise UnsupportedError(f"int4-torchao: a weight with K={k} inputs is not a multiple of the group size "
                                f"{group_size}; choose a group size that divides it")
-    fq = fake_quantizer(group_size)
+    fq = fake_quantizer(group_size, symmetric)
     with torch.no_grad():
-        wq = fq(w)
+        wq = fq(w).reshape(n, -1, group_size)
         scale = fq.scale.reshape(n, k // group_size).float()
-        q = torch.round(wq.reshape(n, -1, group_size) / scale[..., None]).clamp(-8, 7)
-    return (q + 8).reshape(n, k).to(torch.uint8).numpy(), scale.numpy().astype(np.float32)
+        if symmetric:
+            q, zp = torch.round(wq / scale[..., None]).clamp(-8, 7) + 8, None
+        else:  # torchao's float zero point is the value of code 8: w = (q - 8) * scale + zero_point
+            zf = fq.zero_point.reshape(n, k // group_size).float()
+            q = torch.round((wq - zf[..., None]) / scale[..., None] + 8).clamp(0, 15)
+            zp = (8 - zf / scale).numpy().astype(np.float32)
+    return q.reshape(n, k).to(torch.uint8).numpy(), scale.numpy().astype(np.float32), zp
 
 
 def apply(in_onnx: Path, out_onnx: Path, opts: TorchaoInt4Options | None = None, **options) -> dict:
@@ -90,29 +110,30 @@ def apply(in_onnx: Path, out_onnx: Path, opts: TorchaoInt4Options | None = None,
     head = mnb.find_head_embed(graph).head
     skip = set(o.nodes_to_exclude) | ({head.name} if head is not None else set())
     mats = {name: v for name, v in mnb.weight_matmuls(graph).items() if name not in skip}
-    wq = mnb.WeightQuant(4, o.block_size, True)
+    wq = mnb.WeightQuant(4, o.block_size, True)  # packing layout of the codes; float zero points go in as they are
     new_nodes, err = [], 0.0
     for node in graph.node:
         if node.name not in mats or node.op_type != "MatMul":
             new_nodes.append(node)
             continue
         b = numpy_helper.to_array(mats[node.name][1]).astype(np.float32)  # [K, N]
-        c, s = codes(b.T, o.block_size)
+        c, s, zp = codes(b.T, o.block_size, o.symmetric)
         packed, scales, _ = mnb.pack(c, s, None, wq)
         base = node.input[1] + f"_{node.name.strip('/').replace('/', '_')}"
         new_nodes.append(mnb.nbits_node(graph, node.input[0], node.output[0], node.name + "_Q4", base, b.shape, wq,
-                                        packed, scales, None, o.accuracy_level))
+                                        packed, scales, zp, o.accuracy_level))
         # what MatMulNBits will multiply by vs the weight: the rounding, for the report
-        err = max(err, float(np.abs(mnb.dequantize(c, s, np.full(s.shape, 8, np.uint8), b.shape[0], o.block_size)
-                                    - b).max()))
+        deq = (c.reshape(len(c), -1, o.block_size) - (8 if zp is None else zp[..., None])) * s[..., None]
+        err = max(err, float(np.abs(deq.reshape(len(c), -1).T - b).max()))
     if not mats:
         raise UnsupportedError(f"int4-torchao: {in_onnx} has no MatMul with a constant 2-D fp32 weight to quantize")
     he = mnb.finish_rewrite(model, new_nodes, o, out_onnx)
-    log.info("int4-torchao: %d MatMuls on torchao's symmetric int4 grid (groups of %d)", len(mats), o.block_size)
-    return {"bits": 4, "algo": "rtn-torchao-symmetric", "block_size": o.block_size, "symmetric": True,
+    log.info("int4-torchao: %d MatMuls on torchao's %s int4 grid (groups of %d)", len(mats),
+             "symmetric" if o.symmetric else "min/max", o.block_size)
+    return {"bits": 4, "algo": "rtn-torchao", "block_size": o.block_size, "symmetric": o.symmetric,
             "accuracy_level": o.accuracy_level, "max_weight_rounding": err, **he, **mnb.node_counts(model.graph)}
 
 
 SCHEMES.register("int4-torchao")(Scheme(
-    "int4-torchao", "int4 MatMulNBits on torchao's symmetric per-group grid (what finetune.qat trains on)", "int4",
+    "int4-torchao", "int4 MatMulNBits on torchao's per-group grid (what finetune.qat trains on)", "int4",
     None, apply, TorchaoInt4Options))
