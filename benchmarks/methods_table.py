@@ -2,6 +2,7 @@
 
     python benchmarks/methods_table.py lm  [--methods lora,dora,...] [--steps 40] [--out runs/bench-methods]
     python benchmarks/methods_table.py cls [--methods lora,full,...] [--steps 60] [--out runs/bench-methods]
+    python benchmarks/methods_table.py lm --qat [--methods lora,full,...]   (quantization-aware rows)
 
 ``lm``: SmolLM2-135M on the quickstart task (generated intent -> JSON data, 240 train / 32 eval
 examples, batch 8, max_seq_len 128, ``--steps`` optimizer steps, SFT). ``cls``: MiniLM-L6 on
@@ -13,7 +14,11 @@ parameters, size of what fine-tuning writes (adapter or full weights), training 
 non-pad tokens over training time), peak RAM while training (the process's high-water mark at the end
 of training, before merge and export), the eval metric after training (exact match or
 accuracy), and for mergeable methods the same metric after merge -> ONNX export -> int8-weight and
-int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 held-out rows). Learning rates differ per method family (a
+int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 held-out rows), plus int4-torchao
+(torchao's symmetric int4 grid, block 32: the grid QAT trains on, so the post-training point of the same plan).
+With ``--qat`` each method trains with ``finetune.qat: {group_size: 32}`` instead (rows under
+``OUT/<family>-qat/``) and its merged model is scored in float and as int4-torchao; the table then
+puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
 ``OUT/<family>/results.jsonl`` and the markdown table to stdout.
 """
@@ -50,7 +55,16 @@ def _train_row(method: str, lr: float, m: dict, written: Path) -> dict:
             "train_peak_rss_mb": m.get("peak_rss_mb")}
 
 
-def _lm_one(method: str, steps: int, out: Path) -> dict:
+QAT = {"group_size": 32}
+INT4 = (("int8", "int8-weight"), ("int4", "int4-rtn"), ("int4_torchao", "int4-torchao"))
+
+
+def _schemes(qat: bool):
+    """(column, scheme) pairs a row is quantized with: a QAT row only on the grid it trained on."""
+    return INT4[2:] if qat else INT4
+
+
+def _lm_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
     import edgeft
     from edgeft.config.schema import FinetuneConfig
     from edgeft.data.intents import generate
@@ -65,7 +79,7 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
     base = edgeft.resolve_model("smollm2-135m").path
     lr = LR.get(method, DEFAULT_LR["lm"])
     cfg = FinetuneConfig(method=method, objective="sft", max_steps=steps, learning_rate=lr, batch_size=8,
-                         max_seq_len=128, eval_examples=0, early_stopping=None, threads=2)
+                         max_seq_len=128, eval_examples=0, early_stopping=None, threads=2, qat=QAT if qat else None)
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, SYSTEM, work_dir=out / "work")
     meth = METHODS.get(method)
@@ -85,13 +99,13 @@ def _lm_one(method: str, steps: int, out: Path) -> dict:
 
     ids = prompt_ids(tok, SYSTEM, ev[0]["prompt"]) + tok(ev[0]["response"]).input_ids[:4]
     edgeft.export(merged, out / "onnx", sample_ids=ids)
-    for name, scheme in (("int8", "int8-weight"), ("int4", "int4-rtn")):
+    for name, scheme in _schemes(qat):
         edgeft.quantize(out / "onnx", out / name, scheme, {"block_size": 32})
         row[f"metric_{name}"] = task_metrics(OrtLM(out / name, 2), tok, ev, SYSTEM, 48)["exact_match"]
     return row
 
 
-def _cls_one(method: str, steps: int, out: Path) -> dict:
+def _cls_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
     import edgeft
     from edgeft.config.schema import FinetuneConfig
     from edgeft.finetune import METHODS
@@ -107,7 +121,7 @@ def _cls_one(method: str, steps: int, out: Path) -> dict:
     base = edgeft.resolve_model("minilm-l6").path
     lr = CLS_LR.get(method, LR.get(method, DEFAULT_LR["cls"]))
     cfg = FinetuneConfig(method=method, objective="classify", max_steps=steps, learning_rate=lr, batch_size=16,
-                         max_seq_len=64, eval_examples=0, early_stopping=None, threads=2)
+                         max_seq_len=64, eval_examples=0, early_stopping=None, threads=2, qat=QAT if qat else None)
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, "", work_dir=out / "work")
     meth = METHODS.get(method)
@@ -122,16 +136,16 @@ def _cls_one(method: str, steps: int, out: Path) -> dict:
     texts = [r["text"] for r in ev[:8]]
     edgeft.merge(ft / meth.produces, merged, base_model=base, sample_texts=texts)
     edgeft.export(merged, out / "onnx", preset="onnx-cls", sample_texts=texts)
-    for name, scheme in (("int8", "int8-weight"), ("int4", "int4-rtn")):
+    for name, scheme in _schemes(qat):
         rep = edgeft.quantize(out / "onnx", out / name, scheme, {"block_size": 32}, labeled=ev, max_accuracy_drop=1.0)
         row["metric_onnx"] = rep["accuracy_input"]
         row[f"metric_{name}"] = rep["accuracy"]
     return row
 
 
-def _child(family: str, method: str, steps: int, out: Path) -> None:
+def _child(family: str, method: str, steps: int, out: Path, qat: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    row = (_lm_one if family == "lm" else _cls_one)(method, steps, out)
+    row = (_lm_one if family == "lm" else _cls_one)(method, steps, out, qat)
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():
@@ -159,25 +173,72 @@ def _table(rows: list[dict], family: str) -> str:
     return "\n".join(lines)
 
 
+def _qat_table(ptq: dict[str, dict], qat: dict[str, dict], family: str) -> str:
+    """PTQ vs QAT per method: the float metric of each run, int4 after rounding (ORT's grid and torchao's), and
+    the QAT run's int4 on the grid it trained on."""
+    metric = "EM" if family == "lm" else "accuracy"
+    lines = [f"| method | {metric} fp32 | {metric} int4-rtn (PTQ) | {metric} int4-torchao (PTQ) | {metric} fp32, QAT run | "
+             f"{metric} at int4 after QAT (int4-torchao) | QAT int4 − fp32 (pts) |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def f(r, k):
+        v = (r or {}).get(k)
+        return "–" if v is None else f"{v:.3f}"
+
+    for m in sorted(set(ptq) | set(qat)):
+        p, q = ptq.get(m), qat.get(m)
+        if q is not None and "qat_refused" in q:
+            lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | – | "
+                         f"refused: {q['qat_refused'][:70]} | – |")
+            continue
+        gap = "–"
+        if p and q and p.get("metric") is not None and q.get("metric_int4_torchao") is not None:
+            gap = f"{100 * (q['metric_int4_torchao'] - p['metric']):+.1f}"
+        lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | "
+                     f"{f(q, 'metric')} | {f(q, 'metric_int4_torchao')} | {gap} |")
+    return "\n".join(lines)
+
+
+def _qat_refusal(method: str) -> str | None:
+    from edgeft.config.schema import QAT_METHODS
+    from edgeft.finetune import METHODS
+
+    if method in QAT_METHODS:
+        return None
+    meth = METHODS.get(method)
+    if meth.merge == "refuse":
+        return "not mergeable: no weights to round"
+    return f"finetune.qat is built for {', '.join(QAT_METHODS)}"
+
+
+def _rows(root: Path) -> dict[str, dict]:
+    f = root / "results.jsonl"
+    return {r["method"]: r for r in map(json.loads, f.read_text().splitlines())} if f.is_file() else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("family", choices=["lm", "cls"])
     ap.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
+    ap.add_argument("--qat", action="store_true", help="train each method quantization-aware (finetune.qat)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     steps = a.steps or (40 if a.family == "lm" else 60)
     if a.child:
-        _child(a.family, a.child, steps, a.out)
+        _child(a.family, a.child, steps, a.out, a.qat)
         return
     from edgeft.finetune import METHODS
 
     methods = a.methods.split(",") if a.methods else sorted(METHODS.names())
-    root = a.out / a.family
+    root = a.out / (a.family + ("-qat" if a.qat else ""))
     rows = []
     for m in methods:
         d = root / m
+        refused = _qat_refusal(m) if a.qat else None
+        if refused:
+            rows.append({"method": m, "qat_refused": refused})
+            continue
         if (d / "row.json").is_file():
             row = json.loads((d / "row.json").read_text())
             if "train_peak_rss_mb" not in row and (d / "finetune" / "metrics.json").is_file():
@@ -186,8 +247,8 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
-        p = subprocess.run([sys.executable, __file__, a.family, "--child", m, "--steps", str(steps), "--out", str(d)],
-                           env=env, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, __file__, a.family, "--child", m, "--steps", str(steps), "--out", str(d)]
+                           + (["--qat"] if a.qat else []), env=env, capture_output=True, text=True)
         if p.returncode != 0:
             err = (p.stderr.strip().splitlines() or ["?"])[-1]
             rows.append({"method": m, "error": err})
@@ -195,8 +256,12 @@ def main() -> None:
             continue
         rows.append(json.loads((d / "row.json").read_text()))
         print(f"{m}: done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(_table(rows, a.family))
+    if a.qat:
+        print(_qat_table(_rows(a.out / a.family), {r["method"]: r for r in rows}, a.family))
+    else:
+        print(_table([r for r in rows if "qat_refused" not in r], a.family))
 
 
 if __name__ == "__main__":
