@@ -30,6 +30,8 @@ from edgeft.finetune.objectives import dpo as _dpo  # noqa: F401,E402
 from edgeft.finetune.objectives import distill as _distill  # noqa: F401,E402
 from edgeft.finetune.objectives import multitask as _multitask  # noqa: F401,E402
 from edgeft.finetune.objectives import image_classify as _image_classify  # noqa: F401,E402
+from edgeft.finetune.objectives import grpo as _grpo  # noqa: F401,E402
+from edgeft.finetune.objectives import reward as _reward  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
         # virtual tokens are prepended per row: packed examples would share them and attend to each other
         log.info("method %s: batching with padding (finetune.padding_free ignored)", method.name)
         cfg = cfg.model_copy(update={"padding_free": False})
+    if objective.num_labels is not None:  # the objective fixes the head (reward: one score per sequence)
+        cfg = cfg.model_copy(update={"num_labels": objective.num_labels})
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / (out_dir.name + ".work")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +76,10 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = method.prepare(method.load_model(model_path, cfg, objective.task), cfg)
+    if cfg.init_adapter:  # continue an adapter trained before (e.g. GRPO from the sft run's adapter)
+        from edgeft.finetune.objectives.common import load_init_adapter
+
+        load_init_adapter(model, Path(cfg.init_adapter), method)
     log.info("fine-tuning %s with %s/%s on %d examples", model_path, method.name, objective.name, len(train))
     metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
     metrics.update({"method": method.name, "objective": objective.name, "base_model": str(model_path),

@@ -50,6 +50,10 @@ KNOWN = {
     **{(m, "dpo"): _FUSED for m in ("full", "freeze", "gradual-unfreeze", "bitfit", "adapter")},
     **{(m, "multitask"): _FUSED for m in ("full", "freeze", "gradual-unfreeze", "bitfit", "adapter", "prefix-tuning")},
 }
+# Objectives whose training loss is not expected to fall: GRPO's loss is the advantage-weighted probability ratio,
+# about 0 at every step by construction (advantages are centred per prompt group, the ratio is 1 on fresh
+# rollouts); that GRPO raises its reward is tested in tests/finetune/test_rl.py. The other checks apply.
+NO_LOSS_TREND = {"grpo"}
 STEPS = 6
 PARITY = 1e-4
 
@@ -217,7 +221,8 @@ def test_method_x_objective(method, objective, tiny_model_dirs, tmp_path, monkey
     # the loss went down
     losses = log["loss"]
     assert len(losses) >= 3, f"expected a logged loss per step, got {losses}"
-    assert losses[-1] < losses[0], f"{method}/{objective}: loss did not decrease: {losses}"
+    if objective not in NO_LOSS_TREND:
+        assert losses[-1] < losses[0], f"{method}/{objective}: loss did not decrease: {losses}"
     assert metrics["steps"] == len(log["steps"]) >= 3
 
     # the saved result reloads and reproduces the trained model
