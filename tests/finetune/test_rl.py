@@ -185,7 +185,7 @@ def _train_reward_model(model_dir, out: Path, flip: bool) -> dict:
     from edgeft.finetune import finetune
 
     prompts = [r["prompt"] for r in generate(60, 1, seed=5)[0]]
-    cfg = FinetuneConfig(objective="reward", method="lora", max_steps=24, batch_size=4, max_seq_len=64,
+    cfg = FinetuneConfig(objective="reward", method="lora", max_steps=24, batch_size=4, max_seq_len=128,
                          learning_rate=2e-2, lr_scheduler="constant", warmup_ratio=0.0, early_stopping=None,
                          lora={"r": 4, "alpha": 8})
     return finetune(model_dir, _pairs(prompts[:16], flip), _pairs(prompts[40:52], flip), out, cfg, SYSTEM_PROMPT)
