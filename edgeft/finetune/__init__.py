@@ -54,6 +54,11 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     method = METHODS.get(cfg.method, "finetune.method")
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
     if objective.task == "image-cls":  # records {image, label}: a PyTorch loop of its own, no tokenizer
+        if cfg.init_adapter:
+            from edgeft.errors import UnsupportedError
+
+            raise UnsupportedError("finetune.init_adapter: objective image-classify does not continue an adapter; "
+                                   "remove init_adapter")
         return _image_classify.finetune_images(model_path, train, eval, out_dir, cfg, work_dir)
     if cfg.padding_free and not method.padding_free:
         # virtual tokens are prepended per row: packed examples would share them and attend to each other
