@@ -198,6 +198,58 @@ class DpoConfig(Strict):
     loss_weights: Optional[list[float]] = Field(None, description="Weights of the combined loss types (default: 1 each).")
 
 
+# The rewards objective grpo knows (edgeft.finetune.rewards registers the same names; a test keeps them equal).
+REWARD_NAMES = ("json_valid", "exact_slots", "length", "judge", "reward-model")
+
+
+class RewardSpec(Strict):
+    name: str = Field(description="Reward function: json_valid, exact_slots, length, judge or reward-model.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum GRPO normalizes per prompt group.")
+    target_tokens: Optional[int] = Field(
+        None, ge=1, description="length: the completion length (tokens) with no penalty (default: the reference "
+                                "answer's length).")
+    model: Optional[str] = Field(
+        None, description="judge: a local causal LM folder (HF, a run's merge/ or finetune/adapter folder), or "
+                          "'start' for a frozen copy of the policy as training starts (the SFT start with "
+                          "init_adapter).")
+    rubric: str = Field(
+        "The answer must be the compact JSON parse of the request: the right intent and every slot copied exactly.",
+        description="judge: what a good answer is; the judge is asked whether the answer meets it (Yes/No).")
+    path: Optional[str] = Field(
+        None, description="reward-model: the folder objective reward wrote (its finetune/adapter or finetune/model, "
+                          "or a merge/ folder).")
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.name not in REWARD_NAMES:
+            raise ValueError(f"finetune.grpo.rewards: unknown reward {self.name!r}; one of {', '.join(REWARD_NAMES)}")
+        if self.name == "judge" and not self.model:
+            raise ValueError("finetune.grpo.rewards: judge needs `model` (a local model folder, or 'start')")
+        if self.name == "reward-model" and not self.path:
+            raise ValueError("finetune.grpo.rewards: reward-model needs `path` (the folder objective reward wrote)")
+        extra = {"target_tokens": "length", "model": "judge", "path": "reward-model"}
+        for k, owner in extra.items():
+            if getattr(self, k) is not None and self.name != owner:
+                raise ValueError(f"finetune.grpo.rewards: {k} applies to reward {owner}, not {self.name}")
+        return self
+
+
+class GrpoConfig(Strict):
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="json_valid"), RewardSpec(name="exact_slots", weight=2.0)],
+        min_length=1, description="Reward functions and weights (edgeft.finetune.rewards).")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (a GRPO group).")
+    max_completion_length: int = Field(48, ge=1, description="Maximum tokens per sampled completion.")
+    beta: float = Field(0.0, ge=0, description="KL coefficient to the reference policy (0: no reference model).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of the rollouts.")
+    num_iterations: int = Field(1, ge=1, description="Optimizer passes over each batch of rollouts (GRPO mu).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the reward std of the group, of the batch, or not at all.")
+    eval_examples: int = Field(
+        48, ge=0, description="Eval examples scored by greedy exact match before and after training.")
+
+
 class StudentConfig(Strict):
     keep_every: Optional[int] = Field(
         None, ge=1, description="Keep every k-th decoder block of the teacher (blocks 0, k, 2k, ...)."
@@ -353,6 +405,11 @@ class FinetuneConfig(Strict):
         None, description="Quantization-aware training for int4 (causal LMs and text classifiers; methods lora, ia3, "
                           "full, freeze, gradual-unfreeze, bitfit): the linears compute with int4 fake-quantized weights "
                           "(LoRA: base plus adapter, the weight merge produces), so the int4 export keeps the fine-tune.")
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig, description="Objective grpo: rewards and rollouts.")
+    init_adapter: Optional[str] = Field(
+        None, description="Start from this adapter folder (e.g. a sft run's runs/<name>/finetune/adapter; relative "
+                          "paths are read from the working directory) instead of a fresh adapter; its settings must "
+                          "match finetune.lora (or the method's).")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Objective distill: teacher and student.")
     multitask: Optional[MultitaskConfig] = Field(None, description="Objective multitask: the tasks and their weights.")
     image: ImageTrainConfig = Field(default_factory=ImageTrainConfig,

@@ -30,6 +30,8 @@ from edgeft.finetune.objectives import dpo as _dpo  # noqa: F401,E402
 from edgeft.finetune.objectives import distill as _distill  # noqa: F401,E402
 from edgeft.finetune.objectives import multitask as _multitask  # noqa: F401,E402
 from edgeft.finetune.objectives import image_classify as _image_classify  # noqa: F401,E402
+from edgeft.finetune.objectives import grpo as _grpo  # noqa: F401,E402
+from edgeft.finetune.objectives import reward as _reward  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     method = METHODS.get(cfg.method, "finetune.method")
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
     if objective.task == "image-cls":  # records {image, label}: a PyTorch loop of its own, no tokenizer
+        if cfg.init_adapter:
+            from edgeft.errors import UnsupportedError
+
+            raise UnsupportedError("finetune.init_adapter: objective image-classify does not continue an adapter; "
+                                   "remove init_adapter")
         return _image_classify.finetune_images(model_path, train, eval, out_dir, cfg, work_dir)
     if cfg.qat is not None:
         from edgeft.finetune import qat
@@ -63,6 +70,8 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
         # virtual tokens are prepended per row: packed examples would share them and attend to each other
         log.info("method %s: batching with padding (finetune.padding_free ignored)", method.name)
         cfg = cfg.model_copy(update={"padding_free": False})
+    if objective.num_labels is not None:  # the objective fixes the head (reward: one score per sequence)
+        cfg = cfg.model_copy(update={"num_labels": objective.num_labels})
     out_dir = Path(out_dir)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / (out_dir.name + ".work")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +87,10 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = method.prepare(method.load_model(model_path, cfg, objective.task), cfg)
+    if cfg.init_adapter:  # continue an adapter trained before (e.g. GRPO from the sft run's adapter)
+        from edgeft.finetune.objectives.common import load_init_adapter
+
+        load_init_adapter(model, Path(cfg.init_adapter), method)
     installed = None
     if cfg.qat is not None:  # int4 fake quantization while training (edgeft.finetune.qat)
         import dataclasses

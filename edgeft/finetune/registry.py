@@ -60,8 +60,11 @@ class Objective:
     fields: tuple[str, ...]  # record keys each training example needs
     train: Callable[..., dict]  # (model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
     # What a causal-LM objective's records are (the pipeline's task adapter follows it): chat turns
-    # (prompt/response), raw text (no task examples: perplexity is the metric) or tagged tasks of a mixture.
-    records: Literal["chat", "raw-text", "multitask"] = "chat"
+    # (prompt/response), raw text (no task examples: perplexity is the metric) or tagged tasks of a mixture;
+    # "pairs": a seq-cls objective on preference pairs (prompt/chosen/rejected: a reward model).
+    records: Literal["chat", "raw-text", "multitask", "pairs"] = "chat"
+    # seq-cls objectives whose head size is fixed by the objective, not by labels in the data (reward: 1 score)
+    num_labels: Optional[int] = None
 
 
 MARKER = "edgeft_method.json"

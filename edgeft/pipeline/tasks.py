@@ -2,8 +2,9 @@
 
 The objective's task gives the kind of model (:attr:`edgeft.pipeline.run.Pipeline.kind`): a sequence
 classifier (:class:`ClassifierTask`), an image classifier (:class:`ImageTask`) or a causal LM, whose
-objective's ``records`` say which: chat turns (:class:`ChatTask`: sft, dpo, distill), raw text
-(:class:`RawTextTask`: clm) or a mixture of tagged tasks (:class:`MultitaskTask`). A task knows which
+objective's ``records`` say which: chat turns (:class:`ChatTask`: sft, dpo, distill, grpo), raw text
+(:class:`RawTextTask`: clm) or a mixture of tagged tasks (:class:`MultitaskTask`); a sequence classifier trained on
+preference pairs is a reward model (:class:`RewardTask`: stops after finetune). A task knows which
 records and fields its splits hold, how the data stage reads them, how held-out and calibration text are
 built, which samples merge and export check, and which quantize and validate path scores its artifacts.
 The stage methods of :class:`~edgeft.pipeline.run.Pipeline` call their task and never ask what it is.
@@ -32,7 +33,7 @@ def task_for(pipeline) -> "Task":
     if pipeline.kind == "image-classifier":
         return ImageTask(pipeline)
     if pipeline.kind == "classifier":
-        return ClassifierTask(pipeline)
+        return RewardTask(pipeline) if objective.records == "pairs" else ClassifierTask(pipeline)
     return {"chat": ChatTask, "raw-text": RawTextTask, "multitask": MultitaskTask}[objective.records](pipeline)
 
 
@@ -380,6 +381,34 @@ class ClassifierTask(Task):
         return validate_encoders(self.p.artifacts(), self.p.run.stage_dir("merge"),
                                  self.records("eval", classify.FIELDS), tmp, self.recipe.validate_,
                                  recipe_name=self.recipe.name, classifier=True)
+
+
+class RewardTask(Task):
+    """A reward model (objective ``reward``: prompt/chosen/rejected pairs, one score per sequence). It is a scorer
+    for objective grpo (``finetune.grpo.rewards: [{name: reward-model, path: ...}]``), not a model to ship:
+    the pipeline stops after finetune."""
+
+    metric_keys = ("eval_pair_accuracy",)
+    monitor_fields = None
+
+    def _stop(self, stage: str):
+        from edgeft.errors import UnsupportedError
+
+        raise UnsupportedError(f"{stage}: objective reward trains a scorer for objective grpo, which is not merged, "
+                               "exported or validated; run `edgeft finetune RECIPE` and name its finetune folder in "
+                               "finetune.grpo.rewards (reward-model path)")
+
+    def merge(self, tmp: Path) -> dict:
+        self._stop("merge")
+
+    def export(self, tmp: Path) -> dict:
+        self._stop("export")
+
+    def quantize(self, tmp: Path) -> dict:
+        self._stop("quantize")
+
+    def validate(self, tmp: Path):
+        self._stop("validate")
 
 
 class ImageTask(Task):

@@ -77,11 +77,17 @@ TINY_DATA: dict[str, Callable[[int], list[dict]]] = {
     "dpo": dpo_records,
     "distill": sft_records,
     "multitask": multitask_records,
+    "grpo": sft_records,
+    "reward": dpo_records,
 }
 
 TINY_CONFIG: dict[str, dict] = {
     # the chat-formatted prompts take ~50 tokens; the chosen/rejected answers must differ inside max_seq_len
     "dpo": {"max_seq_len": 96},
+    # a random model never writes JSON (the programmatic rewards are all 0: no advantage, no gradient); the judge
+    # (a frozen copy of the start) gives every completion a different score
+    "grpo": {"grpo": {"rewards": [{"name": "judge", "model": "start"}], "num_generations": 4,
+                      "max_completion_length": 8, "eval_examples": 0}},
     "multitask": {"multitask": {"tasks": [
         {"name": "intents", "generated": {}, "system_prompt": SYSTEM_PROMPT},
         {"name": "verb", "generated": {}, "system_prompt": "Say the first word.", "metric": "accuracy"}]}},

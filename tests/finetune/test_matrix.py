@@ -50,6 +50,14 @@ KNOWN = {
     **{(m, "dpo"): _FUSED for m in ("full", "freeze", "gradual-unfreeze", "bitfit", "adapter")},
     **{(m, "multitask"): _FUSED for m in ("full", "freeze", "gradual-unfreeze", "bitfit", "adapter", "prefix-tuning")},
 }
+# Objectives whose training loss is not expected to fall: GRPO's loss is the advantage-weighted probability ratio,
+# about 0 at every step by construction (advantages are centred per prompt group, the ratio is 1 on fresh
+# rollouts); that GRPO raises its reward is tested in tests/finetune/test_rl.py. The other checks apply.
+NO_LOSS_TREND = {"grpo"}
+# Objectives with a pairwise loss on one score per sequence (reward: -log sigmoid(r(chosen) - r(rejected))): the
+# score layer's bias cancels in the difference: its gradient is 0 up to rounding, so it is neither expected nor
+# counted.
+PAIRWISE = {"reward"}
 STEPS = 6
 PARITY = 1e-4
 
@@ -81,6 +89,11 @@ def _head(name: str, task: str) -> bool:
     if task == "seq-cls":
         return bool(re.search(r"(^|\.)(pooler|classifier|score)\.", name))
     return bool(re.search(r"(^|\.)(norm\.weight|lm_head\.|embed_tokens\.)", name)) and _block(name) is None
+
+
+def _score_bias(name: str, task: str) -> bool:
+    """The bias of the score layer itself (not the pooler's)."""
+    return _new_cls_head(name, task) and name.endswith(".bias")
 
 
 def _new_cls_head(name: str, task: str) -> bool:
@@ -209,15 +222,17 @@ def test_method_x_objective(method, objective, tiny_model_dirs, tmp_path, monkey
         n_blocks = len({_block(n) for n in names if _block(n) is not None})
         want = intended(method, task, names, step, n_blocks)
         assert present <= want, f"step {step}: gradients outside the intended set: {sorted(present - want)[:8]}"
-        trained_any |= nonzero
-        expected_any |= want
+        cancelled = {n for n in names if objective in PAIRWISE and _score_bias(n, task)}  # rounding: ~0 or 0
+        trained_any |= nonzero - cancelled
+        expected_any |= want - cancelled
     assert trained_any == expected_any, (f"intended but never trained: {sorted(expected_any - trained_any)[:8]}; "
                                          f"trained but not intended: {sorted(trained_any - expected_any)[:8]}")
 
     # the loss went down
     losses = log["loss"]
     assert len(losses) >= 3, f"expected a logged loss per step, got {losses}"
-    assert losses[-1] < losses[0], f"{method}/{objective}: loss did not decrease: {losses}"
+    if objective not in NO_LOSS_TREND:
+        assert losses[-1] < losses[0], f"{method}/{objective}: loss did not decrease: {losses}"
     assert metrics["steps"] == len(log["steps"]) >= 3
 
     # the saved result reloads and reproduces the trained model

@@ -187,3 +187,44 @@ def history_metrics(trainer, model, evals: list[dict]) -> dict:
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def load_init_adapter(model, folder: Path, method) -> None:
+    """Load the trainable weights of an adapter folder (``finetune.init_adapter``) into the freshly prepared PEFT
+    ``model``, so training continues it; its PEFT settings must be the ones the recipe prepares."""
+    import json
+
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from edgeft.errors import ConfigError
+
+    folder = Path(folder)
+    if not isinstance(model, PeftModel):
+        raise ConfigError(f"finetune.init_adapter: method {method.name} trains no PEFT adapter; use method lora, dora "
+                          "or ia3 (the method that trained the adapter), or remove init_adapter")
+    cfg_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise ConfigError(f"finetune.init_adapter: {folder} is not a PEFT adapter folder (no adapter_config.json / "
+                          "adapter_model.safetensors); point it at a run's finetune/adapter")
+    saved, mine = json.loads(cfg_file.read_text()), model.peft_config["default"].to_dict()
+    keys = ("peft_type", "r", "lora_alpha", "use_dora", "task_type")
+    def plain(v):
+        return getattr(v, "value", v)  # enums (PeftType, TaskType) as their saved strings
+
+    diff = [f"{k} {plain(saved.get(k))} vs {plain(mine.get(k))}" for k in keys if plain(saved.get(k)) != plain(mine.get(k))]
+    if diff:
+        raise ConfigError(f"finetune.init_adapter: the adapter's settings differ from this recipe's ({'; '.join(diff)}, "
+                          "adapter vs recipe); set finetune.method/lora to the ones the adapter was trained with")
+    state = load_file(str(weights))
+    try:
+        res = set_peft_model_state_dict(model, state)
+    except RuntimeError as e:  # shape mismatch: other target modules or rank
+        raise ConfigError(f"finetune.init_adapter: the adapter does not fit this model ({str(e).splitlines()[0]}); "
+                          "use the same base model and finetune.lora settings") from e
+    missing = [k for k in res.missing_keys if "lora_" in k or "ia3_" in k]
+    if res.unexpected_keys or missing:
+        raise ConfigError(f"finetune.init_adapter: {len(missing)} adapter weights missing and "
+                          f"{len(res.unexpected_keys)} unexpected (e.g. {(missing + list(res.unexpected_keys))[0]}); "
+                          "set finetune.lora.target_modules to the adapter's")
+    log.info("init_adapter: %d tensors loaded from %s", len(state), folder)
