@@ -76,7 +76,7 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
             if block != qat.group_size:
                 problems.append(f"{source}: quantize.{i}.options.block_size: {block} differs from finetune.qat."
                                 f"group_size {qat.group_size}, the grid training simulated; set both to the same size")
-            sym = bool((spec.options or {}).get("symmetric", False))
+            sym = bool((spec.options or {}).get("symmetric", True))
             if sym != qat.symmetric:
                 problems.append(f"{source}: quantize.{i}.options.symmetric: {str(sym).lower()} differs from "
                                 f"finetune.qat.symmetric {str(qat.symmetric).lower()}, the grid training simulated; "

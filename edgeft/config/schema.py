@@ -329,9 +329,10 @@ class QatConfig(Strict):
     group_size: Literal[16, 32, 64, 128, 256] = Field(
         32, description="Weights per int4 group along the input; the int4-torchao block_size must match.")
     symmetric: bool = Field(
-        False, description="false: each group's [min, max] over 15 steps with a float zero point (GGUF Q4_1's grid, "
-                           "on which a Q4_1 base lies exactly); true: symmetric, no zero point (ExecuTorch 8da4w's "
-                           "weights). The int4-torchao symmetric option must match.")
+        True, description="true: symmetric, no zero point (MatMulNBits' fast kernel; ExecuTorch 8da4w's weights); "
+                          "false: each group's [min, max] over 15 steps with a float zero point (GGUF Q4_1's grid; "
+                          "MatMulNBits with float zero points decodes several times slower on CPUs). The int4-torchao "
+                          "symmetric option must match.")
     activations: Literal["none", "int8-dynamic"] = Field(
         "none", description="Also fake-quantize each linear's input: int8 per token, asymmetric (ExecuTorch 8da4w's "
                             "dynamic activations); none for weight-only int4 (MatMulNBits).")

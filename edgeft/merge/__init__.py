@@ -114,7 +114,9 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         with torch.inference_mode():
-            before = _qat_logits(model, batches, qat) if qat is not None else _logits(model, batches)
+            # a QAT fine-tune whose weights will be snapped: compare with what it computed in training
+            snaps = qat is not None and not qat.symmetric
+            before = _qat_logits(model, batches, qat) if snaps else _logits(model, batches)
             if mode == "merge":
                 merged = model.merge_and_unload()
                 snapped = _snap(merged, qat)
@@ -134,8 +136,8 @@ def merge(adapter_dir: Path, out_dir: Path, base_model: Path | None = None, tole
         if qat is not None:
             report["qat"] = {"group_size": qat.group_size, "symmetric": qat.symmetric, "snapped_linears": snapped}
             what += (" (both on the QAT int4 grid: fake-quantized vs snapped weights)" if snapped
-                     else " (reference fake-quantized as trained; weights not snapped: the symmetric grid is not "
-                          "idempotent, int4-torchao rounds the merged weights as training did)")
+                     else " (float weights; not snapped: rounding snapped weights again on the symmetric grid "
+                          "moves them, so int4-torchao rounds the merged weights as training did)")
         log.info("merge (%s) parity: max |logit diff| %s %.3g (tolerance %.1g) over %d samples", mode, what,
                  max_diff, tolerance, len(diffs))
         if max_diff > tolerance:

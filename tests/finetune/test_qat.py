@@ -135,8 +135,8 @@ def test_min_max_grid_keeps_weights_already_on_a_q4_1_grid():
     q = torch.randint(0, 16, (8, 4, 32), generator=g).float()
     q[..., 0], q[..., 1] = 0, 15
     w = (torch.rand(8, 4, 1, generator=g) * 0.1 * q - torch.rand(8, 4, 1, generator=g)).reshape(8, 128)
-    assert torch.allclose(fake_quantizer(32)(w), w, atol=1e-6)
-    c, _, _ = codes(w, 32)
+    assert torch.allclose(fake_quantizer(32, symmetric=False)(w), w, atol=1e-6)
+    c, _, _ = codes(w, 32, symmetric=False)
     assert np.array_equal(c.reshape(8, 4, 32), q.numpy().astype(np.uint8))
 
 
@@ -230,7 +230,7 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
     with pytest.raises(ConfigError, match="lora.dropout"):
         check(cfg(qat={}, lora={"r": 4, "alpha": 8, "dropout": 0.1}))
     with pytest.raises(ValueError, match="8da4w, whose int4 weights are symmetric"):
-        qat(activations="int8-dynamic")
+        qat(activations="int8-dynamic", symmetric=False)
     with pytest.raises(UnsupportedError, match="no linear layer"):
         prepare(_lora_model(tiny_lm_dir), qat(group_size=256))  # no input is 256 wide
     data = tiny_recipe_dict(tiny_lm_dir)
@@ -241,10 +241,10 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
     with pytest.raises(ConfigError, match="quantize.2.options.block_size: 64 differs from finetune.qat.group_size 32"):
         load_recipe(write_recipe(tmp_path / "b.yaml", data))
     data["quantize"][2]["options"]["block_size"] = 32
-    data["quantize"][2]["options"]["symmetric"] = True
-    with pytest.raises(ConfigError, match="quantize.2.options.symmetric: true differs from finetune.qat.symmetric"):
-        load_recipe(write_recipe(tmp_path / "b2.yaml", data))
     data["quantize"][2]["options"]["symmetric"] = False
+    with pytest.raises(ConfigError, match="quantize.2.options.symmetric: false differs from finetune.qat.symmetric"):
+        load_recipe(write_recipe(tmp_path / "b2.yaml", data))
+    data["quantize"][2]["options"]["symmetric"] = True
     load_recipe(write_recipe(tmp_path / "c.yaml", data))
     data["finetune"]["method"] = "dora"
     with pytest.raises(ConfigError, match="finetune.qat: method dora"):
@@ -291,12 +291,23 @@ def test_merge_of_a_qat_lora_writes_the_weights_on_the_grid(tiny_lm_dir, tmp_pat
     from edgeft.quantize.schemes.torchao_int4 import codes
 
     recs = sft_records(8)
-    finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "ft", cfg(qat={"group_size": 32}), SYSTEM_PROMPT,
-             work_dir=tmp_path / "w")
+    finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "ft", cfg(qat={"group_size": 32, "symmetric": False}),
+             SYSTEM_PROMPT, work_dir=tmp_path / "w")
     rep = merge(tmp_path / "ft" / "adapter", tmp_path / "merged", base_model=tiny_lm_dir)
     assert rep["passed"] and rep["qat"]["snapped_linears"] == 14, rep
     m = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32)
     w = m.model.layers[1].self_attn.q_proj.weight.detach()
-    c, s, zp = codes(w, 32)
+    c, s, zp = codes(w, 32, symmetric=False)
     again = (c.reshape(-1, 2, 32) - zp[..., None]) * s[..., None]
     assert np.abs(again.reshape(w.shape) - w.numpy()).max() < 1e-6
+
+
+def test_merge_of_a_symmetric_qat_lora_keeps_float_weights(tiny_lm_dir, tmp_path):
+    from edgeft.finetune import finetune
+    from edgeft.merge import merge
+
+    recs = sft_records(8)
+    finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "ft", cfg(qat={"group_size": 32}), SYSTEM_PROMPT,
+             work_dir=tmp_path / "w")
+    rep = merge(tmp_path / "ft" / "adapter", tmp_path / "merged", base_model=tiny_lm_dir)
+    assert rep["passed"] and rep["max_abs_logit_diff"] < 1e-3 and rep["qat"]["snapped_linears"] == 0, rep

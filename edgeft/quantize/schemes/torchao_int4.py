@@ -3,15 +3,16 @@
 Quantization-aware training (:mod:`edgeft.finetune.qat`) runs every linear with its weight
 fake-quantized by torchao's ``IntxFakeQuantizer``, per output row and group of ``g`` inputs:
 
-- ``symmetric: false`` (default; ``IntxFakeQuantizeConfig(torch.uint4, group_size=g,
+- ``symmetric: true`` (default; ``IntxFakeQuantizeConfig(torch.int4, group_size=g, is_symmetric=True)``,
+  the weights of ExecuTorch's 8da4w): scale = the group's largest magnitude / 7.5, code = clamp(round(w /
+  scale), -8, 7), stored as MatMulNBits' symmetric layout (code + 8, no zero point), its fast kernel.
+- ``symmetric: false`` (``IntxFakeQuantizeConfig(torch.uint4, group_size=g,
   is_symmetric=False, zero_point_domain=FLOAT)``): the group's [min, max] over 15 steps, w = min +
   step * q, q = 0..15. This is GGUF Q4_1's grid: on a model that ships as Q4_1 (the embedded
   SmolLM2) the base weights lie on it exactly, so only what the fine-tune changed is rounded. Stored
   as MatMulNBits with float zero points (``8 - zero_point / scale``: the kernel computes
-  ``(q - zp) * scale``).
-- ``symmetric: true`` (``IntxFakeQuantizeConfig(torch.int4, group_size=g, is_symmetric=True)``, the
-  weights of ExecuTorch's 8da4w): scale = the group's largest magnitude / 7.5, code = clamp(round(w /
-  scale), -8, 7), stored as MatMulNBits' symmetric layout (code + 8, no zero point).
+  ``(q - zp) * scale``). ORT has no fast CPU kernel for float zero points: the quickstart's model
+  decodes at 7 tok/s this way vs 61 symmetric (docs/methods.md), and the zero points add 12 MB.
 
 This scheme rounds the exported weights with *the same quantizer*, so the codes the artifact stores
 are the ones training saw. ORT's own RTN (``int4-rtn``) uses other grids (integer zero points; the
@@ -47,8 +48,9 @@ class TorchaoInt4Options(Options):
 
     owner: ClassVar[str] = "quantize scheme int4-torchao"
     block_size: mnb.BlockSize = Field(32, description="weights per int4 group along K (finetune.qat.group_size)")
-    symmetric: bool = Field(False, description="torchao's symmetric grid (no zero point) instead of the group's "
-                                               "[min, max] (finetune.qat.symmetric)")
+    symmetric: bool = Field(True, description="torchao's symmetric grid (no zero point); false: each group's "
+                                              "[min, max] with float zero points, a slower kernel "
+                                              "(finetune.qat.symmetric)")
     accuracy_level: mnb.AccuracyLevel = Field(4, description=mnb.ACCURACY_LEVEL_HELP)
     nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
     head_block_size: mnb.BlockSize = Field(64, description="block of the LM head / embedding when int8")
@@ -57,7 +59,7 @@ class TorchaoInt4Options(Options):
                                                            "head's packed weight when tied and at the same bits)")
 
 
-def fake_quantize_config(group_size: int, symmetric: bool = False):
+def fake_quantize_config(group_size: int, symmetric: bool = True):
     """torchao's config of the int4 weight grid, per group of ``group_size`` along the input."""
     import torch
     from torchao.quantization.qat import IntxFakeQuantizeConfig
@@ -69,14 +71,14 @@ def fake_quantize_config(group_size: int, symmetric: bool = False):
                                   zero_point_domain=ZeroPointDomain.FLOAT, zero_point_precision=torch.float32)
 
 
-def fake_quantizer(group_size: int, symmetric: bool = False):
+def fake_quantizer(group_size: int, symmetric: bool = True):
     """A torchao ``IntxFakeQuantizer`` for :func:`fake_quantize_config` (a module: ``fq(w)`` is w on the grid)."""
     from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
 
     return IntxFakeQuantizer(fake_quantize_config(group_size, symmetric))
 
 
-def codes(w, group_size: int, symmetric: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def codes(w, group_size: int, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Codes, scales and zero points of a weight ``w`` [N, K] (torch or numpy) on the grid: (uint8 codes 0..15
     [N, K], fp32 scales [N, K / group_size], fp32 zero points [N, K / group_size] or None when symmetric, where
     the zero point is 8). ``(codes - zero_point) * scale`` is torchao's fake-quantized ``w``."""
