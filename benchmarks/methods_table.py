@@ -2,7 +2,7 @@
 
     python benchmarks/methods_table.py lm  [--methods lora,dora,...] [--steps 40] [--out runs/bench-methods]
     python benchmarks/methods_table.py cls [--methods lora,full,...] [--steps 60] [--out runs/bench-methods]
-    python benchmarks/methods_table.py lm --qat [--methods lora,full,...]   (quantization-aware rows)
+    python benchmarks/methods_table.py lm --qat [--qat-grid ort] [--methods lora,full,...]   (quantization-aware rows)
 
 ``lm``: SmolLM2-135M on the quickstart task (generated intent -> JSON data, 240 train / 32 eval
 examples, batch 8, max_seq_len 128, ``--steps`` optimizer steps, SFT). ``cls``: MiniLM-L6 on
@@ -17,8 +17,9 @@ accuracy), and for mergeable methods the same metric after merge -> ONNX export 
 int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 held-out rows), plus int4-torchao
 (torchao's symmetric int4 grid, block 32: the grid QAT trains on, so the post-training point of the same plan).
 With ``--qat`` each method trains with ``finetune.qat: {group_size: 32}`` instead (rows under
-``OUT/<family>-qat/``) and its merged model is scored in float and as int4-torchao; the table then
-puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
+``OUT/<family>-qat/``) and its merged model is scored in float and as int4-torchao; with ``--qat-grid ort``
+it trains on ORT's own grid (``finetune.qat.grid: ort``, rows under ``OUT/<family>-qat-ort/``) and is scored
+as int4-rtn, the PTQ int4 column's scheme. The table then puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
 ``OUT/<family>/results.jsonl`` and the markdown table to stdout.
 """
@@ -57,11 +58,18 @@ def _train_row(method: str, lr: float, m: dict, written: Path) -> dict:
 
 QAT = {"group_size": 32}
 INT4 = (("int8", "int8-weight"), ("int4", "int4-rtn"), ("int4_torchao", "int4-torchao"))
+GRID = os.environ.get("EDGEFT_QAT_GRID", "torchao")  # set by --qat-grid for the child processes
 
 
 def _schemes(qat: bool):
     """(column, scheme) pairs a row is quantized with: a QAT row only on the grid it trained on."""
-    return INT4[2:] if qat else INT4
+    if not qat:
+        return INT4
+    return INT4[1:2] if GRID == "ort" else INT4[2:]
+
+
+def _qat(qat: bool) -> dict | None:
+    return {**QAT, "grid": GRID} if qat else None
 
 
 def _lm_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
@@ -79,7 +87,7 @@ def _lm_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
     base = edgeft.resolve_model("smollm2-135m").path
     lr = LR.get(method, DEFAULT_LR["lm"])
     cfg = FinetuneConfig(method=method, objective="sft", max_steps=steps, learning_rate=lr, batch_size=8,
-                         max_seq_len=128, eval_examples=0, early_stopping=None, threads=2, qat=QAT if qat else None)
+                         max_seq_len=128, eval_examples=0, early_stopping=None, threads=2, qat=_qat(qat))
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, SYSTEM, work_dir=out / "work")
     meth = METHODS.get(method)
@@ -121,7 +129,7 @@ def _cls_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
     base = edgeft.resolve_model("minilm-l6").path
     lr = CLS_LR.get(method, LR.get(method, DEFAULT_LR["cls"]))
     cfg = FinetuneConfig(method=method, objective="classify", max_steps=steps, learning_rate=lr, batch_size=16,
-                         max_seq_len=64, eval_examples=0, early_stopping=None, threads=2, qat=QAT if qat else None)
+                         max_seq_len=64, eval_examples=0, early_stopping=None, threads=2, qat=_qat(qat))
     ft = out / "finetune"
     m = edgeft.finetune(base, train, ev, ft, cfg, "", work_dir=out / "work")
     meth = METHODS.get(method)
@@ -173,28 +181,30 @@ def _table(rows: list[dict], family: str) -> str:
     return "\n".join(lines)
 
 
-def _qat_table(ptq: dict[str, dict], qat: dict[str, dict], family: str) -> str:
+def _qat_table(ptq: dict[str, dict], qat: dict[str, dict], family: str, ort: dict[str, dict] | None = None) -> str:
     """PTQ vs QAT per method: the float metric of each run, int4 after rounding (ORT's grid and torchao's), and
-    the QAT run's int4 on the grid it trained on."""
+    the QAT runs' int4 on the grid each trained on (torchao's: int4-torchao; ORT's: int4-rtn)."""
     metric = "EM" if family == "lm" else "accuracy"
+    ort = ort or {}
     lines = [f"| method | {metric} fp32 | {metric} int4-rtn (PTQ) | {metric} int4-torchao (PTQ) | {metric} fp32, QAT run | "
-             f"{metric} at int4 after QAT (int4-torchao) | QAT int4 − fp32 (pts) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             f"{metric} at int4 after QAT (int4-torchao) | {metric} fp32, QAT run on ORT's grid | "
+             f"{metric} at int4 after QAT on ORT's grid (int4-rtn) | best QAT int4 − fp32 (pts) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def f(r, k):
         v = (r or {}).get(k)
         return "–" if v is None else f"{v:.3f}"
 
-    for m in sorted(set(ptq) | set(qat)):
-        p, q = ptq.get(m), qat.get(m)
-        if q is not None and "qat_refused" in q:
+    for m in sorted(set(ptq) | set(qat) | set(ort)):
+        p, q, o = ptq.get(m), qat.get(m), ort.get(m)
+        if (q or o or {}).get("qat_refused"):
             lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | – | "
-                         f"refused: {q['qat_refused'][:70]} | – |")
+                         f"refused: {(q or o)['qat_refused'][:70]} | – | – | – |")
             continue
-        gap = "–"
-        if p and q and p.get("metric") is not None and q.get("metric_int4_torchao") is not None:
-            gap = f"{100 * (q['metric_int4_torchao'] - p['metric']):+.1f}"
+        best = [v for v in ((q or {}).get("metric_int4_torchao"), (o or {}).get("metric_int4")) if v is not None]
+        gap = f"{100 * (max(best) - p['metric']):+.1f}" if p and p.get("metric") is not None and best else "–"
         lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | "
-                     f"{f(q, 'metric')} | {f(q, 'metric_int4_torchao')} | {gap} |")
+                     f"{f(q, 'metric')} | {f(q, 'metric_int4_torchao')} | {f(o, 'metric')} | {f(o, 'metric_int4')} | {gap} |")
     return "\n".join(lines)
 
 
@@ -222,6 +232,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
     ap.add_argument("--qat", action="store_true", help="train each method quantization-aware (finetune.qat)")
+    ap.add_argument("--qat-grid", choices=["torchao", "ort"], default="torchao",
+                    help="with --qat: the grid QAT trains on (finetune.qat.grid)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     steps = a.steps or (40 if a.family == "lm" else 60)
@@ -231,7 +243,8 @@ def main() -> None:
     from edgeft.finetune import METHODS
 
     methods = a.methods.split(",") if a.methods else sorted(METHODS.names())
-    root = a.out / (a.family + ("-qat" if a.qat else ""))
+    os.environ["EDGEFT_QAT_GRID"] = a.qat_grid
+    root = a.out / (a.family + ("-qat" if a.qat else "") + ("-ort" if a.qat and a.qat_grid == "ort" else ""))
     rows = []
     for m in methods:
         d = root / m
@@ -259,7 +272,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if a.qat:
-        print(_qat_table(_rows(a.out / a.family), {r["method"]: r for r in rows}, a.family))
+        print(_qat_table(_rows(a.out / a.family), _rows(a.out / (a.family + "-qat")), a.family,
+                         _rows(a.out / (a.family + "-qat-ort"))))
     else:
         print(_table([r for r in rows if "qat_refused" not in r], a.family))
 

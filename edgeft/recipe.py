@@ -71,7 +71,12 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
                             f"finetune.method {recipe.finetune.method} trains no LoRA adapter; use lora or qlora, or "
                             "scheme int4-gptq/auto")
         qat = recipe.finetune.qat
-        if qat is not None and spec.scheme == "int4-torchao":
+        if qat is not None and qat.grid == "ort" and spec.scheme == "int4-rtn":
+            o = spec.options or {}
+            if int(o.get("block_size", 32)) != qat.group_size or not bool(o.get("symmetric", True)):
+                problems.append(f"{source}: quantize.{i}.options: int4-rtn must be symmetric with block_size "
+                                f"{qat.group_size} to round on the grid finetune.qat (grid ort) trained on")
+        if qat is not None and qat.grid == "torchao" and spec.scheme == "int4-torchao":
             block = int((spec.options or {}).get("block_size", 32))
             if block != qat.group_size:
                 problems.append(f"{source}: quantize.{i}.options.block_size: {block} differs from finetune.qat."
@@ -86,9 +91,11 @@ def _quantize_problems(recipe: Recipe, source: str, origins: dict[str, str]) -> 
         if recipe.finetune.method not in QAT_METHODS:
             problems.append(f"{source}: finetune.qat: method {recipe.finetune.method} cannot train on the int4 grid "
                             f"(QAT is built for {', '.join(QAT_METHODS)}); change finetune.method or remove finetune.qat")
-        if recipe.quantize and not any(q.scheme == "int4-torchao" for q in recipe.quantize):
-            problems.append(f"{source}: finetune.qat: no quantize entry uses scheme int4-torchao, the grid QAT trains "
-                            "on; add one (other int4 schemes round differently and lose what QAT bought)")
+        export = "int4-rtn" if qat.grid == "ort" else "int4-torchao"
+        if recipe.quantize and not any(q.scheme == export for q in recipe.quantize):
+            problems.append(f"{source}: finetune.qat: no quantize entry uses scheme {export}, the grid QAT trains "
+                            f"on (grid {qat.grid}); add one (other int4 schemes round differently and lose what QAT "
+                            "bought)")
     return problems
 
 

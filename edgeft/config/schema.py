@@ -333,6 +333,9 @@ class QatConfig(Strict):
                           "false: each group's [min, max] over 15 steps with a float zero point (GGUF Q4_1's grid; "
                           "MatMulNBits with float zero points decodes several times slower on CPUs). The int4-torchao "
                           "symmetric option must match.")
+    grid: Literal["torchao", "ort"] = Field(
+        "torchao", description="Whose int4 grid: torchao's (exported by int4-torchao) or ORT MatMulNBits' own "
+                               "symmetric RTN grid (the largest magnitude at -8; exported by int4-rtn, symmetric).")
     activations: Literal["none", "int8-dynamic"] = Field(
         "none", description="Also fake-quantize each linear's input: int8 per token, asymmetric (ExecuTorch 8da4w's "
                             "dynamic activations); none for weight-only int4 (MatMulNBits).")
@@ -341,6 +344,8 @@ class QatConfig(Strict):
 
     @model_validator(mode="after")
     def _activations_need_symmetric(self):
+        if self.grid == "ort" and not self.symmetric:
+            raise ValueError("grid ort is MatMulNBits' symmetric RTN grid: set symmetric: true (or grid: torchao)")
         if self.activations == "int8-dynamic" and not self.symmetric:
             raise ValueError("activations int8-dynamic simulates ExecuTorch 8da4w, whose int4 weights are symmetric: "
                              "set symmetric: true")

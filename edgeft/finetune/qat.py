@@ -19,6 +19,10 @@ Which weight is fake-quantized is what the export will round:
 - ``full``, ``freeze``, ``gradual-unfreeze``, ``bitfit``: the linear's own weight (trained or frozen:
   BitFit's biases and norm gains learn to compensate the rounding of frozen weights).
 
+``grid: ort`` trains on ORT MatMulNBits' own symmetric RTN grid instead (the largest magnitude at
+-8, nothing clipped; torchao's grid puts it at 7.5 steps and clips the positive side), rounded by
+torchao's fake-quantize primitive; ``int4-rtn`` (symmetric) then exports it bit for bit.
+
 The forward of each targeted module is replaced on the instance; parameters, their names and
 ``requires_grad`` are untouched, so checkpoints, ``save_pretrained`` and the merge see a plain model.
 Targets: the linears of the transformer blocks whose input width divides into groups; not the LM
@@ -42,7 +46,6 @@ from edgeft.errors import ConfigError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("lora", "full", "freeze", "gradual-unfreeze", "bitfit")
 HEAD_NAMES = ("lm_head", "score", "classifier", "pooler")
 
 
@@ -77,10 +80,10 @@ class Installed:
         self._restore.clear()
 
 
-def _weight_config(q):
-    from edgeft.quantize.schemes.torchao_int4 import fake_quantize_config
+def _weight_quantizer(q):
+    from edgeft.quantize.schemes.torchao_int4 import weight_quantizer
 
-    return fake_quantize_config(q.group_size, q.symmetric)
+    return weight_quantizer(q.group_size, q.symmetric, q.grid)
 
 
 def _activation_quantizer(q):
@@ -168,12 +171,10 @@ def _is_head(name: str) -> bool:
 def prepare(model, q) -> Installed:
     """Put torchao int4 fake quantization (``q``: a QatConfig) on ``model``'s targets; returns what was installed."""
     import torch
-    from torchao.quantization.qat.fake_quantizer import IntxFakeQuantizer
 
     from peft.tuners.ia3.layer import Linear as Ia3Linear
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    wcfg = _weight_config(q)
     out = Installed()
     inner = set()  # the base/A/B linears inside LoRA layers: the LoRA layer computes them
     for name, mod in model.named_modules():
@@ -197,7 +198,7 @@ def prepare(model, q) -> Installed:
             log.info("finetune.qat: %s left in float (%d inputs is not a multiple of group_size %d)",
                      name, k, q.group_size)
             continue
-        wfq, afq = IntxFakeQuantizer(wcfg), _activation_quantizer(q)
+        wfq, afq = _weight_quantizer(q), _activation_quantizer(q)
         out._restore.append(_install(mod, weight, bias, wfq, afq))
         out.quantizers += [wfq] + ([afq] if afq is not None else [])
         out.targets.append(name)
@@ -225,9 +226,8 @@ def callback(installed: Installed, start_step: int):
 def record(q, installed: Installed) -> dict:
     """What the finetune marker keeps about QAT (the export must round on this grid)."""
     return {"weights": q.weights, "group_size": q.group_size, "symmetric": q.symmetric, "activations": q.activations,
-            "start_step": q.start_step,
-            "grid": f"torchao IntxFakeQuantizeConfig, int4 per group, {'symmetric' if q.symmetric else 'min/max'}",
-            "export_scheme": "int4-torchao", "fake_quantized_linears": len(installed.targets)}
+            "start_step": q.start_step, "grid": q.grid,
+            "export_scheme": "int4-rtn (symmetric)" if q.grid == "ort" else "int4-torchao", "fake_quantized_linears": len(installed.targets)}
 
 
 def snap_to_grid(model, q) -> int:
@@ -235,12 +235,12 @@ def snap_to_grid(model, q) -> int:
     int4 export holds, as an fp32 model (a reference for parity). Returns how many weights were snapped."""
     import torch
 
-    from edgeft.quantize.schemes.torchao_int4 import fake_quantizer
+    from edgeft.quantize.schemes.torchao_int4 import weight_quantizer
 
     inst = prepare(model, q)
     inst.remove()
     targets = set(inst.targets)
-    fq = fake_quantizer(q.group_size, q.symmetric)
+    fq = weight_quantizer(q.group_size, q.symmetric, q.grid)
     with torch.no_grad():
         for name, mod in model.named_modules():
             if name in targets:

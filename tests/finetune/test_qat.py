@@ -218,6 +218,13 @@ def test_int4_torchao_export_holds_the_weights_qat_trained_with(tiny_lm_dir, tmp
     ort_grid = np.abs(run("rtn.onnx") - ref).max()
     assert grid < 1e-4, grid
     assert ort_grid > 100 * grid
+    if symmetric:  # grid ort: the same check against ORT's own packer
+        model = AutoModelForCausalLM.from_pretrained(tiny_lm_dir, torch_dtype=torch.float32).eval()
+        snap_to_grid(model, qat(group_size=32, grid="ort"))
+        with torch.no_grad():
+            ref_ort = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
+        assert np.abs(run("rtn.onnx") - ref_ort).max() < 1e-4
+        assert np.abs(run("q.onnx") - ref_ort).max() > 100 * grid
 
 
 def test_qat_config_errors(tiny_lm_dir, tmp_path):
@@ -229,6 +236,9 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
         check(cfg(method="dora", qat={}))
     with pytest.raises(ConfigError, match="lora.dropout"):
         check(cfg(qat={}, lora={"r": 4, "alpha": 8, "dropout": 0.1}))
+    check(cfg(method="ia3", qat={}))  # supported
+    with pytest.raises(ValueError, match="grid ort is MatMulNBits' symmetric RTN grid"):
+        qat(grid="ort", symmetric=False)
     with pytest.raises(ValueError, match="8da4w, whose int4 weights are symmetric"):
         qat(activations="int8-dynamic", symmetric=False)
     with pytest.raises(UnsupportedError, match="no linear layer"):
@@ -246,6 +256,13 @@ def test_qat_config_errors(tiny_lm_dir, tmp_path):
         load_recipe(write_recipe(tmp_path / "b2.yaml", data))
     data["quantize"][2]["options"]["symmetric"] = True
     load_recipe(write_recipe(tmp_path / "c.yaml", data))
+    data["finetune"]["qat"]["grid"] = "ort"  # exported by int4-rtn, which the recipe has (symmetric, 32)
+    load_recipe(write_recipe(tmp_path / "e.yaml", data))
+    data["quantize"][1]["options"]["block_size"] = 64
+    with pytest.raises(ConfigError, match="int4-rtn must be symmetric with block_size 32"):
+        load_recipe(write_recipe(tmp_path / "f.yaml", data))
+    data["quantize"][1]["options"]["block_size"] = 32
+    data["finetune"]["qat"]["grid"] = "torchao"
     data["finetune"]["method"] = "dora"
     with pytest.raises(ConfigError, match="finetune.qat: method dora"):
         load_recipe(write_recipe(tmp_path / "d.yaml", data))

@@ -78,6 +78,45 @@ def fake_quantizer(group_size: int, symmetric: bool = True):
     return IntxFakeQuantizer(fake_quantize_config(group_size, symmetric))
 
 
+class OrtGridFakeQuantizer:
+    """ORT MatMulNBits' own symmetric RTN grid (``int4-rtn``/``int4-gptq``: scale = the signed value of largest
+    magnitude / -8, so that value is code -8 exactly and nothing clips; :func:`matmulnbits.grid`), rounded by
+    torchao's fake-quantize primitive (straight-through gradients). Same interface as torchao's
+    ``IntxFakeQuantizer``: call it on a weight [N, K]; ``enabled`` switches it off."""
+
+    def __init__(self, group_size: int) -> None:
+        self.group_size = group_size
+        self.enabled = True
+        self._hooks: list = []
+
+    def register_forward_hook(self, hook):  # the bit of nn.Module the tests use to count calls
+        self._hooks.append(hook)
+
+    def __call__(self, w):
+        import torch
+        from torchao.quantization.qat.utils import _fake_quantize_per_channel_group
+
+        if not self.enabled:
+            return w
+        for h in self._hooks:
+            h(self, (w,), None)
+        n, k = w.shape
+        g = w.detach().reshape(n, k // self.group_size, self.group_size)
+        mx, mn = g.amax(-1), g.amin(-1)
+        scale = torch.where(mx.abs() > mn.abs(), mx, mn) / -8.0
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero group stays zero
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        return _fake_quantize_per_channel_group(w, scale, zero, -8, 7, self.group_size)
+
+
+def weight_quantizer(group_size: int, symmetric: bool = True, grid: str = "torchao"):
+    """The weight fake quantizer of a ``finetune.qat`` grid: torchao's (:func:`fake_quantizer`) or ORT's
+    (:class:`OrtGridFakeQuantizer`, symmetric only)."""
+    if grid == "ort":
+        return OrtGridFakeQuantizer(group_size)
+    return fake_quantizer(group_size, symmetric)
+
+
 def codes(w, group_size: int, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Codes, scales and zero points of a weight ``w`` [N, K] (torch or numpy) on the grid: (uint8 codes 0..15
     [N, K], fp32 scales [N, K / group_size], fp32 zero points [N, K / group_size] or None when symmetric, where
