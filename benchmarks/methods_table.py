@@ -217,7 +217,9 @@ def _qat_refusal(method: str) -> str | None:
     meth = METHODS.get(method)
     if meth.merge == "refuse":
         return "not mergeable: no weights to round"
-    return f"finetune.qat is built for {', '.join(QAT_METHODS)}"
+    return {"dora": "DoRA's merge renormalizes each column by a learned magnitude",
+            "qlora": "the merge reloads the base in fp32, not the NF4 values it trained on"}.get(
+        method, f"finetune.qat is built for {', '.join(QAT_METHODS)}")
 
 
 def _rows(root: Path) -> dict[str, dict]:
