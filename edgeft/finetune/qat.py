@@ -206,8 +206,9 @@ def prepare(model, q) -> Installed:
         raise UnsupportedError("finetune.qat: the model has no linear layer to fake-quantize (no nn.Linear or LoRA "
                                f"layer outside the head whose input width divides by group_size {q.group_size})")
     out.enable(q.start_step == 0)
-    log.info("finetune.qat: %d linears train on torchao's int4 grid (groups of %d%s)%s", len(out.targets),
-             q.group_size, ", int8 activations per token" if afq is not None else "",
+    log.info("finetune.qat: %d linears train on %s int4 grid (groups of %d%s)%s", len(out.targets),
+             "ORT's" if q.grid == "ort" else "torchao's", q.group_size,
+             ", int8 activations per token" if afq is not None else "",
              f", from step {q.start_step}" if q.start_step else "")
     return out
 
