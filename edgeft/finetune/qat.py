@@ -4,8 +4,8 @@ Post-training int4 erases several fine-tunes (docs/methods.md): the updates of B
 full fine-tune are smaller than an int4 step, and rounding takes them back. With ``finetune.qat``
 every targeted linear computes, while training, with its weight fake-quantized by torchao's
 ``IntxFakeQuantizer`` (int4 per group of ``group_size`` inputs, each group's [min, max] or symmetric:
-see :mod:`edgeft.quantize.schemes.torchao_int4`; straight-through gradients), so the optimizer sees the rounding and moves the weights (or the adapter) until the
-rounded model does the task. The export then rounds with the same quantizer
+see :mod:`edgeft.quantize.schemes.torchao_int4`; straight-through gradients), so the optimizer sees
+the rounding and moves the weights (or the adapter) until the rounded model does the task. The export then rounds with the same quantizer
 (quantize scheme ``int4-torchao``), so the int4 artifact computes what training computed.
 
 Which weight is fake-quantized is what the export will round:
@@ -168,24 +168,26 @@ def _is_head(name: str) -> bool:
     return any(part in HEAD_NAMES for part in name.split("."))
 
 
-def prepare(model, q) -> Installed:
-    """Put torchao int4 fake quantization (``q``: a QatConfig) on ``model``'s targets; returns what was installed."""
+def _targets(model, q) -> list[tuple]:
+    """(name, module, weight(), bias()) of each linear QAT rounds: LoRA and IA3 layers (their merged weight), plain
+    ``nn.Linear`` s outside them; not the head, nor a linear whose input width does not divide into groups."""
     import torch
 
     from peft.tuners.ia3.layer import Linear as Ia3Linear
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    out = Installed()
-    inner = set()  # the base/A/B linears inside LoRA layers: the LoRA layer computes them
-    for name, mod in model.named_modules():
+    inner = set()  # the base/A/B linears inside LoRA and IA3 layers: the PEFT layer computes them
+    for mod in model.modules():
         if isinstance(mod, (LoraLinear, Ia3Linear)):
             inner.update(id(m) for m in mod.modules() if m is not mod)
+    out = []
     for name, mod in model.named_modules():
         if _is_head(name) or id(mod) in inner:
             continue
         if isinstance(mod, LoraLinear):
             if any(getattr(mod, "use_dora", {}).values()):
-                raise UnsupportedError(f"finetune.qat: {name} is a DoRA layer; QAT is built for plain LoRA")
+                raise UnsupportedError(f"finetune.qat: {name} is a DoRA layer; QAT is built for plain LoRA: "
+                                       "use method lora or remove finetune.qat")
             base = mod.get_base_layer()
             weight, bias, k = _lora_weight(mod), (lambda b=base: b.bias), base.in_features
         elif isinstance(mod, Ia3Linear):
@@ -198,17 +200,25 @@ def prepare(model, q) -> Installed:
             log.info("finetune.qat: %s left in float (%d inputs is not a multiple of group_size %d)",
                      name, k, q.group_size)
             continue
+        out.append((name, mod, weight, bias))
+    if not out:
+        raise UnsupportedError("finetune.qat: the model has no linear layer to fake-quantize (no nn.Linear or LoRA "
+                               f"layer outside the head whose input width divides by group_size {q.group_size})")
+    return out
+
+
+def prepare(model, q) -> Installed:
+    """Put int4 fake quantization (``q``: a QatConfig) on ``model``'s targets; returns what was installed."""
+    out = Installed()
+    for name, mod, weight, bias in _targets(model, q):
         wfq, afq = _weight_quantizer(q), _activation_quantizer(q)
         out._restore.append(_install(mod, weight, bias, wfq, afq))
         out.quantizers += [wfq] + ([afq] if afq is not None else [])
         out.targets.append(name)
-    if not out.targets:
-        raise UnsupportedError("finetune.qat: the model has no linear layer to fake-quantize (no nn.Linear or LoRA "
-                               f"layer outside the head whose input width divides by group_size {q.group_size})")
     out.enable(q.start_step == 0)
     log.info("finetune.qat: %d linears train on %s int4 grid (groups of %d%s)%s", len(out.targets),
              "ORT's" if q.grid == "ort" else "torchao's", q.group_size,
-             ", int8 activations per token" if afq is not None else "",
+             ", int8 activations per token" if q.activations != "none" else "",
              f", from step {q.start_step}" if q.start_step else "")
     return out
 
@@ -228,7 +238,8 @@ def record(q, installed: Installed) -> dict:
     """What the finetune marker keeps about QAT (the export must round on this grid)."""
     return {"weights": q.weights, "group_size": q.group_size, "symmetric": q.symmetric, "activations": q.activations,
             "start_step": q.start_step, "grid": q.grid,
-            "export_scheme": "int4-rtn (symmetric)" if q.grid == "ort" else "int4-torchao", "fake_quantized_linears": len(installed.targets)}
+            "export_scheme": "int4-rtn (symmetric)" if q.grid == "ort" else "int4-torchao",
+            "fake_quantized_linears": len(installed.targets)}
 
 
 def snap_to_grid(model, q) -> int:
@@ -236,14 +247,9 @@ def snap_to_grid(model, q) -> int:
     int4 export holds, as an fp32 model (a reference for parity). Returns how many weights were snapped."""
     import torch
 
-    from edgeft.quantize.schemes.torchao_int4 import weight_quantizer
-
-    inst = prepare(model, q)
-    inst.remove()
-    targets = set(inst.targets)
-    fq = weight_quantizer(q.group_size, q.symmetric, q.grid)
+    targets = _targets(model, q)
+    fq = _weight_quantizer(q)
     with torch.no_grad():
-        for name, mod in model.named_modules():
-            if name in targets:
-                mod.weight.copy_(fq(mod.weight.float()))
+        for _, mod, _, _ in targets:
+            mod.weight.copy_(fq(mod.weight.float()))
     return len(targets)

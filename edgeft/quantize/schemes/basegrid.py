@@ -46,7 +46,6 @@ from typing import ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import Field
 
-from edgeft.config.options import Options
 from edgeft.errors import ConfigError, UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import gptq as gq
@@ -56,7 +55,7 @@ from edgeft.quantize.schemes import matmulnbits as mnb
 log = logging.getLogger(__name__)
 
 
-class BaseGridOptions(Options):
+class BaseGridOptions(mnb.RewriteOptions):
     """Options of int4-basegrid."""
 
     owner: ClassVar[str] = "quantize scheme int4-basegrid"
@@ -70,12 +69,6 @@ class BaseGridOptions(Options):
     calibration_windows: int = Field(0, ge=0, description="use at most this many calibration windows (0: all)")
     grid_tolerance: float = Field(1e-3, gt=0, description="a base block counts as on a 4-bit grid when every weight "
                                                           "is within this many steps of it (on_grid_fraction)")
-    accuracy_level: mnb.AccuracyLevel = Field(4, description=mnb.ACCURACY_LEVEL_HELP)
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
-    head_block_size: mnb.BlockSize = Field(64, description="block of the LM head / embedding when int8")
-    lm_head: mnb.HeadChoice = Field("int8", description="LM head MatMul: keep, int8 or int4 (RTN)")
-    embeddings: mnb.HeadChoice = Field("int8", description="token embedding Gather: keep, int8 or int4 (shares the "
-                                                           "head's packed weight when tied and at the same bits)")
 
 
 # --------------------------------------------------------------------------- GPTQ on a fixed grid
@@ -307,9 +300,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
     lora = lora_int4.load_lora(adapter) if adapter is not None else None
     model = onnx.load(str(in_onnx))
     graph = model.graph
-    head = mnb.find_head_embed(graph).head
-    mats = {name: v for name, v in mnb.weight_matmuls(graph).items()
-            if name not in set(o.nodes_to_exclude) and (head is None or name != head.name)}
+    mats = mnb.body_matmuls(graph, o.nodes_to_exclude)
     groups: dict[str, list] = {}
     for name, (node, init) in mats.items():
         w = numpy_helper.to_array(init).astype(np.float32)

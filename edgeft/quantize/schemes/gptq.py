@@ -314,9 +314,7 @@ def apply(in_onnx: Path, out_onnx: Path, calibration: Sequence[Sequence[int]], o
     wins = list(calibration)[: o.calibration_windows] if o.calibration_windows else list(calibration)
     wq = mnb.WeightQuant(bits, o.block_size, o.symmetric)
     model = onnx.load(str(in_onnx))
-    head = mnb.find_head_embed(model.graph).head
-    mats = {name: v for name, v in mnb.weight_matmuls(model.graph).items()
-            if name not in set(o.nodes_to_exclude) and (head is None or name != head.name)}
+    mats = mnb.body_matmuls(model.graph, o.nodes_to_exclude)
     t0 = time.perf_counter()
     stats = capture(model, [node.input[0] for node, _ in mats.values()], wins, config_dir=Path(in_onnx).parent).hessians
     t_capture = time.perf_counter() - t0

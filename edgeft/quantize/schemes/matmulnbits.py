@@ -57,6 +57,18 @@ class NBitsOptions(Options):
                             "head's packed weight when the model ties them and lm_head has the same bits)")
 
 
+class RewriteOptions(Options):
+    """Options of the schemes that rewrite the body's MatMuls themselves and finish with :func:`finish_rewrite`
+    (int4-basegrid, int4-torchao): the kernel's accuracy level, MatMuls kept in fp32, the LM head and embedding."""
+
+    accuracy_level: AccuracyLevel = Field(4, description=ACCURACY_LEVEL_HELP)
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
+    head_block_size: BlockSize = Field(64, description="block of the LM head / embedding when int8")
+    lm_head: HeadChoice = Field("int8", description="LM head MatMul: keep, int8 or int4 (RTN)")
+    embeddings: HeadChoice = Field("int8", description="token embedding Gather: keep, int8 or int4 (shares the "
+                                                       "head's packed weight when tied and at the same bits)")
+
+
 @dataclass(frozen=True)
 class WeightQuant:
     """How one weight is quantized: bits, block size along K, symmetric (no zero point) or not."""
@@ -192,6 +204,13 @@ def weight_matmuls(graph) -> dict[str, tuple]:
             if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT:
                 out[n.name] = (n, t)
     return out
+
+
+def body_matmuls(graph, nodes_to_exclude=()) -> dict[str, tuple]:
+    """:func:`weight_matmuls` less the LM head (it follows the ``lm_head`` option) and ``nodes_to_exclude``."""
+    head = find_head_embed(graph).head
+    skip = set(nodes_to_exclude) | ({head.name} if head is not None else set())
+    return {name: v for name, v in weight_matmuls(graph).items() if name not in skip}
 
 
 @dataclass

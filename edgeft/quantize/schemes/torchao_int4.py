@@ -35,7 +35,6 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from edgeft.config.options import Options
 from edgeft.errors import UnsupportedError
 from edgeft.quantize.registry import SCHEMES, Scheme
 from edgeft.quantize.schemes import matmulnbits as mnb
@@ -43,7 +42,7 @@ from edgeft.quantize.schemes import matmulnbits as mnb
 log = logging.getLogger(__name__)
 
 
-class TorchaoInt4Options(Options):
+class TorchaoInt4Options(mnb.RewriteOptions):
     """Options of int4-torchao."""
 
     owner: ClassVar[str] = "quantize scheme int4-torchao"
@@ -51,12 +50,6 @@ class TorchaoInt4Options(Options):
     symmetric: bool = Field(True, description="torchao's symmetric grid (no zero point); false: each group's "
                                               "[min, max] with float zero points, a slower kernel "
                                               "(finetune.qat.symmetric)")
-    accuracy_level: mnb.AccuracyLevel = Field(4, description=mnb.ACCURACY_LEVEL_HELP)
-    nodes_to_exclude: list[str] = Field(default_factory=list, description="MatMul node names kept in fp32")
-    head_block_size: mnb.BlockSize = Field(64, description="block of the LM head / embedding when int8")
-    lm_head: mnb.HeadChoice = Field("int8", description="LM head MatMul: keep, int8 or int4 (RTN)")
-    embeddings: mnb.HeadChoice = Field("int8", description="token embedding Gather: keep, int8 or int4 (shares the "
-                                                           "head's packed weight when tied and at the same bits)")
 
 
 def fake_quantize_config(group_size: int, symmetric: bool = True):
@@ -148,13 +141,11 @@ def apply(in_onnx: Path, out_onnx: Path, opts: TorchaoInt4Options | None = None,
     o = TorchaoInt4Options.of(opts, **options)
     model = onnx.load(str(in_onnx))
     graph = model.graph
-    head = mnb.find_head_embed(graph).head
-    skip = set(o.nodes_to_exclude) | ({head.name} if head is not None else set())
-    mats = {name: v for name, v in mnb.weight_matmuls(graph).items() if name not in skip}
+    mats = mnb.body_matmuls(graph, o.nodes_to_exclude)
     wq = mnb.WeightQuant(4, o.block_size, True)  # packing layout of the codes; float zero points go in as they are
     new_nodes, err = [], 0.0
     for node in graph.node:
-        if node.name not in mats or node.op_type != "MatMul":
+        if node.name not in mats:
             new_nodes.append(node)
             continue
         b = numpy_helper.to_array(mats[node.name][1]).astype(np.float32)  # [K, N]
