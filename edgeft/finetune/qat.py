@@ -5,8 +5,9 @@ full fine-tune are smaller than an int4 step, and rounding takes them back. With
 every targeted linear computes, while training, with its weight fake-quantized by torchao's
 ``IntxFakeQuantizer`` (int4 per group of ``group_size`` inputs, each group's [min, max] or symmetric:
 see :mod:`edgeft.quantize.schemes.torchao_int4`; straight-through gradients), so the optimizer sees
-the rounding and moves the weights (or the adapter) until the rounded model does the task. The export then rounds with the same quantizer
-(quantize scheme ``int4-torchao``), so the int4 artifact computes what training computed.
+the rounding and moves the weights (or the adapter) until the rounded model does the task. The export
+then rounds with the same quantizer (quantize scheme ``int4-torchao``), so the int4 artifact computes
+what training computed.
 
 Which weight is fake-quantized is what the export will round:
 
