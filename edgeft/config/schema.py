@@ -322,6 +322,21 @@ class ImageQatConfig(Strict):
 QAT_METHODS = ("lora", "ia3", "full", "freeze", "gradual-unfreeze", "bitfit")  # finetune.qat: edgeft.finetune.qat
 
 
+class QatPreserveConfig(Strict):
+    text: str = Field(
+        "self", description="'self': sequences sampled from the base model itself (no data needed, and nothing of a "
+                            "held-out corpus is trained on); or a UTF-8 text file (relative paths are read from the "
+                            "working directory), cut into seq_len-token windows.")
+    weight: float = Field(1.0, gt=0, description="Weight of the distillation loss next to the task loss.")
+    sequences: int = Field(64, ge=1, le=100000, description="General-text sequences distilled (cycled through).")
+    seq_len: int = Field(128, ge=8, le=4096, description="Tokens per sequence.")
+    batch_size: int = Field(4, ge=1, description="Sequences per training step.")
+    top_k: int = Field(64, ge=1, le=1024, description="The base model's top-k next-token probabilities kept as targets "
+                                                      "(the rest of the vocabulary is one bucket), computed once "
+                                                      "before training.")
+    temperature: float = Field(1.0, gt=0, le=2, description="text 'self': sampling temperature.")
+
+
 class QatConfig(Strict):
     weights: Literal["int4"] = Field(
         "int4", description="Simulated weight grid: int4 per group along the input (torchao's IntxFakeQuantizeConfig; "
@@ -341,6 +356,10 @@ class QatConfig(Strict):
                             "dynamic activations); none for weight-only int4 (MatMulNBits).")
     start_step: int = Field(
         0, ge=0, description="Optimizer step from which fake quantization is on (the steps before it train in float).")
+    preserve: Optional[QatPreserveConfig] = Field(
+        None, description="Also distill the base model's next-token distribution on general text into the "
+                          "fake-quantized model (objective sft), so training repairs the rounding of general "
+                          "ability as well as the task; null trains on the task alone.")
 
     @model_validator(mode="after")
     def _activations_need_symmetric(self):

@@ -91,7 +91,7 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
         from edgeft.finetune.objectives.common import load_init_adapter
 
         load_init_adapter(model, Path(cfg.init_adapter), method)
-    installed = None
+    installed, preserve, extra = None, None, {}
     if cfg.qat is not None:  # int4 fake quantization while training (edgeft.finetune.qat)
         import dataclasses
 
@@ -100,11 +100,14 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
         installed = qat.prepare(model, cfg.qat)
         switch = qat.callback(installed, cfg.qat.start_step)
         method = dataclasses.replace(method, callbacks=lambda m, c, f=method.callbacks: [*f(m, c), switch])
+        if cfg.qat.preserve is not None:  # general text distilled from the base too (objective sft: qat.check)
+            preserve = qat.build_preserve(model, tokenizer, cfg.qat.preserve, installed, cfg.seed)
+            extra["aux_loss"] = preserve.loss
     log.info("fine-tuning %s with %s/%s on %d examples", model_path, method.name, objective.name, len(train))
-    metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt)
+    metrics = objective.train(model, tokenizer, method, train, eval, cfg, out_dir, work_dir, system_prompt, **extra)
     if installed is not None:
         installed.remove()
-        metrics["qat"] = qat.record(cfg.qat, installed)
+        metrics["qat"] = qat.record(cfg.qat, installed, preserve)
         _mark_qat(out_dir / method.produces, metrics["qat"])
     metrics.update({"method": method.name, "objective": objective.name, "base_model": str(model_path),
                     "n_train": len(train), "n_eval": len(eval)})

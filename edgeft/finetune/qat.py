@@ -58,6 +58,9 @@ def check(cfg) -> None:
         raise UnsupportedError(f"finetune.qat with method {cfg.method}: quantization-aware training is built for "
                                f"methods {', '.join(SUPPORTED)} (their merged weights are what int4 rounds); "
                                "use one of them or remove finetune.qat")
+    if cfg.qat.preserve is not None and cfg.objective != "sft":
+        raise ConfigError(f"finetune.qat.preserve with objective {cfg.objective}: the general-text distillation is "
+                          "added to the sft loss only; use objective sft or set finetune.qat.preserve: null")
     if cfg.method == "lora" and cfg.lora.dropout > 0:
         raise ConfigError(f"finetune.qat with finetune.lora.dropout={cfg.lora.dropout}: QAT computes with the merged "
                           "weight, which has no dropout; set finetune.lora.dropout: 0")
@@ -235,12 +238,154 @@ def callback(installed: Installed, start_step: int):
     return QatSwitch()
 
 
-def record(q, installed: Installed) -> dict:
+def record(q, installed: Installed, preserve: "Preserve | None" = None) -> dict:
     """What the finetune marker keeps about QAT (the export must round on this grid)."""
-    return {"weights": q.weights, "group_size": q.group_size, "symmetric": q.symmetric, "activations": q.activations,
-            "start_step": q.start_step, "grid": q.grid,
-            "export_scheme": "int4-rtn (symmetric)" if q.grid == "ort" else "int4-torchao",
-            "fake_quantized_linears": len(installed.targets)}
+    out = {"weights": q.weights, "group_size": q.group_size, "symmetric": q.symmetric, "activations": q.activations,
+           "start_step": q.start_step, "grid": q.grid,
+           "export_scheme": "int4-rtn (symmetric)" if q.grid == "ort" else "int4-torchao",
+           "fake_quantized_linears": len(installed.targets)}
+    if preserve is not None:
+        out["preserve"] = preserve.summary()
+    return out
+
+
+@dataclass
+class Preserve:
+    """General-text distillation targets for ``finetune.qat.preserve``: token windows and, for each next-token
+    position, the base model's top-k log-probabilities, computed once before training with the adapter off and
+    fake quantization off. :meth:`loss` is the KL divergence from the base of the training model's next-token
+    distribution, over those k tokens and one bucket for the rest of the vocabulary (exact for that coarsening:
+    0 for the base itself, and mass moved off the base's top-k counts), on the next ``batch_size`` windows
+    (cycled through).
+
+    Without it QAT learns the task under rounding and nothing else: the rounded model keeps the task but loses
+    general text as much as, or more than, post-training rounding of the same plan (docs/methods.md). The
+    targets are sampled from the base model itself (LLM-QAT's data-free distillation) unless a text file is
+    given, so no held-out corpus is trained on.
+    """
+
+    ids: object  # [N, L] token ids
+    top_idx: object  # [N, L-1, k] the base model's top-k next tokens
+    top_logp: object  # [N, L-1, k] their log-probabilities
+    weight: float
+    batch_size: int
+    source: str
+    seconds: float = 0.0
+    kl: list = field(default_factory=list)  # per training step
+    _next: int = 0
+
+    def loss(self, model):
+        """(weight * KL, KL detached) on the next batch of windows."""
+        import torch
+        import torch.nn.functional as F
+
+        n = self.ids.size(0)
+        rows = torch.tensor([(self._next + i) % n for i in range(min(self.batch_size, n))])
+        self._next = (self._next + len(rows)) % n
+        device = next(model.parameters()).device
+        ids = self.ids[rows].to(device)
+        pos = torch.arange(ids.size(1), device=device).expand_as(ids)
+        logits = model(input_ids=ids, position_ids=pos).logits[:, :-1].float()
+        logq = F.log_softmax(logits, -1).gather(-1, self.top_idx[rows].to(device))
+        logp = self.top_logp[rows].to(device)
+        kl = (logp.exp() * (logp - logq)).sum(-1) + _log_rest(logp).exp() * (_log_rest(logp) - _log_rest(logq))
+        kl = kl.mean()
+        self.kl.append(float(kl.detach()))
+        return self.weight * kl, kl.detach()
+
+    def summary(self) -> dict:
+        first, last = self.kl[:5], self.kl[-5:]
+        return {"text": self.source, "sequences": int(self.ids.size(0)), "seq_len": int(self.ids.size(1)),
+                "top_k": int(self.top_idx.size(-1)), "weight": self.weight, "build_seconds": round(self.seconds, 1),
+                "kl_first_steps": sum(first) / len(first) if first else None,
+                "kl_last_steps": sum(last) / len(last) if last else None}
+
+
+def build_preserve(model, tokenizer, pc, installed: Installed, seed: int = 0) -> Preserve:
+    """The :class:`Preserve` targets of ``pc`` (a QatPreserveConfig) from ``model`` as the base: PEFT adapters
+    disabled and fake quantization off while sampling and scoring (called before the first training step)."""
+    import contextlib
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    was_training, states = model.training, [fq.enabled for fq in installed.quantizers]
+    installed.enable(False)
+    model.eval()
+    try:
+        base_only = model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+        with torch.no_grad(), base_only:
+            if pc.text == "self":
+                ids = _sampled(model, tokenizer, pc, seed, device)
+            else:
+                ids = _windows(tokenizer, pc)
+            idx, logp = [], []
+            for chunk in ids.split(8):
+                chunk = chunk.to(device)
+                pos = torch.arange(chunk.size(1), device=device).expand_as(chunk)
+                logits = model(input_ids=chunk, position_ids=pos).logits[:, :-1].float()
+                top = logits.topk(pc.top_k, dim=-1)
+                idx.append(top.indices.cpu())
+                logp.append(F.log_softmax(logits, -1).gather(-1, top.indices).cpu())
+    finally:
+        for fq, on in zip(installed.quantizers, states):
+            fq.enabled = on
+        model.train(was_training)
+    out = Preserve(ids.cpu(), torch.cat(idx), torch.cat(logp), pc.weight, pc.batch_size,
+                   "sampled from the base model" if pc.text == "self" else pc.text)
+    out.seconds = time.perf_counter() - t0
+    log.info("finetune.qat.preserve: %d general-text sequences of %d tokens (%s), base model's top-%d targets, "
+             "%.0f s", out.ids.size(0), out.ids.size(1), out.source, pc.top_k, out.seconds)
+    return out
+
+
+def _log_rest(logp):
+    """log of the probability outside the k tokens whose log-probabilities are ``logp`` (last axis)."""
+    import torch
+
+    return torch.log1p(-torch.logsumexp(logp, -1).exp().clamp(max=1 - 1e-6))
+
+
+def _sampled(model, tokenizer, pc, seed: int, device):
+    """``pc.sequences`` sequences of ``pc.seq_len`` tokens sampled from ``model`` from its BOS token."""
+    import torch
+
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise UnsupportedError("finetune.qat.preserve.text self: the tokenizer has neither a BOS nor an EOS token to "
+                               "start sampling from; give a text file instead")
+    rows = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for b in range(0, pc.sequences, 16):
+            m = min(16, pc.sequences - b)
+            prompt = torch.full((m, 1), start, dtype=torch.long, device=device)
+            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=True,
+                                 temperature=pc.temperature, top_k=0, top_p=1.0, max_new_tokens=pc.seq_len - 1,
+                                 min_new_tokens=pc.seq_len - 1, pad_token_id=start)
+            rows.append(out[:, : pc.seq_len].cpu())
+    return torch.cat(rows)
+
+
+def _windows(tokenizer, pc):
+    """Up to ``pc.sequences`` windows of ``pc.seq_len`` tokens of the text file ``pc.text``, evenly spaced."""
+    from pathlib import Path
+
+    import torch
+
+    from edgeft.data.readers import read_text
+    from edgeft.errors import DataError
+
+    ids = tokenizer(read_text(Path(pc.text)), add_special_tokens=False)["input_ids"]
+    n = len(ids) // pc.seq_len
+    if n < 1:
+        raise DataError(f"{pc.text}: {len(ids)} tokens, fewer than one window of finetune.qat.preserve.seq_len "
+                        f"{pc.seq_len}; give a longer text or a smaller seq_len")
+    picks = sorted({int(i * n / min(n, pc.sequences)) for i in range(min(n, pc.sequences))})
+    return torch.tensor([ids[i * pc.seq_len:(i + 1) * pc.seq_len] for i in picks], dtype=torch.long)
 
 
 def snap_to_grid(model, q) -> int:

@@ -328,3 +328,58 @@ def test_merge_of_a_symmetric_qat_lora_keeps_float_weights(tiny_lm_dir, tmp_path
              work_dir=tmp_path / "w")
     rep = merge(tmp_path / "ft" / "adapter", tmp_path / "merged", base_model=tiny_lm_dir)
     assert rep["passed"] and rep["max_abs_logit_diff"] < 1e-3 and rep["qat"]["snapped_linears"] == 0, rep
+
+
+def test_preserve_distills_the_base_on_general_text(tiny_lm_dir, tmp_path):
+    """finetune.qat.preserve: targets come from the base model (adapter and fake quantization off), the KL of the
+    base from itself is 0, training logs it and lowers it against the fake-quantized model, and the run records it."""
+    import torch
+
+    from edgeft.config.schema import QatPreserveConfig
+    from edgeft.finetune import finetune
+    from edgeft.finetune.qat import build_preserve, prepare
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_lm_dir))
+    model = _lora_model(tiny_lm_dir)  # B != 0: the adapter changes the model
+    inst = prepare(model, qat(group_size=32))
+    pc = QatPreserveConfig(sequences=6, seq_len=16, batch_size=3, top_k=8)
+    pre = build_preserve(model, tok, pc, inst, seed=0)
+    assert pre.ids.shape == (6, 16) and pre.top_idx.shape == (6, 15, 8)
+    assert all(q.enabled for q in inst.quantizers)  # switched back on
+    assert torch.equal(build_preserve(model, tok, pc, inst, seed=0).ids, pre.ids)  # seeded
+    with torch.no_grad():
+        with model.disable_adapter():
+            inst.enable(False)
+            base_kl = float(pre.loss(model)[1])  # the base against its own targets
+            inst.enable(True)
+        quant_kl = float(pre.loss(model)[1])  # adapter on, fake-quantized
+    assert base_kl < 1e-6 and quant_kl > 1e-4
+    text = tmp_path / "general.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    windows = build_preserve(model, tok, QatPreserveConfig(text=str(text), sequences=3, seq_len=16, top_k=8), inst)
+    assert windows.ids.shape == (3, 16) and windows.source == str(text)
+    # its gradient reaches the adapter through the rounding, and following it brings the rounded model back
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(15):
+        opt.zero_grad()
+        pre.loss(model)[0].backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(pre.loss(model)[1]) < 0.5 * quant_kl
+    inst.remove()
+
+    recs = sft_records(8)
+    keep = {"sequences": 4, "seq_len": 16, "batch_size": 4}
+    c = cfg(qat={"group_size": 32})
+    plain = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "q", c, SYSTEM_PROMPT, work_dir=tmp_path / "w0")
+    c = cfg(qat={"group_size": 32, "preserve": keep})
+    out = finetune(tiny_lm_dir, recs, recs[:2], tmp_path / "p", c, SYSTEM_PROMPT, work_dir=tmp_path / "w")
+    rec = out["qat"]["preserve"]
+    assert rec["sequences"] == 4 and rec["text"] == "sampled from the base model" and rec["kl_last_steps"] > 0
+    assert abs(out["train_loss"] - plain["train_loss"]) > 1e-6  # the distillation term is in the training loss
+    with pytest.raises(ConfigError, match="preserve with objective dpo"):
+        from edgeft.finetune.qat import check
+
+        check(cfg(objective="dpo", qat={"preserve": {}}))

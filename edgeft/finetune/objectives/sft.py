@@ -43,7 +43,9 @@ def exact_match(model, tokenizer, records, system_prompt, max_new_tokens=48, bat
 
 
 def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: Path, work_dir: Path,
-          system_prompt: str) -> dict:
+          system_prompt: str, aux_loss=None) -> dict:
+    """Train ``model`` on the answers of ``train_records``; ``aux_loss(model) -> (loss, value logged)`` is added to
+    each training step's loss (finetune.qat.preserve's general-text distillation)."""
     from datasets import Dataset
     from transformers import EarlyStoppingCallback
 
@@ -55,7 +57,7 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
         callbacks.append(EarlyStoppingCallback(cfg.early_stopping.patience, cfg.early_stopping.threshold))
     plain_head = (cfg.answer_only_lm_head and not cfg.chunked_lm_head and method.padding_free
                   and not common.cuda() and speed.accepts_logits_to_keep(model))
-    trainer = _trainer_class(plain_head)(
+    trainer = _trainer_class(plain_head, aux_loss)(
         model=model,
         args=_args(cfg, ckpt_dir, len(train_records)),
         train_dataset=Dataset.from_list(_conversational(train_records, system_prompt)),
@@ -119,14 +121,23 @@ def _token_accuracy(logs: dict) -> str:
     return f"token accuracy {logs.get('eval_mean_token_accuracy', float('nan')):.3f}"
 
 
-def _trainer_class(plain_head: bool):
+def _trainer_class(plain_head: bool, aux_loss=None):
     """TRL's SFTTrainer; with ``plain_head`` (CPU) a training step scores only the answer positions
-    (speed.answer_only_loss)."""
+    (speed.answer_only_loss); with ``aux_loss`` each training step adds it (logged as ``preserve_kl``)."""
     import torch
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = self._task_loss(model, inputs, return_outputs, num_items_in_batch)
+            if aux_loss is None or return_outputs or not model.training:
+                return loss
+            extra, value = aux_loss(model)
+            self._metrics["train"]["preserve_kl"].append(float(value))
+            # per micro-batch: the optimizer step sees the mean over the accumulated ones
+            return loss + extra / self.args.gradient_accumulation_steps
+
+        def _task_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not plain_head or return_outputs or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, stats = speed.answer_only_loss(model, inputs, num_items_in_batch)
