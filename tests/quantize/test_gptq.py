@@ -77,6 +77,29 @@ def test_grid_and_packing_match_ort(bits, symmetric, k):
         np.testing.assert_array_equal(ours[2], ort_[2])
 
 
+def test_exact_halves_round_as_ort_does():
+    """Weights that came from a 4-bit file sit on exact half steps of another grid (52 of SmolLM2's 106M codes):
+    edgeft's codes and the grid-ort fake quantizer round them as ORT's C++ quantizer does, not half-to-even."""
+    import torch
+
+    from edgeft.quantize.schemes import matmulnbits as mnb
+    from edgeft.quantize.schemes.torchao_int4 import OrtGridFakeQuantizer
+
+    rng = np.random.default_rng(0)
+    # each block of 32 inputs: its largest magnitude -8 steps of 0.1 (scale 0.1), the rest on half steps
+    b = (rng.integers(-15, 16, (64, 48)) * 0.05).astype(np.float32)
+    b[::32, :] = -0.8
+    wq = mnb.WeightQuant(4, 32, True)
+    ort_codes, ort_scales, _ = mnb.ort_rtn_pack(b, wq)
+    np.testing.assert_array_equal(mnb.pack(*mnb.rtn_codes(b, wq), wq)[0], ort_codes)
+    fq = OrtGridFakeQuantizer(32)(torch.from_numpy(np.ascontiguousarray(b.T))).numpy()
+    codes, scales, _ = mnb.rtn_codes(b, wq)
+    want = (codes.astype(np.float32).reshape(48, 2, 32) - 8) * scales[..., None]
+    np.testing.assert_array_equal(fq, want.reshape(48, 64))
+    halves = np.abs(b / 0.1 - np.round(b / 0.1)) == 0.5
+    assert halves.sum() > 100  # the case is exercised
+
+
 def _node_outputs(model_path: Path, xs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run each MatMulNBits of ``model_path`` alone on the captured input of its MatMul."""
     import onnx

@@ -73,9 +73,11 @@ def fake_quantizer(group_size: int, symmetric: bool = True):
 
 class OrtGridFakeQuantizer:
     """ORT MatMulNBits' own symmetric RTN grid (``int4-rtn``/``int4-gptq``: scale = the signed value of largest
-    magnitude / -8, so that value is code -8 exactly and nothing clips; :func:`matmulnbits.grid`), rounded by
-    torchao's fake-quantize primitive (straight-through gradients). Same interface as torchao's
-    ``IntxFakeQuantizer``: call it on a weight [N, K]; ``enabled`` switches it off."""
+    magnitude / -8, so that value is code -8 exactly and nothing clips; :func:`matmulnbits.grid`), rounded as
+    ORT rounds (:func:`matmulnbits.to_codes`: times the reciprocal scale, halves up; torchao's primitive
+    rounds exact halves the other way, and weights from a 4-bit file have some), with straight-through
+    gradients. Same interface as torchao's ``IntxFakeQuantizer``: call it on a weight [N, K]; ``enabled``
+    switches it off."""
 
     def __init__(self, group_size: int) -> None:
         self.group_size = group_size
@@ -87,7 +89,6 @@ class OrtGridFakeQuantizer:
 
     def __call__(self, w):
         import torch
-        from torchao.quantization.qat.utils import _fake_quantize_per_channel_group
 
         if not self.enabled:
             return w
@@ -97,9 +98,10 @@ class OrtGridFakeQuantizer:
         g = w.detach().reshape(n, k // self.group_size, self.group_size)
         mx, mn = g.amax(-1), g.amin(-1)
         scale = torch.where(mx.abs() > mn.abs(), mx, mn) / -8.0
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero group stays zero
-        zero = torch.zeros_like(scale, dtype=torch.int32)
-        return _fake_quantize_per_channel_group(w, scale, zero, -8, 7, self.group_size)
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)[..., None]  # an all-zero group stays zero
+        codes = torch.clamp(torch.floor(g * (1.0 / scale) + 8.5), 0, 15)
+        rounded = ((codes - 8) * scale).reshape(n, k).to(w.dtype)
+        return rounded + (w - w.detach())  # the rounded values, straight-through gradients to w
 
 
 def weight_quantizer(group_size: int, symmetric: bool = True, grid: str = "torchao"):
