@@ -2,7 +2,8 @@
 
     python benchmarks/methods_table.py lm  [--methods lora,dora,...] [--steps 40] [--out runs/bench-methods]
     python benchmarks/methods_table.py cls [--methods lora,full,...] [--steps 60] [--out runs/bench-methods]
-    python benchmarks/methods_table.py lm --qat [--qat-grid ort] [--methods lora,full,...]   (quantization-aware rows)
+    python benchmarks/methods_table.py lm --qat [--qat-grid ort] [--qat-preserve] [--methods lora,full,...]
+        (quantization-aware rows)
 
 ``lm``: SmolLM2-135M on the quickstart task (generated intent -> JSON data, 240 train / 32 eval
 examples, batch 8, max_seq_len 128, ``--steps`` optimizer steps, SFT). ``cls``: MiniLM-L6 on
@@ -19,7 +20,9 @@ int4-rtn (block 32) quantization of the merged model (classifiers: on the 500 he
 With ``--qat`` each method trains with ``finetune.qat: {group_size: 32}`` instead (rows under
 ``OUT/<family>-qat/``) and its merged model is scored in float and as int4-torchao; with ``--qat-grid ort``
 it trains on ORT's own grid (``finetune.qat.grid: ort``, rows under ``OUT/<family>-qat-ort/``) and is scored
-as int4-rtn, the PTQ int4 column's scheme. The table then puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
+as int4-rtn, the PTQ int4 column's scheme; ``--qat-preserve`` adds the general-text distillation
+(``finetune.qat.preserve`` at its defaults; rows under ``OUT/<family>-qat[-ort]-preserve/``, which the table
+then shows in the QAT columns). The table then puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
 ``OUT/<family>/results.jsonl`` and the markdown table to stdout.
 """
@@ -59,6 +62,7 @@ def _train_row(method: str, lr: float, m: dict, written: Path) -> dict:
 QAT = {"group_size": 32}
 INT4 = (("int8", "int8-weight"), ("int4", "int4-rtn"), ("int4_torchao", "int4-torchao"))
 GRID = os.environ.get("EDGEFT_QAT_GRID", "torchao")  # set by --qat-grid for the child processes
+PRESERVE = os.environ.get("EDGEFT_QAT_PRESERVE") == "1"  # set by --qat-preserve
 
 
 def _schemes(qat: bool):
@@ -69,7 +73,7 @@ def _schemes(qat: bool):
 
 
 def _qat(qat: bool) -> dict | None:
-    return {**QAT, "grid": GRID} if qat else None
+    return {**QAT, "grid": GRID, **({"preserve": {}} if PRESERVE else {})} if qat else None
 
 
 def _lm_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
@@ -236,6 +240,8 @@ def main() -> None:
     ap.add_argument("--qat", action="store_true", help="train each method quantization-aware (finetune.qat)")
     ap.add_argument("--qat-grid", choices=["torchao", "ort"], default="torchao",
                     help="with --qat: the grid QAT trains on (finetune.qat.grid)")
+    ap.add_argument("--qat-preserve", action="store_true",
+                    help="with --qat: also distill the base on general text (finetune.qat.preserve)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     steps = a.steps or (40 if a.family == "lm" else 60)
@@ -246,7 +252,9 @@ def main() -> None:
 
     methods = a.methods.split(",") if a.methods else sorted(METHODS.names())
     os.environ["EDGEFT_QAT_GRID"] = a.qat_grid
-    root = a.out / (a.family + ("-qat" if a.qat else "") + ("-ort" if a.qat and a.qat_grid == "ort" else ""))
+    os.environ["EDGEFT_QAT_PRESERVE"] = "1" if a.qat and a.qat_preserve else "0"
+    tail = "-preserve" if a.qat and a.qat_preserve else ""
+    root = a.out / (a.family + ("-qat" if a.qat else "") + ("-ort" if a.qat and a.qat_grid == "ort" else "") + tail)
     rows = []
     for m in methods:
         d = root / m
@@ -274,8 +282,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if a.qat:
-        print(_qat_table(_rows(a.out / a.family), _rows(a.out / (a.family + "-qat")), a.family,
-                         _rows(a.out / (a.family + "-qat-ort"))))
+        print(_qat_table(_rows(a.out / a.family), _rows(a.out / (a.family + "-qat" + tail)), a.family,
+                         _rows(a.out / (a.family + "-qat-ort" + tail))))
     else:
         print(_table([r for r in rows if "qat_refused" not in r], a.family))
 

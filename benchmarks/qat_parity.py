@@ -1,5 +1,6 @@
 """Do the int4 artifact and quantization-aware training use the same grid? Logits of the fake-quantized PyTorch
-model vs the int4-torchao ONNX artifact, on the same token windows.
+model vs the int4 ONNX artifact of the grid it trained on (int4-torchao, or int4-rtn for ``grid: ort``), on the
+same token windows.
 
     python benchmarks/qat_parity.py RUN_DIR [--windows 8] [--seq-len 128]
 
@@ -67,12 +68,14 @@ def main() -> None:
     info = read_marker(run / "finetune" / "adapter") or read_marker(run / "finetune" / "model")
     if "qat" not in info:
         raise SystemExit(f"{run}/finetune: not trained with finetune.qat (no qat entry in edgeft_method.json)")
-    q = QatConfig(group_size=info["qat"]["group_size"], activations=info["qat"]["activations"])
+    q = QatConfig(group_size=info["qat"]["group_size"], activations=info["qat"]["activations"],
+                  symmetric=info["qat"].get("symmetric", True), grid=info["qat"].get("grid", "torchao"))
+    scheme = "int4-rtn" if q.grid == "ort" else "int4-torchao"  # the exporter of the grid it trained on
     if a.artifact:
         art = run / "quantize" / a.artifact
     else:
         art = next(d for d in sorted((run / "quantize").iterdir()) if (d / "quantize_report.json").is_file()
-                   and json.loads((d / "quantize_report.json").read_text())["scheme"] == "int4-torchao")
+                   and json.loads((d / "quantize_report.json").read_text())["scheme"] == scheme)
     tok = AutoTokenizer.from_pretrained(str(run / "merge"))
     recs = [json.loads(x) for x in (run / "data" / "eval.jsonl").read_text().splitlines()][: a.windows]
     from edgeft.data.templates import conversation_text
@@ -108,8 +111,9 @@ def main() -> None:
            "windows": len(wins), "tokens": sum(map(len, wins)), "shipped": score(art)}
     with tempfile.TemporaryDirectory() as tmp:
         opts = json.loads((art / "quantize_report.json").read_text()).get("options") or {}
-        opts = {k: v for k, v in opts.items() if k in ("block_size", "lm_head", "embeddings", "head_block_size")}
-        quantize(run / "export", Path(tmp) / "q", "int4-torchao", {**opts, "accuracy_level": 1})
+        opts = {k: v for k, v in opts.items()
+                if k in ("block_size", "symmetric", "lm_head", "embeddings", "head_block_size")}
+        quantize(run / "export", Path(tmp) / "q", scheme, {**opts, "accuracy_level": 1})
         res["accuracy_level_1"] = score(Path(tmp) / "q")
     (run / "qat_parity.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))

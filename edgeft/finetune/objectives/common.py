@@ -83,8 +83,10 @@ def log_callback(eval_detail=_eval_metrics):
     class LogCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
-                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f", state.global_step, state.max_steps,
-                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0))
+                log.info("step %d/%d  loss %.4f  lr %.2e  epoch %.2f%s", state.global_step, state.max_steps,
+                         logs["loss"], logs.get("learning_rate", 0.0), logs.get("epoch", 0.0),
+                         # finetune.qat.preserve: the KL from the base on general text, within the loss
+                         f"  general-text KL {logs['preserve_kl']:.4f}" if "preserve_kl" in logs else "")
             elif logs and "eval_loss" in logs:
                 log.info("eval  loss %.4f  %s", logs["eval_loss"], eval_detail(logs))
 
