@@ -21,8 +21,9 @@ With ``--qat`` each method trains with ``finetune.qat: {group_size: 32}`` instea
 ``OUT/<family>-qat/``) and its merged model is scored in float and as int4-torchao; with ``--qat-grid ort``
 it trains on ORT's own grid (``finetune.qat.grid: ort``, rows under ``OUT/<family>-qat-ort/``) and is scored
 as int4-rtn, the PTQ int4 column's scheme; ``--qat-preserve`` adds the general-text distillation
-(``finetune.qat.preserve`` at its defaults; rows under ``OUT/<family>-qat[-ort]-preserve/``, which the table
-then shows in the QAT columns). The table then puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
+(``finetune.qat.preserve`` at its defaults; rows under ``OUT/<family>-qat[-ort]-preserve/``; the table has
+two more columns for those on ORT's grid); ``--qat-start-step N`` trains the first N steps in float (rows under
+``...-startN/``). The table then puts each method's PTQ and QAT rows side by side. Learning rates differ per method family (a
 full fine-tune at an adapter's LR diverges); they are printed with the table. Results go to
 ``OUT/<family>/results.jsonl`` and the markdown table to stdout.
 """
@@ -63,6 +64,7 @@ QAT = {"group_size": 32}
 INT4 = (("int8", "int8-weight"), ("int4", "int4-rtn"), ("int4_torchao", "int4-torchao"))
 GRID = os.environ.get("EDGEFT_QAT_GRID", "torchao")  # set by --qat-grid for the child processes
 PRESERVE = os.environ.get("EDGEFT_QAT_PRESERVE") == "1"  # set by --qat-preserve
+START = int(os.environ.get("EDGEFT_QAT_START", "0"))  # set by --qat-start-step
 
 
 def _schemes(qat: bool):
@@ -73,7 +75,7 @@ def _schemes(qat: bool):
 
 
 def _qat(qat: bool) -> dict | None:
-    return {**QAT, "grid": GRID, **({"preserve": {}} if PRESERVE else {})} if qat else None
+    return {**QAT, "grid": GRID, "start_step": START, **({"preserve": {}} if PRESERVE else {})} if qat else None
 
 
 def _lm_one(method: str, steps: int, out: Path, qat: bool = False) -> dict:
@@ -185,30 +187,37 @@ def _table(rows: list[dict], family: str) -> str:
     return "\n".join(lines)
 
 
-def _qat_table(ptq: dict[str, dict], qat: dict[str, dict], family: str, ort: dict[str, dict] | None = None) -> str:
+def _qat_table(ptq: dict[str, dict], qat: dict[str, dict], family: str, ort: dict[str, dict] | None = None,
+               kept: dict[str, dict] | None = None) -> str:
     """PTQ vs QAT per method: the float metric of each run, int4 after rounding (ORT's grid and torchao's), and
-    the QAT runs' int4 on the grid each trained on (torchao's: int4-torchao; ORT's: int4-rtn)."""
+    the QAT runs' int4 on the grid each trained on (torchao's: int4-torchao; ORT's: int4-rtn); with ``kept``
+    (rows of QAT on ORT's grid with ``preserve``) two more columns."""
     metric = "EM" if family == "lm" else "accuracy"
-    ort = ort or {}
+    ort, kept = ort or {}, kept or {}
+    extra = (f" {metric} fp32, QAT + preserve on ORT's grid | {metric} at int4 after QAT + preserve (int4-rtn) |"
+             if kept else "")
     lines = [f"| method | {metric} fp32 | {metric} int4-rtn (PTQ) | {metric} int4-torchao (PTQ) | {metric} fp32, QAT run | "
              f"{metric} at int4 after QAT (int4-torchao) | {metric} fp32, QAT run on ORT's grid | "
-             f"{metric} at int4 after QAT on ORT's grid (int4-rtn) | best QAT int4 − fp32 (pts) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{metric} at int4 after QAT on ORT's grid (int4-rtn) |{extra} best QAT int4 − fp32 (pts) |",
+             "|---|" + "---:|" * (8 + 2 * bool(kept))]
 
     def f(r, k):
         v = (r or {}).get(k)
         return "–" if v is None else f"{v:.3f}"
 
-    for m in sorted(set(ptq) | set(qat) | set(ort)):
-        p, q, o = ptq.get(m), qat.get(m), ort.get(m)
-        if (q or o or {}).get("qat_refused"):
+    for m in sorted(set(ptq) | set(qat) | set(ort) | set(kept)):
+        p, q, o, k = ptq.get(m), qat.get(m), ort.get(m), kept.get(m)
+        if (q or o or k or {}).get("qat_refused"):
             lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | – | "
-                         f"refused: {(q or o)['qat_refused'][:70]} | – | – | – |")
+                         f"refused: {(q or o or k)['qat_refused'][:70]} | – | – |{' – | – |' if kept else ''} – |")
             continue
-        best = [v for v in ((q or {}).get("metric_int4_torchao"), (o or {}).get("metric_int4")) if v is not None]
+        best = [v for v in ((q or {}).get("metric_int4_torchao"), (o or {}).get("metric_int4"),
+                            (k or {}).get("metric_int4")) if v is not None]
         gap = f"{100 * (max(best) - p['metric']):+.1f}" if p and p.get("metric") is not None and best else "–"
+        more = f" {f(k, 'metric')} | {f(k, 'metric_int4')} |" if kept else ""
         lines.append(f"| {m} | {f(p, 'metric')} | {f(p, 'metric_int4')} | {f(p, 'metric_int4_torchao')} | "
-                     f"{f(q, 'metric')} | {f(q, 'metric_int4_torchao')} | {f(o, 'metric')} | {f(o, 'metric_int4')} | {gap} |")
+                     f"{f(q, 'metric')} | {f(q, 'metric_int4_torchao')} | {f(o, 'metric')} | {f(o, 'metric_int4')} |"
+                     f"{more} {gap} |")
     return "\n".join(lines)
 
 
@@ -242,6 +251,8 @@ def main() -> None:
                     help="with --qat: the grid QAT trains on (finetune.qat.grid)")
     ap.add_argument("--qat-preserve", action="store_true",
                     help="with --qat: also distill the base on general text (finetune.qat.preserve)")
+    ap.add_argument("--qat-start-step", type=int, default=0,
+                    help="with --qat: train in float for this many steps first (finetune.qat.start_step)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     steps = a.steps or (40 if a.family == "lm" else 60)
@@ -253,7 +264,9 @@ def main() -> None:
     methods = a.methods.split(",") if a.methods else sorted(METHODS.names())
     os.environ["EDGEFT_QAT_GRID"] = a.qat_grid
     os.environ["EDGEFT_QAT_PRESERVE"] = "1" if a.qat and a.qat_preserve else "0"
-    tail = "-preserve" if a.qat and a.qat_preserve else ""
+    os.environ["EDGEFT_QAT_START"] = str(a.qat_start_step if a.qat else 0)
+    tail = ("-preserve" if a.qat and a.qat_preserve else "") + (f"-start{a.qat_start_step}" if a.qat and
+                                                                  a.qat_start_step else "")
     root = a.out / (a.family + ("-qat" if a.qat else "") + ("-ort" if a.qat and a.qat_grid == "ort" else "") + tail)
     rows = []
     for m in methods:
@@ -282,8 +295,8 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if a.qat:
-        print(_qat_table(_rows(a.out / a.family), _rows(a.out / (a.family + "-qat" + tail)), a.family,
-                         _rows(a.out / (a.family + "-qat-ort" + tail))))
+        print(_qat_table(_rows(a.out / a.family), _rows(a.out / (a.family + "-qat")), a.family,
+                         _rows(a.out / (a.family + "-qat-ort")), _rows(a.out / (a.family + "-qat-ort-preserve"))))
     else:
         print(_table([r for r in rows if "qat_refused" not in r], a.family))
 
