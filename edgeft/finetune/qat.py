@@ -61,6 +61,10 @@ def check(cfg) -> None:
     if cfg.qat.preserve is not None and cfg.objective != "sft":
         raise ConfigError(f"finetune.qat.preserve with objective {cfg.objective}: the general-text distillation is "
                           "added to the sft loss only; use objective sft or set finetune.qat.preserve: null")
+    if cfg.qat.preserve is not None and cfg.processes > 1:
+        raise UnsupportedError(f"finetune.qat.preserve with finetune.processes={cfg.processes}: the distillation's "
+                               "second forward per step is not synchronized across processes; set processes: 1 or "
+                               "preserve: null")
     if cfg.method == "lora" and cfg.lora.dropout > 0:
         raise ConfigError(f"finetune.qat with finetune.lora.dropout={cfg.lora.dropout}: QAT computes with the merged "
                           "weight, which has no dropout; set finetune.lora.dropout: 0")

@@ -383,3 +383,5 @@ def test_preserve_distills_the_base_on_general_text(tiny_lm_dir, tmp_path):
         from edgeft.finetune.qat import check
 
         check(cfg(objective="dpo", qat={"preserve": {}}))
+    with pytest.raises(UnsupportedError, match="preserve with finetune.processes=2"):
+        check(cfg(processes=2, qat={"preserve": {}}))
