@@ -21,8 +21,8 @@ Which weight is fake-quantized is what the export will round:
   BitFit's biases and norm gains learn to compensate the rounding of frozen weights).
 
 ``grid: ort`` trains on ORT MatMulNBits' own symmetric RTN grid instead (the largest magnitude at
--8, nothing clipped; torchao's grid puts it at 7.5 steps and clips the positive side), rounded by
-torchao's fake-quantize primitive; ``int4-rtn`` (symmetric) then exports it bit for bit.
+-8, nothing clipped; torchao's grid puts it at 7.5 steps and clips the positive side), rounded as ORT
+rounds (exact halves up); ``int4-rtn`` (symmetric) then exports it bit for bit.
 
 The forward of each targeted module is replaced on the instance; parameters, their names and
 ``requires_grad`` are untouched, so checkpoints, ``save_pretrained`` and the merge see a plain model.
@@ -286,14 +286,11 @@ class Preserve:
         n = self.ids.size(0)
         rows = torch.tensor([(self._next + i) % n for i in range(min(self.batch_size, n))])
         self._next = (self._next + len(rows)) % n
-        device = next(model.parameters()).device
-        ids = self.ids[rows].to(device)
-        pos = torch.arange(ids.size(1), device=device).expand_as(ids)
-        logits = model(input_ids=ids, position_ids=pos).logits[:, :-1].float()
-        logq = F.log_softmax(logits, -1).gather(-1, self.top_idx[rows].to(device))
-        logp = self.top_logp[rows].to(device)
-        kl = (logp.exp() * (logp - logq)).sum(-1) + _log_rest(logp).exp() * (_log_rest(logp) - _log_rest(logq))
-        kl = kl.mean()
+        logits = _next_token_logits(model, self.ids[rows])
+        logq = F.log_softmax(logits, -1).gather(-1, self.top_idx[rows].to(logits.device))
+        logp = self.top_logp[rows].to(logits.device)
+        rest_p = _log_rest(logp)
+        kl = ((logp.exp() * (logp - logq)).sum(-1) + rest_p.exp() * (rest_p - _log_rest(logq))).mean()
         self.kl.append(float(kl.detach()))
         return self.weight * kl, kl.detach()
 
@@ -328,9 +325,7 @@ def build_preserve(model, tokenizer, pc, installed: Installed, seed: int = 0) ->
                 ids = _windows(tokenizer, pc)
             idx, logp = [], []
             for chunk in ids.split(8):
-                chunk = chunk.to(device)
-                pos = torch.arange(chunk.size(1), device=device).expand_as(chunk)
-                logits = model(input_ids=chunk, position_ids=pos).logits[:, :-1].float()
+                logits = _next_token_logits(model, chunk)
                 top = logits.topk(pc.top_k, dim=-1)
                 idx.append(top.indices.cpu())
                 logp.append(F.log_softmax(logits, -1).gather(-1, top.indices).cpu())
@@ -344,6 +339,17 @@ def build_preserve(model, tokenizer, pc, installed: Installed, seed: int = 0) ->
     log.info("finetune.qat.preserve: %d general-text sequences of %d tokens (%s), base model's top-%d targets, "
              "%.0f s", out.ids.size(0), out.ids.size(1), out.source, pc.top_k, out.seconds)
     return out
+
+
+def _next_token_logits(model, ids):
+    """fp32 logits [B, L-1, V] of ``model`` predicting each next token of the rows ``ids`` [B, L]; positions are
+    given, so a padding-free attention (speed.use_packed_attention) reads each row as one sequence."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    pos = torch.arange(ids.size(1), device=device).expand_as(ids)
+    return model(input_ids=ids, position_ids=pos).logits[:, :-1].float()
 
 
 def _log_rest(logp):
