@@ -389,6 +389,9 @@ def _windows(tokenizer, pc):
     from edgeft.data.readers import read_text
     from edgeft.errors import DataError
 
+    if not Path(pc.text).is_file():
+        raise DataError(f"{pc.text}: file not found (finetune.qat.preserve.text: relative paths are read from the "
+                        "working directory); give an existing text file or text: self")
     ids = tokenizer(read_text(Path(pc.text)), add_special_tokens=False)["input_ids"]
     n = len(ids) // pc.seq_len
     if n < 1:

@@ -359,6 +359,12 @@ def test_preserve_distills_the_base_on_general_text(tiny_lm_dir, tmp_path):
     text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
     windows = build_preserve(model, tok, QatPreserveConfig(text=str(text), sequences=3, seq_len=16, top_k=8), inst)
     assert windows.ids.shape == (3, 16) and windows.source == str(text)
+    from edgeft.errors import DataError
+
+    with pytest.raises(DataError, match=r"missing.txt: file not found \(finetune.qat.preserve.text"):
+        build_preserve(model, tok, QatPreserveConfig(text=str(tmp_path / "missing.txt")), inst)
+    with pytest.raises(DataError, match="fewer than one window of finetune.qat.preserve.seq_len"):
+        build_preserve(model, tok, QatPreserveConfig(text=str(text), seq_len=4096), inst)
     # its gradient reaches the adapter through the rounding, and following it brings the rounded model back
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
