@@ -67,6 +67,23 @@ class CausalLM:
             ids.append(int(token))
             token = yield np.asarray(self.logits(np.asarray(ids, np.int64)))[-1]
 
+    def greedy_stream(self, prompt: Sequence[int], max_new_tokens: int, eos: set[int]):
+        """Greedy decoding as a generator of ``(token, logits row)`` pairs, the row the token is the argmax of;
+        an eos token, when chosen, is the last pair, and at most ``max_new_tokens`` pairs. This default takes
+        one :meth:`logit_stream` row per token; ``OrtLM`` overrides it to speculate with its drafts, so a
+        greedy request served token by token decodes exactly as validate's :meth:`generate` does."""
+        stream = self.logit_stream(prompt, max_new_tokens)
+        try:
+            row = next(stream)
+            for i in range(max_new_tokens):
+                token = int(np.asarray(row).argmax())
+                yield token, row
+                if token in eos or i == max_new_tokens - 1:
+                    return
+                row = stream.send(token)
+        finally:
+            stream.close()
+
 
 class SingleSequenceLM(CausalLM):
     """A runtime whose static KV cache holds one sequence: ``generate`` and ``timed_generate`` run prompts one at a

@@ -205,50 +205,73 @@ class NgramDrafts:
         return out
 
 
-def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]], np.ndarray],
+def lookup_passes(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]], np.ndarray],
                   drop: Callable[[int], None], prompt: Sequence[int], new_tokens: int, eos: set[int] | None,
-                  k: int, max_ngram: int = 3,
-                  drafts: NgramDrafts | None = None) -> tuple[list[int], float, list[float], dict]:
-    """Greedy decoding with prompt-lookup speculation, token for token the same as :func:`greedy_decode` up to float
-    rounding (a pass over several positions can break a near-tie of the top two logits differently).
+                  k: int, max_ngram: int = 3, drafts: NgramDrafts | None = None, stats: dict | None = None):
+    """Greedy decoding with prompt-lookup speculation, one forward pass at a time: a generator that yields, per
+    pass, the ``(token, logits row)`` pairs it decided (the prefill's one token, then 1 to ``k`` + 1 per pass).
 
     Each pass feeds the last token plus up to ``k`` draft tokens (:func:`lookup_draft` over prompt and output)
     in one forward pass; ``feed(tokens)`` returns one logits row per fed token (row i: the prediction after
     token i). Drafts are accepted while they equal the model's own argmax; the first mismatch is replaced
-    by the argmax, and ``drop(n)`` removes the rejected drafts from the KV cache. A pass's time is spread
-    evenly over the tokens it emitted, so ``steps`` has one entry per token after the first, as in
-    :func:`greedy_decode`. When the history has no repeat, ``drafts`` (:class:`NgramDrafts`), if given,
-    proposes the draft. Returns (tokens, ttft_s, steps, stats: passes, drafted, accepted)."""
+    by the argmax, and ``drop(n)`` removes the rejected drafts from the KV cache. When the history has no
+    repeat, ``drafts`` (:class:`NgramDrafts`), if given, proposes the draft. An eos token, when chosen, is
+    the last pair yielded; at most ``new_tokens`` tokens in all. ``stats`` (a dict), if given, counts
+    passes, drafted and accepted tokens. Rows are copies: the caller may keep them."""
+    stats = stats if stats is not None else {}
+    for key in ("passes", "drafted", "accepted"):
+        stats.setdefault(key, 0)
     hist = [int(t) for t in prompt]
-    out: list[int] = []
-    steps: list[float] = []
-    stats = {"passes": 0, "drafted": 0, "accepted": 0}
-    t0 = time.perf_counter()
-    nxt = int(prefill().argmax())
-    ttft = time.perf_counter() - t0
-    while eos is None or nxt not in eos:
-        out.append(nxt)
+    row = np.array(prefill(), copy=True)
+    nxt = int(row.argmax())
+    n_out = 1
+    yield [(nxt, row)]
+    while (eos is None or nxt not in eos) and n_out < new_tokens:
         hist.append(nxt)
-        if len(out) >= new_tokens:
-            break
-        t = time.perf_counter()
-        budget = min(k, new_tokens - len(out) - 1)
+        budget = min(k, new_tokens - n_out - 1)
         draft = lookup_draft(hist, budget, max_ngram)
         if not draft and drafts is not None:
             draft = drafts.draft(hist, budget)
-        preds = feed([nxt] + draft).argmax(-1)
+        rows = np.array(feed([nxt] + draft), copy=True)
+        preds = rows.argmax(-1)
         ok = 0
         while ok < len(draft) and int(preds[ok]) == draft[ok] and (eos is None or draft[ok] not in eos):
             ok += 1
         if len(draft) > ok:
             drop(len(draft) - ok)
-        out.extend(draft[:ok])
         hist.extend(draft[:ok])
         nxt = int(preds[ok])
-        steps.extend([(time.perf_counter() - t) / (ok + 1)] * (ok + 1))
+        n_out += ok + 1
         stats["passes"] += 1
         stats["drafted"] += len(draft)
         stats["accepted"] += ok
+        yield [(draft[i], rows[i]) for i in range(ok)] + [(nxt, rows[ok])]
+
+
+def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]], np.ndarray],
+                  drop: Callable[[int], None], prompt: Sequence[int], new_tokens: int, eos: set[int] | None,
+                  k: int, max_ngram: int = 3,
+                  drafts: NgramDrafts | None = None) -> tuple[list[int], float, list[float], dict]:
+    """Greedy decoding with prompt-lookup speculation (:func:`lookup_passes`), token for token the same as
+    :func:`greedy_decode` up to float rounding (a pass over several positions can break a near-tie of the top
+    two logits differently). A pass's time is spread evenly over the tokens it emitted, so ``steps`` has one
+    entry per token after the first, as in :func:`greedy_decode`. Returns (tokens, ttft_s, steps, stats:
+    passes, drafted, accepted)."""
+    out: list[int] = []
+    steps: list[float] = []
+    stats: dict = {}
+    passes = lookup_passes(prefill, feed, drop, prompt, new_tokens, eos, k, max_ngram, drafts, stats)
+    t0 = time.perf_counter()
+    first = next(passes)
+    ttft = time.perf_counter() - t0
+    decided = first
+    while True:
+        out.extend(t for t, _ in decided if eos is None or t not in eos)
+        t = time.perf_counter()
+        decided = next(passes, None)
+        if decided is None:
+            break
+        steps.extend([(time.perf_counter() - t) / len(decided)] * len(decided))
     return out, ttft, steps, stats
 
 
@@ -405,6 +428,14 @@ class OrtDecoder:
             return tokens, ttft, steps
         prefill, step = self._loop(prompt, new_tokens)
         return greedy_decode(prefill, step, new_tokens, eos)
+
+    def speculative_stream(self, prompt: Sequence[int], max_new_tokens: int, eos: set[int]):
+        """Greedy ``(token, logits row)`` pairs through :meth:`decode`'s speculative loop (:func:`lookup_passes`,
+        ``lookahead`` > 0): what ``OrtLM.greedy_stream`` serves, so a streamed greedy answer is validate's."""
+        prefill, feed, drop = self._multi_loop(prompt, max_new_tokens)
+        for decided in lookup_passes(prefill, feed, drop, prompt, max_new_tokens, eos, self.lookahead,
+                                     self.lookup_ngram, self.drafts):
+            yield from decided
 
     def logit_stream(self, prompt: Sequence[int], max_new_tokens: int):
         """The logits rows of a decode whose tokens the caller picks (sampling, stop strings, streaming): a

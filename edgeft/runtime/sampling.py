@@ -4,8 +4,9 @@
 each new token, its log-probability and the entropy of the distribution it came from. Both are measured on
 the model's own distribution (temperature 1, before top-p), so a greedy request and a sampled one report
 confidence on the same scale; they are what ``edgeft serve`` logs and ``edgeft monitor`` compares with the
-bundle's reference. Greedy choice (``temperature == 0``) is the argmax, as in
-:func:`edgeft.runtime.ortcore.greedy_decode`, so greedy served answers equal validated ones.
+bundle's reference. Greedy requests (``temperature == 0``) go through the runtime's own greedy loop
+(:meth:`~edgeft.runtime.base.CausalLM.greedy_stream`): speculative with an artifact's drafts table, exactly
+as validate decodes, so greedy served answers equal validated ones; sampled requests take one token per pass.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
+def _step(token: int, logp: np.ndarray, eos: set[int]) -> Step:
+    return Step(token, float(logp[token]), float(-(np.exp(logp) * logp).sum()), token in eos)
+
+
 def _choose(logp: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    if temperature <= 0:
-        return int(logp.argmax())
     z = logp / temperature
     p = np.exp(z - z.max())
     p /= p.sum()
@@ -55,6 +58,14 @@ def sample_tokens(lm, prompt: Sequence[int], max_new_tokens: int, eos_ids: Seque
     deadline, a closed connection) by closing the iterator.
     """
     eos = {int(e) for e in eos_ids}
+    if temperature <= 0:  # the runtime's own greedy loop (speculative where it is), as validate decodes
+        pairs = lm.greedy_stream(prompt, max_new_tokens, eos)
+        try:
+            for token, row in pairs:
+                yield _step(token, log_softmax(row), eos)
+        finally:
+            pairs.close()
+        return
     rng = np.random.default_rng(seed)
     stream = lm.logit_stream(prompt, max_new_tokens)
     try:
@@ -62,8 +73,7 @@ def sample_tokens(lm, prompt: Sequence[int], max_new_tokens: int, eos_ids: Seque
         for i in range(max_new_tokens):
             logp = log_softmax(row)
             token = _choose(logp, temperature, top_p, rng)
-            entropy = float(-(np.exp(logp) * logp).sum())
-            yield Step(token, float(logp[token]), entropy, token in eos)
+            yield _step(token, logp, eos)
             if token in eos or i == max_new_tokens - 1:
                 return
             row = stream.send(token)

@@ -206,3 +206,41 @@ def test_drafts_file_beside_the_graph_is_the_default_and_explicit_lookahead_igno
     (art / DRAFTS_FILE).write_text("{not json")
     with pytest.raises(ModelSourceError, match="drafts.json: not a drafts table"):
         OrtLM(art, threads=1)
+
+
+def test_served_greedy_speculates_with_the_drafts_and_equals_validates_decode(optimum_dir, tmp_path):
+    """Greedy sample_tokens (what `edgeft serve` decodes) goes through the artifact's speculative loop: the
+    tokens of generate(), each with the log-probability and entropy of the one-token-per-pass loop, in fewer
+    forward passes; an eos stops it where it stops the plain loop."""
+    import shutil
+
+    from edgeft.runtime.lm import OrtLM
+    from edgeft.runtime.ortcore import DRAFTS_FILE, NgramDrafts
+    from edgeft.runtime.sampling import sample_tokens
+
+    plain = OrtLM(optimum_dir, threads=1, lookahead=0)
+    refs = [p + plain.generate([p], 24, [])[0] for p in PROMPTS]
+    art = tmp_path / "art"
+    shutil.copytree(optimum_dir, art)
+    NgramDrafts(refs).save(art / DRAFTS_FILE)
+    lm = OrtLM(art, threads=1)
+    fed = []
+    multi = lm._multi_loop
+
+    def counting(prompt, n):
+        prefill, feed, drop = multi(prompt, n)
+        return prefill, (lambda tokens: fed.append(len(tokens)) or feed(tokens)), drop
+
+    lm._multi_loop = counting
+    passes = tokens = 0
+    for p in PROMPTS:
+        fed.clear()
+        served, ref = list(sample_tokens(lm, p, 24, [])), list(sample_tokens(plain, p, 24, []))
+        passes, tokens = passes + len(fed), tokens + len(served) - 1
+        assert [s.token for s in served] == [s.token for s in ref] == lm.generate([p], 24, [])[0]
+        assert np.allclose([s.logprob for s in served], [s.logprob for s in ref], atol=1e-4)
+        assert np.allclose([s.entropy for s in served], [s.entropy for s in ref], atol=1e-4)
+        stop = ref[len(ref) // 2].token
+        cut = list(sample_tokens(lm, p, 24, [stop]))
+        assert cut[-1].eos and [s.token for s in cut] == [s.token for s in sample_tokens(plain, p, 24, [stop])]
+    assert 0 < passes < tokens  # the speculative loop ran, and drafts were accepted: fewer passes than tokens
