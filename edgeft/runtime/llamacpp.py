@@ -5,6 +5,11 @@ logits row in numpy, feed the token back. ``logits_all=True`` (needed by :meth:`
 for perplexity) makes llama.cpp compute and copy a logits row for every prompt token, so
 generation uses a context opened without it and ``logits`` opens a second one on first use (the
 weights are memory-mapped once and shared).
+
+``lookahead=k`` (> 0) decodes with prompt-lookup speculation, llama-cpp-python's own option
+(``LlamaPromptLookupDecoding``) run through edgeft's loop (:func:`~edgeft.runtime.ortcore.lookup_decode`): up
+to ``k`` tokens copied from earlier in the prompt or output are verified in one ``eval``. As in
+llama-cpp-python's speculative path, that context keeps a logits row per evaluated token.
 """
 
 from __future__ import annotations
@@ -37,13 +42,15 @@ def _llama_cls():
 class LlamaCppLM(CausalLM):
     """A .gguf file (or a folder with one) run by llama.cpp on the CPU."""
 
-    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 2048, logits_all: bool = True) -> None:
+    def __init__(self, path: Path, threads: int = 1, n_ctx: int = 2048, logits_all: bool = True,
+                 lookahead: int = 0) -> None:
         self.path = gguf_file(Path(path))
         self.name = str(path)
         self.threads = threads
         self.logits_all = logits_all
         self.n_ctx = n_ctx
-        self.llm = self._open(False)
+        self.lookahead = int(lookahead)
+        self.llm = self._open(self.lookahead > 0)  # speculation reads a row per drafted token
         self._scorer = None
 
     def _open(self, logits_all: bool):
@@ -74,6 +81,21 @@ class LlamaCppLM(CausalLM):
 
     def _decode(self, prompt: Sequence[int], new_tokens: int, eos: set[int] | None):
         self.llm.reset()
+        if self.lookahead > 0:
+            from edgeft.runtime.ortcore import lookup_decode
+
+            def rows(tokens: list[int]) -> np.ndarray:
+                start = self.llm.n_tokens
+                self.llm.eval(tokens)
+                return self.llm.scores[start:start + len(tokens)]
+
+            def drop(n: int) -> None:  # the next eval removes the cache entries past n_tokens
+                self.llm.n_tokens -= n
+
+            ids = [int(t) for t in prompt]
+            tokens, ttft, steps, self.last_stats = lookup_decode(lambda: rows(ids)[-1], rows, drop, ids, new_tokens,
+                                                                 eos, self.lookahead)
+            return tokens, ttft, steps
 
         def feed(tokens: list[int]) -> np.ndarray:
             self.llm.eval(tokens)
