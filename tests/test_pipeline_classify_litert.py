@@ -34,6 +34,7 @@ def run(tmp_path_factory):
     recipe["export"]["extra"] = ["litert-int8-full", "litert-int8-edgetpu"]
     recipe["export"]["budgets"] = {"litert-int8-full": {"accuracy": {"max_degradation": 0.4}}}  # its own gate
     recipe["quantize"] = recipe["quantize"][:1]  # one ONNX int8 artifact beside the tflite one
+    recipe["finetune"]["litert_qat"] = {"steps": 4, "recalibrate_every": 2, "calibration_examples": 32}
     recipe["validate"]["devices"] = ["host", "edge-tpu", "phone-npu"]
     recipe["validate"]["require"] = ["edge-tpu", "phone-npu"]  # only the full-integer tflite can pass these two
     return edgeft.run(write_recipe(root / "tiny-cls-litert.yaml", recipe), runs_root=root / "runs")
@@ -44,6 +45,14 @@ def test_extra_tflite_is_exported_calibrated_on_training_rows(run):
     assert exp["format"] == "tflite" and exp["seq"] == 16 and exp["quantization"]["calibration_rows"] == 128
     assert exp["vs_reference"]["samples"] == 32 and exp["vs_reference"]["label_agreement"] >= 0.9
     assert (run.run_dir / "export" / "litert-int8-full" / "model.tflite").is_file()
+
+
+def test_finetune_ends_with_the_litert_qat_steps(run):
+    """finetune.litert_qat ran after the float fine-tune on the simulated int8 graph, and says what it kept."""
+    qat = read_json(run.run_dir / "finetune" / "stage.json")["metrics"]["litert_qat"]
+    assert qat["preset"] == "litert-int8-full" and qat["steps"] == 4 and [h["step"] for h in qat["history"]] == [2, 4]
+    assert qat["tensors_rounded"] > 50 and qat["kept_step"] in (0, 2, 4)
+    assert 0.0 <= qat["accuracy_int8_simulated"] <= 1.0
 
 
 def test_validate_scores_and_times_the_tflite_artifact(run):

@@ -322,6 +322,22 @@ class ImageQatConfig(Strict):
 QAT_METHODS = ("lora", "ia3", "full", "freeze", "gradual-unfreeze", "bitfit")  # finetune.qat: edgeft.finetune.qat
 
 
+class LitertQatConfig(Strict):
+    preset: str = Field(
+        "litert-int8-full", description="The full-integer LiteRT preset whose int8 graph the steps simulate (its "
+                                        "surgery options: GELU, LayerNorm and softmax forms).")
+    steps: int = Field(200, ge=1, description="Quantization-aware steps after the float fine-tune.")
+    learning_rate: Optional[float] = Field(
+        None, gt=0, description="Peak learning rate of those steps (cosine to 0; default: a tenth of "
+                                "finetune.learning_rate).")
+    calibration_examples: int = Field(
+        128, ge=1, description="Training texts whose activation ranges set the simulated int8 grids (as the "
+                               "export's calibration_examples).")
+    recalibrate_every: int = Field(
+        50, ge=1, description="Recompute the ranges, score the eval split through the simulated int8 forward "
+                              "and keep the best weights every this many steps.")
+
+
 class QatPreserveConfig(Strict):
     text: str = Field(
         "self", description="'self': sequences sampled from the base model itself (no data needed, and nothing of a "
@@ -430,6 +446,11 @@ class FinetuneConfig(Strict):
         None, description="Quantization-aware training for int4 (causal LMs and text classifiers; methods lora, ia3, "
                           "full, freeze, gradual-unfreeze, bitfit): the linears compute with int4 fake-quantized weights "
                           "(LoRA: base plus adapter, the weight merge produces), so the int4 export keeps the fine-tune.")
+    litert_qat: Optional[LitertQatConfig] = Field(
+        None, description="Objective classify, BERT-family models, methods with an adapter or head to train: "
+                          "quantization-aware steps after the float fine-tune through a forward that rounds every "
+                          "activation and weight as a full-integer LiteRT graph does (edgeft.finetune.litert_qat), "
+                          "so the litert-int8-* exports keep the fine-tune's accuracy.")
     grpo: GrpoConfig = Field(default_factory=GrpoConfig, description="Objective grpo: rewards and rollouts.")
     init_adapter: Optional[str] = Field(
         None, description="Start from this adapter folder (e.g. a sft run's runs/<name>/finetune/adapter; relative "

@@ -248,6 +248,12 @@ def _edge_bert_class():
     return EdgeBert
 
 
+def edge_module(model, opts: LiteRTOptions):
+    """The module the LiteRT export converts, over an HF BERT model's own modules (``model``: a classifier,
+    an encoder, or a PEFT model over one), with the surgery switches of ``opts``."""
+    return _edge_bert_class()(model, opts)
+
+
 def load_module(model_dir: Path, opts: LiteRTOptions):
     """(EdgeBert over the model in ``model_dir``, the unchanged HF model, task) for a BERT-family folder."""
     import torch

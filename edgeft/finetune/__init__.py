@@ -53,6 +53,10 @@ def finetune(model_path: Path, train: list[dict], eval: list[dict], out_dir: Pat
     cfg = cfg or FinetuneConfig()
     method = METHODS.get(cfg.method, "finetune.method")
     objective = OBJECTIVES.get(cfg.objective, "finetune.objective")
+    if cfg.litert_qat is not None:
+        from edgeft.finetune import litert_qat
+
+        litert_qat.check(cfg)
     if objective.task == "image-cls":  # records {image, label}: a PyTorch loop of its own, no tokenizer
         if cfg.init_adapter:
             from edgeft.errors import UnsupportedError

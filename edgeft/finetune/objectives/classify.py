@@ -84,12 +84,21 @@ def train(model, tokenizer, method, train_records, eval_records, cfg, out_dir: P
                       processing_class=tokenizer, data_collator=DataCollatorWithPadding(tokenizer),
                       compute_metrics=compute_metrics, callbacks=common.callbacks(method, model, cfg))
     result, seconds, resume = common.fit(trainer, ckpt_dir)
+    qat = None
+    if cfg.litert_qat is not None:
+        from edgeft.finetune import litert_qat
+
+        qat = litert_qat.train(trainer.model, tokenizer, train_records, eval_records,
+                               label_ids(train_records, labels), label_ids(eval_records, labels, "eval"), cfg,
+                               cfg.max_seq_len)
     common.save(trainer, trainer.model, tokenizer, method, out_dir)
     if common.is_main_process(trainer) and not (Path(out_dir) / method.produces / "config.json").is_file():
         base.config.save_pretrained(str(Path(out_dir) / method.produces))  # an adapter folder: keep the labels
     n_tokens = int(sum(len(x) for x in train_ds["input_ids"]))
     metrics = common.summary(trainer, result, seconds, resume, n_tokens)
     final = trainer.evaluate() if eval_ds is not None else {}
+    if qat is not None:
+        metrics["litert_qat"] = qat
     metrics.update({"labels": labels, "eval_accuracy": final.get("eval_accuracy"),
                     "eval_macro_f1": final.get("eval_macro_f1"), "eval_loss": final.get("eval_loss")})
     if final:
