@@ -28,13 +28,6 @@ class OrtLM(OrtDecoder, CausalLM):
     """An ONNX decoder with KV cache (optimum or onnxruntime-genai builder graph); see
     :class:`~edgeft.runtime.ortcore.OrtDecoder` for the plain and IO-bound loops and their defaults."""
 
-    def greedy_stream(self, prompt, max_new_tokens, eos):
-        """Speculative when the artifact decodes so (``lookahead`` > 0: a ``drafts.json`` beside the graph), as
-        :meth:`generate` does; one token per pass otherwise."""
-        if self.lookahead > 0:
-            return self.speculative_stream(prompt, max_new_tokens, eos)
-        return CausalLM.greedy_stream(self, prompt, max_new_tokens, eos)
-
 
 # --------------------------------------------------------------------------- PyTorch
 

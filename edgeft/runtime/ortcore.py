@@ -429,13 +429,24 @@ class OrtDecoder:
         prefill, step = self._loop(prompt, new_tokens)
         return greedy_decode(prefill, step, new_tokens, eos)
 
-    def speculative_stream(self, prompt: Sequence[int], max_new_tokens: int, eos: set[int]):
-        """Greedy ``(token, logits row)`` pairs through :meth:`decode`'s speculative loop (:func:`lookup_passes`,
-        ``lookahead`` > 0): what ``OrtLM.greedy_stream`` serves, so a streamed greedy answer is validate's."""
-        prefill, feed, drop = self._multi_loop(prompt, max_new_tokens)
-        for decided in lookup_passes(prefill, feed, drop, prompt, max_new_tokens, eos, self.lookahead,
-                                     self.lookup_ngram, self.drafts):
-            yield from decided
+    def greedy_stream(self, prompt: Sequence[int], max_new_tokens: int, eos: set[int]):
+        """Greedy ``(token, logits row)`` pairs (``CausalLM.greedy_stream``) through :meth:`decode`'s loop: speculative
+        (:func:`lookup_passes`) when ``lookahead`` > 0, as with a shipped ``drafts.json``; one token per pass
+        otherwise. What ``edgeft serve`` decodes greedy requests with, so a streamed answer is validate's."""
+        if self.lookahead > 0:
+            prefill, feed, drop = self._multi_loop(prompt, max_new_tokens)
+            for decided in lookup_passes(prefill, feed, drop, prompt, max_new_tokens, eos, self.lookahead,
+                                         self.lookup_ngram, self.drafts):
+                yield from decided
+            return
+        prefill, step = self._loop(prompt, max_new_tokens)
+        row = prefill()
+        for i in range(max_new_tokens):
+            token = int(row.argmax())
+            yield token, row
+            if token in eos or i == max_new_tokens - 1:
+                return
+            row = step(token)
 
     def logit_stream(self, prompt: Sequence[int], max_new_tokens: int):
         """The logits rows of a decode whose tokens the caller picks (sampling, stop strings, streaming): a
