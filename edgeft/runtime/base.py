@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from edgeft.errors import ModelSourceError
-from edgeft.runtime.ortcore import find_onnx, greedy_decode, head_dim_from_config, session_options
+from edgeft.runtime.ortcore import find_onnx, greedy_decode, greedy_pairs, head_dim_from_config, session_options
 
 __all__ = ["CausalLM", "RUNTIMES", "SingleSequenceLM", "find_onnx", "greedy_decode", "head_dim_from_config", "load_lm",
            "model_and_meta", "runtime_class", "session_options", "until_eos"]
@@ -74,13 +74,7 @@ class CausalLM:
         greedy request served token by token decodes exactly as validate's :meth:`generate` does."""
         stream = self.logit_stream(prompt, max_new_tokens)
         try:
-            row = next(stream)
-            for i in range(max_new_tokens):
-                token = int(np.asarray(row).argmax())
-                yield token, row
-                if token in eos or i == max_new_tokens - 1:
-                    return
-                row = stream.send(token)
+            yield from greedy_pairs(next(stream), stream.send, max_new_tokens, eos)
         finally:
             stream.close()
 

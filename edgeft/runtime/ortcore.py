@@ -139,6 +139,17 @@ def greedy_decode(prefill: Callable[[], np.ndarray], step: Callable[[int], np.nd
     return out, ttft, steps
 
 
+def greedy_pairs(row: np.ndarray, step: Callable[[int], np.ndarray], new_tokens: int, eos: set[int]):
+    """Greedy ``(token, logits row)`` pairs from a first row and ``step(token)`` (the next row): the argmax each time,
+    stopping after an eos token or ``new_tokens`` tokens. The loop of ``CausalLM.greedy_stream``."""
+    for i in range(new_tokens):
+        token = int(np.asarray(row).argmax())
+        yield token, row
+        if token in eos or i == new_tokens - 1:
+            return
+        row = step(token)
+
+
 def lookup_draft(history: Sequence[int], k: int, max_ngram: int = 3) -> list[int]:
     """Prompt-lookup draft: the (up to) ``k`` tokens that followed the latest earlier occurrence of the longest
     trailing n-gram of ``history`` (n from ``max_ngram`` down to 1); empty when no n-gram recurs."""
@@ -217,12 +228,13 @@ def lookup_passes(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
     by the argmax, and ``drop(n)`` removes the rejected drafts from the KV cache. When the history has no
     repeat, ``drafts`` (:class:`NgramDrafts`), if given, proposes the draft. An eos token, when chosen, is
     the last pair yielded; at most ``new_tokens`` tokens in all. ``stats`` (a dict), if given, counts
-    passes, drafted and accepted tokens. Rows are copies: the caller may keep them."""
+    passes, drafted and accepted tokens. A pass's rows may be views of the runtime's output buffers: read them
+    before asking for the next pass."""
     stats = stats if stats is not None else {}
     for key in ("passes", "drafted", "accepted"):
         stats.setdefault(key, 0)
     hist = [int(t) for t in prompt]
-    row = np.array(prefill(), copy=True)
+    row = prefill()
     nxt = int(row.argmax())
     n_out = 1
     yield [(nxt, row)]
@@ -232,7 +244,7 @@ def lookup_passes(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
         draft = lookup_draft(hist, budget, max_ngram)
         if not draft and drafts is not None:
             draft = drafts.draft(hist, budget)
-        rows = np.array(feed([nxt] + draft), copy=True)
+        rows = feed([nxt] + draft)
         preds = rows.argmax(-1)
         ok = 0
         while ok < len(draft) and int(preds[ok]) == draft[ok] and (eos is None or draft[ok] not in eos):
@@ -262,9 +274,8 @@ def lookup_decode(prefill: Callable[[], np.ndarray], feed: Callable[[list[int]],
     stats: dict = {}
     passes = lookup_passes(prefill, feed, drop, prompt, new_tokens, eos, k, max_ngram, drafts, stats)
     t0 = time.perf_counter()
-    first = next(passes)
+    decided = next(passes)
     ttft = time.perf_counter() - t0
-    decided = first
     while True:
         out.extend(t for t, _ in decided if eos is None or t not in eos)
         t = time.perf_counter()
@@ -440,13 +451,7 @@ class OrtDecoder:
                 yield from decided
             return
         prefill, step = self._loop(prompt, max_new_tokens)
-        row = prefill()
-        for i in range(max_new_tokens):
-            token = int(row.argmax())
-            yield token, row
-            if token in eos or i == max_new_tokens - 1:
-                return
-            row = step(token)
+        yield from greedy_pairs(prefill(), step, max_new_tokens, eos)
 
     def logit_stream(self, prompt: Sequence[int], max_new_tokens: int):
         """The logits rows of a decode whose tokens the caller picks (sampling, stop strings, streaming): a
