@@ -275,8 +275,6 @@ def train(model, tokenizer, train_records: Sequence[dict], eval_records: Sequenc
         for g in opt.param_groups:
             g["lr"] = lr0 * 0.5 * (1 + math.cos(math.pi * step / q.steps))
         opt.step()
-        if step % 10 == 0:
-            log.debug("litert QAT step %d: loss %.4f", step, loss.item())
         if step % q.recalibrate_every == 0 or step == q.steps:
             ranges = calibrate()
             ev = evaluate(ranges)
