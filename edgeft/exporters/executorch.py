@@ -60,6 +60,8 @@ Everything is written to a staging folder renamed to ``out_dir`` at the end.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import os
@@ -103,6 +105,9 @@ class ExecuTorchOptions(Options):
                               "max_cache_len, the older layout)")
     prefill_chunk: int = Field(32, ge=2, description="causal LM, static shapes: tokens per prefill call (the prompt "
                                                       "is fed in chunks, the last one right-padded); < max_cache_len")
+    xnnpack_rewrite: bool = Field(
+        True, description="causal LM: attention as bmm + softmax and RMSNorm's mean as a Linear, so each decoder "
+                          "layer lowers as one XNNPACK partition (off: transformers' SDPA and RMSNorm, ~5 a layer)")
     seq_len: int = Field(128, gt=0, description="classifier: static input length when export.static_shapes is not set")
     decode_steps: int = Field(4, ge=0, description="causal LM parity: cached one-token steps after the prefill")
     min_top1_agreement: float = Field(0.80, ge=0, le=1, description="quantized: fail below this top-1 (label) "
@@ -217,12 +222,54 @@ def _op_name(target) -> str:
     return s.split(">")[0].split(": ", 1)[1] if s.startswith("<EdgeOpOverload") else s
 
 
+@contextlib.contextmanager
+def _shallow_provenance():
+    """While lowering, share the ``from_node`` provenance lists between a node and the nodes a pass makes from it
+    instead of deep-copying them (``torch.fx.traceback.NodeSource``). Each of the ~20 ExecuTorch and XNNPACK passes
+    re-creates every node and the deep copy grows with the chain of passes before it: on SmolLM2 it was ~15% of the
+    lowering. The provenance is debugging metadata (read by ``torch.fx.traceback`` printing and ETRecord), which this
+    export does not write. A torch whose ``NodeSource`` differs is left alone."""
+    from torch.fx import traceback as fx_traceback
+
+    source = getattr(fx_traceback, "NodeSource", None)
+    orig = getattr(source, "__init__", None)
+    try:
+        params = list(inspect.signature(orig).parameters) if orig is not None else []
+    except (TypeError, ValueError):
+        params = []
+    if params[:4] != ["self", "node", "pass_name", "action"]:
+        yield
+        return
+
+    def init(self, node, pass_name="", action=None):
+        meta = getattr(node, "meta", None) if node else None
+        chain = meta.pop("from_node", None) if isinstance(meta, dict) else None
+        try:
+            orig(self, node, pass_name, action)
+        finally:
+            if chain is not None:
+                meta["from_node"] = chain
+        if chain is not None:
+            self.from_node = list(chain)
+
+    source.__init__ = init
+    try:
+        yield
+    finally:
+        source.__init__ = orig
+
+
 def lower(exported) -> tuple[bytes, dict]:
     """``ExportedProgram`` (or ``{method: ExportedProgram}``) -> (.pte bytes, delegation summary) through XNNPACK.
 
     Several methods are lowered into one program whose mutable buffers (the KV cache) are shared
     between them (``share_mutable_buffers``) and left out of the input planning; constants are stored
     once in the file (XNNPACK's weights go to the program's named data, keyed by content)."""
+    with _shallow_provenance():
+        return _lower(exported)
+
+
+def _lower(exported) -> tuple[bytes, dict]:
     to_edge_transform_and_lower, XnnpackPartitioner, ExecutorchBackendConfig = _exir()
     if isinstance(exported, dict):
         from executorch.exir.passes import MemoryPlanningPass
@@ -246,9 +293,78 @@ def lower(exported) -> tuple[bytes, dict]:
 
 # --------------------------------------------------------------------------- causal LM
 
+XNNPACK_ATTENTION = "edgeft_xnnpack"
 
-def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None = None):
-    """``torch.export`` of transformers' static-cache recipe.
+
+def _additive_causal_mask(*args, **kwargs):
+    """transformers' export mask (boolean, no ``vmap``) as an additive float mask, built once per call and shared
+    by every layer; the causal skip is off so prefill always gets its mask."""
+    import torch
+    from transformers.integrations.executorch import sdpa_mask_without_vmap
+
+    kwargs["allow_is_causal_skip"] = False
+    keep = sdpa_mask_without_vmap(*args, **kwargs)
+    return torch.where(keep, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
+
+
+def _bmm_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
+    """Attention from ``bmm``, an add and a softmax, which XNNPACK takes whole. Grouped-query heads are folded into
+    the rows of each KV head's product instead of repeating K and V (``repeat_kv``'s 5-D expand and ``matmul``'s
+    broadcast expand stay outside the delegate and split every layer into several partitions)."""
+    import torch
+
+    b, h, s, d = query.shape
+    hkv, length = key.shape[1], key.shape[2]
+    g = h // hkv
+    scores = torch.bmm(query.reshape(b * hkv, g * s, d), key.reshape(b * hkv, length, d).transpose(1, 2)) * scaling
+    scores = scores.reshape(b, h, s, length) + attention_mask[:, :, :, :length]
+    probs = torch.softmax(scores, dim=-1).reshape(b * hkv, g * s, length)
+    out = torch.bmm(probs, value.reshape(b * hkv, length, d)).reshape(b, h, s, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _rms_norm_forward(self, x):
+    import torch
+
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    variance = torch.nn.functional.linear(x * x, self._edgeft_mean_row)  # mean(x^2) over the last dim as a Linear
+    return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon)).to(dtype)
+
+
+def xnnpack_rewrite(recipe) -> dict:
+    """Rewrite the static-cache recipe's model so each decoder layer lowers as one XNNPACK partition.
+
+    Left as transformers writes them, three things fall outside the delegate and cut every layer into about five
+    partitions: RMSNorm's ``mean`` (XNNPACK reduces only spatial dims of 4-D tensors), SDPA's decomposition
+    (``expand`` of 5-D ``repeat_kv``, ``_safe_softmax``'s ``where``/``any``) and ``matmul``'s broadcast ``expand``.
+    This swaps in :func:`_bmm_attention` with an additive mask built once, and RMSNorm with its mean of squares as
+    a Linear by a constant 1/H row; the math is the same (parity is checked as before). What remains outside the
+    delegate per layer is the KV-cache write (``index_put`` on the mutable cache buffers)."""
+    import types
+
+    import torch
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(XNNPACK_ATTENTION, _bmm_attention)
+    AttentionMaskInterface.register(XNNPACK_ATTENTION, _additive_causal_mask)
+    hf = recipe.model.model
+    hf.config._attn_implementation = XNNPACK_ATTENTION
+    norms = 0
+    for mod in hf.modules():
+        if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon") and mod.weight.dim() == 1:
+            width = mod.weight.shape[0]
+            mod.register_buffer("_edgeft_mean_row", torch.full((1, width), 1.0 / width), persistent=False)
+            mod.forward = types.MethodType(_rms_norm_forward, mod)
+            norms += 1
+    return {"attention": "bmm (grouped heads folded, additive mask)", "rms_norms_as_linear": norms}
+
+
+
+def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None = None, rewrite: bool = True):
+    """``torch.export`` of transformers' static-cache recipe (with :func:`xnnpack_rewrite` unless ``rewrite`` is
+    False).
 
     ``prefill_chunk`` set: ``{"forward": one token, "prefill": prefill_chunk tokens}``, both at static
     shapes over the same cache buffers. ``None``: one ``ExportedProgram`` with a dynamic sequence length."""
@@ -257,6 +373,8 @@ def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None 
     from edgeft.exporters.torchscript import static_cache_recipe
 
     recipe = static_cache_recipe(model, max_cache_len, "executorch export")
+    if rewrite:
+        xnnpack_rewrite(recipe)
 
     def one(n: int, **kw):
         with torch.no_grad():
@@ -289,7 +407,7 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
                            opts["int8_linears"])
     _clear_padding_idx(model)
     t_export = time.perf_counter()
-    buf, lowered = lower(export_decoder_program(model, L, C))
+    buf, lowered = lower(export_decoder_program(model, L, C, rewrite=bool(opts["xnnpack_rewrite"])))
     t_export = time.perf_counter() - t_export
     del model
     if static:
@@ -320,6 +438,7 @@ def _export_decoder(model_dir: Path, stage: Path, opts: dict, tolerance: float, 
                                    float(opts["max_ppl_increase_pct"]),
                                    max_abs_logit_diff=None if quantized else tolerance)
     return {"kind": "causal-lm", "max_cache_len": L, "shapes": opts["shapes"], "prefill_chunk": C,
+            "xnnpack_rewrite": bool(opts["xnnpack_rewrite"]),
             "export_seconds": total, "export_and_lower_seconds": t_export,
             "parity": parity, "max_abs_diff": parity["max_abs_diff"], "top1_agreement": quality["top1_agreement"],
             "quality": quality, "threads": lm.threads, "threads_source": lm.threads_source}

@@ -121,6 +121,26 @@ def test_quantized_programs_are_smaller(lm_exports):
     assert sizes["executorch-8da4w"] < sizes["executorch-int8w"] < sizes["executorch-fp32"]
 
 
+def test_rewrite_keeps_each_decoder_layer_in_one_xnnpack_partition(lm_exports, tiny_lm_dir):
+    """The shipped (rewritten) program against transformers' own attention and RMSNorm lowered the same way: RMSNorm's
+    mean and SDPA's decomposition no longer fall outside the delegate, and the partitions drop from about five a
+    layer to about one (the KV-cache write stays outside). The parity tests above run on the rewritten program."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgeft.exporters.executorch import export_decoder_program, lower
+
+    out, rep = lm_exports("executorch-fp32")
+    assert rep["xnnpack_rewrite"] is True
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm_dir), dtype=torch.float32).eval()
+    layers = model.config.num_hidden_layers
+    plain = lower(export_decoder_program(model, 512, 32, rewrite=False))[1]
+    shipped = rep["executorch"]
+    assert "aten.mean.dim" in plain["portable_ops"] and "aten.mean.dim" not in shipped["portable_ops"]
+    assert "aten.any.dim" in plain["portable_ops"] and "aten.any.dim" not in shipped["portable_ops"]
+    assert shipped["xnnpack_partitions"] <= 2 * (layers + 5) < plain["xnnpack_partitions"]
+
+
 def test_two_methods_store_the_weights_once(lm_exports, tiny_lm_dir):
     import torch
     from transformers import AutoModelForCausalLM
