@@ -307,12 +307,17 @@ def _additive_causal_mask(*args, **kwargs):
     return torch.where(keep, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
 
 
-def _bmm_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **_):
+def _bmm_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Attention from ``bmm``, an add and a softmax, which XNNPACK takes whole. Grouped-query heads are folded into
     the rows of each KV head's product instead of repeating K and V (``repeat_kv``'s 5-D expand and ``matmul``'s
-    broadcast expand stay outside the delegate and split every layer into several partitions)."""
+    broadcast expand stay outside the delegate and split every layer into several partitions). Plain causal
+    attention only: a model asking for more (sliding window, logit soft-capping, attention sinks) is refused."""
     import torch
 
+    extra = sorted(k for k in ("sliding_window", "softcap", "s_aux") if kwargs.get(k) is not None)
+    if extra:
+        raise UnsupportedError(f"executorch export: {type(module).__name__} uses {', '.join(extra)}, which the "
+                               "XNNPACK attention rewrite does not implement; set the option xnnpack_rewrite: false")
     b, h, s, d = query.shape
     hkv, length = key.shape[1], key.shape[2]
     g = h // hkv
@@ -330,6 +335,21 @@ def _rms_norm_forward(self, x):
     x = x.to(torch.float32)
     variance = torch.nn.functional.linear(x * x, self._edgeft_mean_row)  # mean(x^2) over the last dim as a Linear
     return self.weight * (x * torch.rsqrt(variance + self.variance_epsilon)).to(dtype)
+
+
+def _is_llama_rms_norm(mod) -> bool:
+    """``mod`` computes LLaMA's RMSNorm (the same forward code: Qwen2, Mistral, Phi-3 and others copy it); Gemma's
+    ``1 + weight`` form and the like are left as they are."""
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    def code(f):
+        c = getattr(f, "__code__", None)
+        return None if c is None else (c.co_code, c.co_consts, c.co_names)
+
+    weight = getattr(mod, "weight", None)
+    return (isinstance(weight, torch.nn.Parameter) and weight.dim() == 1 and hasattr(mod, "variance_epsilon")
+            and code(getattr(type(mod), "forward", None)) == code(LlamaRMSNorm.forward))
 
 
 def xnnpack_rewrite(recipe) -> dict:
@@ -353,7 +373,7 @@ def xnnpack_rewrite(recipe) -> dict:
     hf.config._attn_implementation = XNNPACK_ATTENTION
     norms = 0
     for mod in hf.modules():
-        if type(mod).__name__.endswith("RMSNorm") and hasattr(mod, "variance_epsilon") and mod.weight.dim() == 1:
+        if _is_llama_rms_norm(mod):
             width = mod.weight.shape[0]
             mod.register_buffer("_edgeft_mean_row", torch.full((1, width), 1.0 / width), persistent=False)
             mod.forward = types.MethodType(_rms_norm_forward, mod)

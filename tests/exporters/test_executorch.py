@@ -141,6 +141,38 @@ def test_rewrite_keeps_each_decoder_layer_in_one_xnnpack_partition(lm_exports, t
     assert shipped["xnnpack_partitions"] <= 2 * (layers + 5) < plain["xnnpack_partitions"]
 
 
+def test_rewritten_attention_and_norm_equal_transformers_eager():
+    """The rewrite's pieces in PyTorch, no lowering: grouped-query bmm attention under a causal additive mask equals
+    transformers' eager attention; only LLaMA-form RMSNorms are swapped; what it does not implement is refused."""
+    import torch
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from edgeft.errors import UnsupportedError
+    from edgeft.exporters.executorch import _bmm_attention, _is_llama_rms_norm, _rms_norm_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.training = 3, False
+    q, k, v = torch.randn(1, 6, 5, 8), torch.randn(1, 2, 12, 8), torch.randn(1, 2, 12, 8)
+    mask = torch.where(torch.arange(12)[None, :] <= torch.arange(5)[:, None] + 4, 0.0, torch.finfo(torch.float32).min)
+    mask = mask[None, None]
+    want, _ = eager_attention_forward(module, q, k, v, mask, scaling=8 ** -0.5)
+    got, _ = _bmm_attention(module, q, k, v, mask, scaling=8 ** -0.5)
+    assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(UnsupportedError, match="sliding_window.*xnnpack_rewrite: false"):
+        _bmm_attention(module, q, k, v, mask, scaling=1.0, sliding_window=4)
+
+    assert _is_llama_rms_norm(LlamaRMSNorm(8)) and _is_llama_rms_norm(Qwen2RMSNorm(8))
+    assert not _is_llama_rms_norm(GemmaRMSNorm(8)) and not _is_llama_rms_norm(torch.nn.LayerNorm(8))
+    norm = LlamaRMSNorm(8)
+    norm.weight.data.uniform_(0.5, 1.5)
+    norm.register_buffer("_edgeft_mean_row", torch.full((1, 8), 1 / 8))
+    x = torch.randn(2, 3, 8)
+    assert torch.allclose(_rms_norm_forward(norm, x), norm(x), atol=1e-6)
+
+
 def test_two_methods_store_the_weights_once(lm_exports, tiny_lm_dir):
     import torch
     from transformers import AutoModelForCausalLM
