@@ -7,11 +7,19 @@ Usage (from the repository root, after ``edgeft run recipes/sst2-minilm-classify
         '{"fp32-mul-sum": {"quantize": "none"}, "full": {}, "full-matmul": {"attention": "matmul"}}'
 
 Each entry of the JSON object is a set of :class:`edgeft.exporters.litert.LiteRTOptions` overrides on top
-of the ``litert-int8-full`` preset. Every variant is exported from ``RUN/merge`` at the recipe's static
+of the ``--base`` preset (``litert-int8-full``). Every variant is exported from ``RUN/merge`` at the recipe's static
 sequence length (``export.static_shapes.seq``), calibrated on the first ``calibration_examples`` rows of
 ``RUN/data/train.jsonl``, and scored on every row of ``RUN/data/eval.jsonl`` by the LiteRT runtime.
 Prints one JSON line per variant: accuracy, label agreement with the fp32 PyTorch model on 64 training
-rows (the export's own check), graph op counts of interest, file size and export seconds.
+rows (the export's own check), graph op counts of interest, file size and export seconds. With
+``--latency N`` every variant is then timed in LiteRT's interpreter (its default XNNPACK delegate, ``--threads``)
+on zero inputs of the graph's shape, the variants interleaved in a seeded random order, N runs each after one
+warm-up, and one more JSON line per variant gives the p50 and minimum in ms. The Edge TPU ablation in
+docs/benchmarks.md::
+
+    python benchmarks/litert_classifier_variants.py RUN --base litert-int8-edgetpu --latency 30 \
+        '{"edgetpu": {}, "matmul": {"attention": "matmul"}, "fc": {"linear": "fc"}, \
+          "ln": {"layernorm": "native"}, "softmax": {"softmax": "native"}}'
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ def main() -> None:
     p.add_argument("run", type=Path, help="run folder of a classifier recipe (holds merge/, data/, recipe.yaml)")
     p.add_argument("variants", help="JSON object: variant name -> LiteRTOptions overrides")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--base", default="litert-int8-full", help="preset the overrides apply to")
+    p.add_argument("--latency", type=int, default=0, metavar="N", help="then time each graph N runs (0: skip)")
     a = p.parse_args()
 
     import numpy as np
@@ -47,7 +57,7 @@ def main() -> None:
     y = np.array([names[r["label"]] for r in ev])
     merged = a.run / "merge"
     tok = AutoTokenizer.from_pretrained(str(merged))
-    base = dict(load_preset("litert-int8-full").options)
+    base = dict(load_preset(a.base).options)
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in json.loads(a.variants).items():
             opts = LiteRTOptions(**{**base, **over})
@@ -65,6 +75,38 @@ def main() -> None:
                 "batch_matmul": ops.get("BATCH_MATMUL", 0), "ops": rep["graph"]["op_count"],
                 "tflite_mb": round((out / "model.tflite").stat().st_size / 1e6, 1),
                 "export_seconds": round(seconds, 1)}), flush=True)
+        if a.latency:
+            for name, ms in interleaved_latency({n: Path(tmp) / n / "model.tflite" for n in json.loads(a.variants)},
+                                                a.threads, a.latency).items():
+                print(json.dumps({"variant": name, "threads": a.threads, "runs": a.latency,
+                                  "p50_ms": round(float(np.median(ms)), 2), "min_ms": round(min(ms), 2)}), flush=True)
+
+
+def interleaved_latency(paths: dict, threads: int, runs: int) -> dict[str, list[float]]:
+    """ms per ``invoke`` of each graph, the graphs taking turns in a seeded random order."""
+    import random
+
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    its = {}
+    for name, path in paths.items():
+        it = Interpreter(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+        for d in it.get_input_details():
+            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+        it.invoke()
+        its[name] = it
+    out: dict[str, list[float]] = {n: [] for n in its}
+    rng = random.Random(0)
+    for _ in range(runs):
+        order = list(its)
+        rng.shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            its[name].invoke()
+            out[name].append((time.perf_counter() - t) * 1e3)
+    return out
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ the unchanged PyTorch model and written to the export report):
   (not on Coral's list) and no tensor with more than 3 non-unit dimensions. Needs batch 1.
 - ``linear: conv1x1``: each per-token linear as a 1x1 CONV_2D over ``[1, 1, s, C]`` (Coral maps
   FULLY_CONNECTED only with a one-dimensional output).
-- ``softmax: decomposed``: the attention softmax from MAX_POOL_2D (row max), SUB, LOGISTIC, RSQRT,
-  MUL and SUM, using exp(z) = sigmoid(z) / (1 - sigmoid(z)) and 1/y = rsqrt(y)^2 (Coral maps SOFTMAX
+- ``softmax: decomposed``: the attention softmax from MAX_POOL_2D (row max), SUB, LOGISTIC, MUL, ADD,
+  SUM and a per-row RSQRT, using exp(z) = u / (1 - u) ~ u (1 + u)(1 + u^2)(1 + u^4) for u = sigmoid(z),
+  z <= 0 (within 0.4%), and 1/y = rsqrt(y)^2 (Coral maps SOFTMAX
   only on a 1-D input). ``litert-int8-edgetpu`` turns on all of these; ``litert-int8-full`` keeps
   the CPU-friendly ops for phone NPUs and CPUs.
 - the attention mask is a static ``1 x seq`` input of 1/0 turned into ``(mask - 1) * -mask_value``
@@ -88,8 +89,8 @@ class LiteRTOptions(Options):
                           "over a [1, 1, seq, C] tensor (conv1x1: the Edge TPU maps FULLY_CONNECTED only with a "
                           "one-dimensional output)")
     softmax: Literal["native", "decomposed"] = Field(
-        "native", description="attention softmax as SOFTMAX (native), or from REDUCE_MAX, LOGISTIC, RSQRT, MUL and SUM "
-                              "(decomposed: the Edge TPU maps SOFTMAX only on a 1-D input)")
+        "native", description="attention softmax as SOFTMAX (native), or from MAX_POOL_2D, LOGISTIC, MUL, ADD, SUM "
+                              "and a per-row RSQRT (decomposed: the Edge TPU maps SOFTMAX only on a 1-D input)")
     mask_value: float = Field(-30.0, lt=0, description="additive attention-mask value for padded positions")
     embeddings_dtype: Literal["float16", "float32"] = Field("float16", description="dtype of the outside-graph "
                                                                                    "embedding table")
@@ -167,16 +168,18 @@ def _edge_bert_class():
         return y.permute(0, 2, 3, 1).reshape(b, s, -1)
 
     def softmax(x, form: str):
-        """Softmax over the last dim; decomposed: exp(z) = sigmoid(z) / (1 - sigmoid(z)) for z = x - max(x) <= 0 and
-        1/y = rsqrt(y)^2, so only MAX_POOL_2D, SUB, LOGISTIC, RSQRT, MUL and SUM appear (all on the Edge TPU list)."""
+        """Softmax over the last dim. decomposed: exp(z) for z = x - max(x) <= 0 from u = sigmoid(z) <= 1/2 as
+        u / (1 - u) ~ u (1 + u)(1 + u^2)(1 + u^4), which is exp(z) (1 - u^8): 0.4% low at z = 0, 3e-5 at z = -1;
+        and the row's 1/y as rsqrt(y)^2. Only MAX_POOL_2D, SUB, LOGISTIC, MUL, ADD, SUM and a per-row RSQRT
+        appear (all on the Edge TPU list). No per-element RSQRT: TFLite's int8 RSQRT kernel costs ~60 ns an
+        element on a CPU, three times the rest of MiniLM's graph at 12 x 64 x 64 scores a layer (docs/benchmarks.md)."""
         if form == "native":
             return x.softmax(-1)
         n = x.shape[-1]  # the row max as a 1 x n MAX_POOL_2D (REDUCE_MAX has no int8 kernel in ai-edge-quantizer)
         m = torch.nn.functional.max_pool2d(x.reshape(1, 1, -1, n), kernel_size=(1, n)).reshape(*x.shape[:-1], 1)
-        z = x - m
-        sg = torch.sigmoid(z)
-        r = torch.rsqrt(1.0 - sg)
-        e = sg * (r * r)
+        u = torch.sigmoid(x - m)
+        u2 = u * u
+        e = u * (1.0 + u) * (1.0 + u2) * (1.0 + u2 * u2)
         t = torch.rsqrt(e.sum(-1, keepdim=True))
         return e * (t * t)
 

@@ -142,7 +142,13 @@ def test_surgery_fp32_parity_and_cost(cls_dir, tmp_path, opts):
     if opts.get("linear") == "conv1x1":  # only the pooler and the classifier (one row each) stay FULLY_CONNECTED
         assert rep["graph"]["ops"]["CONV_2D"] == 12 and rep["graph"]["ops"]["FULLY_CONNECTED"] == 2
     if opts.get("softmax") == "decomposed":
+        from edgeft.validate.tflite_compat import inspect_tflite
+
         assert "SOFTMAX" not in rep["graph"]["ops"] and "MAX_POOL_2D" in rep["graph"]["ops"]
+        info = inspect_tflite(out / "model.tflite")  # RSQRT (slow in int8 on CPUs) on one value per row, not per score
+        rsqrt_in = [info["tensors"][op["inputs"][0]]["shape"] for op in info["ops"] if op["op"] == "RSQRT"]
+        heads = json.loads((cls_dir / "config.json").read_text())["num_attention_heads"]
+        assert rsqrt_in and all(np.prod(shape) <= heads * SEQ.seq for shape in rsqrt_in)
     tok, ref = _torch_logits(cls_dir, TEXTS, 16)
     assert np.abs(LiteRTModel(out).logits(tok, TEXTS) - ref).max() < 1e-2
 
