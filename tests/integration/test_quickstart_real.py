@@ -36,6 +36,7 @@ SHORT = [
     # A short fine-tune is not the quickstart's accuracy: gate only what a short run can promise.
     "validate.budgets.exact_match.max_degradation=0.35",
     "validate.budgets.perplexity.percent_max_degradation=40",
+    "export.budgets.executorch-8da4w.exact_match.max_degradation=0.35",
 ]
 
 
@@ -106,6 +107,28 @@ def test_served_bundle_answers_the_openai_client_as_validated(quickstart_run, tm
             assert got.strip() == want
     rep = edgeft("monitor", str(tmp_path / "log"), "--bundle", str(bundle), cwd=REPO)
     assert "4 requests" in rep.stdout and (tmp_path / "log" / "monitor" / "drift.html").is_file()
+
+
+def test_bundle_ships_the_pte_that_generate_chats_with(quickstart_run):
+    """The ExecuTorch program is validated like the ONNX artifacts, passes phone-cpu, ships in the bundle, and
+    `edgeft generate` answers with it what validate scored."""
+    from edgeft.chat import generate
+    from edgeft.data.intents import generate as intents
+
+    run_dir, _ = quickstart_run
+    report = json.loads((run_dir / "validate" / "report.json").read_text())
+    pte = report["artifacts"]["executorch-8da4w"]
+    assert pte["format"] == "pte" and pte["precision"] == "int4" and pte["int8_mode"] == "dynamic"
+    assert pte["accuracy"]["perplexity"] > 1 and 0 <= pte["accuracy"]["exact_match"] <= 1
+    phone = report["devices"]["phone-cpu"]["results"]["executorch-8da4w"]
+    assert phone["compatible"] and phone["passed"] is True, phone
+    art = run_dir / "package" / "quickstart-0.1.0" / "artifacts" / "executorch-8da4w"
+    assert (art / "model.pte").is_file()
+    _, ev = intents(160, 16, seed=0)
+    system = "Parse the request into JSON."
+    proc = edgeft("generate", str(art), ev[0]["prompt"], "--system", system, "--max-new-tokens", "48", cwd=REPO)
+    want = generate(art, ev[0]["prompt"], system, 48, threads=2)
+    assert want and proc.stdout.strip() == want
 
 
 def test_bundle_verifies_and_rejects_a_flipped_byte(quickstart_run, tmp_path):
