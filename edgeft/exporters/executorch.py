@@ -381,7 +381,6 @@ def xnnpack_rewrite(recipe) -> dict:
     return {"attention": "bmm (grouped heads folded, additive mask)", "rms_norms_as_linear": norms}
 
 
-
 def export_decoder_program(model, max_cache_len: int, prefill_chunk: int | None = None, rewrite: bool = True):
     """``torch.export`` of transformers' static-cache recipe (with :func:`xnnpack_rewrite` unless ``rewrite`` is
     False).
