@@ -13,7 +13,7 @@ sequence length (``export.static_shapes.seq``), calibrated on the first ``calibr
 Prints one JSON line per variant: accuracy, label agreement with the fp32 PyTorch model on 64 training
 rows (the export's own check), graph op counts of interest, file size and export seconds. With
 ``--latency N`` every variant is then timed in LiteRT's interpreter (its default XNNPACK delegate, ``--threads``)
-on zero inputs of the graph's shape, the variants interleaved in a seeded random order, N runs each after one
+on a synthetic full-length row as validate times it, the variants interleaved in a seeded random order, N runs each after one
 warm-up, and one more JSON line per variant gives the p50 and minimum in ms. The Edge TPU ablation in
 docs/benchmarks.md::
 
@@ -76,38 +76,28 @@ def main() -> None:
                 "tflite_mb": round((out / "model.tflite").stat().st_size / 1e6, 1),
                 "export_seconds": round(seconds, 1)}), flush=True)
         if a.latency:
-            for name, ms in interleaved_latency({n: Path(tmp) / n / "model.tflite" for n in json.loads(a.variants)},
+            for name, ms in interleaved_latency({n: Path(tmp) / n for n in json.loads(a.variants)},
                                                 a.threads, a.latency).items():
                 print(json.dumps({"variant": name, "threads": a.threads, "runs": a.latency,
                                   "p50_ms": round(float(np.median(ms)), 2), "min_ms": round(min(ms), 2)}), flush=True)
 
 
-def interleaved_latency(paths: dict, threads: int, runs: int) -> dict[str, list[float]]:
-    """ms per ``invoke`` of each graph, the graphs taking turns in a seeded random order."""
+def interleaved_latency(folders: dict, threads: int, runs: int) -> dict[str, list[float]]:
+    """ms per inference of each exported graph (``LiteRTModel.timed_inference``, as validate times it), the graphs
+    taking turns in a seeded random order."""
     import random
 
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+    from edgeft.runtime.litert import LiteRTModel
 
-    its = {}
-    for name, path in paths.items():
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        it.invoke()
-        its[name] = it
-    out: dict[str, list[float]] = {n: [] for n in its}
+    models = {name: LiteRTModel(folder, threads) for name, folder in folders.items()}
+    for m in models.values():
+        m.timed_inference()  # warm-up
+    out: dict[str, list[float]] = {n: [] for n in models}
     rng = random.Random(0)
     for _ in range(runs):
-        order = list(its)
-        rng.shuffle(order)
-        for name in order:
-            t = time.perf_counter()
-            its[name].invoke()
-            out[name].append((time.perf_counter() - t) * 1e3)
+        for name in rng.sample(list(models), len(models)):
+            out[name].append(models[name].timed_inference() * 1e3)
     return out
-
 
 if __name__ == "__main__":
     main()
